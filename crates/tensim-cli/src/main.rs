@@ -1,0 +1,421 @@
+//! `tensim`: compare tensor-network models from their weights.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use serde_json::json;
+use tensim::linalg::Par;
+use tensim::metrics::{self, Comparison, Inputs, Metric, Options};
+use tensim::{io, Model};
+
+#[derive(Parser)]
+#[command(
+    name = "tensim",
+    version,
+    about = "Are these two networks computing the same thing? \
+Exact, symmetry-invariant similarity of bilinear (tensor-network) models from their weights."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Compare two models.
+    ///
+    /// Models of different hidden widths or depths are comparable under `tensor` as long as their
+    /// input and output sizes agree (a model with fewer bilinear layers is lifted by identity
+    /// nodes at its output). `matrix` needs identical architectures; `behavioral` and `cka`
+    /// evaluate both models on --data or on --samples Gaussian inputs.
+    Compare {
+        a: PathBuf,
+        b: PathBuf,
+        #[command(flatten)]
+        arch: ArchArgs,
+        /// tensor | matrix | behavioral | cka
+        #[arg(long, default_value = "tensor")]
+        metric: String,
+        /// Also report the metric for each output coordinate (per-class slice similarity).
+        #[arg(long)]
+        per_output: bool,
+        #[command(flatten)]
+        inputs: InputArgs,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a model's architecture, parameter count, polynomial degree and tensor names.
+    Inspect {
+        file: PathBuf,
+        /// Architecture JSON (otherwise the file's embedded "tensim" metadata).
+        #[arg(long)]
+        arch: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Embed an architecture description into a safetensors file (checked first).
+    Pack {
+        /// Architecture JSON to embed.
+        #[arg(long)]
+        arch: PathBuf,
+        input: PathBuf,
+        output: PathBuf,
+    },
+    /// Check the exact tensor inner product against Monte Carlo on your own models.
+    ///
+    /// Prints (1) the exact tensor similarity beside an independent-legs Monte-Carlo estimate of
+    /// the same quantities (MATH.md §4.3 (i): they must agree within a few standard errors) and
+    /// (2) a Monte-Carlo estimate of the Gaussian functional inner product E⟨f_a(x), f_b(x)⟩,
+    /// x ~ N(0, I), with its standard error.
+    Verify {
+        a: PathBuf,
+        b: PathBuf,
+        #[command(flatten)]
+        arch: ArchArgs,
+        #[arg(long, default_value_t = 100_000)]
+        samples: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Built-in examples.
+    Demo {
+        #[command(subcommand)]
+        which: Demo,
+    },
+}
+
+#[derive(Subcommand)]
+enum Demo {
+    /// A model next to re-parametrised (same function), perturbed and unrelated versions:
+    /// tensor similarity sees through the symmetries, the weight cosine does not.
+    Symmetries {
+        /// Folder for the example model files.
+        #[arg(long, default_value = "tensim-example")]
+        out: PathBuf,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
+}
+
+#[derive(Args)]
+struct ArchArgs {
+    /// Architecture JSON for both models (otherwise each file's embedded metadata).
+    #[arg(long, conflicts_with_all = ["arch_a", "arch_b"])]
+    arch: Option<PathBuf>,
+    /// Architecture JSON for model A.
+    #[arg(long)]
+    arch_a: Option<PathBuf>,
+    /// Architecture JSON for model B.
+    #[arg(long)]
+    arch_b: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct InputArgs {
+    /// Inputs for behavioral/cka: .npy of shape (rows, dim) or (rows, n_ctx, dim).
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Number of Gaussian inputs for behavioral/cka when no --data is given.
+    #[arg(long, default_value_t = 10_000)]
+    samples: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Compare {
+            a,
+            b,
+            arch,
+            metric,
+            per_output,
+            inputs,
+            json,
+        } => {
+            let metric: Metric = metric.parse()?;
+            let (ma, mb) = load_pair(&a, &b, &arch)?;
+            let data = metric
+                .needs_inputs()
+                .then(|| make_inputs(&ma, &inputs))
+                .transpose()?;
+            let opts = Options {
+                per_output,
+                par: Par::rayon(0),
+            };
+            let r = metrics::compare(&ma, &mb, metric, data.as_ref(), &opts)
+                .with_context(|| format!("comparing {} with {}", a.display(), b.display()))?;
+            print_comparison(&r, json);
+        }
+        Command::Inspect { file, arch, json } => inspect(&file, arch.as_deref(), json)?,
+        Command::Pack {
+            arch,
+            input,
+            output,
+        } => {
+            let m = io::pack(&arch, &input, &output)?;
+            println!(
+                "wrote {} ({} layers, {} parameters, architecture embedded)",
+                output.display(),
+                m.layers().len(),
+                m.param_count()
+            );
+        }
+        Command::Verify {
+            a,
+            b,
+            arch,
+            samples,
+            seed,
+            json,
+        } => {
+            let (ma, mb) = load_pair(&a, &b, &arch)?;
+            let v = tensim::montecarlo::verify(&ma, &mb, samples, seed, Par::rayon(0))?;
+            print_verification(&v, json);
+        }
+        Command::Demo {
+            which: Demo::Symmetries { out, seed },
+        } => demo_symmetries(&out, seed)?,
+    }
+    Ok(())
+}
+
+fn load_pair(a: &Path, b: &Path, arch: &ArchArgs) -> Result<(Model, Model)> {
+    let shared = arch.arch.as_deref();
+    Ok((
+        io::load(a, arch.arch_a.as_deref().or(shared))?,
+        io::load(b, arch.arch_b.as_deref().or(shared))?,
+    ))
+}
+
+fn make_inputs(model: &Model, args: &InputArgs) -> Result<Inputs> {
+    let (n_ctx, dim) = (model.input().n_ctx, model.in_dim());
+    Ok(match &args.data {
+        Some(p) => Inputs::from_npy(p, n_ctx, dim)?,
+        None => Inputs::gaussian(args.samples, n_ctx, dim, args.seed)?,
+    })
+}
+
+fn print_comparison(r: &Comparison, json: bool) {
+    if json {
+        println!("{}", serde_json::to_string(r).expect("serialisable"));
+        return;
+    }
+    println!("metric      {}", r.metric);
+    println!("similarity  {:.12}", r.similarity);
+    println!("inner       {:.12e}", r.inner);
+    println!("norm2_a     {:.12e}", r.norm2_a);
+    println!("norm2_b     {:.12e}", r.norm2_b);
+    if let Some(src) = &r.inputs {
+        println!("inputs      {src} ({} rows)", r.samples.unwrap_or(0));
+    }
+    if let Some(per) = &r.per_output {
+        println!("per output:");
+        for (o, s) in per.iter().enumerate() {
+            match s {
+                Some(s) => println!("  {o:>4}  {s:.12}"),
+                None => println!("  {o:>4}  undefined (zero slice)"),
+            }
+        }
+    }
+}
+
+fn print_verification(v: &tensim::montecarlo::Verification, json: bool) {
+    if json {
+        println!("{}", serde_json::to_string(v).expect("serialisable"));
+        return;
+    }
+    let t = &v.tensor_exact;
+    let mc = &v.tensor_mc;
+    println!("Monte Carlo with {} samples (seed {})", v.samples, v.seed);
+    println!();
+    println!(
+        "tensor inner products: exact vs independent-Gaussian-legs estimate (MATH.md §4.3 (i))"
+    );
+    println!(
+        "  {:<10} {:>18} {:>18} {:>14} {:>8}",
+        "", "exact", "monte carlo", "std. error", "z"
+    );
+    for (name, exact, est) in [
+        ("inner", t.inner, mc.inner),
+        ("norm2_a", t.norm2_a, mc.norm2_a),
+        ("norm2_b", t.norm2_b, mc.norm2_b),
+    ] {
+        println!(
+            "  {name:<10} {exact:>18.10e} {:>18.10e} {:>14.3e} {:>8.2}",
+            est.mean,
+            est.stderr,
+            est.z(exact)
+        );
+    }
+    println!(
+        "  {:<10} {:>18.10} {:>18.10}",
+        "similarity", t.similarity, mc.similarity
+    );
+    println!();
+    println!("Gaussian functional inner product E<f_a(x), f_b(x)>, x ~ N(0, I) (monte carlo)");
+    let f = &v.functional_mc;
+    for (name, est) in [
+        ("inner", f.inner),
+        ("norm2_a", f.norm2_a),
+        ("norm2_b", f.norm2_b),
+    ] {
+        println!("  {name:<10} {:>18.10e} ± {:.3e}", est.mean, est.stderr);
+    }
+    println!("  {:<10} {:>18.10}", "cosine", f.similarity);
+}
+
+fn inspect(file: &Path, arch: Option<&Path>, json: bool) -> Result<()> {
+    let tf = io::TensorFile::open(file)?;
+    let stored = tf.tensors()?;
+    let description = io::resolve_arch(&tf, arch)?;
+    let model = tf.model(&description)?;
+    let used = used_names(&description);
+    let unused: Vec<&str> = stored
+        .iter()
+        .map(|t| t.name.as_str())
+        .filter(|n| !used.iter().any(|u| u == n))
+        .collect();
+    if json {
+        let tensors: Vec<_> = stored
+            .iter()
+            .map(|t| json!({"name": t.name, "dtype": t.dtype, "shape": t.shape, "used": used.contains(&t.name)}))
+            .collect();
+        let v = json!({
+            "file": file.display().to_string(),
+            "architecture": serde_json::to_value(&description)?,
+            "parameters": model.param_count(),
+            "degree": model.degree(),
+            "input_dim": model.in_dim(),
+            "output_dim": model.out_dim(),
+            "tensors": tensors,
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    println!("file        {}", file.display());
+    println!(
+        "input       dim {}, n_ctx {}",
+        model.in_dim(),
+        model.input().n_ctx
+    );
+    println!("output      dim {}", model.out_dim());
+    println!("parameters  {}", model.param_count());
+    println!(
+        "degree      {} (polynomial degree in the input)",
+        model.degree()
+    );
+    println!("layers:");
+    for (i, layer) in model.layers().iter().enumerate() {
+        let extra = match layer {
+            tensim::Layer::Bilinear(b) => {
+                let res = b
+                    .residual
+                    .map(|r| format!(", residual {:?} scale {}", r.mode, r.scale).to_lowercase())
+                    .unwrap_or_default();
+                format!(
+                    " hidden {}{}{}",
+                    b.hidden(),
+                    if b.down.is_none() { ", no down" } else { "" },
+                    res
+                )
+            }
+            tensim::Layer::Linear(_) => String::new(),
+        };
+        println!(
+            "  {i:>3}  {:<9} {} → {}{extra}",
+            layer.kind(),
+            layer.in_dim(),
+            layer.out_dim()
+        );
+    }
+    println!("tensors:");
+    for t in &stored {
+        let mark = if used.contains(&t.name) {
+            ""
+        } else {
+            "   (not used by the architecture)"
+        };
+        println!("  {:<40} {:<5} {:?}{mark}", t.name, t.dtype, t.shape);
+    }
+    if !unused.is_empty() {
+        println!(
+            "{} stored tensor(s) are not used by the architecture",
+            unused.len()
+        );
+    }
+    Ok(())
+}
+
+/// Every tensor name the description refers to.
+fn used_names(arch: &tensim::Arch) -> Vec<String> {
+    let v = serde_json::to_value(arch).expect("serialisable");
+    let mut names = Vec::new();
+    for layer in v["layers"].as_array().into_iter().flatten() {
+        for (key, val) in layer.as_object().into_iter().flatten() {
+            if key != "kind" && key != "mask" {
+                if let Some(s) = val.as_str() {
+                    names.push(s.to_string());
+                }
+            }
+        }
+    }
+    names
+}
+
+fn demo_symmetries(out: &Path, seed: u64) -> Result<()> {
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let examples = tensim::demo::symmetries(seed)?;
+    println!("Built-in example: is each model computing the same thing as A?\n");
+    for e in &examples {
+        let path = out.join(format!("{}.safetensors", e.name));
+        io::save(&e.model, &path)?;
+        println!("  {}  {:<70} {}", e.name, e.description, path.display());
+    }
+    let a = &examples[0].model;
+    let inputs = Inputs::gaussian(10_000, 1, a.in_dim(), seed)?;
+    let opts = Options::default();
+    println!(
+        "\n  {:<4} {:>10} {:>10} {:>12}   (behavioral: mean per-input output cosine on {} Gaussian inputs)",
+        "pair", "tensor", "matrix", "behavioral", inputs.rows
+    );
+    for e in &examples[1..] {
+        let cell = |m: Metric| match metrics::compare(a, &e.model, m, Some(&inputs), &opts) {
+            Ok(r) => format!("{:.6}", r.similarity),
+            Err(tensim::Error::Incompatible(_)) => "n/a".to_string(),
+            Err(err) => format!("error: {err}"),
+        };
+        println!(
+            "  A-{:<2} {:>10} {:>10} {:>12}",
+            e.name,
+            cell(Metric::Tensor),
+            cell(Metric::Matrix),
+            cell(Metric::Behavioral)
+        );
+    }
+    println!(
+        "\nB and C compute A's function exactly: tensor similarity is 1 for both, while the weight \
+         cosine of B is far from 1 (and undefined for C, whose shapes differ).\nTry: tensim compare \
+         {0}/A.safetensors {0}/D.safetensors --per-output   |   tensim inspect {0}/C.safetensors",
+        out.display()
+    );
+    if examples.is_empty() {
+        bail!("no examples");
+    }
+    Ok(())
+}

@@ -1,0 +1,429 @@
+//! Model files (`tensim/1`, FORMAT.md): safetensors weights plus an architecture description,
+//! from a sidecar JSON file or the safetensors metadata key `"tensim"`. Every file tensim writes
+//! goes to a temporary file in the same folder and is renamed into place.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use safetensors::tensor::{Dtype, TensorView};
+use safetensors::SafeTensors;
+
+use crate::arch::{Arch, BilinearSpec, LayerSpec, LinearSpec};
+use crate::error::{Error, Result, TensorPlace};
+use crate::layers::{Bilinear, Layer, Linear};
+use crate::linalg::from_row_major;
+use crate::model::Model;
+
+/// Safetensors metadata key holding the architecture JSON.
+pub const METADATA_KEY: &str = "tensim";
+
+/// A safetensors file read into memory.
+pub struct TensorFile {
+    pub path: PathBuf,
+    bytes: Vec<u8>,
+}
+
+/// Name, dtype and shape of one stored tensor.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TensorInfo {
+    pub name: String,
+    pub dtype: String,
+    pub shape: Vec<usize>,
+}
+
+impl TensorFile {
+    /// Read and validate the file's header and data layout.
+    pub fn open(path: &Path) -> Result<TensorFile> {
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        let file = TensorFile {
+            path: path.to_path_buf(),
+            bytes,
+        };
+        file.parse()?;
+        Ok(file)
+    }
+
+    fn parse(&self) -> Result<SafeTensors<'_>> {
+        SafeTensors::deserialize(&self.bytes).map_err(|e| Error::Corrupt {
+            path: self.path.clone(),
+            reason: e.to_string(),
+        })
+    }
+
+    /// The header metadata (string to string), if any.
+    pub fn metadata(&self) -> Result<HashMap<String, String>> {
+        let (_, meta) = SafeTensors::read_metadata(&self.bytes).map_err(|e| Error::Corrupt {
+            path: self.path.clone(),
+            reason: e.to_string(),
+        })?;
+        Ok(meta.metadata().clone().unwrap_or_default())
+    }
+
+    /// The architecture embedded under the `"tensim"` metadata key, if any.
+    pub fn embedded_arch(&self) -> Result<Option<Arch>> {
+        match self.metadata()?.get(METADATA_KEY) {
+            None => Ok(None),
+            Some(text) => Arch::from_json(
+                text,
+                &format!("{} (metadata \"{METADATA_KEY}\")", self.path.display()),
+            )
+            .map(Some),
+        }
+    }
+
+    /// Every stored tensor, sorted by name.
+    pub fn tensors(&self) -> Result<Vec<TensorInfo>> {
+        let st = self.parse()?;
+        let mut out: Vec<TensorInfo> = st
+            .iter()
+            .map(|(name, view)| TensorInfo {
+                name: name.to_string(),
+                dtype: format!("{:?}", view.dtype()),
+                shape: view.shape().to_vec(),
+            })
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    /// Build the model `arch` describes from this file's tensors.
+    pub fn model(&self, arch: &Arch) -> Result<Model> {
+        let st = self.parse()?;
+        let reader = Reader {
+            file: self,
+            st: &st,
+        };
+        let mut dim = arch.input.dim;
+        let mut layers = Vec::with_capacity(arch.layers.len());
+        for (i, spec) in arch.layers.iter().enumerate() {
+            let layer = match spec {
+                LayerSpec::Linear(s) => Layer::Linear(reader.linear(i, s, dim)?),
+                LayerSpec::Bilinear(s) => Layer::Bilinear(reader.bilinear(i, s, dim)?),
+                LayerSpec::Attention(_) => {
+                    return Err(Error::Model(format!(
+                        "{}: layer {i}: attention layers are described by the format but not \
+                         supported by this version of tensim",
+                        self.path.display()
+                    )))
+                }
+            };
+            dim = layer.out_dim();
+            layers.push(layer);
+        }
+        Model::new(arch.input.dim, arch.input.n_ctx, layers)
+            .map_err(|e| Error::Model(format!("{}: {e}", self.path.display())))
+    }
+}
+
+/// Load a model: `weights` (safetensors) described by `arch` (a sidecar JSON file) or by the
+/// file's own `"tensim"` metadata.
+pub fn load(weights: &Path, arch: Option<&Path>) -> Result<Model> {
+    let file = TensorFile::open(weights)?;
+    let arch = resolve_arch(&file, arch)?;
+    file.model(&arch)
+}
+
+/// The architecture for `file`: the sidecar if given, else the embedded description.
+pub fn resolve_arch(file: &TensorFile, arch: Option<&Path>) -> Result<Arch> {
+    match arch {
+        Some(p) => Arch::from_file(p),
+        None => file.embedded_arch()?.ok_or_else(|| Error::NoArch {
+            path: file.path.clone(),
+        }),
+    }
+}
+
+/// Expected size of one tensor axis.
+#[derive(Clone, Copy)]
+enum Axis {
+    Is(usize),
+    /// A size the tensor itself defines (named for messages), optionally required even.
+    Free(&'static str, bool),
+}
+
+struct Reader<'a> {
+    file: &'a TensorFile,
+    st: &'a SafeTensors<'a>,
+}
+
+impl Reader<'_> {
+    /// Read tensor `name` as f64 (row-major), checking its shape against `axes`.
+    fn read(
+        &self,
+        layer: usize,
+        role: &str,
+        name: &str,
+        axes: &[Axis],
+    ) -> Result<(Vec<usize>, Vec<f64>)> {
+        let path = self.file.path.clone();
+        let place = || {
+            Box::new(TensorPlace {
+                path: path.clone(),
+                name: name.to_string(),
+                layer,
+                role: role.to_string(),
+            })
+        };
+        let view = self.st.tensor(name).map_err(|_| Error::MissingTensor {
+            place: place(),
+            hint: self.near_names(name),
+        })?;
+        let shape = view.shape().to_vec();
+        let fits = shape.len() == axes.len()
+            && shape.iter().zip(axes).all(|(&n, a)| match *a {
+                Axis::Is(m) => n == m,
+                Axis::Free(_, even) => n > 0 && (!even || n % 2 == 0),
+            });
+        if !fits {
+            let expected = axes
+                .iter()
+                .map(|a| match *a {
+                    Axis::Is(m) => m.to_string(),
+                    Axis::Free(s, _) => s.to_string(),
+                })
+                .collect::<Vec<_>>()
+                .join(", ");
+            return Err(Error::Shape {
+                place: place(),
+                expected: format!("[{expected}]"),
+                actual: shape,
+            });
+        }
+        let values = to_f64(&view).ok_or_else(|| Error::Dtype {
+            path: path.clone(),
+            name: name.to_string(),
+            dtype: format!("{:?}", view.dtype()),
+        })?;
+        if let Some(index) = values.iter().position(|v| !v.is_finite()) {
+            return Err(Error::NonFinite {
+                path,
+                name: name.to_string(),
+                index,
+                value: values[index],
+            });
+        }
+        Ok((shape, values))
+    }
+
+    /// " (did you mean ...?)" with stored names sharing the last path component.
+    fn near_names(&self, name: &str) -> String {
+        let tail = name.rsplit('.').next().unwrap_or(name);
+        let mut near: Vec<String> = self
+            .st
+            .names()
+            .into_iter()
+            .filter(|n| n.ends_with(tail))
+            .map(str::to_string)
+            .collect();
+        near.sort();
+        near.truncate(6);
+        if near.is_empty() {
+            format!(
+                " (the file holds {} tensors; `tensim inspect` lists them)",
+                self.st.len()
+            )
+        } else {
+            format!(" (the file has: {})", near.join(", "))
+        }
+    }
+
+    fn matrix(
+        &self,
+        layer: usize,
+        role: &str,
+        name: &str,
+        rows: Axis,
+        cols: Axis,
+    ) -> Result<faer::Mat<f64>> {
+        let (shape, v) = self.read(layer, role, name, &[rows, cols])?;
+        Ok(from_row_major(shape[0], shape[1], &v))
+    }
+
+    fn vector(
+        &self,
+        layer: usize,
+        role: &str,
+        name: &Option<String>,
+        len: usize,
+    ) -> Result<Option<Vec<f64>>> {
+        name.as_ref()
+            .map(|n| self.read(layer, role, n, &[Axis::Is(len)]).map(|(_, v)| v))
+            .transpose()
+    }
+
+    fn linear(&self, i: usize, s: &LinearSpec, dim: usize) -> Result<Linear> {
+        let weight = self.matrix(
+            i,
+            "weight",
+            &s.weight,
+            Axis::Free("out", false),
+            Axis::Is(dim),
+        )?;
+        let bias = self.vector(i, "bias", &s.bias, weight.nrows())?;
+        Ok(Linear { weight, bias })
+    }
+
+    fn bilinear(&self, i: usize, s: &BilinearSpec, dim: usize) -> Result<Bilinear> {
+        let (left, right) = match (&s.left, &s.right, &s.left_right) {
+            (Some(l), Some(r), _) => {
+                let left = self.matrix(i, "left", l, Axis::Free("h", false), Axis::Is(dim))?;
+                let right = self.matrix(i, "right", r, Axis::Is(left.nrows()), Axis::Is(dim))?;
+                (left, right)
+            }
+            (_, _, Some(lr)) => {
+                let fused =
+                    self.matrix(i, "left_right", lr, Axis::Free("2h", true), Axis::Is(dim))?;
+                let h = fused.nrows() / 2;
+                (
+                    fused.subrows(0, h).to_owned(),
+                    fused.subrows(h, h).to_owned(),
+                )
+            }
+            _ => unreachable!("validated by Arch"),
+        };
+        let h = left.nrows();
+        let down = s
+            .down
+            .as_ref()
+            .map(|n| self.matrix(i, "down", n, Axis::Free("out", false), Axis::Is(h)))
+            .transpose()?;
+        let (left_bias, right_bias) = match &s.left_right_bias {
+            Some(_) => {
+                let v = self
+                    .vector(i, "left_right_bias", &s.left_right_bias, 2 * h)?
+                    .unwrap();
+                (Some(v[..h].to_vec()), Some(v[h..].to_vec()))
+            }
+            None => (
+                self.vector(i, "left_bias", &s.left_bias, h)?,
+                self.vector(i, "right_bias", &s.right_bias, h)?,
+            ),
+        };
+        let out = down.as_ref().map_or(h, |d| d.nrows());
+        let down_bias = self.vector(i, "down_bias", &s.down_bias, out)?;
+        if s.residual.is_some() && out != dim {
+            return Err(Error::Model(format!(
+                "{}: layer {i} (bilinear): a residual needs equal input and output sizes, but \
+                 input is {dim} and output is {out}{}",
+                self.file.path.display(),
+                if s.down.is_none() {
+                    " (no \"down\": the output is the hidden product)"
+                } else {
+                    ""
+                }
+            )));
+        }
+        Ok(Bilinear {
+            left,
+            right,
+            down,
+            left_bias,
+            right_bias,
+            down_bias,
+            residual: s.residual,
+        })
+    }
+}
+
+/// Stored values as f64 (little-endian F16, BF16, F32, F64); `None` for other dtypes.
+fn to_f64(view: &TensorView<'_>) -> Option<Vec<f64>> {
+    let data = view.data();
+    let chunks = |n: usize| data.chunks_exact(n);
+    Some(match view.dtype() {
+        Dtype::F64 => chunks(8)
+            .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
+            .collect(),
+        Dtype::F32 => chunks(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64)
+            .collect(),
+        Dtype::F16 => chunks(2)
+            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f64())
+            .collect(),
+        Dtype::BF16 => chunks(2)
+            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f64())
+            .collect(),
+        _ => return None,
+    })
+}
+
+/// Write `bytes` to `path` atomically: a temporary file in the same folder, then a rename.
+/// On any failure the previous content of `path` is left intact.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    if !dir.is_dir() {
+        return Err(Error::io(
+            path,
+            std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("folder {} does not exist", dir.display()),
+            ),
+        ));
+    }
+    let file_name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{file_name}.{}.tmp", std::process::id()));
+    let result = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(Error::io(path, e));
+    }
+    Ok(())
+}
+
+/// Save `model` as a self-describing `tensim/1` file: f64 tensors under canonical names
+/// (`layers.{i}.{role}`) and the architecture in the `"tensim"` metadata key. Reloading gives
+/// the identical model.
+pub fn save(model: &Model, path: &Path) -> Result<()> {
+    let arch = model.arch();
+    let mut owned: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+    for (i, layer) in model.layers().iter().enumerate() {
+        for (role, values) in layer.parameters() {
+            let shape = match (layer, role) {
+                (Layer::Linear(l), "weight") => vec![l.weight.nrows(), l.weight.ncols()],
+                (Layer::Bilinear(b), "left" | "right") => vec![b.hidden(), b.in_dim()],
+                (Layer::Bilinear(b), "down") => vec![b.out_dim(), b.hidden()],
+                _ => vec![values.len()],
+            };
+            let bytes = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+            owned.push((Model::tensor_name(i, role), shape, bytes));
+        }
+    }
+    let views = owned
+        .iter()
+        .map(|(n, s, b)| {
+            TensorView::new(Dtype::F64, s.clone(), b)
+                .map(|v| (n.clone(), v))
+                .map_err(|e| Error::Invalid(e.to_string()))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let meta = HashMap::from([(METADATA_KEY.to_string(), arch.to_json())]);
+    let bytes =
+        safetensors::serialize(views, Some(meta)).map_err(|e| Error::Invalid(e.to_string()))?;
+    write_atomic(path, &bytes)
+}
+
+/// Embed `arch` into a copy of `input` (all tensors kept as stored, other metadata kept), after
+/// checking that the weights load under it.
+pub fn pack(arch_path: &Path, input: &Path, output: &Path) -> Result<Model> {
+    let file = TensorFile::open(input)?;
+    let arch = Arch::from_file(arch_path)?;
+    let model = file.model(&arch)?;
+    let st = file.parse()?;
+    let mut meta = file.metadata()?;
+    meta.insert(METADATA_KEY.to_string(), arch.to_json());
+    let bytes = safetensors::serialize(st.tensors(), Some(meta))
+        .map_err(|e| Error::Invalid(e.to_string()))?;
+    write_atomic(output, &bytes)?;
+    Ok(model)
+}

@@ -1,0 +1,80 @@
+//! Linear layer `y = W x + b` (PyTorch `nn.Linear` layout, `W ∈ ℝ^{m×d}`).
+//!
+//! Padded form (MATH.md §2.1): `ŷ = Ŵ x̂` with `Ŵ = [[1, 0ᵀ], [b, W]] ∈ ℝ^{(m+1)×(d+1)}`;
+//! one input leg.
+
+use crate::gram::Gram;
+use crate::linalg::{mul, mul_t, Mat, MatRef, Par};
+
+/// A linear (affine) layer.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Linear {
+    /// `W`, shape `(out, in)`.
+    pub weight: Mat<f64>,
+    /// `b`, length `out`.
+    pub bias: Option<Vec<f64>>,
+}
+
+impl Linear {
+    pub fn in_dim(&self) -> usize {
+        self.weight.ncols()
+    }
+
+    pub fn out_dim(&self) -> usize {
+        self.weight.nrows()
+    }
+
+    /// Batched forward pass, rows are inputs: `Y = X Wᵀ + 1 bᵀ`.
+    pub fn forward(&self, x: MatRef<'_, f64>, par: Par) -> Mat<f64> {
+        let mut y = mul_t(x, self.weight.as_ref(), par);
+        if let Some(b) = &self.bias {
+            for j in 0..y.ncols() {
+                for i in 0..y.nrows() {
+                    y[(i, j)] += b[j];
+                }
+            }
+        }
+        y
+    }
+
+    /// `Ŵ = [[1, 0ᵀ], [b, W]]`.
+    pub fn padded(&self) -> PaddedLinear {
+        let (m, d) = (self.out_dim(), self.in_dim());
+        let w = Mat::from_fn(m + 1, d + 1, |i, j| match (i, j) {
+            (0, 0) => 1.0,
+            (0, _) => 0.0,
+            (_, 0) => self.bias.as_ref().map_or(0.0, |b| b[i - 1]),
+            _ => self.weight[(i - 1, j - 1)],
+        });
+        PaddedLinear { w }
+    }
+}
+
+/// The padded node `Ŵ` of a linear layer.
+#[derive(Clone, Debug)]
+pub struct PaddedLinear {
+    pub w: Mat<f64>,
+}
+
+impl PaddedLinear {
+    /// Tensor-network evaluation on padded inputs (rows): `X̂ Ŵᵀ`.
+    pub fn apply(&self, x: MatRef<'_, f64>, par: Par) -> Mat<f64> {
+        mul_t(x, self.w.as_ref(), par)
+    }
+
+    /// Gram update on the left (model a) side: `G ← Ŵ_a G`.
+    pub fn gram_left(&self, g: &Gram, par: Par) -> Gram {
+        g.map(|m| match m {
+            None => self.w.clone(),
+            Some(m) => mul(self.w.as_ref(), m, par),
+        })
+    }
+
+    /// Gram update on the right (model b) side: `G ← G Ŵ_bᵀ`.
+    pub fn gram_right(&self, g: &Gram, par: Par) -> Gram {
+        g.map(|m| match m {
+            None => self.w.transpose().to_owned(),
+            Some(m) => mul_t(m, self.w.as_ref(), par),
+        })
+    }
+}

@@ -1,0 +1,98 @@
+//! Components of a tensor-network model. Each layer kind owns its padded (homogenised) node
+//! form, its forward pass and its Gram update; `attention` (bilinear quadratic-score attention)
+//! is described by the file format and will live beside them.
+
+pub mod bilinear;
+pub mod linear;
+
+pub use bilinear::{Bilinear, PaddedBilinear};
+pub use linear::{Linear, PaddedLinear};
+
+use crate::linalg::{Mat, MatRef, Par};
+
+/// One layer of a model.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Layer {
+    Linear(Linear),
+    Bilinear(Bilinear),
+}
+
+impl Layer {
+    pub fn in_dim(&self) -> usize {
+        match self {
+            Layer::Linear(l) => l.in_dim(),
+            Layer::Bilinear(b) => b.in_dim(),
+        }
+    }
+
+    pub fn out_dim(&self) -> usize {
+        match self {
+            Layer::Linear(l) => l.out_dim(),
+            Layer::Bilinear(b) => b.out_dim(),
+        }
+    }
+
+    /// Polynomial degree of the layer in its input.
+    pub fn degree(&self) -> u32 {
+        match self {
+            Layer::Linear(_) => 1,
+            Layer::Bilinear(_) => 2,
+        }
+    }
+
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Layer::Linear(_) => "linear",
+            Layer::Bilinear(_) => "bilinear",
+        }
+    }
+
+    /// Batched forward pass (rows are inputs).
+    pub fn forward(&self, x: MatRef<'_, f64>, par: Par) -> Mat<f64> {
+        match self {
+            Layer::Linear(l) => l.forward(x, par),
+            Layer::Bilinear(b) => b.forward(x, par),
+        }
+    }
+
+    /// The layer's padded node.
+    pub fn padded(&self) -> PaddedLayer {
+        match self {
+            Layer::Linear(l) => PaddedLayer::Linear(l.padded()),
+            Layer::Bilinear(b) => PaddedLayer::Bilinear(b.padded()),
+        }
+    }
+
+    /// The parameters in a fixed order (weights, then biases), each as `(role, row-major values)`.
+    pub fn parameters(&self) -> Vec<(&'static str, Vec<f64>)> {
+        use crate::linalg::to_row_major;
+        let mut out = Vec::new();
+        let mut push = |role: &'static str, v: Option<Vec<f64>>| {
+            if let Some(v) = v {
+                out.push((role, v));
+            }
+        };
+        match self {
+            Layer::Linear(l) => {
+                push("weight", Some(to_row_major(l.weight.as_ref())));
+                push("bias", l.bias.clone());
+            }
+            Layer::Bilinear(b) => {
+                push("left", Some(to_row_major(b.left.as_ref())));
+                push("right", Some(to_row_major(b.right.as_ref())));
+                push("down", b.down.as_ref().map(|d| to_row_major(d.as_ref())));
+                push("left_bias", b.left_bias.clone());
+                push("right_bias", b.right_bias.clone());
+                push("down_bias", b.down_bias.clone());
+            }
+        }
+        out
+    }
+}
+
+/// A layer as a node of the tensor network.
+#[derive(Clone, Debug)]
+pub enum PaddedLayer {
+    Linear(PaddedLinear),
+    Bilinear(PaddedBilinear),
+}

@@ -1,0 +1,69 @@
+//! Thin helpers over faer's GEMM. Parallelism is an argument of every call (faer's `Par`):
+//! single comparisons use all cores inside the GEMM; batch work parallelises over pairs and
+//! passes `Par::Seq`.
+
+pub use faer::{Mat, MatRef, Par};
+
+use faer::linalg::matmul::matmul;
+use faer::Accum;
+
+/// `A · B`.
+pub fn mul(a: MatRef<'_, f64>, b: MatRef<'_, f64>, par: Par) -> Mat<f64> {
+    let mut out = Mat::zeros(a.nrows(), b.ncols());
+    matmul(out.as_mut(), Accum::Replace, a, b, 1.0, par);
+    out
+}
+
+/// `A · Bᵀ`.
+pub fn mul_t(a: MatRef<'_, f64>, b: MatRef<'_, f64>, par: Par) -> Mat<f64> {
+    mul(a, b.transpose(), par)
+}
+
+/// `A ∘ B` (elementwise product).
+pub fn hadamard(a: MatRef<'_, f64>, b: MatRef<'_, f64>) -> Mat<f64> {
+    Mat::from_fn(a.nrows(), a.ncols(), |i, j| a[(i, j)] * b[(i, j)])
+}
+
+/// Largest absolute entry (0 for an empty matrix).
+pub fn max_abs(a: MatRef<'_, f64>) -> f64 {
+    let mut m = 0.0f64;
+    for j in 0..a.ncols() {
+        for i in 0..a.nrows() {
+            m = m.max(a[(i, j)].abs());
+        }
+    }
+    m
+}
+
+/// Row-major `rows × cols` slice into a matrix.
+pub fn from_row_major(rows: usize, cols: usize, data: &[f64]) -> Mat<f64> {
+    assert_eq!(data.len(), rows * cols);
+    Mat::from_fn(rows, cols, |i, j| data[i * cols + j])
+}
+
+/// The matrix flattened row-major (PyTorch's order).
+pub fn to_row_major(a: MatRef<'_, f64>) -> Vec<f64> {
+    let mut v = Vec::with_capacity(a.nrows() * a.ncols());
+    for i in 0..a.nrows() {
+        for j in 0..a.ncols() {
+            v.push(a[(i, j)]);
+        }
+    }
+    v
+}
+
+/// `[1 | X]`: prepend the unit column (the padded form of a batch of inputs).
+pub fn pad_ones(x: MatRef<'_, f64>) -> Mat<f64> {
+    Mat::from_fn(x.nrows(), x.ncols() + 1, |i, j| {
+        if j == 0 {
+            1.0
+        } else {
+            x[(i, j - 1)]
+        }
+    })
+}
+
+/// Drop the unit column of a padded batch.
+pub fn unpad(x: MatRef<'_, f64>) -> Mat<f64> {
+    x.subcols(1, x.ncols() - 1).to_owned()
+}

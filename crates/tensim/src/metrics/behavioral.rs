@@ -1,0 +1,71 @@
+//! Behavioural similarity, the paper's baseline (MATH.md §6): the mean over inputs of the
+//! per-input cosine of the two output vectors,
+//! `mean_n ⟨f_a(x_n), f_b(x_n)⟩ / ((‖f_a(x_n)‖ + 10⁻⁸)(‖f_b(x_n)‖ + 10⁻⁸))`.
+//!
+//! `inner`, `norm2_a`, `norm2_b` report the means of `⟨f_a,f_b⟩`, `‖f_a‖²`, `‖f_b‖²`.
+//! Per output `o`: the cosine over inputs of the two models' `o`-th outputs,
+//! `Σ_n f_a(x_n)_o f_b(x_n)_o / √(Σ_n f_a(x_n)_o² · Σ_n f_b(x_n)_o²)` (summed over positions).
+
+use crate::error::{Error, Result};
+use crate::metrics::inputs::outputs;
+use crate::metrics::{cosines, Comparison, Inputs, Metric, Options};
+use crate::model::Model;
+
+const EPS: f64 = 1e-8;
+
+/// Behavioural similarity on `inputs`.
+pub fn similarity(a: &Model, b: &Model, inputs: &Inputs, opts: &Options) -> Result<Comparison> {
+    let (ya, yb) = (outputs(a, inputs, opts.par)?, outputs(b, inputs, opts.par)?);
+    let n = ya.nrows();
+    let (mut sim, mut inner, mut na, mut nb) = (0.0, 0.0, 0.0, 0.0);
+    for r in 0..n {
+        let (mut ab, mut aa, mut bb) = (0.0, 0.0, 0.0);
+        for j in 0..ya.ncols() {
+            let (x, y) = (ya[(r, j)], yb[(r, j)]);
+            ab += x * y;
+            aa += x * x;
+            bb += y * y;
+        }
+        sim += ab / ((aa.sqrt() + EPS) * (bb.sqrt() + EPS));
+        inner += ab;
+        na += aa;
+        nb += bb;
+    }
+    for (norm, which) in [(na, "A"), (nb, "B")] {
+        if norm == 0.0 {
+            return Err(Error::ZeroNorm {
+                which: format!("{which} (on {})", inputs.source),
+                metric: Metric::Behavioral.name().into(),
+            });
+        }
+    }
+    let per_output = opts.per_output.then(|| {
+        let out = a.out_dim();
+        let col = |f: &dyn Fn(f64, f64) -> f64| -> Vec<f64> {
+            (0..out)
+                .map(|o| {
+                    (0..n)
+                        .flat_map(|r| (0..inputs.n_ctx).map(move |t| (r, t * out + o)))
+                        .map(|(r, j)| f(ya[(r, j)], yb[(r, j)]))
+                        .sum()
+                })
+                .collect()
+        };
+        cosines(
+            &col(&|x, y| x * y),
+            &col(&|x, _| x * x),
+            &col(&|_, y| y * y),
+        )
+    });
+    let m = n as f64;
+    Ok(Comparison {
+        metric: Metric::Behavioral.name(),
+        similarity: (sim / m).clamp(-1.0, 1.0),
+        inner: inner / m,
+        norm2_a: na / m,
+        norm2_b: nb / m,
+        per_output,
+        samples: Some(inputs.rows),
+        inputs: Some(inputs.source.clone()),
+    })
+}

@@ -1,0 +1,105 @@
+//! Matrix (weight) similarity, the naive baseline (MATH.md §6): the cosine of the two models'
+//! parameters concatenated and flattened (row-major, layer by layer, weights then biases).
+//! Defined only for models of identical architecture. Per output `c`: the cosine of the final
+//! layer's row `c` (weights and bias of that output).
+
+use crate::error::{Error, Result};
+use crate::layers::Layer;
+use crate::linalg::to_row_major;
+use crate::metrics::{cosine, cosines, Comparison, Metric, Options};
+use crate::model::Model;
+
+/// Cosine of the flattened parameters.
+pub fn similarity(a: &Model, b: &Model, opts: &Options) -> Result<Comparison> {
+    same_architecture(a, b)?;
+    let (pa, pb) = (flat(a), flat(b));
+    let dot = |x: &[f64], y: &[f64]| x.iter().zip(y).map(|(u, v)| u * v).sum::<f64>();
+    let (inner, norm2_a, norm2_b) = (dot(&pa, &pb), dot(&pa, &pa), dot(&pb, &pb));
+    let per_output = opts.per_output.then(|| {
+        let (ra, rb) = (output_rows(a), output_rows(b));
+        let f = |g: &dyn Fn(usize) -> f64| (0..ra.len()).map(g).collect::<Vec<_>>();
+        cosines(
+            &f(&|c| dot(&ra[c], &rb[c])),
+            &f(&|c| dot(&ra[c], &ra[c])),
+            &f(&|c| dot(&rb[c], &rb[c])),
+        )
+    });
+    Ok(Comparison {
+        metric: Metric::Matrix.name(),
+        similarity: cosine(inner, norm2_a, norm2_b, Metric::Matrix)?,
+        inner,
+        norm2_a,
+        norm2_b,
+        per_output,
+        samples: None,
+        inputs: None,
+    })
+}
+
+fn flat(m: &Model) -> Vec<f64> {
+    m.layers()
+        .iter()
+        .flat_map(|l| l.parameters())
+        .flat_map(|(_, v)| v)
+        .collect()
+}
+
+/// The parameters that produce each output coordinate of the final layer.
+fn output_rows(m: &Model) -> Vec<Vec<f64>> {
+    let last = m.layers().last().expect("a model has layers");
+    let rows = |w: &faer::Mat<f64>| -> Vec<Vec<f64>> {
+        (0..w.nrows())
+            .map(|c| to_row_major(w.subrows(c, 1)))
+            .collect()
+    };
+    let with = |mut rows: Vec<Vec<f64>>, bias: &Option<Vec<f64>>| {
+        if let Some(b) = bias {
+            rows.iter_mut().zip(b).for_each(|(r, v)| r.push(*v));
+        }
+        rows
+    };
+    match last {
+        Layer::Linear(l) => with(rows(&l.weight), &l.bias),
+        Layer::Bilinear(bl) => match &bl.down {
+            Some(d) => with(rows(d), &bl.down_bias),
+            None => {
+                let mut r = rows(&bl.left);
+                for (row, extra) in r.iter_mut().zip(rows(&bl.right)) {
+                    row.extend(extra);
+                }
+                let r = with(with(r, &bl.left_bias), &bl.right_bias);
+                with(r, &bl.down_bias)
+            }
+        },
+    }
+}
+
+/// Same layer kinds, parameter roles and sizes, in the same order.
+fn same_architecture(a: &Model, b: &Model) -> Result<()> {
+    let sig = |m: &Model| -> Vec<String> {
+        m.layers()
+            .iter()
+            .enumerate()
+            .flat_map(|(i, l)| {
+                let dims = format!("{}→{}", l.in_dim(), l.out_dim());
+                l.parameters().into_iter().map(move |(role, v)| {
+                    format!("layer {i} {} {dims} {role}[{}]", l.kind(), v.len())
+                })
+            })
+            .collect()
+    };
+    let (sa, sb) = (sig(a), sig(b));
+    if sa != sb {
+        let first = sa
+            .iter()
+            .zip(&sb)
+            .find(|(x, y)| x != y)
+            .map(|(x, y)| format!("A has {x}, B has {y}"))
+            .unwrap_or_else(|| format!("A has {} parameter tensors, B has {}", sa.len(), sb.len()));
+        return Err(Error::Incompatible(format!(
+            "the matrix metric needs identical architectures ({first}); use --metric tensor to \
+             compare models of different shapes"
+        )));
+    }
+    Ok(())
+}

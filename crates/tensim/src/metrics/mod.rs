@@ -1,0 +1,172 @@
+//! Similarity metrics, one file each. Every metric returns a [`Comparison`]:
+//! `similarity = inner / √(norm2_a · norm2_b)` for the metric's own inner product.
+
+pub mod behavioral;
+pub mod cka;
+pub mod inputs;
+pub mod matrix;
+pub mod tensor;
+
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::linalg::Par;
+use crate::model::Model;
+
+pub use inputs::Inputs;
+
+/// The metrics tensim computes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Metric {
+    /// Tensor similarity: exact, from the weights (MATH.md §3).
+    Tensor,
+    /// Cosine of the concatenated flattened weights (same architecture only).
+    Matrix,
+    /// Mean over inputs of the per-input cosine of the two output vectors.
+    Behavioral,
+    /// Linear CKA of the two models' outputs on the same inputs.
+    Cka,
+}
+
+impl Metric {
+    pub const ALL: [Metric; 4] = [
+        Metric::Tensor,
+        Metric::Matrix,
+        Metric::Behavioral,
+        Metric::Cka,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Metric::Tensor => "tensor",
+            Metric::Matrix => "matrix",
+            Metric::Behavioral => "behavioral",
+            Metric::Cka => "cka",
+        }
+    }
+
+    /// Whether the metric evaluates the models on inputs.
+    pub fn needs_inputs(self) -> bool {
+        matches!(self, Metric::Behavioral | Metric::Cka)
+    }
+}
+
+impl std::str::FromStr for Metric {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Metric> {
+        Metric::ALL
+            .into_iter()
+            .find(|m| m.name() == s || (s == "behavioural" && *m == Metric::Behavioral))
+            .ok_or_else(|| {
+                Error::Invalid(format!(
+                    "unknown metric \"{s}\" (expected tensor, matrix, behavioral or cka)"
+                ))
+            })
+    }
+}
+
+/// Result of comparing two models.
+#[derive(Clone, Debug, Serialize)]
+pub struct Comparison {
+    pub metric: &'static str,
+    pub similarity: f64,
+    pub inner: f64,
+    pub norm2_a: f64,
+    pub norm2_b: f64,
+    /// The same metric per output coordinate; `None` where one model's slice is zero.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub per_output: Option<Vec<Option<f64>>>,
+    /// Number of inputs used (behavioural metrics).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub samples: Option<usize>,
+    /// Where the inputs came from (behavioural metrics).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub inputs: Option<String>,
+}
+
+/// Options shared by the metrics.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Also compute the metric per output coordinate.
+    pub per_output: bool,
+    /// Parallelism inside each GEMM.
+    pub par: Par,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            per_output: false,
+            par: Par::rayon(0),
+        }
+    }
+}
+
+/// Compare two models with `metric`; `inputs` is required by the behavioural metrics.
+pub fn compare(
+    a: &Model,
+    b: &Model,
+    metric: Metric,
+    inputs: Option<&Inputs>,
+    opts: &Options,
+) -> Result<Comparison> {
+    check_io(a, b)?;
+    let need =
+        || inputs.ok_or_else(|| Error::Invalid(format!("metric {} needs inputs", metric.name())));
+    match metric {
+        Metric::Tensor => tensor::similarity(a, b, opts),
+        Metric::Matrix => matrix::similarity(a, b, opts),
+        Metric::Behavioral => behavioral::similarity(a, b, need()?, opts),
+        Metric::Cka => cka::similarity(a, b, need()?, opts),
+    }
+}
+
+/// Input and output sizes must agree for any comparison.
+pub fn check_io(a: &Model, b: &Model) -> Result<()> {
+    if a.in_dim() != b.in_dim() {
+        return Err(Error::Incompatible(format!(
+            "input sizes differ: A takes {} inputs, B takes {}",
+            a.in_dim(),
+            b.in_dim()
+        )));
+    }
+    if a.out_dim() != b.out_dim() {
+        return Err(Error::Incompatible(format!(
+            "output sizes differ: A has {} outputs, B has {}",
+            a.out_dim(),
+            b.out_dim()
+        )));
+    }
+    if a.input().n_ctx != b.input().n_ctx {
+        return Err(Error::Incompatible(format!(
+            "n_ctx differs: A spans {} positions, B spans {}",
+            a.input().n_ctx,
+            b.input().n_ctx
+        )));
+    }
+    Ok(())
+}
+
+/// `inner / √(n_a n_b)`, clamped to [-1, 1] against rounding; an error if a norm is zero.
+pub fn cosine(inner: f64, n_a: f64, n_b: f64, metric: Metric) -> Result<f64> {
+    for (n, which) in [(n_a, "A"), (n_b, "B")] {
+        if n.is_nan() || n <= 0.0 {
+            return Err(Error::ZeroNorm {
+                which: which.into(),
+                metric: metric.name().into(),
+            });
+        }
+    }
+    Ok((inner / (n_a.sqrt() * n_b.sqrt())).clamp(-1.0, 1.0))
+}
+
+/// Per-coordinate cosines; `None` where a norm is zero.
+pub fn cosines(inner: &[f64], n_a: &[f64], n_b: &[f64]) -> Vec<Option<f64>> {
+    inner
+        .iter()
+        .zip(n_a.iter().zip(n_b))
+        .map(|(&i, (&x, &y))| {
+            (x > 0.0 && y > 0.0).then(|| (i / (x.sqrt() * y.sqrt())).clamp(-1.0, 1.0))
+        })
+        .collect()
+}

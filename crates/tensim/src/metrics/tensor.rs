@@ -1,0 +1,135 @@
+//! Tensor similarity (MATH.md §3): `TS(a,b) = ⟨P_W U_a, P_W U_b⟩ / √(⟨P_W U_a,P_W U_a⟩⟨P_W U_b,P_W U_b⟩)`
+//! where `U` is the unrolled padded coefficient tensor and `P_W` symmetrises every bilinear node.
+//!
+//! Computed exactly by the Gram recursion (§3.3), starting from `G = I` on the padded input:
+//!
+//! ```text
+//! linear of a:   G ← Ŵ_a G          linear of b:   G ← G Ŵ_bᵀ
+//! bilinear pair: K = ½[(L̂_a G L̂_bᵀ)∘(R̂_a G R̂_bᵀ) + (L̂_a G R̂_bᵀ)∘(R̂_a G L̂_bᵀ)],  G ← D̂_a K D̂_bᵀ
+//! inner(a,b) = Σ_{o≥1} G[o,o]
+//! ```
+//!
+//! Linear layers act on one side only, so the models may have different numbers of linear
+//! layers; bilinear layers are paired in order, and hidden widths may differ. A model with fewer
+//! bilinear layers is lifted by identity nodes `ŷ = ŷ ∘ ŷ₀` appended at its output (its function
+//! is unchanged; its tensor gains unit legs, which weights the lower-degree parts as the
+//! homogenised polynomial does, §3.4).
+
+use crate::budget;
+use crate::error::Result;
+use crate::gram::Gram;
+use crate::layers::{PaddedBilinear, PaddedLayer};
+use crate::linalg::Par;
+use crate::metrics::{cosine, cosines, Comparison, Metric, Options};
+use crate::model::Model;
+
+/// The padded nodes of `model`, lifted to `depth` bilinear layers by identity nodes at the output.
+pub fn lifted_nodes(model: &Model, depth: usize) -> Vec<PaddedLayer> {
+    let mut nodes = model.padded();
+    for _ in model.n_bilinear()..depth {
+        nodes.push(PaddedLayer::Bilinear(PaddedBilinear::identity(
+            model.out_dim(),
+        )));
+    }
+    nodes
+}
+
+/// The cross Gram `G_ab` over the padded output spaces after the whole recursion.
+/// Both node lists must have the same number of bilinear nodes. `same`: `a` and `b` are the same
+/// list (self inner product; one GEMM per bilinear node is saved).
+pub fn cross_gram(a: &[PaddedLayer], b: &[PaddedLayer], same: bool, par: Par) -> Gram {
+    let (mut ia, mut ib) = (0, 0);
+    let mut g = Gram::identity();
+    loop {
+        while let Some(PaddedLayer::Linear(l)) = a.get(ia) {
+            g = l.gram_left(&g, par);
+            ia += 1;
+        }
+        while let Some(PaddedLayer::Linear(l)) = b.get(ib) {
+            g = l.gram_right(&g, par);
+            ib += 1;
+        }
+        match (a.get(ia), b.get(ib)) {
+            (Some(PaddedLayer::Bilinear(na)), Some(PaddedLayer::Bilinear(nb))) => {
+                g = na.gram_update(nb, &g, same, par);
+                ia += 1;
+                ib += 1;
+            }
+            (None, None) => return g,
+            _ => unreachable!("node lists with different numbers of bilinear nodes"),
+        }
+    }
+}
+
+/// Entries of the largest intermediate of the recursion for `(a, b)`.
+fn workspace(a: &[PaddedLayer], b: &[PaddedLayer]) -> usize {
+    let bil = |v: &[PaddedLayer]| -> Vec<PaddedBilinear> {
+        v.iter()
+            .filter_map(|n| match n {
+                PaddedLayer::Bilinear(p) => Some(p.clone()),
+                _ => None,
+            })
+            .collect()
+    };
+    let dims = |v: &[PaddedLayer]| -> usize {
+        v.iter()
+            .map(|n| match n {
+                PaddedLayer::Linear(l) => l.w.nrows(),
+                PaddedLayer::Bilinear(p) => p.d.nrows(),
+            })
+            .max()
+            .unwrap_or(0)
+    };
+    let pairs = bil(a)
+        .iter()
+        .zip(bil(b).iter())
+        .map(|(x, y)| x.gram_workspace(y))
+        .max()
+        .unwrap_or(0);
+    pairs + 2 * dims(a) * dims(b)
+}
+
+/// The three Grams `(G_ab, G_aa, G_bb)` of the recursion, after a memory check.
+pub fn grams(a: &Model, b: &Model, par: Par) -> Result<(Gram, Gram, Gram)> {
+    let depth = a.n_bilinear().max(b.n_bilinear());
+    let (na, nb) = (lifted_nodes(a, depth), lifted_nodes(b, depth));
+    let ws = workspace(&na, &nb)
+        .max(workspace(&na, &na))
+        .max(workspace(&nb, &nb));
+    budget::check("the tensor-similarity recursion", ws as f64)?;
+    Ok((
+        cross_gram(&na, &nb, false, par),
+        cross_gram(&na, &na, true, par),
+        cross_gram(&nb, &nb, true, par),
+    ))
+}
+
+/// Tensor similarity of `a` and `b` (input and output sizes must agree).
+pub fn similarity(a: &Model, b: &Model, opts: &Options) -> Result<Comparison> {
+    crate::metrics::check_io(a, b)?;
+    let (gab, gaa, gbb) = grams(a, b, opts.par)?;
+    let (dab, daa, dbb) = (
+        gab.scaled_data_diagonal(),
+        gaa.scaled_data_diagonal(),
+        gbb.scaled_data_diagonal(),
+    );
+    let (sab, saa, sbb) = (gab.log_scale(), gaa.log_scale(), gbb.log_scale());
+    let sum = |v: &[f64]| v.iter().sum::<f64>();
+    // cos = (e^{s_ab} t_ab) / √(e^{s_aa} t_aa · e^{s_bb} t_bb): the scales combine into one factor.
+    let factor = (sab - 0.5 * (saa + sbb)).exp();
+    let similarity = cosine(factor * sum(&dab), sum(&daa), sum(&dbb), Metric::Tensor)?;
+    let per_output = opts.per_output.then(|| {
+        let scaled: Vec<f64> = dab.iter().map(|v| v * factor).collect();
+        cosines(&scaled, &daa, &dbb)
+    });
+    Ok(Comparison {
+        metric: Metric::Tensor.name(),
+        similarity,
+        inner: sab.exp() * sum(&dab),
+        norm2_a: saa.exp() * sum(&daa),
+        norm2_b: sbb.exp() * sum(&dbb),
+        per_output,
+        samples: None,
+        inputs: None,
+    })
+}

@@ -1,0 +1,203 @@
+//! A validated model: input size plus a stack of layers whose sizes chain. Metrics only ever see
+//! a `Model`, so every shape and value check happens once, here or in [`crate::io`].
+
+use crate::arch::{Arch, BilinearSpec, InputSpec, LayerSpec, LinearSpec, FORMAT};
+use crate::error::{Error, Result};
+use crate::layers::{Layer, PaddedLayer};
+use crate::linalg::{pad_ones, unpad, Mat, MatRef, Par};
+
+/// A tensor-network model.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Model {
+    input: InputSpec,
+    layers: Vec<Layer>,
+}
+
+impl Model {
+    /// Build a model from layers, checking that sizes chain, residuals fit and values are finite.
+    pub fn new(input_dim: usize, n_ctx: usize, layers: Vec<Layer>) -> Result<Model> {
+        if layers.is_empty() {
+            return Err(Error::Model("a model needs at least one layer".into()));
+        }
+        if input_dim == 0 || n_ctx == 0 {
+            return Err(Error::Model(
+                "input dim and n_ctx must be at least 1".into(),
+            ));
+        }
+        let mut dim = input_dim;
+        for (i, layer) in layers.iter().enumerate() {
+            if layer.in_dim() != dim {
+                return Err(Error::Model(format!(
+                    "layer {i} ({}) takes inputs of size {}, but its input has size {dim}",
+                    layer.kind(),
+                    layer.in_dim()
+                )));
+            }
+            if let Layer::Bilinear(b) = layer {
+                check_bilinear(i, b)?;
+            }
+            for (role, values) in layer.parameters() {
+                if let Some(k) = values.iter().position(|v| !v.is_finite()) {
+                    return Err(Error::Model(format!(
+                        "layer {i} ({}): {role} has a non-finite value ({}) at flat index {k}",
+                        layer.kind(),
+                        values[k]
+                    )));
+                }
+            }
+            dim = layer.out_dim();
+        }
+        Ok(Model {
+            input: InputSpec {
+                dim: input_dim,
+                n_ctx,
+            },
+            layers,
+        })
+    }
+
+    pub fn layers(&self) -> &[Layer] {
+        &self.layers
+    }
+
+    pub fn input(&self) -> &InputSpec {
+        &self.input
+    }
+
+    pub fn in_dim(&self) -> usize {
+        self.input.dim
+    }
+
+    pub fn out_dim(&self) -> usize {
+        self.layers.last().map_or(self.input.dim, Layer::out_dim)
+    }
+
+    /// Number of bilinear layers (depth of the binary tree of the unrolled tensor).
+    pub fn n_bilinear(&self) -> usize {
+        self.layers
+            .iter()
+            .filter(|l| matches!(l, Layer::Bilinear(_)))
+            .count()
+    }
+
+    /// Polynomial degree of the model in its input (an upper bound: `2^n_bilinear`).
+    pub fn degree(&self) -> u64 {
+        self.layers.iter().map(|l| l.degree() as u64).product()
+    }
+
+    /// Number of scalar parameters.
+    pub fn param_count(&self) -> usize {
+        self.layers
+            .iter()
+            .flat_map(|l| l.parameters())
+            .map(|(_, v)| v.len())
+            .sum()
+    }
+
+    /// Batched forward pass: rows of `x` are input vectors (for `n_ctx > 1`, one row per
+    /// position; every layer here acts position-wise).
+    pub fn forward(&self, x: MatRef<'_, f64>, par: Par) -> Mat<f64> {
+        let mut y = self.layers[0].forward(x, par);
+        for layer in &self.layers[1..] {
+            y = layer.forward(y.as_ref(), par);
+        }
+        y
+    }
+
+    /// Forward pass through the padded tensor network: `x̂ ↦ Ŵx̂`, `x̂ ↦ D̂(L̂x̂ ∘ R̂x̂)`.
+    /// Equal to [`forward`](Self::forward) up to rounding; the tests pin that.
+    pub fn forward_padded(&self, x: MatRef<'_, f64>, par: Par) -> Mat<f64> {
+        let mut y = pad_ones(x);
+        for node in self.padded() {
+            y = match node {
+                PaddedLayer::Linear(l) => l.apply(y.as_ref(), par),
+                PaddedLayer::Bilinear(b) => b.apply(y.as_ref(), y.as_ref(), false, par),
+            };
+        }
+        unpad(y.as_ref())
+    }
+
+    /// The padded nodes, in order.
+    pub fn padded(&self) -> Vec<PaddedLayer> {
+        self.layers.iter().map(Layer::padded).collect()
+    }
+
+    /// Canonical tensor name of a parameter: `layers.{i}.{role}`.
+    pub fn tensor_name(layer: usize, role: &str) -> String {
+        format!("layers.{layer}.{role}")
+    }
+
+    /// The architecture description with canonical tensor names (what [`crate::io::save`]
+    /// writes).
+    pub fn arch(&self) -> Arch {
+        let name =
+            |i: usize, role: &str, present: bool| present.then(|| Model::tensor_name(i, role));
+        let layers = self
+            .layers
+            .iter()
+            .enumerate()
+            .map(|(i, layer)| match layer {
+                Layer::Linear(l) => LayerSpec::Linear(LinearSpec {
+                    weight: Model::tensor_name(i, "weight"),
+                    bias: name(i, "bias", l.bias.is_some()),
+                }),
+                Layer::Bilinear(b) => LayerSpec::Bilinear(BilinearSpec {
+                    left: name(i, "left", true),
+                    right: name(i, "right", true),
+                    down: name(i, "down", b.down.is_some()),
+                    left_bias: name(i, "left_bias", b.left_bias.is_some()),
+                    right_bias: name(i, "right_bias", b.right_bias.is_some()),
+                    down_bias: name(i, "down_bias", b.down_bias.is_some()),
+                    residual: b.residual,
+                    ..Default::default()
+                }),
+            })
+            .collect();
+        Arch {
+            format: FORMAT.to_string(),
+            input: self.input.clone(),
+            layers,
+        }
+    }
+}
+
+fn check_bilinear(i: usize, b: &crate::layers::Bilinear) -> Result<()> {
+    let h = b.hidden();
+    let bad = |what: String| Err(Error::Model(format!("layer {i} (bilinear): {what}")));
+    if b.right.nrows() != h || b.right.ncols() != b.in_dim() {
+        return bad(format!(
+            "right has shape [{}, {}], expected [{h}, {}] (the shape of left)",
+            b.right.nrows(),
+            b.right.ncols(),
+            b.in_dim()
+        ));
+    }
+    if let Some(d) = &b.down {
+        if d.ncols() != h {
+            return bad(format!(
+                "down has shape [{}, {}], expected [out, {h}]",
+                d.nrows(),
+                d.ncols()
+            ));
+        }
+    }
+    for (role, v, want) in [
+        ("left_bias", &b.left_bias, h),
+        ("right_bias", &b.right_bias, h),
+        ("down_bias", &b.down_bias, b.out_dim()),
+    ] {
+        if let Some(v) = v {
+            if v.len() != want {
+                return bad(format!("{role} has length {}, expected {want}", v.len()));
+            }
+        }
+    }
+    if b.residual.is_some() && b.out_dim() != b.in_dim() {
+        return bad(format!(
+            "a residual needs equal input and output sizes, but input is {} and output is {}",
+            b.in_dim(),
+            b.out_dim()
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,196 @@
+//! Monte-Carlo checks a user can run on their own models (`tensim verify`).
+//!
+//! * **Multilinear estimate of the tensor inner product** (MATH.md §4.3 (i)): feed every leg of
+//!   the unrolled tensor its own padded input `x̂⁽ʲ⁾ = (1, g⁽ʲ⁾)`, `g⁽ʲ⁾ ~ N(0, I)` independent.
+//!   Since `E[x̂x̂ᵀ] = I`, `E⟨(P_W U_a)(x̂⁽¹⁾…x̂⁽ᵏ⁾), (P_W U_b)(x̂⁽¹⁾…x̂⁽ᵏ⁾)⟩ = ⟨P_W U_a, P_W U_b⟩`,
+//!   exactly the value the `tensor` metric computes. `P_W U` is evaluated node by node, each
+//!   bilinear node symmetrised over its two input subtrees.
+//! * **Gaussian functional inner product** `E_x⟨f_a(x), f_b(x)⟩`, one shared `x ~ N(0, I)` per
+//!   position (the real network function, §4.1). It differs from the tensor inner product for
+//!   real inputs (§4.3 (iii)).
+//!
+//! Both report the sample mean and its standard error `√(Var/S)`.
+
+use rand::SeedableRng;
+use rand_distr::{Distribution, StandardNormal};
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::layers::PaddedLayer;
+use crate::linalg::{Mat, Par};
+use crate::metrics::{self, inputs::outputs, tensor, Inputs, Options};
+use crate::model::Model;
+
+/// Samples are drawn and evaluated in chunks of this many rows (bounds memory).
+const CHUNK: usize = 4096;
+
+/// A sample mean with its standard error.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct Estimate {
+    pub mean: f64,
+    pub stderr: f64,
+}
+
+impl Estimate {
+    /// Distance from `exact` in standard errors.
+    pub fn z(&self, exact: f64) -> f64 {
+        (self.mean - exact) / self.stderr.max(f64::MIN_POSITIVE)
+    }
+}
+
+/// Estimates of `⟨a,b⟩`, `⟨a,a⟩`, `⟨b,b⟩` and the cosine (ratio of the means).
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct Triple {
+    pub inner: Estimate,
+    pub norm2_a: Estimate,
+    pub norm2_b: Estimate,
+    pub similarity: f64,
+}
+
+/// What `tensim verify` reports.
+#[derive(Clone, Debug, Serialize)]
+pub struct Verification {
+    pub samples: usize,
+    pub seed: u64,
+    /// Exact tensor similarity (the `tensor` metric).
+    pub tensor_exact: metrics::Comparison,
+    /// Independent-legs Monte-Carlo estimate of the same quantities.
+    pub tensor_mc: Triple,
+    /// Shared-input Monte-Carlo estimate of the Gaussian functional inner product.
+    pub functional_mc: Triple,
+}
+
+/// Run both Monte-Carlo estimates with `samples` draws from `seed`.
+pub fn verify(a: &Model, b: &Model, samples: usize, seed: u64, par: Par) -> Result<Verification> {
+    if samples < 2 {
+        return Err(Error::Invalid("verify needs at least 2 samples".into()));
+    }
+    let tensor_exact = tensor::similarity(
+        a,
+        b,
+        &Options {
+            per_output: false,
+            par,
+        },
+    )?;
+    let depth = a.n_bilinear().max(b.n_bilinear());
+    let (na, nb) = (
+        tensor::lifted_nodes(a, depth),
+        tensor::lifted_nodes(b, depth),
+    );
+    let legs = 1usize << depth;
+    crate::budget::check(
+        "the Monte-Carlo batches",
+        (CHUNK * legs * (a.in_dim() + 1)) as f64 * 4.0,
+    )?;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut tensor_acc = Accumulator::default();
+    let mut functional_acc = Accumulator::default();
+    let mut done = 0;
+    while done < samples {
+        let n = CHUNK.min(samples - done);
+        let x: Vec<Mat<f64>> = (0..legs)
+            .map(|_| padded_gaussian(n, a.in_dim(), &mut rng))
+            .collect();
+        let (fa, fb) = (
+            eval_symmetrised(&na, &x, par),
+            eval_symmetrised(&nb, &x, par),
+        );
+        tensor_acc.add_rows(&fa, &fb, 1);
+        let inputs = Inputs {
+            x: Mat::from_fn(n * a.input().n_ctx, a.in_dim(), |_, _| {
+                StandardNormal.sample(&mut rng)
+            }),
+            rows: n,
+            n_ctx: a.input().n_ctx,
+            source: String::new(),
+        };
+        let (ya, yb) = (outputs(a, &inputs, par)?, outputs(b, &inputs, par)?);
+        functional_acc.add_rows(&ya, &yb, 0);
+        done += n;
+    }
+    Ok(Verification {
+        samples,
+        seed,
+        tensor_exact,
+        tensor_mc: tensor_acc.finish(),
+        functional_mc: functional_acc.finish(),
+    })
+}
+
+/// `S` padded inputs `(1, g)`, `g ~ N(0, I_dim)`, as rows.
+fn padded_gaussian(s: usize, dim: usize, rng: &mut rand::rngs::StdRng) -> Mat<f64> {
+    Mat::from_fn(s, dim + 1, |_, j| {
+        if j == 0 {
+            1.0
+        } else {
+            StandardNormal.sample(rng)
+        }
+    })
+}
+
+/// `(P_W U)(x̂⁽¹⁾, …, x̂⁽ᵏ⁾)` for the node list `nodes` and `k = legs.len()` padded input batches
+/// (leg order: left subtree first).
+pub fn eval_symmetrised(nodes: &[PaddedLayer], legs: &[Mat<f64>], par: Par) -> Mat<f64> {
+    match nodes.split_last() {
+        None => {
+            assert_eq!(legs.len(), 1, "one leg per leaf of the tree");
+            legs[0].clone()
+        }
+        Some((PaddedLayer::Linear(l), rest)) => {
+            l.apply(eval_symmetrised(rest, legs, par).as_ref(), par)
+        }
+        Some((PaddedLayer::Bilinear(node), rest)) => {
+            let half = legs.len() / 2;
+            let u = eval_symmetrised(rest, &legs[..half], par);
+            let v = eval_symmetrised(rest, &legs[half..], par);
+            node.apply(u.as_ref(), v.as_ref(), true, par)
+        }
+    }
+}
+
+/// Running sums of per-sample `⟨a,b⟩, ⟨a,a⟩, ⟨b,b⟩` and their squares.
+#[derive(Default)]
+struct Accumulator {
+    n: f64,
+    sum: [f64; 3],
+    sum2: [f64; 3],
+}
+
+impl Accumulator {
+    /// Add one sample per row, skipping the first `skip` columns (the unit slot).
+    fn add_rows(&mut self, fa: &Mat<f64>, fb: &Mat<f64>, skip: usize) {
+        for r in 0..fa.nrows() {
+            let mut v = [0.0; 3];
+            for j in skip..fa.ncols() {
+                let (x, y) = (fa[(r, j)], fb[(r, j)]);
+                v[0] += x * y;
+                v[1] += x * x;
+                v[2] += y * y;
+            }
+            for (i, vi) in v.into_iter().enumerate() {
+                self.sum[i] += vi;
+                self.sum2[i] += vi * vi;
+            }
+            self.n += 1.0;
+        }
+    }
+
+    fn finish(&self) -> Triple {
+        let est = |i: usize| {
+            let mean = self.sum[i] / self.n;
+            let var = (self.sum2[i] / self.n - mean * mean).max(0.0) * self.n / (self.n - 1.0);
+            Estimate {
+                mean,
+                stderr: (var / self.n).sqrt(),
+            }
+        };
+        let (inner, norm2_a, norm2_b) = (est(0), est(1), est(2));
+        Triple {
+            inner,
+            norm2_a,
+            norm2_b,
+            similarity: inner.mean / (norm2_a.mean * norm2_b.mean).sqrt(),
+        }
+    }
+}
