@@ -206,14 +206,16 @@ impl Reader<'_> {
         Ok((shape, values))
     }
 
-    /// " (did you mean ...?)" with stored names sharing the last path component.
+    /// " (the file has: …)" with stored names sharing the module prefix or the last component.
     fn near_names(&self, name: &str) -> String {
-        let tail = name.rsplit('.').next().unwrap_or(name);
+        let (prefix, tail) = name.rsplit_once('.').unwrap_or(("", name));
         let mut near: Vec<String> = self
             .st
             .names()
             .into_iter()
-            .filter(|n| n.ends_with(tail))
+            .filter(|n| {
+                n.ends_with(tail) || (!prefix.is_empty() && n.starts_with(&format!("{prefix}.")))
+            })
             .map(str::to_string)
             .collect();
         near.sort();
