@@ -1,0 +1,218 @@
+//! End-to-end tests of the `tensim` command, run as a user would.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn tensim(args: &[&str], cwd: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_tensim"))
+        .args(args)
+        .current_dir(cwd)
+        .output()
+        .unwrap()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).to_string()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).to_string()
+}
+
+fn workdir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("tensim-cli-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn json(o: &Output) -> serde_json::Value {
+    assert!(o.status.success(), "{}", stderr(o));
+    serde_json::from_str(&stdout(o)).unwrap()
+}
+
+#[test]
+fn demo_then_compare_inspect_verify() {
+    let d = workdir("demo");
+    let o = tensim(&["demo", "symmetries", "--out", "ex"], &d);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = stdout(&o);
+    assert!(
+        text.contains("A-B    1.000000") && text.contains("A-C    1.000000"),
+        "{text}"
+    );
+
+    let r = json(&tensim(
+        &["compare", "ex/A.safetensors", "ex/C.safetensors", "--json"],
+        &d,
+    ));
+    assert_eq!(r["metric"], "tensor");
+    assert!((r["similarity"].as_f64().unwrap() - 1.0).abs() < 1e-12);
+    for key in ["inner", "norm2_a", "norm2_b"] {
+        assert!(r[key].as_f64().unwrap() > 0.0);
+    }
+    let r = json(&tensim(
+        &[
+            "compare",
+            "ex/A.safetensors",
+            "ex/D.safetensors",
+            "--per-output",
+            "--json",
+        ],
+        &d,
+    ));
+    assert_eq!(r["per_output"].as_array().unwrap().len(), 4);
+    let r = json(&tensim(
+        &[
+            "compare",
+            "ex/A.safetensors",
+            "ex/B.safetensors",
+            "--metric",
+            "behavioral",
+            "--samples",
+            "300",
+            "--json",
+        ],
+        &d,
+    ));
+    assert_eq!(r["samples"], 300);
+    assert!((r["similarity"].as_f64().unwrap() - 1.0).abs() < 1e-6); // the 1e-8 norm stabiliser
+    let r = json(&tensim(
+        &[
+            "compare",
+            "ex/A.safetensors",
+            "ex/F.safetensors",
+            "--metric",
+            "cka",
+            "--json",
+        ],
+        &d,
+    ));
+    assert!(r["similarity"].as_f64().unwrap() < 1.0);
+
+    // matrix across different shapes: a clear error and a non-zero exit.
+    let o = tensim(
+        &[
+            "compare",
+            "ex/A.safetensors",
+            "ex/C.safetensors",
+            "--metric",
+            "matrix",
+        ],
+        &d,
+    );
+    assert!(
+        !o.status.success() && stderr(&o).contains("identical architectures"),
+        "{}",
+        stderr(&o)
+    );
+
+    let o = tensim(&["inspect", "ex/C.safetensors"], &d);
+    let text = stdout(&o);
+    assert!(
+        o.status.success() && text.contains("degree      4") && text.contains("layers.1.left"),
+        "{text}"
+    );
+    let r = json(&tensim(&["inspect", "ex/A.safetensors", "--json"], &d));
+    assert_eq!(r["degree"], 4);
+
+    let o = tensim(
+        &[
+            "verify",
+            "ex/A.safetensors",
+            "ex/D.safetensors",
+            "--samples",
+            "20000",
+            "--json",
+        ],
+        &d,
+    );
+    let v = json(&o);
+    let exact = v["tensor_exact"]["inner"].as_f64().unwrap();
+    let (mean, se) = (
+        v["tensor_mc"]["inner"]["mean"].as_f64().unwrap(),
+        v["tensor_mc"]["inner"]["stderr"].as_f64().unwrap(),
+    );
+    assert!((mean - exact).abs() < 4.0 * se, "{mean} ± {se} vs {exact}");
+}
+
+/// Write a PyTorch-style state dict (no metadata) with the demo's `A` weights renamed.
+fn state_dict_and_arch(d: &Path) -> (PathBuf, PathBuf) {
+    let o = tensim(&["demo", "symmetries", "--out", "ex"], d);
+    assert!(o.status.success());
+    let arch = d.join("arch.json");
+    let meta = json(&tensim(&["inspect", "ex/A.safetensors", "--json"], d));
+    std::fs::write(&arch, serde_json::to_string(&meta["architecture"]).unwrap()).unwrap();
+    (d.join("ex/A.safetensors"), arch)
+}
+
+#[test]
+fn pack_sidecar_and_errors() {
+    let d = workdir("pack");
+    let (a, arch) = state_dict_and_arch(&d);
+    let a = a.to_str().unwrap();
+    let arch_s = arch.to_str().unwrap();
+    let o = tensim(&["pack", "--arch", arch_s, a, "packed.safetensors"], &d);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let r = json(&tensim(
+        &[
+            "compare",
+            "packed.safetensors",
+            a,
+            "--arch-a",
+            arch_s,
+            "--json",
+        ],
+        &d,
+    ));
+    assert!((r["similarity"].as_f64().unwrap() - 1.0).abs() < 1e-12);
+
+    // Bad inputs: non-zero exit, a message naming the culprit.
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec!["compare", a, "missing.safetensors"],
+            "missing.safetensors",
+        ),
+        (
+            vec!["compare", a, a, "--metric", "cosine"],
+            "unknown metric \"cosine\"",
+        ),
+        (
+            vec![
+                "compare",
+                a,
+                a,
+                "--metric",
+                "behavioral",
+                "--data",
+                "nope.npy",
+            ],
+            "nope.npy",
+        ),
+        (vec!["inspect", "arch.json"], "not a valid safetensors file"),
+        (
+            vec!["pack", "--arch", arch_s, a, "no/such/dir/out.safetensors"],
+            "does not exist",
+        ),
+    ];
+    for (args, want) in cases {
+        let o = tensim(&args, &d);
+        assert!(!o.status.success(), "{args:?} should fail");
+        assert!(stderr(&o).contains(want), "{args:?}: {}", stderr(&o));
+    }
+    // A wrong shape names file, tensor, expected and actual shape.
+    let text = std::fs::read_to_string(&arch)
+        .unwrap()
+        .replace("layers.1.left", "layers.1.down");
+    std::fs::write(&arch, text).unwrap();
+    let o = tensim(&["inspect", a, "--arch", arch_s], &d);
+    let e = stderr(&o);
+    assert!(
+        !o.status.success()
+            && e.contains("A.safetensors")
+            && e.contains("\"layers.1.down\"")
+            && e.contains("[12, 24]")
+            && e.contains("expected [h, 12]"),
+        "{e}"
+    );
+}
