@@ -100,6 +100,37 @@ enum Demo {
         #[arg(long, default_value_t = 0)]
         seed: u64,
     },
+    /// Write randomly initialised `embed → bilinear × n → head` models (PyTorch initialisation),
+    /// e.g. to try the tool or time it on a given shape.
+    Random(RandomArgs),
+}
+
+#[derive(Args)]
+struct RandomArgs {
+    /// Folder for the checkpoints (`random-000.safetensors`, …).
+    #[arg(long, default_value = "tensim-random")]
+    out: PathBuf,
+    /// Number of models.
+    #[arg(long, default_value_t = 2)]
+    count: usize,
+    #[arg(long, default_value_t = 784)]
+    d_in: usize,
+    /// Width of the residual stream (embedding output).
+    #[arg(long, default_value_t = 128)]
+    d_model: usize,
+    /// Hidden width of each bilinear layer.
+    #[arg(long, default_value_t = 256)]
+    hidden: usize,
+    /// Number of bilinear layers.
+    #[arg(long, default_value_t = 1)]
+    layers: usize,
+    #[arg(long, default_value_t = 10)]
+    d_out: usize,
+    /// Lerp residual scale of the bilinear layers (omit for none).
+    #[arg(long)]
+    residual: Option<f64>,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
 }
 
 #[derive(Args)]
@@ -191,6 +222,9 @@ fn run(cli: Cli) -> Result<()> {
         Command::Demo {
             which: Demo::Symmetries { out, seed },
         } => demo_symmetries(&out, seed)?,
+        Command::Demo {
+            which: Demo::Random(args),
+        } => demo_random(&args)?,
     }
     Ok(())
 }
@@ -416,6 +450,32 @@ fn demo_symmetries(out: &Path, seed: u64) -> Result<()> {
     );
     if examples.is_empty() {
         bail!("no examples");
+    }
+    Ok(())
+}
+
+fn demo_random(args: &RandomArgs) -> Result<()> {
+    use tensim::arch::{Residual, ResidualMode};
+    use tensim::rand::SeedableRng;
+    let shape = tensim::demo::StackShape {
+        d_in: args.d_in,
+        d_model: args.d_model,
+        hidden: vec![args.hidden; args.layers],
+        d_out: args.d_out,
+        residual: args.residual.map(|scale| Residual {
+            mode: ResidualMode::Lerp,
+            scale,
+        }),
+        bias: false,
+    };
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
+    let mut rng = tensim::rand::rngs::StdRng::seed_from_u64(args.seed);
+    for i in 0..args.count {
+        let m = tensim::demo::random_stack(&shape, &mut rng)?;
+        let path = args.out.join(format!("random-{i:03}.safetensors"));
+        io::save(&m, &path)?;
+        println!("wrote {} ({} parameters)", path.display(), m.param_count());
     }
     Ok(())
 }

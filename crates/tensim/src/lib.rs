@@ -31,3 +31,4 @@ pub use arch::Arch;
 pub use error::{Error, Result};
 pub use layers::{Bilinear, Layer, Linear};
 pub use model::Model;
+pub use rand;

@@ -3,6 +3,7 @@
 mod common;
 
 use common::*;
+use tensim::layers::{PaddedBilinear, PaddedLayer};
 use tensim::linalg::{pad_ones, Mat, Par};
 use tensim::metrics::{tensor, Options};
 use tensim::montecarlo::eval_symmetrised;
@@ -18,8 +19,18 @@ fn opts(per_output: bool) -> Options {
 fn brute(a: &tensim::Model, b: &tensim::Model) -> (f64, f64) {
     let depth = a.n_bilinear().max(b.n_bilinear());
     let w = tree_group(depth);
-    let ua = symmetrise(&unrolled(&tensor::lifted_nodes(a, depth), a.in_dim()), &w);
-    let ub = symmetrise(&unrolled(&tensor::lifted_nodes(b, depth), b.in_dim()), &w);
+    // The model's own padded nodes plus identity nodes `ŷ ∘ ŷ₀` at the output (not the
+    // library's lifted/folded node list).
+    let nodes = |m: &tensim::Model| {
+        let mut v = m.padded();
+        v.extend(
+            (m.n_bilinear()..depth)
+                .map(|_| PaddedLayer::Bilinear(PaddedBilinear::identity(m.out_dim()))),
+        );
+        v
+    };
+    let ua = symmetrise(&unrolled(&nodes(a), a.in_dim()), &w);
+    let ub = symmetrise(&unrolled(&nodes(b), b.in_dim()), &w);
     let ab = inner(&ua, &ub);
     (ab, ab / (inner(&ua, &ua) * inner(&ub, &ub)).sqrt())
 }

@@ -19,13 +19,25 @@ use crate::budget;
 use crate::error::Result;
 use crate::gram::Gram;
 use crate::layers::{PaddedBilinear, PaddedLayer};
-use crate::linalg::Par;
+use crate::linalg::{mul, Par};
 use crate::metrics::{cosine, cosines, Comparison, Metric, Options};
 use crate::model::Model;
 
 /// The padded nodes of `model`, lifted to `depth` bilinear layers by identity nodes at the output.
+/// A linear layer that narrows its input and follows a bilinear node is folded into that node's
+/// `D̂ ← Ŵ D̂` (same tensor, smaller Grams: a 10-class head shrinks the last `D̂ K D̂ᵀ`).
 pub fn lifted_nodes(model: &Model, depth: usize) -> Vec<PaddedLayer> {
-    let mut nodes = model.padded();
+    let mut nodes: Vec<PaddedLayer> = Vec::new();
+    for node in model.padded() {
+        match (nodes.last_mut(), node) {
+            (Some(PaddedLayer::Bilinear(b)), PaddedLayer::Linear(l))
+                if l.w.nrows() < l.w.ncols() =>
+            {
+                b.d = mul(l.w.as_ref(), b.d.as_ref(), Par::Seq);
+            }
+            (_, node) => nodes.push(node),
+        }
+    }
     for _ in model.n_bilinear()..depth {
         nodes.push(PaddedLayer::Bilinear(PaddedBilinear::identity(
             model.out_dim(),
