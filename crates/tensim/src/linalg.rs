@@ -24,6 +24,18 @@ pub fn hadamard(a: MatRef<'_, f64>, b: MatRef<'_, f64>) -> Mat<f64> {
     Mat::from_fn(a.nrows(), a.ncols(), |i, j| a[(i, j)] * b[(i, j)])
 }
 
+/// `Y + 1 bᵀ`: add `bias` to every row (no-op for `None`).
+pub fn add_bias(mut y: Mat<f64>, bias: &Option<Vec<f64>>) -> Mat<f64> {
+    if let Some(b) = bias {
+        for j in 0..y.ncols() {
+            for i in 0..y.nrows() {
+                y[(i, j)] += b[j];
+            }
+        }
+    }
+    y
+}
+
 /// Largest absolute entry (0 for an empty matrix).
 pub fn max_abs(a: MatRef<'_, f64>) -> f64 {
     let mut m = 0.0f64;

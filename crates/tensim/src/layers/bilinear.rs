@@ -14,7 +14,7 @@
 
 use crate::arch::{Residual, ResidualMode};
 use crate::gram::Gram;
-use crate::linalg::{hadamard, mul, mul_t, Mat, MatRef, Par};
+use crate::linalg::{add_bias, hadamard, mul, mul_t, Mat, MatRef, Par};
 
 /// A bilinear layer.
 #[derive(Clone, Debug, PartialEq)]
@@ -61,12 +61,12 @@ impl Bilinear {
 
     /// Batched forward pass, rows are inputs, straight from the definition.
     pub fn forward(&self, x: MatRef<'_, f64>, par: Par) -> Mat<f64> {
-        let u = add_row(mul_t(x, self.left.as_ref(), par), &self.left_bias);
-        let v = add_row(mul_t(x, self.right.as_ref(), par), &self.right_bias);
+        let u = add_bias(mul_t(x, self.left.as_ref(), par), &self.left_bias);
+        let v = add_bias(mul_t(x, self.right.as_ref(), par), &self.right_bias);
         let p = hadamard(u.as_ref(), v.as_ref());
         let f = match &self.down {
-            Some(d) => add_row(mul_t(p.as_ref(), d.as_ref(), par), &self.down_bias),
-            None => add_row(p, &self.down_bias),
+            Some(d) => add_bias(mul_t(p.as_ref(), d.as_ref(), par), &self.down_bias),
+            None => add_bias(p, &self.down_bias),
         };
         match self.residual {
             None => f,
@@ -127,17 +127,6 @@ impl Bilinear {
         });
         PaddedBilinear { l, r: rr, d: down }
     }
-}
-
-fn add_row(mut y: Mat<f64>, bias: &Option<Vec<f64>>) -> Mat<f64> {
-    if let Some(b) = bias {
-        for j in 0..y.ncols() {
-            for i in 0..y.nrows() {
-                y[(i, j)] += b[j];
-            }
-        }
-    }
-    y
 }
 
 /// The padded node `(L̂, R̂, D̂)` of a bilinear layer: `T[o,i,j] = Σ_k D̂[o,k] L̂[k,i] R̂[k,j]`.

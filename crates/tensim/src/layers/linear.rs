@@ -4,7 +4,7 @@
 //! one input leg.
 
 use crate::gram::Gram;
-use crate::linalg::{mul, mul_t, Mat, MatRef, Par};
+use crate::linalg::{add_bias, mul, mul_t, Mat, MatRef, Par};
 
 /// A linear (affine) layer.
 #[derive(Clone, Debug, PartialEq)]
@@ -26,15 +26,7 @@ impl Linear {
 
     /// Batched forward pass, rows are inputs: `Y = X Wᵀ + 1 bᵀ`.
     pub fn forward(&self, x: MatRef<'_, f64>, par: Par) -> Mat<f64> {
-        let mut y = mul_t(x, self.weight.as_ref(), par);
-        if let Some(b) = &self.bias {
-            for j in 0..y.ncols() {
-                for i in 0..y.nrows() {
-                    y[(i, j)] += b[j];
-                }
-            }
-        }
-        y
+        add_bias(mul_t(x, self.weight.as_ref(), par), &self.bias)
     }
 
     /// `Ŵ = [[1, 0ᵀ], [b, W]]`.

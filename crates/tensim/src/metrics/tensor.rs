@@ -73,16 +73,15 @@ pub fn cross_gram(a: &[PaddedLayer], b: &[PaddedLayer], same: bool, par: Par) ->
     }
 }
 
+fn bilinear_nodes(v: &[PaddedLayer]) -> impl Iterator<Item = &PaddedBilinear> {
+    v.iter().filter_map(|n| match n {
+        PaddedLayer::Bilinear(p) => Some(p),
+        PaddedLayer::Linear(_) => None,
+    })
+}
+
 /// Entries of the largest intermediate of the recursion for `(a, b)`.
 fn workspace(a: &[PaddedLayer], b: &[PaddedLayer]) -> usize {
-    let bil = |v: &[PaddedLayer]| -> Vec<PaddedBilinear> {
-        v.iter()
-            .filter_map(|n| match n {
-                PaddedLayer::Bilinear(p) => Some(p.clone()),
-                _ => None,
-            })
-            .collect()
-    };
     let dims = |v: &[PaddedLayer]| -> usize {
         v.iter()
             .map(|n| match n {
@@ -92,9 +91,8 @@ fn workspace(a: &[PaddedLayer], b: &[PaddedLayer]) -> usize {
             .max()
             .unwrap_or(0)
     };
-    let pairs = bil(a)
-        .iter()
-        .zip(bil(b).iter())
+    let pairs = bilinear_nodes(a)
+        .zip(bilinear_nodes(b))
         .map(|(x, y)| x.gram_workspace(y))
         .max()
         .unwrap_or(0);
