@@ -186,17 +186,29 @@ impl PaddedBilinear {
     ///
     /// `same` marks the self update (`b = a`, `G` symmetric), where `R̂GL̂ᵀ = (L̂GR̂ᵀ)ᵀ`.
     pub fn gram_update(&self, b: &PaddedBilinear, g: &Gram, same: bool, par: Par) -> Gram {
-        let (pl, pr) = match g.scaled() {
-            None => (self.l.clone(), self.r.clone()),
-            Some(g) => (mul(self.l.as_ref(), g, par), mul(self.r.as_ref(), g, par)),
-        };
-        let ll = mul_t(pl.as_ref(), b.l.as_ref(), par);
-        let rr = mul_t(pr.as_ref(), b.r.as_ref(), par);
-        let lr = mul_t(pl.as_ref(), b.r.as_ref(), par);
-        let rl = if same {
-            lr.transpose().to_owned()
+        let (la, ra) = (SplitRows::new(&self.l), SplitRows::new(&self.r));
+        let sw = g.scaled().map_or(Sandwich::Identity, Sandwich::Gram);
+        let (pl, pr) = (la.left_product(sw, par), ra.left_product(sw, par));
+        let (ll, rr, lr, rl) = if same {
+            // b = a and G symmetric: G B̂ᵀ = (ÂG)ᵀ and R̂GL̂ᵀ = (L̂GR̂ᵀ)ᵀ.
+            let (ql, qr) = (pl.transpose().to_owned(), pr.transpose().to_owned());
+            let lr = sandwich(&la, &pl, sw, &ra, &qr, par);
+            let rl = lr.transpose().to_owned();
+            (
+                sandwich(&la, &pl, sw, &la, &ql, par),
+                sandwich(&ra, &pr, sw, &ra, &qr, par),
+                lr,
+                rl,
+            )
         } else {
-            mul_t(pr.as_ref(), b.l.as_ref(), par)
+            let (lb, rb) = (SplitRows::new(&b.l), SplitRows::new(&b.r));
+            let (ql, qr) = (lb.right_product(sw, par), rb.right_product(sw, par));
+            (
+                sandwich(&la, &pl, sw, &lb, &ql, par),
+                sandwich(&ra, &pr, sw, &rb, &qr, par),
+                sandwich(&la, &pl, sw, &rb, &qr, par),
+                sandwich(&ra, &pr, sw, &lb, &ql, par),
+            )
         };
         let k = Mat::from_fn(ll.nrows(), ll.ncols(), |i, j| {
             0.5 * (ll[(i, j)] * rr[(i, j)] + lr[(i, j)] * rl[(i, j)])
@@ -214,4 +226,94 @@ impl PaddedBilinear {
         let (ha, hb) = (self.l.nrows(), b.l.nrows());
         2 * ha * self.l.ncols() + 5 * ha * hb + self.d.nrows() * (hb + b.d.nrows())
     }
+}
+
+/// Rows of `L̂` or `R̂`: the dense ones gathered into a matrix, and the unit rows `e_jᵀ`
+/// (unit slot, residual units) kept as the index `j`.
+struct SplitRows {
+    dense: Mat<f64>,
+    rows: Vec<Row>,
+}
+
+#[derive(Clone, Copy)]
+enum Row {
+    Dense(usize),
+    Unit(usize),
+}
+
+impl SplitRows {
+    fn new(m: &Mat<f64>) -> SplitRows {
+        let unit = |k: usize| {
+            let mut nz = (0..m.ncols()).filter(|&j| m[(k, j)] != 0.0);
+            match (nz.next(), nz.next()) {
+                (Some(j), None) if m[(k, j)] == 1.0 => Some(j),
+                _ => None,
+            }
+        };
+        let mut dense_rows = vec![];
+        let rows = (0..m.nrows())
+            .map(|k| match unit(k) {
+                Some(j) => Row::Unit(j),
+                None => {
+                    dense_rows.push(k);
+                    Row::Dense(dense_rows.len() - 1)
+                }
+            })
+            .collect();
+        let dense = Mat::from_fn(dense_rows.len(), m.ncols(), |i, j| m[(dense_rows[i], j)]);
+        SplitRows { dense, rows }
+    }
+
+    /// `Â_dense G`.
+    fn left_product(&self, g: Sandwich<'_>, par: Par) -> Mat<f64> {
+        match g {
+            Sandwich::Identity => self.dense.clone(),
+            Sandwich::Gram(g) => mul(self.dense.as_ref(), g, par),
+        }
+    }
+
+    /// `G B̂_denseᵀ`.
+    fn right_product(&self, g: Sandwich<'_>, par: Par) -> Mat<f64> {
+        match g {
+            Sandwich::Identity => self.dense.transpose().to_owned(),
+            Sandwich::Gram(g) => mul_t(g, self.dense.as_ref(), par),
+        }
+    }
+}
+
+/// The Gram a sandwich is taken over: the identity (first layer) or a matrix.
+#[derive(Clone, Copy)]
+enum Sandwich<'a> {
+    Identity,
+    Gram(MatRef<'a, f64>),
+}
+
+impl Sandwich<'_> {
+    fn at(&self, i: usize, j: usize) -> f64 {
+        match self {
+            Sandwich::Identity => (i == j) as u8 as f64,
+            Sandwich::Gram(g) => g[(i, j)],
+        }
+    }
+}
+
+/// `Â G B̂ᵀ` with GEMMs only between dense rows, given `P = Â_dense G` and `Q = G B̂_denseᵀ`:
+/// for unit rows `e_j` the entries are `P[i, j']`, `Q[j, i']` or `G[j, j']`.
+fn sandwich(
+    a: &SplitRows,
+    p: &Mat<f64>,
+    g: Sandwich<'_>,
+    b: &SplitRows,
+    q: &Mat<f64>,
+    par: Par,
+) -> Mat<f64> {
+    let pb = mul_t(p.as_ref(), b.dense.as_ref(), par);
+    Mat::from_fn(a.rows.len(), b.rows.len(), |k, k2| {
+        match (a.rows[k], b.rows[k2]) {
+            (Row::Dense(i), Row::Dense(i2)) => pb[(i, i2)],
+            (Row::Dense(i), Row::Unit(j2)) => p[(i, j2)],
+            (Row::Unit(j), Row::Dense(i2)) => q[(j, i2)],
+            (Row::Unit(j), Row::Unit(j2)) => g.at(j, j2),
+        }
+    })
 }
