@@ -210,9 +210,18 @@ impl PaddedBilinear {
                 sandwich(&ra, &pr, sw, &lb, &ql, par),
             )
         };
-        let k = Mat::from_fn(ll.nrows(), ll.ncols(), |i, j| {
-            0.5 * (ll[(i, j)] * rr[(i, j)] + lr[(i, j)] * rl[(i, j)])
-        });
+        let mut k = Mat::<f64>::zeros(ll.nrows(), ll.ncols());
+        for j in 0..k.ncols() {
+            let (a, b, c, d) = (
+                ll.col_as_slice(j),
+                rr.col_as_slice(j),
+                lr.col_as_slice(j),
+                rl.col_as_slice(j),
+            );
+            for (i, v) in k.col_as_slice_mut(j).iter_mut().enumerate() {
+                *v = 0.5 * (a[i] * b[i] + c[i] * d[i]);
+            }
+        }
         let next = mul_t(
             mul(self.d.as_ref(), k.as_ref(), par).as_ref(),
             b.d.as_ref(),
@@ -288,15 +297,6 @@ enum Sandwich<'a> {
     Gram(MatRef<'a, f64>),
 }
 
-impl Sandwich<'_> {
-    fn at(&self, i: usize, j: usize) -> f64 {
-        match self {
-            Sandwich::Identity => (i == j) as u8 as f64,
-            Sandwich::Gram(g) => g[(i, j)],
-        }
-    }
-}
-
 /// `Â G B̂ᵀ` with GEMMs only between dense rows, given `P = Â_dense G` and `Q = G B̂_denseᵀ`:
 /// for unit rows `e_j` the entries are `P[i, j']`, `Q[j, i']` or `G[j, j']`.
 fn sandwich(
@@ -308,12 +308,30 @@ fn sandwich(
     par: Par,
 ) -> Mat<f64> {
     let pb = mul_t(p.as_ref(), b.dense.as_ref(), par);
-    Mat::from_fn(a.rows.len(), b.rows.len(), |k, k2| {
-        match (a.rows[k], b.rows[k2]) {
-            (Row::Dense(i), Row::Dense(i2)) => pb[(i, i2)],
-            (Row::Dense(i), Row::Unit(j2)) => p[(i, j2)],
-            (Row::Unit(j), Row::Dense(i2)) => q[(j, i2)],
-            (Row::Unit(j), Row::Unit(j2)) => g.at(j, j2),
+    let mut out = Mat::<f64>::zeros(a.rows.len(), b.rows.len());
+    let mut unit_col = vec![0.0; q.nrows()];
+    for (k2, &col) in b.rows.iter().enumerate() {
+        // Column k2 of the result: dense rows of Â read `dense`, unit rows e_j read `unit[j]`.
+        let (dense, unit): (&[f64], &[f64]) = match (col, g) {
+            (Row::Dense(i2), _) => (pb.col_as_slice(i2), q.col_as_slice(i2)),
+            (Row::Unit(j2), Sandwich::Gram(g)) => (
+                p.col_as_slice(j2),
+                g.col(j2).try_as_col_major().unwrap().as_slice(),
+            ),
+            (Row::Unit(j2), Sandwich::Identity) => {
+                unit_col
+                    .iter_mut()
+                    .enumerate()
+                    .for_each(|(j, v)| *v = (j == j2) as u8 as f64);
+                (p.col_as_slice(j2), &unit_col)
+            }
+        };
+        for (o, &row) in out.col_as_slice_mut(k2).iter_mut().zip(&a.rows) {
+            *o = match row {
+                Row::Dense(i) => dense[i],
+                Row::Unit(j) => unit[j],
+            };
         }
-    })
+    }
+    out
 }

@@ -1,0 +1,77 @@
+//! Single-pair tensor similarity, with throughput in FLOPs so criterion prints GFLOP/s, beside the
+//! machine's own f64 GEMM measured in the same run (compare the two rates, not absolute times).
+//!
+//! `cargo bench -p tensim --bench tensor`
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use rand::SeedableRng;
+use tensim::arch::{Residual, ResidualMode};
+use tensim::demo::{random_stack, StackShape};
+use tensim::linalg::{mul, Mat, Par};
+use tensim::metrics::{tensor, Options};
+
+fn gemm(c: &mut Criterion) {
+    let mut g = c.benchmark_group("gemm_f64");
+    for n in [256usize, 1024] {
+        let a = Mat::from_fn(n, n, |i, j| ((i * 7 + j * 3) % 11) as f64);
+        g.throughput(Throughput::Elements(2 * (n as u64).pow(3)));
+        for (name, par) in [("seq", Par::Seq), ("rayon", Par::rayon(0))] {
+            g.bench_with_input(BenchmarkId::new(name, n), &n, |b, _| {
+                b.iter(|| mul(a.as_ref(), a.as_ref(), par))
+            });
+        }
+    }
+    g.finish();
+}
+
+/// GEMM flops of one Gram of the recursion for `embed d_in→d, bilinear h (residual), head`:
+/// embed `2(d+1)²(d_in+1)`, per bilinear node `P, Q` (4 × `2h(d+1)²`) and four `2h²(d+1)`,
+/// `D̂K` and `(D̂K)D̂ᵀ` with a folded head of `c+1` rows.
+fn gram_flops(d_in: usize, d: usize, h: usize, c: usize) -> u64 {
+    let (d1, hh) = ((d + 1) as u64, (1 + h + d) as u64);
+    let (h, c1) = (h as u64, (c + 1) as u64);
+    2 * d1 * d1 * (d_in as u64 + 1)
+        + 8 * h * d1 * d1
+        + 8 * h * h * d1
+        + 2 * c1 * hh * hh
+        + 2 * c1 * hh * c1
+}
+
+fn pair(c: &mut Criterion) {
+    let mut g = c.benchmark_group("tensor_pair");
+    g.sample_size(10);
+    for (d_in, d, h, out) in [(784, 128, 256, 10), (784, 512, 1024, 10)] {
+        let shape = StackShape {
+            d_in,
+            d_model: d,
+            hidden: vec![h],
+            d_out: out,
+            residual: Some(Residual {
+                mode: ResidualMode::Lerp,
+                scale: 0.5,
+            }),
+            bias: false,
+        };
+        let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+        let (a, b) = (
+            random_stack(&shape, &mut rng).unwrap(),
+            random_stack(&shape, &mut rng).unwrap(),
+        );
+        // Three Grams (ab, aa, bb); the self-Grams skip two of the eight node GEMMs.
+        g.throughput(Throughput::Elements(3 * gram_flops(d_in, d, h, out)));
+        let label = format!("{d_in}-{d}-{h}-{out}");
+        for (name, par) in [("seq", Par::Seq), ("rayon", Par::rayon(0))] {
+            let opts = Options {
+                per_output: false,
+                par,
+            };
+            g.bench_with_input(BenchmarkId::new(name, &label), &label, |bch, _| {
+                bch.iter(|| tensor::similarity(&a, &b, &opts).unwrap())
+            });
+        }
+    }
+    g.finish();
+}
+
+criterion_group!(benches, gemm, pair);
+criterion_main!(benches);
