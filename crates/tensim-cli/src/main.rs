@@ -159,6 +159,11 @@ struct InputArgs {
 }
 
 fn main() -> ExitCode {
+    // Die quietly on a closed pipe (`tensim inspect … | head`) like other command-line tools.
+    #[cfg(unix)]
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -134,6 +134,14 @@ fn npy_inputs_are_read_and_checked() {
         e.contains("x.npy") && e.contains("[4, 3]") && e.contains("(rows, 5)"),
         "{e}"
     );
+    // Sequence data (rows, n_ctx, dim): one row of `x` per position.
+    std::fs::write(&p, npy_f32("(2, 2, 3)", &data)).unwrap();
+    let x = Inputs::from_npy(&p, 2, 3).unwrap();
+    assert_eq!((x.rows, x.n_ctx, x.x.nrows()), (2, 2, 4));
+    assert!(Inputs::from_npy(&p, 3, 3)
+        .unwrap_err()
+        .to_string()
+        .contains("(rows, 3, 3)"));
     std::fs::write(&p, b"garbage").unwrap();
     assert!(Inputs::from_npy(&p, 1, 3)
         .unwrap_err()

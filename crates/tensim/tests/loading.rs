@@ -337,3 +337,57 @@ fn incomparable_and_zero_norm_models() {
         .to_string();
     assert!(e.contains("does not exist"), "{e}");
 }
+
+#[test]
+fn bilinear_without_down_outputs_the_hidden_product() {
+    let d = tmpdir("nodown");
+    let sd: Vec<T> = vec![
+        ("l", vec![4, 4], vals(16, 0.0)),
+        ("r", vec![4, 4], vals(16, 1.0)),
+        ("h", vec![2, 4], vals(8, 2.0)),
+    ];
+    let w = d.join("w.safetensors");
+    write(&w, &sd, Dtype::F32, None);
+    let arch = |res: &str| {
+        format!(
+            r#"{{"format": "tensim/1", "input": {{"dim": 4}}, "layers": [{{"kind": "bilinear", "left": "l", "right": "r"{res}}}, {{"kind": "linear", "weight": "h"}}]}}"#
+        )
+    };
+    let a = d.join("a.json");
+    std::fs::write(&a, arch(r#", "residual": {"mode": "add", "scale": 0.5}"#)).unwrap();
+    let m = io::load(&w, Some(&a)).unwrap();
+    let x = tensim::linalg::Mat::from_fn(1, 4, |_, j| j as f64 - 1.5);
+    let (y, l, r, h) = (
+        m.forward(x.as_ref(), Par::Seq),
+        &sd[0].2,
+        &sd[1].2,
+        &sd[2].2,
+    );
+    // y = H (x + 0.5 (Lx ∘ Rx)), with the f32-rounded weights.
+    let f32r = |v: f64| v as f32 as f64;
+    let z: Vec<f64> = (0..4)
+        .map(|k| {
+            let (lx, rx): (f64, f64) = (
+                (0..4).map(|j| f32r(l[k * 4 + j]) * x[(0, j)]).sum(),
+                (0..4).map(|j| f32r(r[k * 4 + j]) * x[(0, j)]).sum(),
+            );
+            x[(0, k)] + 0.5 * lx * rx
+        })
+        .collect();
+    for o in 0..2 {
+        let want: f64 = (0..4).map(|k| f32r(h[o * 4 + k]) * z[k]).sum();
+        assert!((y[(0, o)] - want).abs() < 1e-12);
+    }
+    // Without down, the output is the hidden product: a residual needs h = input size.
+    let sd2: Vec<T> = vec![
+        ("l", vec![3, 4], vals(12, 0.0)),
+        ("r", vec![3, 4], vals(12, 1.0)),
+        ("h", vec![2, 3], vals(6, 2.0)),
+    ];
+    write(&w, &sd2, Dtype::F32, None);
+    let e = err_of(io::load(&w, Some(&a)));
+    assert!(
+        e.contains("input is 4 and output is 3") && e.contains("no \"down\""),
+        "{e}"
+    );
+}
