@@ -8,6 +8,7 @@ use clap::{Args, Parser, Subcommand};
 use serde_json::json;
 use tensim::linalg::Par;
 use tensim::metrics::{self, Comparison, Inputs, Metric, Options};
+use tensim::trajectory::checkpoints;
 use tensim::{io, Model};
 
 #[derive(Parser)]
@@ -46,6 +47,51 @@ enum Command {
         /// Print one JSON object.
         #[arg(long)]
         json: bool,
+    },
+    /// All-pairs similarity matrix over checkpoints (files, globs or folders).
+    ///
+    /// Checkpoints are ordered by the step number in their names unless --no-sort. Finished
+    /// tiles are kept in OUT.tiles/ (named by the checkpoints' content hashes): re-running the
+    /// same command resumes, and a changed checkpoint recomputes only its own tiles. Tensor
+    /// similarity of one-bilinear-layer models runs as stacked GEMMs; deeper models pair by pair.
+    Matrix {
+        #[arg(required = true)]
+        checkpoints: Vec<PathBuf>,
+        /// Architecture JSON for every checkpoint (otherwise each file's embedded metadata).
+        #[arg(long)]
+        arch: Option<PathBuf>,
+        /// tensor | matrix | behavioral
+        #[arg(long, default_value = "tensor")]
+        metric: String,
+        /// Labels, one per line, in checkpoint order.
+        #[arg(long, conflicts_with = "labels_from_names")]
+        labels: Option<PathBuf>,
+        /// Label checkpoints by file name (default: by step number where every name has one).
+        #[arg(long)]
+        labels_from_names: bool,
+        /// Keep the order given instead of sorting by step number.
+        #[arg(long)]
+        no_sort: bool,
+        /// The matrix as .npy (default tensim-METRIC.npy).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// The matrix as CSV with labelled rows and columns.
+        #[arg(long)]
+        csv: Option<PathBuf>,
+        /// Print the labels and matrix as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Checkpoints per tile side (default: about 1024 stacked hidden rows).
+        #[arg(long, default_value_t = 0)]
+        tile: usize,
+        /// Neither read nor write finished tiles.
+        #[arg(long)]
+        no_resume: bool,
+        /// No progress bar.
+        #[arg(long)]
+        quiet: bool,
+        #[command(flatten)]
+        inputs: InputArgs,
     },
     /// Print a model's architecture, parameter count, polynomial degree and tensor names.
     Inspect {
@@ -129,6 +175,12 @@ struct RandomArgs {
     /// Lerp residual scale of the bilinear layers (omit for none).
     #[arg(long)]
     residual: Option<f64>,
+    /// No embedding: the first bilinear layer reads the input.
+    #[arg(long)]
+    no_embed: bool,
+    /// Bilinear layers without `down`: each outputs its hidden product.
+    #[arg(long)]
+    no_down: bool,
     #[arg(long, default_value_t = 0)]
     seed: u64,
 }
@@ -199,6 +251,105 @@ fn run(cli: Cli) -> Result<()> {
             print_comparison(&r, json);
         }
         Command::Inspect { file, arch, json } => inspect(&file, arch.as_deref(), json)?,
+        Command::Matrix {
+            checkpoints,
+            arch,
+            metric,
+            labels,
+            labels_from_names,
+            no_sort,
+            out,
+            csv,
+            json,
+            tile,
+            no_resume,
+            quiet,
+            inputs,
+        } => {
+            let metric: Metric = metric.parse()?;
+            let mut paths = checkpoints::expand(&checkpoints)?;
+            if !no_sort {
+                checkpoints::natural_sort(&mut paths);
+            }
+            let (cks, models) = checkpoints::load_all(&paths, arch.as_deref())?;
+            let labels = checkpoints::labels(&cks, labels.as_deref(), labels_from_names)?;
+            let out = out.unwrap_or_else(|| PathBuf::from(format!("tensim-{}.npy", metric.name())));
+            let names: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+            let hashes: Vec<String> = cks.iter().map(|c| c.hash.clone()).collect();
+            let store = if no_resume {
+                None
+            } else {
+                let dir = PathBuf::from(format!("{}.tiles", out.display()));
+                let entries: Vec<(String, String)> =
+                    names.iter().cloned().zip(hashes.iter().cloned()).collect();
+                Some(tensim::trajectory::tiles::TileStore::open(
+                    &dir,
+                    metric.name(),
+                    &entries,
+                )?)
+            };
+            let data = metric
+                .needs_inputs()
+                .then(|| make_inputs(&models[0], &inputs))
+                .transpose()?;
+            let bar = indicatif::ProgressBar::new(0);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{spinner} {bar:40} {pos}/{len} pairs  {elapsed} elapsed, ETA {eta}",
+                )
+                .expect("valid template"),
+            );
+            if quiet {
+                bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+            }
+            let started = std::time::Instant::now();
+            let sim = tensim::trajectory::similarity_matrix(
+                &models,
+                &names,
+                &hashes,
+                metric,
+                &tensim::trajectory::MatrixOptions {
+                    tile,
+                    store: store.as_ref(),
+                    inputs: data.as_ref(),
+                },
+                &|done, total| {
+                    bar.set_length(total);
+                    bar.inc(done);
+                },
+            )?;
+            bar.finish_and_clear();
+            let n = models.len();
+            let values: Vec<f64> = (0..n)
+                .flat_map(|i| (0..n).map(move |j| (i, j)))
+                .map(|(i, j)| sim[(i, j)])
+                .collect();
+            io::write_npy(&out, &[n, n], &values)?;
+            if let Some(csv) = &csv {
+                let mut text = format!("label,{}\n", labels.join(","));
+                for (i, l) in labels.iter().enumerate() {
+                    let row: Vec<String> = (0..n).map(|j| format!("{:.12}", sim[(i, j)])).collect();
+                    text += &format!("{l},{}\n", row.join(","));
+                }
+                io::write_atomic(csv, text.as_bytes())?;
+            }
+            if json {
+                let rows: Vec<Vec<f64>> = (0..n)
+                    .map(|i| (0..n).map(|j| sim[(i, j)]).collect())
+                    .collect();
+                let v = json!({"metric": metric.name(), "labels": labels, "paths": names, "similarity": rows});
+                println!("{}", serde_json::to_string(&v)?);
+            } else if !quiet {
+                eprintln!(
+                    "{n}×{n} {} similarity matrix in {:.2} s → {}{}",
+                    metric.name(),
+                    started.elapsed().as_secs_f64(),
+                    out.display(),
+                    csv.map(|c| format!(", {}", c.display()))
+                        .unwrap_or_default()
+                );
+            }
+        }
         Command::Pack {
             arch,
             input,
@@ -472,6 +623,8 @@ fn demo_random(args: &RandomArgs) -> Result<()> {
             scale,
         }),
         bias: false,
+        embed: !args.no_embed,
+        down: !args.no_down,
     };
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;

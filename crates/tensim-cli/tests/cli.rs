@@ -216,3 +216,78 @@ fn pack_sidecar_and_errors() {
         "{e}"
     );
 }
+
+#[test]
+fn matrix_over_a_folder_resumes_and_matches_compare() {
+    let d = workdir("matrix");
+    let o = tensim(
+        &[
+            "demo",
+            "random",
+            "--out",
+            "runs",
+            "--count",
+            "5",
+            "--d-in",
+            "12",
+            "--hidden",
+            "4",
+            "--no-embed",
+            "--no-down",
+            "--d-out",
+            "3",
+        ],
+        &d,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    for i in 0..5 {
+        std::fs::rename(
+            d.join(format!("runs/random-{i:03}.safetensors")),
+            d.join(format!("runs/ckpt_{}.safetensors", (4 - i) * 100)),
+        )
+        .unwrap();
+    }
+    let r = json(&tensim(
+        &[
+            "matrix", "runs", "--json", "--csv", "sim.csv", "--tile", "2",
+        ],
+        &d,
+    ));
+    assert_eq!(
+        r["labels"],
+        serde_json::json!(["0", "100", "200", "300", "400"])
+    );
+    let sim = r["similarity"].as_array().unwrap();
+    let pair = json(&tensim(
+        &[
+            "compare",
+            "runs/ckpt_0.safetensors",
+            "runs/ckpt_300.safetensors",
+            "--json",
+        ],
+        &d,
+    ));
+    assert!((sim[0][3].as_f64().unwrap() - pair["similarity"].as_f64().unwrap()).abs() < 1e-12);
+    assert!(
+        d.join("tensim-tensor.npy").exists()
+            && std::fs::read_to_string(d.join("sim.csv"))
+                .unwrap()
+                .starts_with("label,0,100")
+    );
+    let tiles = std::fs::read_dir(d.join("tensim-tensor.npy.tiles"))
+        .unwrap()
+        .count();
+    assert_eq!(tiles, 7); // 6 tiles + manifest
+    let again = json(&tensim(&["matrix", "runs", "--json", "--tile", "2"], &d));
+    assert_eq!(again["similarity"], r["similarity"]);
+    // An output folder that does not exist: a clear error.
+    let o = tensim(
+        &["matrix", "runs", "--out", "nope/sim.npy", "--no-resume"],
+        &d,
+    );
+    assert!(
+        !o.status.success() && stderr(&o).contains("does not exist"),
+        "{}",
+        stderr(&o)
+    );
+}

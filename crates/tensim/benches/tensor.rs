@@ -51,6 +51,8 @@ fn pair(c: &mut Criterion) {
                 scale: 0.5,
             }),
             bias: false,
+            embed: true,
+            down: true,
         };
         let mut rng = rand::rngs::StdRng::seed_from_u64(0);
         let (a, b) = (

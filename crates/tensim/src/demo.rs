@@ -23,6 +23,11 @@ pub struct StackShape {
     pub d_out: usize,
     pub residual: Option<Residual>,
     pub bias: bool,
+    /// A linear embedding `d_in → d_model` first (else the bilinear layers read the input).
+    pub embed: bool,
+    /// Each bilinear layer has a `down` projection back to the stream (else it outputs its
+    /// hidden product).
+    pub down: bool,
 }
 
 /// One standard Gaussian draw.
@@ -43,24 +48,30 @@ pub fn random_stack<R: Rng>(shape: &StackShape, rng: &mut R) -> Result<Model> {
             .bias
             .then(|| (0..n).map(|_| 0.3 * gauss(rng)).collect())
     };
-    let mut layers = vec![Layer::Linear(Linear {
-        weight: torch_init(shape.d_model, shape.d_in, rng),
-        bias: bias(shape.d_model, rng),
-    })];
+    let mut layers = vec![];
+    let mut dim = shape.d_in;
+    if shape.embed {
+        layers.push(Layer::Linear(Linear {
+            weight: torch_init(shape.d_model, dim, rng),
+            bias: bias(shape.d_model, rng),
+        }));
+        dim = shape.d_model;
+    }
     for &h in &shape.hidden {
-        let d = shape.d_model;
+        let out = if shape.down { dim } else { h };
         layers.push(Layer::Bilinear(Bilinear {
-            left: torch_init(h, d, rng),
-            right: torch_init(h, d, rng),
-            down: Some(torch_init(d, h, rng)),
+            left: torch_init(h, dim, rng),
+            right: torch_init(h, dim, rng),
+            down: shape.down.then(|| torch_init(out, h, rng)),
             left_bias: bias(h, rng),
             right_bias: bias(h, rng),
-            down_bias: bias(d, rng),
-            residual: shape.residual,
+            down_bias: bias(out, rng),
+            residual: if out == dim { shape.residual } else { None },
         }));
+        dim = out;
     }
     layers.push(Layer::Linear(Linear {
-        weight: torch_init(shape.d_out, shape.d_model, rng),
+        weight: torch_init(shape.d_out, dim, rng),
         bias: bias(shape.d_out, rng),
     }));
     Model::new(shape.d_in, 1, layers)
@@ -86,6 +97,8 @@ pub fn symmetries(seed: u64) -> Result<Vec<Example>> {
             scale: 0.5,
         }),
         bias: true,
+        embed: true,
+        down: true,
     };
     let a = random_stack(&shape, &mut rng)?;
 

@@ -429,3 +429,34 @@ pub fn pack(arch_path: &Path, input: &Path, output: &Path) -> Result<Model> {
     write_atomic(output, &bytes)?;
     Ok(model)
 }
+
+/// Write a C-ordered f64 `.npy` array atomically.
+pub fn write_npy(path: &Path, shape: &[usize], data: &[f64]) -> Result<()> {
+    use npyz::WriterBuilder;
+    assert_eq!(shape.iter().product::<usize>(), data.len());
+    let mut bytes = Vec::new();
+    let shape: Vec<u64> = shape.iter().map(|&s| s as u64).collect();
+    let mut w = npyz::WriteOptions::<f64>::new()
+        .default_dtype()
+        .shape(&shape)
+        .writer(&mut bytes)
+        .begin_nd()
+        .map_err(|e| Error::io(path, e))?;
+    w.extend(data.iter().copied())
+        .map_err(|e| Error::io(path, e))?;
+    w.finish().map_err(|e| Error::io(path, e))?;
+    write_atomic(path, &bytes)
+}
+
+/// Read an f64 `.npy` array written by [`write_npy`] (or numpy): `(shape, values)`.
+pub fn read_npy(path: &Path) -> Result<(Vec<usize>, Vec<f64>)> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let bad = |e: std::io::Error| Error::Data {
+        path: path.to_path_buf(),
+        reason: format!("not a valid f64 .npy file: {e}"),
+    };
+    let npy = npyz::NpyFile::new(&bytes[..]).map_err(bad)?;
+    let shape = npy.shape().iter().map(|&s| s as usize).collect();
+    let values = npy.into_vec::<f64>().map_err(bad)?;
+    Ok((shape, values))
+}

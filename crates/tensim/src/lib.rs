@@ -26,6 +26,7 @@ pub mod metrics;
 pub mod model;
 pub mod montecarlo;
 pub mod reparam;
+pub mod trajectory;
 
 pub use arch::Arch;
 pub use error::{Error, Result};

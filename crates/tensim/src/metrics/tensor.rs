@@ -114,6 +114,17 @@ pub fn grams(a: &Model, b: &Model, par: Par) -> Result<(Gram, Gram, Gram)> {
     ))
 }
 
+/// `inner(a,b) = Σ_{o≥1} G[o,o]` of a Gram, as `(t, s)` with `inner = t·e^s`.
+pub fn trace(g: &Gram) -> (f64, f64) {
+    (g.scaled_data_diagonal().iter().sum(), g.log_scale())
+}
+
+/// Cosine from the traces `(t, s)` of `G_ab`, `G_aa`, `G_bb`: the scales combine into one factor.
+pub fn cosine_of(ab: (f64, f64), aa: (f64, f64), bb: (f64, f64)) -> Result<f64> {
+    let factor = (ab.1 - 0.5 * (aa.1 + bb.1)).exp();
+    cosine(factor * ab.0, aa.0, bb.0, Metric::Tensor)
+}
+
 /// Tensor similarity of `a` and `b` (input and output sizes must agree).
 pub fn similarity(a: &Model, b: &Model, opts: &Options) -> Result<Comparison> {
     crate::metrics::check_io(a, b)?;
@@ -125,9 +136,8 @@ pub fn similarity(a: &Model, b: &Model, opts: &Options) -> Result<Comparison> {
     );
     let (sab, saa, sbb) = (gab.log_scale(), gaa.log_scale(), gbb.log_scale());
     let sum = |v: &[f64]| v.iter().sum::<f64>();
-    // cos = (e^{s_ab} t_ab) / √(e^{s_aa} t_aa · e^{s_bb} t_bb): the scales combine into one factor.
+    let similarity = cosine_of(trace(&gab), trace(&gaa), trace(&gbb))?;
     let factor = (sab - 0.5 * (saa + sbb)).exp();
-    let similarity = cosine(factor * sum(&dab), sum(&daa), sum(&dbb), Metric::Tensor)?;
     let per_output = opts.per_output.then(|| {
         let scaled: Vec<f64> = dab.iter().map(|v| v * factor).collect();
         cosines(&scaled, &daa, &dbb)

@@ -1,0 +1,117 @@
+//! Checkpoint lists: files, globs or folders, ordered by the step number in their names, with a
+//! content hash per file (the identity of a checkpoint for resumable work).
+
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+use crate::io;
+use crate::model::Model;
+
+/// One checkpoint of a trajectory.
+#[derive(Clone, Debug)]
+pub struct Checkpoint {
+    pub path: PathBuf,
+    /// The last integer in the file stem (`ckpt_01200.safetensors` → 1200), if any.
+    pub step: Option<u64>,
+    /// blake3 hash of the file's bytes, hex.
+    pub hash: String,
+}
+
+/// Expand files, glob patterns and folders (their `*.safetensors`) into a list of paths.
+pub fn expand(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for input in inputs {
+        let text = input.to_string_lossy();
+        if input.is_dir() {
+            let mut found: Vec<PathBuf> = std::fs::read_dir(input)
+                .map_err(|e| Error::io(input, e))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
+                .collect();
+            if found.is_empty() {
+                return Err(Error::Invalid(format!(
+                    "{text}: no .safetensors files in this folder"
+                )));
+            }
+            found.sort();
+            out.extend(found);
+        } else if text.contains(['*', '?', '[']) && !input.exists() {
+            let paths = glob::glob(&text).map_err(|e| Error::Invalid(format!("{text}: {e}")))?;
+            let found: Vec<PathBuf> = paths.filter_map(|p| p.ok()).collect();
+            if found.is_empty() {
+                return Err(Error::Invalid(format!(
+                    "{text}: the pattern matches no file"
+                )));
+            }
+            out.extend(found);
+        } else {
+            out.push(input.clone());
+        }
+    }
+    Ok(out)
+}
+
+/// The last run of digits in the file stem.
+pub fn step_of(path: &Path) -> Option<u64> {
+    let stem = path.file_stem()?.to_string_lossy();
+    let end = stem.rfind(|c: char| c.is_ascii_digit())? + 1;
+    let start = stem[..end]
+        .rfind(|c: char| !c.is_ascii_digit())
+        .map_or(0, |i| i + 1);
+    stem[start..end].parse().ok()
+}
+
+/// Order by step number (natural sort); files without a number keep their order, after the rest.
+pub fn natural_sort(paths: &mut [PathBuf]) {
+    paths.sort_by_key(|p| (step_of(p).is_none(), step_of(p)));
+}
+
+/// Read, hash and load every checkpoint. `arch` is a sidecar for all of them (else metadata).
+pub fn load_all(paths: &[PathBuf], arch: Option<&Path>) -> Result<(Vec<Checkpoint>, Vec<Model>)> {
+    let mut cks = Vec::with_capacity(paths.len());
+    let mut models = Vec::with_capacity(paths.len());
+    for path in paths {
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        cks.push(Checkpoint {
+            path: path.clone(),
+            step: step_of(path),
+            hash: blake3::hash(&bytes).to_hex().to_string(),
+        });
+        drop(bytes);
+        models.push(io::load(path, arch)?);
+    }
+    Ok((cks, models))
+}
+
+/// Labels: from a file (one per line), from the file stems, or the step numbers where every
+/// checkpoint has one.
+pub fn labels(cks: &[Checkpoint], file: Option<&Path>, from_names: bool) -> Result<Vec<String>> {
+    if let Some(f) = file {
+        let text = std::fs::read_to_string(f).map_err(|e| Error::io(f, e))?;
+        let labels: Vec<String> = text
+            .lines()
+            .map(str::to_string)
+            .filter(|l| !l.is_empty())
+            .collect();
+        if labels.len() != cks.len() {
+            return Err(Error::Invalid(format!(
+                "{}: {} labels for {} checkpoints",
+                f.display(),
+                labels.len(),
+                cks.len()
+            )));
+        }
+        return Ok(labels);
+    }
+    let stem = |c: &Checkpoint| {
+        c.path
+            .file_stem()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .to_string()
+    };
+    Ok(match (from_names, cks.iter().all(|c| c.step.is_some())) {
+        (false, true) => cks.iter().map(|c| c.step.unwrap().to_string()).collect(),
+        _ => cks.iter().map(stem).collect(),
+    })
+}

@@ -1,0 +1,470 @@
+//! All-pairs similarity matrices over the checkpoints of a training run.
+//!
+//! **Tensor metric, one bilinear layer** (after composing the linear layers before it into
+//! `L̂, R̂` and those after it into `D̂`; widths may differ): stack every checkpoint's rows,
+//! `U = [L̂₁Ê₁; …; L̂_NÊ_N]`, `V = [R̂₁Ê₁; …]`, `D = [D₁ … D_N]` (data output rows), and get every
+//! pair of a tile of checkpoints `(I, J)` from five GEMMs (MATH.md §8, [G1]):
+//!
+//! ```text
+//! K = ½[(U_I U_Jᵀ) ∘ (V_I V_Jᵀ) + (U_I V_Jᵀ) ∘ (V_I U_Jᵀ)],  Γ = D_Iᵀ D_J
+//! inner(i, j) = Σ over the (i, j) block of K ∘ Γ
+//! ```
+//!
+//! Only tiles with `I ≤ J` are computed (the matrix is symmetric); each tile's GEMMs are
+//! single-threaded and tiles run in parallel (rayon). Self inner products are computed once per
+//! checkpoint. Deeper models fall back to the per-pair recursion, still in parallel tiles.
+//! Memory: the stacked `U, V, D` plus, per worker thread, five `(T·H)²` tile matrices for `T`
+//! checkpoints of `H` hidden rows per tile side — estimated before starting.
+
+pub mod checkpoints;
+pub mod tiles;
+
+use rayon::prelude::*;
+
+use crate::budget;
+use crate::error::{Error, Result};
+use crate::layers::PaddedLayer;
+use crate::linalg::{mul, mul_t, Mat, MatRef, Par};
+use crate::metrics::{self, inputs::outputs, tensor, Inputs, Metric, Options};
+use crate::model::Model;
+use tiles::TileStore;
+
+/// Options of an all-pairs run.
+#[derive(Clone, Copy, Default)]
+pub struct MatrixOptions<'a> {
+    /// Checkpoints per tile side; 0 chooses about 1024 stacked rows per side.
+    pub tile: usize,
+    /// Where finished tiles are kept (resume); `None`: nothing is stored.
+    pub store: Option<&'a TileStore>,
+    /// Inputs of the behavioural metric.
+    pub inputs: Option<&'a Inputs>,
+}
+
+/// A model with one bilinear node in folded form: `U = L̂Ê`, `V = R̂Ê` (rows over the padded
+/// input) and `D` (the data output rows of `Ŵ_head D̂`).
+struct Folded {
+    u: Mat<f64>,
+    v: Mat<f64>,
+    d: Mat<f64>,
+}
+
+fn fold_single(model: &Model) -> Option<Folded> {
+    if model.n_bilinear() != 1 {
+        return None;
+    }
+    let nodes = model.padded();
+    let at = nodes
+        .iter()
+        .position(|n| matches!(n, PaddedLayer::Bilinear(_)))?;
+    let compose = |ws: &[PaddedLayer]| -> Option<Mat<f64>> {
+        ws.iter().fold(None, |acc: Option<Mat<f64>>, n| {
+            let PaddedLayer::Linear(l) = n else {
+                unreachable!()
+            };
+            Some(match acc {
+                None => l.w.clone(),
+                Some(m) => mul(l.w.as_ref(), m.as_ref(), Par::Seq),
+            })
+        })
+    };
+    let PaddedLayer::Bilinear(b) = &nodes[at] else {
+        unreachable!()
+    };
+    let (pre, post) = (compose(&nodes[..at]), compose(&nodes[at + 1..]));
+    let apply_pre = |m: &Mat<f64>| {
+        pre.as_ref()
+            .map_or_else(|| m.clone(), |p| mul(m.as_ref(), p.as_ref(), Par::Seq))
+    };
+    let d = post.map_or_else(|| b.d.clone(), |p| mul(p.as_ref(), b.d.as_ref(), Par::Seq));
+    Some(Folded {
+        u: apply_pre(&b.l),
+        v: apply_pre(&b.r),
+        d: d.subrows(1, d.nrows() - 1).to_owned(),
+    })
+}
+
+/// Stacked folded rows of all checkpoints.
+struct Stack {
+    u: Mat<f64>,
+    v: Mat<f64>,
+    d: Mat<f64>,
+    /// Row offsets: checkpoint `i` owns rows `offsets[i]..offsets[i+1]`.
+    offsets: Vec<usize>,
+}
+
+impl Stack {
+    fn new(folded: &[Folded]) -> Stack {
+        let mut offsets = vec![0];
+        for f in folded {
+            offsets.push(offsets.last().unwrap() + f.u.nrows());
+        }
+        let (rows, p, c) = (
+            *offsets.last().unwrap(),
+            folded[0].u.ncols(),
+            folded[0].d.nrows(),
+        );
+        let (mut u, mut v, mut d) = (
+            Mat::zeros(rows, p),
+            Mat::zeros(rows, p),
+            Mat::zeros(c, rows),
+        );
+        for (f, &o) in folded.iter().zip(&offsets) {
+            let h = f.u.nrows();
+            u.subrows_mut(o, h).copy_from(&f.u);
+            v.subrows_mut(o, h).copy_from(&f.v);
+            d.subcols_mut(o, h).copy_from(&f.d);
+        }
+        Stack { u, v, d, offsets }
+    }
+
+    fn rows(&self, r: &std::ops::Range<usize>) -> (usize, usize) {
+        (
+            self.offsets[r.start],
+            self.offsets[r.end] - self.offsets[r.start],
+        )
+    }
+
+    /// Inner products of checkpoints `I × J`, row-major `|I| × |J|`.
+    fn tile(&self, ci: std::ops::Range<usize>, cj: std::ops::Range<usize>) -> Vec<f64> {
+        let ((r0, nr), (c0, nc)) = (self.rows(&ci), self.rows(&cj));
+        let (ui, vi) = (self.u.subrows(r0, nr), self.v.subrows(r0, nr));
+        let (uj, vj) = (self.u.subrows(c0, nc), self.v.subrows(c0, nc));
+        let prod = |a: MatRef<'_, f64>, b: MatRef<'_, f64>| mul_t(a, b, Par::Seq);
+        let (ll, rr, lr, rl) = (prod(ui, uj), prod(vi, vj), prod(ui, vj), prod(vi, uj));
+        let gamma = mul(
+            self.d.subcols(r0, nr).transpose(),
+            self.d.subcols(c0, nc),
+            Par::Seq,
+        );
+        // Row → checkpoint of the tile.
+        let owner = |r: usize, base: usize, range: &std::ops::Range<usize>| {
+            range
+                .clone()
+                .find(|&i| self.offsets[i + 1] > base + r)
+                .unwrap()
+                - range.start
+        };
+        let row_owner: Vec<usize> = (0..nr).map(|r| owner(r, r0, &ci)).collect();
+        let mut out = vec![0.0; ci.len() * cj.len()];
+        for col in 0..nc {
+            let j = owner(col, c0, &cj);
+            let (a, b, c, d, g) = (
+                ll.col_as_slice(col),
+                rr.col_as_slice(col),
+                lr.col_as_slice(col),
+                rl.col_as_slice(col),
+                gamma.col_as_slice(col),
+            );
+            for r in 0..nr {
+                out[row_owner[r] * cj.len() + j] += 0.5 * (a[r] * b[r] + c[r] * d[r]) * g[r];
+            }
+        }
+        out
+    }
+}
+
+/// How the pairs of one metric are computed.
+enum Plan<'a> {
+    Stacked {
+        stack: Stack,
+        norms: Vec<f64>,
+    },
+    /// Per-pair recursion; `norms` are the self traces when every model has the same depth.
+    PerPair {
+        models: &'a [Model],
+        norms: Option<Vec<(f64, f64)>>,
+        depth: usize,
+    },
+    /// Rows whose pairwise dot products, times `scale` and divided by the row norms (if given),
+    /// are the similarity.
+    Dots {
+        rows: Mat<f64>,
+        scale: f64,
+        norms: Option<Vec<f64>>,
+    },
+}
+
+impl Plan<'_> {
+    fn pair(&self, i: usize, j: usize) -> Result<f64> {
+        match self {
+            Plan::PerPair {
+                models,
+                norms: Some(n),
+                depth,
+            } => {
+                let na = tensor::lifted_nodes(&models[i], *depth);
+                let nb = tensor::lifted_nodes(&models[j], *depth);
+                tensor::cosine_of(
+                    tensor::trace(&tensor::cross_gram(&na, &nb, false, Par::Seq)),
+                    n[i],
+                    n[j],
+                )
+            }
+            Plan::PerPair {
+                models,
+                norms: None,
+                ..
+            } => {
+                let opts = Options {
+                    per_output: false,
+                    par: Par::Seq,
+                };
+                Ok(tensor::similarity(&models[i], &models[j], &opts)?.similarity)
+            }
+            _ => unreachable!("tiles of this plan are computed whole"),
+        }
+    }
+
+    /// Similarities of checkpoints `I × J`, row-major.
+    fn tile(&self, ci: std::ops::Range<usize>, cj: std::ops::Range<usize>) -> Result<Vec<f64>> {
+        match self {
+            Plan::Stacked { stack, norms } => {
+                let inner = stack.tile(ci.clone(), cj.clone());
+                let (ni, nj) = (&norms[ci.clone()], &norms[cj.clone()]);
+                Ok(inner
+                    .iter()
+                    .enumerate()
+                    .map(|(k, v)| {
+                        (v / (ni[k / nj.len()] * nj[k % nj.len()]).sqrt()).clamp(-1.0, 1.0)
+                    })
+                    .collect())
+            }
+            Plan::Dots { rows, scale, norms } => {
+                let dots = mul_t(
+                    rows.subrows(ci.start, ci.len()),
+                    rows.subrows(cj.start, cj.len()),
+                    Par::Seq,
+                );
+                let norm = |i: usize| norms.as_ref().map_or(1.0, |n| n[i]);
+                let mut out = Vec::with_capacity(ci.len() * cj.len());
+                for i in ci.clone() {
+                    for j in cj.clone() {
+                        out.push(
+                            (scale * dots[(i - ci.start, j - cj.start)] / (norm(i) * norm(j)))
+                                .clamp(-1.0, 1.0),
+                        );
+                    }
+                }
+                Ok(out)
+            }
+            Plan::PerPair { .. } => {
+                let mut out = Vec::with_capacity(ci.len() * cj.len());
+                for i in ci.clone() {
+                    for j in cj.clone() {
+                        out.push(self.pair(i, j)?);
+                    }
+                }
+                Ok(out)
+            }
+        }
+    }
+}
+
+/// `N × N` similarity matrix of `models` under `metric` (`tensor`, `matrix` or `behavioral`).
+///
+/// `names` identify the models in messages; `hashes` (content hashes) key the stored tiles
+/// for resuming; `progress(finished, total)` is called with the number of newly finished pairs
+/// (pairs `i ≤ j` of the tiles, diagonal tiles counted whole) and their total.
+pub fn similarity_matrix(
+    models: &[Model],
+    names: &[String],
+    hashes: &[String],
+    metric: Metric,
+    opts: &MatrixOptions<'_>,
+    progress: &(dyn Fn(u64, u64) + Sync),
+) -> Result<Mat<f64>> {
+    let store = opts.store;
+    let n = models.len();
+    if n == 0 {
+        return Err(Error::Invalid("no checkpoints".into()));
+    }
+    for (m, name) in models.iter().zip(names).skip(1) {
+        metrics::check_io(&models[0], m)
+            .map_err(|e| Error::Incompatible(format!("{name} vs {}: {e}", names[0])))?;
+    }
+    let plan = plan(models, names, metric, opts.inputs)?;
+    let hidden = match &plan {
+        Plan::Stacked { stack, .. } => stack
+            .offsets
+            .windows(2)
+            .map(|w| w[1] - w[0])
+            .max()
+            .unwrap_or(1),
+        _ => 1,
+    };
+    let t = if opts.tile > 0 {
+        opts.tile
+    } else {
+        (1024 / hidden).clamp(1, 256)
+    };
+    let threads = rayon::current_num_threads() as f64;
+    budget::check(
+        "the all-pairs tiles",
+        threads * 5.0 * ((t * hidden) as f64).powi(2) + (n * n) as f64,
+    )?;
+
+    let blocks: Vec<std::ops::Range<usize>> =
+        (0..n).step_by(t).map(|s| s..(s + t).min(n)).collect();
+    let pairs: Vec<(usize, usize)> = (0..blocks.len())
+        .flat_map(|a| (a..blocks.len()).map(move |b| (a, b)))
+        .collect();
+    let total: u64 = pairs
+        .iter()
+        .map(|&(a, b)| (blocks[a].len() * blocks[b].len()) as u64)
+        .sum();
+    let done: Vec<Result<(usize, usize, Vec<f64>)>> = pairs
+        .par_iter()
+        .map(|&(a, b)| {
+            let (ci, cj) = (blocks[a].clone(), blocks[b].clone());
+            let key = TileStore::key(
+                metric.name(),
+                &hashes[ci.clone()]
+                    .iter()
+                    .map(String::as_str)
+                    .collect::<Vec<_>>(),
+                &hashes[cj.clone()]
+                    .iter()
+                    .map(String::as_str)
+                    .collect::<Vec<_>>(),
+            );
+            let values = match store.and_then(|s| s.get(&key, ci.len(), cj.len())) {
+                Some(v) => v,
+                None => {
+                    let v = plan.tile(ci.clone(), cj.clone())?;
+                    if let Some(s) = store {
+                        s.put(&key, ci.len(), cj.len(), &v)?;
+                    }
+                    v
+                }
+            };
+            progress((ci.len() * cj.len()) as u64, total);
+            Ok((a, b, values))
+        })
+        .collect();
+    let mut sim = Mat::<f64>::zeros(n, n);
+    for r in done {
+        let (a, b, v) = r?;
+        let (ci, cj) = (blocks[a].clone(), blocks[b].clone());
+        for (k, value) in v.into_iter().enumerate() {
+            let (i, j) = (ci.start + k / cj.len(), cj.start + k % cj.len());
+            sim[(i, j)] = value;
+            sim[(j, i)] = value;
+        }
+    }
+    Ok(sim)
+}
+
+fn plan<'a>(
+    models: &'a [Model],
+    names: &[String],
+    metric: Metric,
+    inputs: Option<&Inputs>,
+) -> Result<Plan<'a>> {
+    match metric {
+        Metric::Tensor => {
+            let folded: Option<Vec<Folded>> = models.iter().map(fold_single).collect();
+            if let Some(folded) = folded {
+                let stack = Stack::new(&folded);
+                let norms = (0..models.len())
+                    .map(|i| stack.tile(i..i + 1, i..i + 1)[0])
+                    .collect::<Vec<_>>();
+                if let Some(i) = norms.iter().position(|&v| v <= 0.0) {
+                    return Err(Error::ZeroNorm {
+                        which: names[i].clone(),
+                        metric: "tensor".into(),
+                    });
+                }
+                return Ok(Plan::Stacked { stack, norms });
+            }
+            let depth = models[0].n_bilinear();
+            let same = models.iter().all(|m| m.n_bilinear() == depth);
+            let norms = same.then(|| {
+                models
+                    .par_iter()
+                    .map(|m| {
+                        let nodes = tensor::lifted_nodes(m, depth);
+                        tensor::trace(&tensor::cross_gram(&nodes, &nodes, true, Par::Seq))
+                    })
+                    .collect::<Vec<_>>()
+            });
+            if let Some(i) = norms
+                .as_ref()
+                .and_then(|v| v.iter().position(|t| t.0 <= 0.0))
+            {
+                return Err(Error::ZeroNorm {
+                    which: names[i].clone(),
+                    metric: "tensor".into(),
+                });
+            }
+            Ok(Plan::PerPair {
+                models,
+                norms,
+                depth,
+            })
+        }
+        Metric::Matrix => {
+            let opts = Options {
+                per_output: false,
+                par: Par::Seq,
+            };
+            for (m, name) in models.iter().zip(names).skip(1) {
+                metrics::matrix::similarity(&models[0], m, &opts)
+                    .map_err(|e| Error::Incompatible(format!("{name}: {e}")))?;
+            }
+            let flat: Vec<Vec<f64>> = models
+                .iter()
+                .map(|m| {
+                    m.layers()
+                        .iter()
+                        .flat_map(|l| l.parameters())
+                        .flat_map(|(_, v)| v)
+                        .collect()
+                })
+                .collect();
+            let rows = Mat::from_fn(models.len(), flat[0].len(), |i, j| flat[i][j]);
+            let norms: Vec<f64> = (0..models.len()).map(|i| rows.row(i).norm_l2()).collect();
+            if let Some(i) = norms.iter().position(|&v| v == 0.0) {
+                return Err(Error::ZeroNorm {
+                    which: names[i].clone(),
+                    metric: "matrix".into(),
+                });
+            }
+            Ok(Plan::Dots {
+                rows,
+                scale: 1.0,
+                norms: Some(norms),
+            })
+        }
+        Metric::Behavioral => {
+            // mean_r ⟨a_r, b_r⟩ / ((‖a_r‖ + ε)(‖b_r‖ + ε)): rows pre-divided by ‖·‖ + ε, flattened.
+            let inputs = inputs
+                .ok_or_else(|| Error::Invalid("the behavioral metric needs inputs".into()))?;
+            let outs = models
+                .iter()
+                .map(|m| outputs(m, inputs, Par::Seq))
+                .collect::<Result<Vec<_>>>()?;
+            let (r, w) = (outs[0].nrows(), outs[0].ncols());
+            let scaled: Vec<Vec<f64>> = outs
+                .iter()
+                .map(|y| {
+                    (0..r)
+                        .flat_map(|i| {
+                            let norm =
+                                (0..w).map(|j| y[(i, j)] * y[(i, j)]).sum::<f64>().sqrt() + 1e-8;
+                            (0..w).map(move |j| y[(i, j)] / norm)
+                        })
+                        .collect()
+                })
+                .collect();
+            let rows = Mat::from_fn(models.len(), r * w, |i, j| scaled[i][j]);
+            Ok(Plan::Dots {
+                rows,
+                scale: 1.0 / r as f64,
+                norms: None,
+            })
+        }
+        Metric::Cka => Err(Error::Invalid(
+            "the all-pairs matrix supports tensor, matrix and behavioral".into(),
+        )),
+    }
+}

@@ -1,0 +1,263 @@
+//! All-pairs matrices equal the single-pair metrics (to 1e-12), resume from stored tiles, and
+//! recompute only the tiles of a changed checkpoint.
+
+mod common;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use common::*;
+use tensim::linalg::Par;
+use tensim::metrics::{self, Inputs, Metric, Options};
+use tensim::trajectory::checkpoints::{expand, natural_sort, step_of};
+use tensim::trajectory::tiles::TileStore;
+use tensim::trajectory::{similarity_matrix, MatrixOptions};
+use tensim::Model;
+
+fn names(n: usize) -> (Vec<String>, Vec<String>) {
+    (
+        (0..n).map(|i| format!("m{i}")).collect(),
+        (0..n).map(|i| format!("hash{i}")).collect(),
+    )
+}
+
+fn check_against_pairs(models: &[Model], metric: Metric, inputs: Option<&Inputs>, tile: usize) {
+    let (nm, hs) = names(models.len());
+    let opts = MatrixOptions {
+        tile,
+        store: None,
+        inputs,
+    };
+    let sim = similarity_matrix(models, &nm, &hs, metric, &opts, &|_, _| {}).unwrap();
+    let pair_opts = Options {
+        per_output: false,
+        par: Par::Seq,
+    };
+    for i in 0..models.len() {
+        for j in 0..models.len() {
+            let want = metrics::compare(&models[i], &models[j], metric, inputs, &pair_opts)
+                .unwrap()
+                .similarity;
+            assert!(
+                (sim[(i, j)] - want).abs() < 1e-12,
+                "{metric:?} ({i},{j}): {} vs {want}",
+                sim[(i, j)]
+            );
+        }
+    }
+}
+
+#[test]
+fn stacked_tensor_matrix_equals_single_pairs() {
+    // One bilinear layer: widths differ across checkpoints, with and without residual/bias.
+    let mut models = vec![];
+    for (k, (h, residual, bias)) in [
+        (3, None, false),
+        (4, lerp(0.5), true),
+        (2, add(1.0), true),
+        (5, None, true),
+        (3, lerp(0.2), false),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        models.push(random_model(
+            Spec {
+                d_in: 4,
+                d: 3,
+                h,
+                d_out: 2,
+                depth: 1,
+                residual,
+                bias,
+                embed: k % 2 == 0,
+            },
+            k as u64,
+        ));
+    }
+    for tile in [1, 2, 0] {
+        check_against_pairs(&models, Metric::Tensor, None, tile);
+    }
+}
+
+#[test]
+fn deeper_models_pair_by_pair() {
+    let s = Spec {
+        d_in: 3,
+        d: 3,
+        h: 3,
+        d_out: 2,
+        depth: 2,
+        residual: lerp(0.5),
+        bias: true,
+        embed: true,
+    };
+    let same_depth: Vec<Model> = (0..4).map(|k| random_model(s, 10 + k)).collect();
+    check_against_pairs(&same_depth, Metric::Tensor, None, 3);
+    let mut mixed = same_depth.clone();
+    mixed.push(random_model(Spec { depth: 1, ..s }, 20));
+    check_against_pairs(&mixed, Metric::Tensor, None, 2);
+}
+
+#[test]
+fn matrix_and_behavioral_matrices_equal_single_pairs() {
+    let s = Spec {
+        d_in: 3,
+        d: 4,
+        h: 3,
+        d_out: 2,
+        depth: 1,
+        residual: None,
+        bias: true,
+        embed: true,
+    };
+    let models: Vec<Model> = (0..5).map(|k| random_model(s, 30 + k)).collect();
+    check_against_pairs(&models, Metric::Matrix, None, 2);
+    let inputs = Inputs::gaussian(50, 1, 3, 0).unwrap();
+    check_against_pairs(&models, Metric::Behavioral, Some(&inputs), 2);
+}
+
+#[test]
+fn resume_reuses_tiles_and_a_changed_checkpoint_recomputes_only_its_tiles() {
+    let dir = std::env::temp_dir().join(format!("tensim-tiles-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let s = Spec {
+        d_in: 3,
+        d: 3,
+        h: 3,
+        d_out: 2,
+        depth: 1,
+        residual: None,
+        bias: false,
+        embed: false,
+    };
+    let mut models: Vec<Model> = (0..6).map(|k| random_model(s, 40 + k)).collect();
+    let (nm, mut hs) = names(6);
+    let entries: Vec<(String, String)> = nm.iter().cloned().zip(hs.iter().cloned()).collect();
+    let store = TileStore::open(&dir, "tensor", &entries).unwrap();
+    let opts = MatrixOptions {
+        tile: 2,
+        store: Some(&store),
+        inputs: None,
+    };
+    let tiles = || {
+        std::fs::read_dir(&dir)
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with("tile-")
+            })
+            .count()
+    };
+
+    let first = similarity_matrix(&models, &nm, &hs, Metric::Tensor, &opts, &|_, _| {}).unwrap();
+    assert_eq!(tiles(), 6); // 3 blocks: 6 tiles with I ≤ J
+    let again = similarity_matrix(&models, &nm, &hs, Metric::Tensor, &opts, &|_, _| {}).unwrap();
+    assert_eq!(first, again);
+
+    // Change checkpoint 5 (block 2): tiles (0,2), (1,2), (2,2) are recomputed, 3 new files.
+    models[5] = random_model(s, 99);
+    hs[5] = "changed".into();
+    let computed = AtomicU64::new(0);
+    let changed = similarity_matrix(&models, &nm, &hs, Metric::Tensor, &opts, &|d, _| {
+        computed.fetch_add(d, Ordering::Relaxed);
+    })
+    .unwrap();
+    assert_eq!(tiles(), 9);
+    assert_eq!(computed.load(Ordering::Relaxed), 6 * 4); // every tile reports; 3 were recomputed
+    for i in 0..5 {
+        for j in 0..5 {
+            assert_eq!(changed[(i, j)], first[(i, j)]);
+        }
+    }
+    assert!((changed[(5, 5)] - 1.0).abs() < 1e-12 && changed[(0, 5)] != first[(0, 5)]);
+    // A corrupt tile is ignored and recomputed.
+    let victim = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.to_string_lossy().contains("tile-"))
+        .unwrap();
+    std::fs::write(&victim, b"junk").unwrap();
+    let healed = similarity_matrix(&models, &nm, &hs, Metric::Tensor, &opts, &|_, _| {}).unwrap();
+    assert_eq!(healed, changed);
+}
+
+#[test]
+fn incompatible_checkpoints_are_named() {
+    let s = Spec {
+        d_in: 3,
+        d: 3,
+        h: 3,
+        d_out: 2,
+        depth: 1,
+        residual: None,
+        bias: false,
+        embed: true,
+    };
+    let models = vec![random_model(s, 1), random_model(Spec { d_out: 3, ..s }, 2)];
+    let (nm, hs) = names(2);
+    let e = similarity_matrix(
+        &models,
+        &nm,
+        &hs,
+        Metric::Tensor,
+        &MatrixOptions::default(),
+        &|_, _| {},
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("m1") && e.contains("output sizes differ"), "{e}");
+    let models = vec![random_model(s, 1), random_model(Spec { h: 4, ..s }, 2)];
+    let e = similarity_matrix(
+        &models,
+        &nm,
+        &hs,
+        Metric::Matrix,
+        &MatrixOptions::default(),
+        &|_, _| {},
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("m1") && e.contains("identical architectures"),
+        "{e}"
+    );
+}
+
+#[test]
+fn checkpoints_sort_by_step_number() {
+    let mut p: Vec<PathBuf> = [
+        "run/ckpt_1000.safetensors",
+        "run/ckpt_20.safetensors",
+        "run/final.safetensors",
+        "run/ckpt_3.safetensors",
+    ]
+    .iter()
+    .map(PathBuf::from)
+    .collect();
+    natural_sort(&mut p);
+    let order: Vec<String> = p
+        .iter()
+        .map(|x| x.file_stem().unwrap().to_string_lossy().to_string())
+        .collect();
+    assert_eq!(order, ["ckpt_3", "ckpt_20", "ckpt_1000", "final"]);
+    assert_eq!(
+        step_of(&PathBuf::from("a/step-00120.safetensors")),
+        Some(120)
+    );
+    assert_eq!(step_of(&PathBuf::from("model.safetensors")), None);
+    let dir = std::env::temp_dir().join(format!("tensim-expand-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for name in ["b_2.safetensors", "a_10.safetensors", "notes.txt"] {
+        std::fs::write(dir.join(name), b"").unwrap();
+    }
+    assert_eq!(expand(std::slice::from_ref(&dir)).unwrap().len(), 2);
+    assert_eq!(expand(&[dir.join("*_1*.safetensors")]).unwrap().len(), 1);
+    assert!(expand(&[dir.join("*.nothing")])
+        .unwrap_err()
+        .to_string()
+        .contains("matches no file"));
+}
