@@ -81,6 +81,8 @@ enum Command {
         /// Print the labels and matrix as JSON.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        plot: PlotArgs,
         /// Checkpoints per tile side (default: about 1024 stacked hidden rows).
         #[arg(long, default_value_t = 0)]
         tile: usize,
@@ -92,6 +94,26 @@ enum Command {
         quiet: bool,
         #[command(flatten)]
         inputs: InputArgs,
+    },
+    /// Split a similarity matrix (.npy) into K contiguous phases with the least within-phase
+    /// dissimilarity Σ(1 − S) (exact, by dynamic programming), and optionally plot them.
+    Phases {
+        /// Similarity matrix written by `tensim matrix`.
+        matrix: PathBuf,
+        /// Number of phases.
+        #[arg(short, long)]
+        k: usize,
+        /// Labels, one per line (default: indices). With --log-steps they must be step numbers.
+        #[arg(long)]
+        labels: Option<PathBuf>,
+        /// Heat-map with the phases outlined (.png or .svg).
+        #[arg(long)]
+        plot: Option<PathBuf>,
+        /// Place checkpoints on a log(step + 1) axis.
+        #[arg(long)]
+        log_steps: bool,
+        #[arg(long)]
+        json: bool,
     },
     /// Print a model's architecture, parameter count, polynomial degree and tensor names.
     Inspect {
@@ -186,6 +208,19 @@ struct RandomArgs {
 }
 
 #[derive(Args)]
+struct PlotArgs {
+    /// Heat-map of the matrix (.png or .svg).
+    #[arg(long)]
+    plot: Option<PathBuf>,
+    /// Place checkpoints on a log(step + 1) axis (needs step numbers in the names).
+    #[arg(long)]
+    log_steps: bool,
+    /// Outline the K optimal phases (see `tensim phases`) on the heat-map.
+    #[arg(long)]
+    phases: Option<usize>,
+}
+
+#[derive(Args)]
 struct ArchArgs {
     /// Architecture JSON for both models (otherwise each file's embedded metadata).
     #[arg(long, conflicts_with_all = ["arch_a", "arch_b"])]
@@ -251,6 +286,65 @@ fn run(cli: Cli) -> Result<()> {
             print_comparison(&r, json);
         }
         Command::Inspect { file, arch, json } => inspect(&file, arch.as_deref(), json)?,
+        Command::Phases {
+            matrix,
+            k,
+            labels,
+            plot,
+            log_steps,
+            json,
+        } => {
+            let (shape, values) = io::read_npy(&matrix)?;
+            let n = shape[0];
+            if shape.len() != 2 || shape[1] != n {
+                bail!(
+                    "{}: expected a square matrix, got shape {shape:?}",
+                    matrix.display()
+                );
+            }
+            let sim = tensim::linalg::from_row_major(n, n, &values);
+            let labels: Vec<String> = match &labels {
+                Some(f) => std::fs::read_to_string(f)
+                    .with_context(|| format!("reading {}", f.display()))?
+                    .lines()
+                    .filter(|l| !l.is_empty())
+                    .map(str::to_string)
+                    .collect(),
+                None => (0..n).map(|i| i.to_string()).collect(),
+            };
+            if labels.len() != n {
+                bail!("{} labels for a {n}×{n} matrix", labels.len());
+            }
+            let phases = tensim::phases::segment(&sim, k)?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string(
+                        &json!({"starts": phases.starts, "cost": phases.cost, "labels": labels})
+                    )?
+                );
+            } else {
+                println!(
+                    "{k} phases (within-phase dissimilarity {:.6}):",
+                    phases.cost
+                );
+                let mut ends: Vec<usize> = phases.starts[1..].to_vec();
+                ends.push(n);
+                for (p, (&a, &b)) in phases.starts.iter().zip(&ends).enumerate() {
+                    println!(
+                        "  phase {p}: checkpoints {a}..{} ({} … {})",
+                        b - 1,
+                        labels[a],
+                        labels[b - 1]
+                    );
+                }
+            }
+            if let Some(path) = &plot {
+                let steps: Option<Vec<f64>> = labels.iter().map(|l| l.parse().ok()).collect();
+                let title = format!("similarity, {n} checkpoints, {k} phases");
+                draw_heatmap(&sim, path, title, labels, steps, log_steps, Some(k))?;
+            }
+        }
         Command::Matrix {
             checkpoints,
             arch,
@@ -261,6 +355,7 @@ fn run(cli: Cli) -> Result<()> {
             out,
             csv,
             json,
+            plot,
             tile,
             no_resume,
             quiet,
@@ -332,6 +427,20 @@ fn run(cli: Cli) -> Result<()> {
                     text += &format!("{l},{}\n", row.join(","));
                 }
                 io::write_atomic(csv, text.as_bytes())?;
+            }
+            if let Some(path) = &plot.plot {
+                let steps: Option<Vec<f64>> =
+                    cks.iter().map(|c| c.step.map(|s| s as f64)).collect();
+                let title = format!("{} similarity, {n} checkpoints", metric.name());
+                draw_heatmap(
+                    &sim,
+                    path,
+                    title,
+                    labels.clone(),
+                    steps,
+                    plot.log_steps,
+                    plot.phases,
+                )?;
             }
             if json {
                 let rows: Vec<Vec<f64>> = (0..n)
@@ -635,5 +744,30 @@ fn demo_random(args: &RandomArgs) -> Result<()> {
         io::save(&m, &path)?;
         println!("wrote {} ({} parameters)", path.display(), m.param_count());
     }
+    Ok(())
+}
+
+fn draw_heatmap(
+    sim: &tensim::linalg::Mat<f64>,
+    path: &Path,
+    title: String,
+    labels: Vec<String>,
+    steps: Option<Vec<f64>>,
+    log_steps: bool,
+    phases: Option<usize>,
+) -> Result<()> {
+    let boundaries = match phases {
+        Some(k) => tensim::phases::segment(sim, k)?.boundaries(),
+        None => vec![],
+    };
+    let opts = tensim::plot::HeatmapOptions {
+        title,
+        labels,
+        steps,
+        log_steps,
+        boundaries,
+    };
+    tensim::plot::heatmap(sim, path, &opts)?;
+    eprintln!("wrote {}", path.display());
     Ok(())
 }

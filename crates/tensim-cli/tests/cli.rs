@@ -280,6 +280,44 @@ fn matrix_over_a_folder_resumes_and_matches_compare() {
     assert_eq!(tiles, 7); // 6 tiles + manifest
     let again = json(&tensim(&["matrix", "runs", "--json", "--tile", "2"], &d));
     assert_eq!(again["similarity"], r["similarity"]);
+    // Heat-map with phases, then the phases command on the written matrix.
+    let o = tensim(
+        &[
+            "matrix",
+            "runs",
+            "--quiet",
+            "--plot",
+            "sim.png",
+            "--log-steps",
+            "--phases",
+            "2",
+        ],
+        &d,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(std::fs::metadata(d.join("sim.png")).unwrap().len() > 1000);
+    let r = json(&tensim(
+        &[
+            "phases",
+            "tensim-tensor.npy",
+            "-k",
+            "2",
+            "--json",
+            "--plot",
+            "phases.svg",
+        ],
+        &d,
+    ));
+    assert_eq!(r["starts"].as_array().unwrap().len(), 2);
+    assert!(std::fs::read_to_string(d.join("phases.svg"))
+        .unwrap()
+        .contains("<svg"));
+    let o = tensim(&["phases", "tensim-tensor.npy", "-k", "9"], &d);
+    assert!(
+        !o.status.success() && stderr(&o).contains("between 1 and 5"),
+        "{}",
+        stderr(&o)
+    );
     // An output folder that does not exist: a clear error.
     let o = tensim(
         &["matrix", "runs", "--out", "nope/sim.npy", "--no-resume"],

@@ -25,6 +25,8 @@ pub mod linalg;
 pub mod metrics;
 pub mod model;
 pub mod montecarlo;
+pub mod phases;
+pub mod plot;
 pub mod reparam;
 pub mod trajectory;
 
