@@ -150,6 +150,15 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Time this machine's GEMM and the all-pairs tensor-similarity matrix for the reference
+    /// shapes; report pairs/s, achieved GFLOP/s and the ratio to the GEMM throughput.
+    Bench {
+        /// 16 checkpoints instead of 64 (a smoke test).
+        #[arg(long)]
+        quick: bool,
+        #[arg(long)]
+        json: bool,
+    },
     /// Built-in examples.
     Demo {
         #[command(subcommand)]
@@ -286,6 +295,31 @@ fn run(cli: Cli) -> Result<()> {
             print_comparison(&r, json);
         }
         Command::Inspect { file, arch, json } => inspect(&file, arch.as_deref(), json)?,
+        Command::Bench { quick, json } => {
+            let r = tensim::bench::run(quick)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                let g = &r.gemm;
+                println!("GEMM {0}×{0}×{0}: f64 {1:.1} GFLOP/s on one thread, {2:.1} GFLOP/s on {3} cores; f32 {4:.1} GFLOP/s on {3} cores", g.n, g.f64_single_gflops, g.f64_all_cores_gflops, r.threads, g.f32_all_cores_gflops);
+                println!("\nall-pairs tensor similarity (stacked GEMMs, f64):");
+                println!(
+                    "  {:<44} {:>6} {:>9} {:>10} {:>9} {:>9}",
+                    "shape", "ckpts", "seconds", "pairs/s", "GFLOP/s", "of GEMM"
+                );
+                for c in &r.cases {
+                    println!(
+                        "  {:<44} {:>6} {:>9.3} {:>10.0} {:>9.1} {:>8.0}%",
+                        c.name,
+                        c.checkpoints,
+                        c.seconds,
+                        c.pairs_per_second,
+                        c.gflops,
+                        100.0 * c.ratio_to_gemm
+                    );
+                }
+            }
+        }
         Command::Phases {
             matrix,
             k,
@@ -407,6 +441,7 @@ fn run(cli: Cli) -> Result<()> {
                     tile,
                     store: store.as_ref(),
                     inputs: data.as_ref(),
+                    flops: None,
                 },
                 &|done, total| {
                     bar.set_length(total);

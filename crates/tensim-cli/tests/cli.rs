@@ -329,3 +329,19 @@ fn matrix_over_a_folder_resumes_and_matches_compare() {
         stderr(&o)
     );
 }
+
+#[test]
+fn bench_quick_reports_ratios() {
+    let d = workdir("bench");
+    let r = json(&tensim(&["bench", "--quick", "--json"], &d));
+    assert!(r["gemm"]["f64_all_cores_gflops"].as_f64().unwrap() > 0.0);
+    let cases = r["cases"].as_array().unwrap();
+    assert_eq!(cases.len(), 2);
+    for c in cases {
+        let ratio = c["ratio_to_gemm"].as_f64().unwrap();
+        assert!(
+            ratio > 0.0 && ratio < 2.0 && c["pairs_per_second"].as_f64().unwrap() > 0.0,
+            "{c}"
+        );
+    }
+}

@@ -75,5 +75,59 @@ fn pair(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, gemm, pair);
+/// All-pairs matrix of 32 checkpoints of the SVHN-backdoor shape (1024→64 bilinear, 64→10 head),
+/// throughput = the tiles' own GEMM flop count.
+fn all_pairs(c: &mut Criterion) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use tensim::metrics::Metric;
+    use tensim::trajectory::{similarity_matrix, MatrixOptions};
+    let shape = StackShape {
+        d_in: 1024,
+        d_model: 1024,
+        hidden: vec![64],
+        d_out: 10,
+        residual: None,
+        bias: false,
+        embed: false,
+        down: false,
+    };
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+    let models: Vec<_> = (0..32)
+        .map(|_| random_stack(&shape, &mut rng).unwrap())
+        .collect();
+    let names: Vec<String> = (0..32).map(|i| i.to_string()).collect();
+    let flops = AtomicU64::new(0);
+    let counted = MatrixOptions {
+        flops: Some(&flops),
+        ..Default::default()
+    };
+    similarity_matrix(
+        &models,
+        &names,
+        &names,
+        Metric::Tensor,
+        &counted,
+        &|_, _| {},
+    )
+    .unwrap();
+    let mut g = c.benchmark_group("all_pairs");
+    g.sample_size(10);
+    g.throughput(Throughput::Elements(flops.load(Ordering::Relaxed)));
+    g.bench_function("svhn_shape_32", |b| {
+        b.iter(|| {
+            similarity_matrix(
+                &models,
+                &names,
+                &names,
+                Metric::Tensor,
+                &MatrixOptions::default(),
+                &|_, _| {},
+            )
+            .unwrap()
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, gemm, pair, all_pairs);
 criterion_main!(benches);

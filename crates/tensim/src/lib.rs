@@ -15,6 +15,7 @@
 //! ```
 
 pub mod arch;
+pub mod bench;
 pub mod budget;
 pub mod demo;
 pub mod error;

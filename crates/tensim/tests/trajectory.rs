@@ -27,6 +27,7 @@ fn check_against_pairs(models: &[Model], metric: Metric, inputs: Option<&Inputs>
         tile,
         store: None,
         inputs,
+        flops: None,
     };
     let sim = similarity_matrix(models, &nm, &hs, metric, &opts, &|_, _| {}).unwrap();
     let pair_opts = Options {
@@ -139,6 +140,7 @@ fn resume_reuses_tiles_and_a_changed_checkpoint_recomputes_only_its_tiles() {
         tile: 2,
         store: Some(&store),
         inputs: None,
+        flops: None,
     };
     let tiles = || {
         std::fs::read_dir(&dir)

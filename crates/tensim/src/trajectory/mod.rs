@@ -38,6 +38,8 @@ pub struct MatrixOptions<'a> {
     pub store: Option<&'a TileStore>,
     /// Inputs of the behavioural metric.
     pub inputs: Option<&'a Inputs>,
+    /// Incremented by the GEMM flops of the stacked tiles (for benchmarks).
+    pub flops: Option<&'a std::sync::atomic::AtomicU64>,
 }
 
 /// A model with one bilinear node in folded form: `U = L̂Ê`, `V = R̂Ê` (rows over the padded
@@ -122,6 +124,12 @@ impl Stack {
             self.offsets[r.start],
             self.offsets[r.end] - self.offsets[r.start],
         )
+    }
+
+    /// GEMM flops of one tile: four `nr×nc×p` products and `Γ` (`nr×nc×c`).
+    fn tile_flops(&self, ci: &std::ops::Range<usize>, cj: &std::ops::Range<usize>) -> u64 {
+        let (nr, nc) = (self.rows(ci).1 as u64, self.rows(cj).1 as u64);
+        2 * nr * nc * (4 * self.u.ncols() as u64 + self.d.nrows() as u64)
     }
 
     /// Inner products of checkpoints `I × J`, row-major `|I| × |J|`.
@@ -330,6 +338,12 @@ pub fn similarity_matrix(
             let values = match store.and_then(|s| s.get(&key, ci.len(), cj.len())) {
                 Some(v) => v,
                 None => {
+                    if let (Some(counter), Plan::Stacked { stack, .. }) = (opts.flops, &plan) {
+                        counter.fetch_add(
+                            stack.tile_flops(&ci, &cj),
+                            std::sync::atomic::Ordering::Relaxed,
+                        );
+                    }
                     let v = plan.tile(ci.clone(), cj.clone())?;
                     if let Some(s) = store {
                         s.put(&key, ci.len(), cj.len(), &v)?;

@@ -1,0 +1,154 @@
+//! `tensim bench`: in one run on this machine, the machine's own GEMM throughput and the
+//! all-pairs tensor-similarity matrix for the reference shapes, reported as pairs/s, achieved
+//! GFLOP/s and the ratio to the GEMM throughput (absolute times on shared machines are noisy;
+//! ratios measured in the same run are not).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use rand::SeedableRng;
+use rayon::prelude::*;
+use serde::Serialize;
+
+use crate::demo::{random_stack, StackShape};
+use crate::error::Result;
+use crate::linalg::{Mat, Par};
+use crate::metrics::Metric;
+use crate::trajectory::{similarity_matrix, MatrixOptions};
+
+/// GEMM throughput of this machine.
+#[derive(Clone, Debug, Serialize)]
+pub struct Gemm {
+    pub n: usize,
+    /// One thread.
+    pub f64_single_gflops: f64,
+    /// Independent single-threaded GEMMs on every core (how the all-pairs tiles run).
+    pub f64_all_cores_gflops: f64,
+    pub f32_all_cores_gflops: f64,
+}
+
+/// One all-pairs case.
+#[derive(Clone, Debug, Serialize)]
+pub struct Case {
+    pub name: String,
+    pub checkpoints: usize,
+    pub seconds: f64,
+    pub pairs_per_second: f64,
+    pub gflops: f64,
+    /// `gflops / f64_all_cores_gflops`.
+    pub ratio_to_gemm: f64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    pub threads: usize,
+    pub gemm: Gemm,
+    pub cases: Vec<Case>,
+}
+
+fn best_of<T>(reps: usize, mut f: impl FnMut() -> T) -> f64 {
+    (0..reps)
+        .map(|_| {
+            let t = Instant::now();
+            std::hint::black_box(f());
+            t.elapsed().as_secs_f64()
+        })
+        .fold(f64::INFINITY, f64::min)
+}
+
+fn gemm_rate<T: faer::traits::ComplexField + Copy + Send + Sync>(
+    n: usize,
+    copies: usize,
+    one: T,
+) -> f64 {
+    let a = Mat::<T>::from_fn(n, n, |_, _| one);
+    let secs = best_of(3, || {
+        (0..copies)
+            .into_par_iter()
+            .map(|_| {
+                let mut c = Mat::<T>::zeros(n, n);
+                faer::linalg::matmul::matmul(
+                    c.as_mut(),
+                    faer::Accum::Replace,
+                    a.as_ref(),
+                    a.as_ref(),
+                    one,
+                    Par::Seq,
+                );
+                c
+            })
+            .collect::<Vec<_>>()
+    });
+    copies as f64 * 2.0 * (n as f64).powi(3) / secs / 1e9
+}
+
+/// Run the benchmark; `quick` uses 16 instead of 64 checkpoints (a smoke test).
+pub fn run(quick: bool) -> Result<Report> {
+    let threads = rayon::current_num_threads();
+    let n = 1024;
+    let gemm = Gemm {
+        n,
+        f64_single_gflops: gemm_rate(n, 1, 1.0f64),
+        f64_all_cores_gflops: gemm_rate(n, threads, 1.0f64),
+        f32_all_cores_gflops: gemm_rate(n, threads, 1.0f32),
+    };
+    let count = if quick { 16 } else { 64 };
+    let shapes = [
+        (
+            "(a) 1024→64 bilinear + 64→10 head",
+            StackShape {
+                d_in: 1024,
+                d_model: 1024,
+                hidden: vec![64],
+                d_out: 10,
+                residual: None,
+                bias: false,
+                embed: false,
+                down: false,
+            },
+        ),
+        (
+            "(b) 784→128, bilinear 128→256→128, 128→10",
+            StackShape {
+                d_in: 784,
+                d_model: 128,
+                hidden: vec![256],
+                d_out: 10,
+                residual: None,
+                bias: false,
+                embed: true,
+                down: true,
+            },
+        ),
+    ];
+    let mut cases = vec![];
+    for (name, shape) in shapes {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+        let models = (0..count)
+            .map(|_| random_stack(&shape, &mut rng))
+            .collect::<Result<Vec<_>>>()?;
+        let names: Vec<String> = (0..count).map(|i| format!("checkpoint {i}")).collect();
+        let flops = AtomicU64::new(0);
+        let opts = MatrixOptions {
+            flops: Some(&flops),
+            ..Default::default()
+        };
+        let t = Instant::now();
+        similarity_matrix(&models, &names, &names, Metric::Tensor, &opts, &|_, _| {})?;
+        let seconds = t.elapsed().as_secs_f64();
+        let gflops = flops.load(Ordering::Relaxed) as f64 / seconds / 1e9;
+        cases.push(Case {
+            name: name.to_string(),
+            checkpoints: count,
+            seconds,
+            pairs_per_second: (count * (count + 1) / 2) as f64 / seconds,
+            gflops,
+            ratio_to_gemm: gflops / gemm.f64_all_cores_gflops,
+        });
+    }
+    Ok(Report {
+        threads,
+        gemm,
+        cases,
+    })
+}
