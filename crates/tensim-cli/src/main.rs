@@ -63,6 +63,10 @@ enum Command {
         /// tensor | matrix | behavioral
         #[arg(long, default_value = "tensor")]
         metric: String,
+        /// Also one matrix per output coordinate (per-class tensor similarity), written to
+        /// OUT with `.per-output.npy` as an array (outputs, N, N); NaN where a slice is zero.
+        #[arg(long)]
+        per_output: bool,
         /// Labels, one per line, in checkpoint order.
         #[arg(long, conflicts_with = "labels_from_names")]
         labels: Option<PathBuf>,
@@ -383,6 +387,7 @@ fn run(cli: Cli) -> Result<()> {
             checkpoints,
             arch,
             metric,
+            per_output,
             labels,
             labels_from_names,
             no_sort,
@@ -432,7 +437,7 @@ fn run(cli: Cli) -> Result<()> {
                 bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
             }
             let started = std::time::Instant::now();
-            let sim = tensim::trajectory::similarity_matrix(
+            let result = tensim::trajectory::similarity_matrix(
                 &models,
                 &names,
                 &hashes,
@@ -441,6 +446,7 @@ fn run(cli: Cli) -> Result<()> {
                     tile,
                     store: store.as_ref(),
                     inputs: data.as_ref(),
+                    per_output,
                     flops: None,
                 },
                 &|done, total| {
@@ -449,12 +455,22 @@ fn run(cli: Cli) -> Result<()> {
                 },
             )?;
             bar.finish_and_clear();
+            let sim = &result.similarity;
             let n = models.len();
             let values: Vec<f64> = (0..n)
                 .flat_map(|i| (0..n).map(move |j| (i, j)))
                 .map(|(i, j)| sim[(i, j)])
                 .collect();
             io::write_npy(&out, &[n, n], &values)?;
+            let per_output_values: Option<Vec<f64>> = result.per_output.as_ref().map(|mats| {
+                mats.iter()
+                    .flat_map(|m| (0..n).flat_map(move |i| (0..n).map(move |j| m[(i, j)])))
+                    .collect()
+            });
+            if let Some(v) = &per_output_values {
+                let path = out.with_extension("per-output.npy");
+                io::write_npy(&path, &[v.len() / (n * n), n, n], v)?;
+            }
             if let Some(csv) = &csv {
                 let mut text = format!("label,{}\n", labels.join(","));
                 for (i, l) in labels.iter().enumerate() {
@@ -468,7 +484,7 @@ fn run(cli: Cli) -> Result<()> {
                     cks.iter().map(|c| c.step.map(|s| s as f64)).collect();
                 let title = format!("{} similarity, {n} checkpoints", metric.name());
                 draw_heatmap(
-                    &sim,
+                    sim,
                     path,
                     title,
                     labels.clone(),
@@ -481,7 +497,24 @@ fn run(cli: Cli) -> Result<()> {
                 let rows: Vec<Vec<f64>> = (0..n)
                     .map(|i| (0..n).map(|j| sim[(i, j)]).collect())
                     .collect();
-                let v = json!({"metric": metric.name(), "labels": labels, "paths": names, "similarity": rows});
+                let mut v = json!({"metric": metric.name(), "labels": labels, "paths": names, "similarity": rows});
+                if let Some(mats) = &result.per_output {
+                    let nan_null = |x: f64| {
+                        if x.is_nan() {
+                            serde_json::Value::Null
+                        } else {
+                            json!(x)
+                        }
+                    };
+                    v["per_output"] = mats
+                        .iter()
+                        .map(|m| {
+                            (0..n)
+                                .map(|i| (0..n).map(|j| nan_null(m[(i, j)])).collect::<Vec<_>>())
+                                .collect::<Vec<_>>()
+                        })
+                        .collect();
+                }
                 println!("{}", serde_json::to_string(&v)?);
             } else if !quiet {
                 eprintln!(

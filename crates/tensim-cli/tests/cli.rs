@@ -280,6 +280,21 @@ fn matrix_over_a_folder_resumes_and_matches_compare() {
     assert_eq!(tiles, 7); // 6 tiles + manifest
     let again = json(&tensim(&["matrix", "runs", "--json", "--tile", "2"], &d));
     assert_eq!(again["similarity"], r["similarity"]);
+    // Per-output matrices: (outputs, N, N) beside the main output, and in the JSON.
+    let r = json(&tensim(
+        &[
+            "matrix",
+            "runs",
+            "--per-output",
+            "--json",
+            "--out",
+            "po.npy",
+            "--quiet",
+        ],
+        &d,
+    ));
+    assert_eq!(r["per_output"].as_array().unwrap().len(), 3);
+    assert!(d.join("po.per-output.npy").exists());
     // Heat-map with phases, then the phases command on the written matrix.
     let o = tensim(
         &[

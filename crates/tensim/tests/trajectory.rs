@@ -27,9 +27,12 @@ fn check_against_pairs(models: &[Model], metric: Metric, inputs: Option<&Inputs>
         tile,
         store: None,
         inputs,
+        per_output: false,
         flops: None,
     };
-    let sim = similarity_matrix(models, &nm, &hs, metric, &opts, &|_, _| {}).unwrap();
+    let sim = similarity_matrix(models, &nm, &hs, metric, &opts, &|_, _| {})
+        .unwrap()
+        .similarity;
     let pair_opts = Options {
         per_output: false,
         par: Par::Seq,
@@ -140,6 +143,7 @@ fn resume_reuses_tiles_and_a_changed_checkpoint_recomputes_only_its_tiles() {
         tile: 2,
         store: Some(&store),
         inputs: None,
+        per_output: false,
         flops: None,
     };
     let tiles = || {
@@ -155,9 +159,13 @@ fn resume_reuses_tiles_and_a_changed_checkpoint_recomputes_only_its_tiles() {
             .count()
     };
 
-    let first = similarity_matrix(&models, &nm, &hs, Metric::Tensor, &opts, &|_, _| {}).unwrap();
+    let first = similarity_matrix(&models, &nm, &hs, Metric::Tensor, &opts, &|_, _| {})
+        .unwrap()
+        .similarity;
     assert_eq!(tiles(), 6); // 3 blocks: 6 tiles with I ≤ J
-    let again = similarity_matrix(&models, &nm, &hs, Metric::Tensor, &opts, &|_, _| {}).unwrap();
+    let again = similarity_matrix(&models, &nm, &hs, Metric::Tensor, &opts, &|_, _| {})
+        .unwrap()
+        .similarity;
     assert_eq!(first, again);
 
     // Change checkpoint 5 (block 2): tiles (0,2), (1,2), (2,2) are recomputed, 3 new files.
@@ -167,7 +175,8 @@ fn resume_reuses_tiles_and_a_changed_checkpoint_recomputes_only_its_tiles() {
     let changed = similarity_matrix(&models, &nm, &hs, Metric::Tensor, &opts, &|d, _| {
         computed.fetch_add(d, Ordering::Relaxed);
     })
-    .unwrap();
+    .unwrap()
+    .similarity;
     assert_eq!(tiles(), 9);
     assert_eq!(computed.load(Ordering::Relaxed), 6 * 4); // every tile reports; 3 were recomputed
     for i in 0..5 {
@@ -183,7 +192,9 @@ fn resume_reuses_tiles_and_a_changed_checkpoint_recomputes_only_its_tiles() {
         .find(|p| p.to_string_lossy().contains("tile-"))
         .unwrap();
     std::fs::write(&victim, b"junk").unwrap();
-    let healed = similarity_matrix(&models, &nm, &hs, Metric::Tensor, &opts, &|_, _| {}).unwrap();
+    let healed = similarity_matrix(&models, &nm, &hs, Metric::Tensor, &opts, &|_, _| {})
+        .unwrap()
+        .similarity;
     assert_eq!(healed, changed);
 }
 
@@ -262,4 +273,78 @@ fn checkpoints_sort_by_step_number() {
         .unwrap_err()
         .to_string()
         .contains("matches no file"));
+}
+
+#[test]
+fn per_output_matrices_equal_single_pair_slices() {
+    for depth in [1, 2] {
+        let s = Spec {
+            d_in: 3,
+            d: 3,
+            h: 3,
+            d_out: 3,
+            depth,
+            residual: lerp(0.5),
+            bias: true,
+            embed: true,
+        };
+        let models: Vec<Model> = (0..4)
+            .map(|k| {
+                random_model(
+                    Spec {
+                        h: 2 + k as usize,
+                        ..s
+                    },
+                    50 + k,
+                )
+            })
+            .collect();
+        let (nm, hs) = names(4);
+        let opts = MatrixOptions {
+            tile: 3,
+            per_output: true,
+            ..Default::default()
+        };
+        let r = similarity_matrix(&models, &nm, &hs, Metric::Tensor, &opts, &|_, _| {}).unwrap();
+        let per = r.per_output.unwrap();
+        assert_eq!(per.len(), 3);
+        let pair_opts = Options {
+            per_output: true,
+            par: Par::Seq,
+        };
+        for i in 0..4 {
+            for j in 0..4 {
+                let want =
+                    metrics::compare(&models[i], &models[j], Metric::Tensor, None, &pair_opts)
+                        .unwrap();
+                assert!((r.similarity[(i, j)] - want.similarity).abs() < 1e-12);
+                for (o, w) in want.per_output.unwrap().into_iter().enumerate() {
+                    assert!(
+                        (per[o][(i, j)] - w.unwrap()).abs() < 1e-12,
+                        "depth {depth} ({i},{j}) output {o}"
+                    );
+                }
+            }
+        }
+    }
+    let s = Spec {
+        d_in: 3,
+        d: 3,
+        h: 3,
+        d_out: 2,
+        depth: 1,
+        residual: None,
+        bias: false,
+        embed: true,
+    };
+    let models: Vec<Model> = (0..2).map(|k| random_model(s, k)).collect();
+    let (nm, hs) = names(2);
+    let opts = MatrixOptions {
+        per_output: true,
+        ..Default::default()
+    };
+    let e = similarity_matrix(&models, &nm, &hs, Metric::Matrix, &opts, &|_, _| {})
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("tensor metric"), "{e}");
 }

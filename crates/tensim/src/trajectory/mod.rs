@@ -38,6 +38,8 @@ pub struct MatrixOptions<'a> {
     pub store: Option<&'a TileStore>,
     /// Inputs of the behavioural metric.
     pub inputs: Option<&'a Inputs>,
+    /// Also one matrix per output coordinate (tensor metric).
+    pub per_output: bool,
     /// Incremented by the GEMM flops of the stacked tiles (for benchmarks).
     pub flops: Option<&'a std::sync::atomic::AtomicU64>,
 }
@@ -132,18 +134,21 @@ impl Stack {
         2 * nr * nc * (4 * self.u.ncols() as u64 + self.d.nrows() as u64)
     }
 
-    /// Inner products of checkpoints `I × J`, row-major `|I| × |J|`.
-    fn tile(&self, ci: std::ops::Range<usize>, cj: std::ops::Range<usize>) -> Vec<f64> {
+    /// Inner products of checkpoints `I × J`: plane 0 the total, and with `per_output` plane
+    /// `1 + o` the slice of output `o` (`Γ_o = D_I[o]ᵀ D_J[o]`); row-major `planes × |I| × |J|`.
+    fn tile(
+        &self,
+        ci: std::ops::Range<usize>,
+        cj: std::ops::Range<usize>,
+        per_output: bool,
+    ) -> Vec<f64> {
         let ((r0, nr), (c0, nc)) = (self.rows(&ci), self.rows(&cj));
         let (ui, vi) = (self.u.subrows(r0, nr), self.v.subrows(r0, nr));
         let (uj, vj) = (self.u.subrows(c0, nc), self.v.subrows(c0, nc));
         let prod = |a: MatRef<'_, f64>, b: MatRef<'_, f64>| mul_t(a, b, Par::Seq);
         let (ll, rr, lr, rl) = (prod(ui, uj), prod(vi, vj), prod(ui, vj), prod(vi, uj));
-        let gamma = mul(
-            self.d.subcols(r0, nr).transpose(),
-            self.d.subcols(c0, nc),
-            Par::Seq,
-        );
+        let (di, dj) = (self.d.subcols(r0, nr), self.d.subcols(c0, nc));
+        let gamma = mul(di.transpose(), dj, Par::Seq);
         // Row → checkpoint of the tile.
         let owner = |r: usize, base: usize, range: &std::ops::Range<usize>| {
             range
@@ -153,7 +158,10 @@ impl Stack {
                 - range.start
         };
         let row_owner: Vec<usize> = (0..nr).map(|r| owner(r, r0, &ci)).collect();
-        let mut out = vec![0.0; ci.len() * cj.len()];
+        let outputs = if per_output { self.d.nrows() } else { 0 };
+        let plane = ci.len() * cj.len();
+        let mut out = vec![0.0; (1 + outputs) * plane];
+        let mut k = vec![0.0; nr];
         for col in 0..nc {
             let j = owner(col, c0, &cj);
             let (a, b, c, d, g) = (
@@ -164,7 +172,15 @@ impl Stack {
                 gamma.col_as_slice(col),
             );
             for r in 0..nr {
-                out[row_owner[r] * cj.len() + j] += 0.5 * (a[r] * b[r] + c[r] * d[r]) * g[r];
+                k[r] = 0.5 * (a[r] * b[r] + c[r] * d[r]);
+                out[row_owner[r] * cj.len() + j] += k[r] * g[r];
+            }
+            for o in 0..outputs {
+                let w = dj[(o, col)];
+                let base = (1 + o) * plane + j;
+                for r in 0..nr {
+                    out[base + row_owner[r] * cj.len()] += k[r] * di[(o, r)] * w;
+                }
             }
         }
         out
@@ -173,10 +189,8 @@ impl Stack {
 
 /// How the pairs of one metric are computed.
 enum Plan<'a> {
-    Stacked {
-        stack: Stack,
-        norms: Vec<f64>,
-    },
+    /// `norms[i]`: the self inner products of checkpoint `i`, one per plane.
+    Stacked { stack: Stack, norms: Vec<Vec<f64>> },
     /// Per-pair recursion; `norms` are the self traces when every model has the same depth.
     PerPair {
         models: &'a [Model],
@@ -193,79 +207,102 @@ enum Plan<'a> {
 }
 
 impl Plan<'_> {
-    fn pair(&self, i: usize, j: usize) -> Result<f64> {
+    /// Similarities of pair `(i, j)`, one per plane (`NaN` where a slice has zero norm).
+    fn pair(&self, i: usize, j: usize, planes: usize) -> Result<Vec<f64>> {
         match self {
             Plan::PerPair {
                 models,
                 norms: Some(n),
                 depth,
-            } => {
+            } if planes == 1 => {
                 let na = tensor::lifted_nodes(&models[i], *depth);
                 let nb = tensor::lifted_nodes(&models[j], *depth);
-                tensor::cosine_of(
-                    tensor::trace(&tensor::cross_gram(&na, &nb, false, Par::Seq)),
-                    n[i],
-                    n[j],
-                )
+                let ab = tensor::trace(&tensor::cross_gram(&na, &nb, false, Par::Seq));
+                Ok(vec![tensor::cosine_of(ab, n[i], n[j])?])
             }
-            Plan::PerPair {
-                models,
-                norms: None,
-                ..
-            } => {
+            Plan::PerPair { models, .. } => {
                 let opts = Options {
-                    per_output: false,
+                    per_output: planes > 1,
                     par: Par::Seq,
                 };
-                Ok(tensor::similarity(&models[i], &models[j], &opts)?.similarity)
+                let r = tensor::similarity(&models[i], &models[j], &opts)?;
+                let mut v = vec![r.similarity];
+                v.extend(
+                    r.per_output
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|x| x.unwrap_or(f64::NAN)),
+                );
+                Ok(v)
             }
             _ => unreachable!("tiles of this plan are computed whole"),
         }
     }
 
-    /// Similarities of checkpoints `I × J`, row-major.
-    fn tile(&self, ci: std::ops::Range<usize>, cj: std::ops::Range<usize>) -> Result<Vec<f64>> {
+    /// Similarities of checkpoints `I × J`, row-major `planes × |I| × |J|`.
+    fn tile(
+        &self,
+        ci: std::ops::Range<usize>,
+        cj: std::ops::Range<usize>,
+        planes: usize,
+    ) -> Result<Vec<f64>> {
+        let (ni, nj) = (ci.len(), cj.len());
         match self {
             Plan::Stacked { stack, norms } => {
-                let inner = stack.tile(ci.clone(), cj.clone());
-                let (ni, nj) = (&norms[ci.clone()], &norms[cj.clone()]);
+                let inner = stack.tile(ci.clone(), cj.clone(), planes > 1);
                 Ok(inner
                     .iter()
                     .enumerate()
                     .map(|(k, v)| {
-                        (v / (ni[k / nj.len()] * nj[k % nj.len()]).sqrt()).clamp(-1.0, 1.0)
+                        let (p, i, j) = (k / (ni * nj), (k / nj) % ni, k % nj);
+                        let (a, b) = (norms[ci.start + i][p], norms[cj.start + j][p]);
+                        if a > 0.0 && b > 0.0 {
+                            (v / (a * b).sqrt()).clamp(-1.0, 1.0)
+                        } else {
+                            f64::NAN
+                        }
                     })
                     .collect())
             }
             Plan::Dots { rows, scale, norms } => {
                 let dots = mul_t(
-                    rows.subrows(ci.start, ci.len()),
-                    rows.subrows(cj.start, cj.len()),
+                    rows.subrows(ci.start, ni),
+                    rows.subrows(cj.start, nj),
                     Par::Seq,
                 );
                 let norm = |i: usize| norms.as_ref().map_or(1.0, |n| n[i]);
-                let mut out = Vec::with_capacity(ci.len() * cj.len());
-                for i in ci.clone() {
-                    for j in cj.clone() {
-                        out.push(
-                            (scale * dots[(i - ci.start, j - cj.start)] / (norm(i) * norm(j)))
-                                .clamp(-1.0, 1.0),
-                        );
-                    }
-                }
-                Ok(out)
+                Ok((0..ni * nj)
+                    .map(|k| {
+                        let (i, j) = (ci.start + k / nj, cj.start + k % nj);
+                        (scale * dots[(k / nj, k % nj)] / (norm(i) * norm(j))).clamp(-1.0, 1.0)
+                    })
+                    .collect())
             }
             Plan::PerPair { .. } => {
-                let mut out = Vec::with_capacity(ci.len() * cj.len());
-                for i in ci.clone() {
-                    for j in cj.clone() {
-                        out.push(self.pair(i, j)?);
+                let mut out = vec![0.0; planes * ni * nj];
+                for i in 0..ni {
+                    for j in 0..nj {
+                        for (p, v) in self
+                            .pair(ci.start + i, cj.start + j, planes)?
+                            .into_iter()
+                            .enumerate()
+                        {
+                            out[(p * ni + i) * nj + j] = v;
+                        }
                     }
                 }
                 Ok(out)
             }
         }
     }
+}
+
+/// An all-pairs result: the similarity matrix and, if asked for, one matrix per output
+/// coordinate (`NaN` where a checkpoint's output slice is zero).
+#[derive(Clone, Debug)]
+pub struct AllPairs {
+    pub similarity: Mat<f64>,
+    pub per_output: Option<Vec<Mat<f64>>>,
 }
 
 /// `N × N` similarity matrix of `models` under `metric` (`tensor`, `matrix` or `behavioral`).
@@ -280,7 +317,7 @@ pub fn similarity_matrix(
     metric: Metric,
     opts: &MatrixOptions<'_>,
     progress: &(dyn Fn(u64, u64) + Sync),
-) -> Result<Mat<f64>> {
+) -> Result<AllPairs> {
     let store = opts.store;
     let n = models.len();
     if n == 0 {
@@ -290,7 +327,17 @@ pub fn similarity_matrix(
         metrics::check_io(&models[0], m)
             .map_err(|e| Error::Incompatible(format!("{name} vs {}: {e}", names[0])))?;
     }
-    let plan = plan(models, names, metric, opts.inputs)?;
+    let plan = plan(models, names, metric, opts.inputs, opts.per_output)?;
+    let planes = if opts.per_output {
+        1 + models[0].out_dim()
+    } else {
+        1
+    };
+    let tag = if opts.per_output {
+        format!("{}/per-output", metric.name())
+    } else {
+        metric.name().to_string()
+    };
     let hidden = match &plan {
         Plan::Stacked { stack, .. } => stack
             .offsets
@@ -308,7 +355,7 @@ pub fn similarity_matrix(
     let threads = rayon::current_num_threads() as f64;
     budget::check(
         "the all-pairs tiles",
-        threads * 5.0 * ((t * hidden) as f64).powi(2) + (n * n) as f64,
+        threads * 5.0 * ((t * hidden) as f64).powi(2) + (planes * n * n) as f64,
     )?;
 
     let blocks: Vec<std::ops::Range<usize>> =
@@ -325,7 +372,7 @@ pub fn similarity_matrix(
         .map(|&(a, b)| {
             let (ci, cj) = (blocks[a].clone(), blocks[b].clone());
             let key = TileStore::key(
-                metric.name(),
+                &tag,
                 &hashes[ci.clone()]
                     .iter()
                     .map(String::as_str)
@@ -335,7 +382,8 @@ pub fn similarity_matrix(
                     .map(String::as_str)
                     .collect::<Vec<_>>(),
             );
-            let values = match store.and_then(|s| s.get(&key, ci.len(), cj.len())) {
+            let shape = [planes, ci.len(), cj.len()];
+            let values = match store.and_then(|s| s.get(&key, &shape)) {
                 Some(v) => v,
                 None => {
                     if let (Some(counter), Plan::Stacked { stack, .. }) = (opts.flops, &plan) {
@@ -344,9 +392,9 @@ pub fn similarity_matrix(
                             std::sync::atomic::Ordering::Relaxed,
                         );
                     }
-                    let v = plan.tile(ci.clone(), cj.clone())?;
+                    let v = plan.tile(ci.clone(), cj.clone(), planes)?;
                     if let Some(s) = store {
-                        s.put(&key, ci.len(), cj.len(), &v)?;
+                        s.put(&key, &shape, &v)?;
                     }
                     v
                 }
@@ -355,17 +403,26 @@ pub fn similarity_matrix(
             Ok((a, b, values))
         })
         .collect();
-    let mut sim = Mat::<f64>::zeros(n, n);
+    let mut mats = vec![Mat::<f64>::zeros(n, n); planes];
     for r in done {
         let (a, b, v) = r?;
         let (ci, cj) = (blocks[a].clone(), blocks[b].clone());
+        let plane = ci.len() * cj.len();
         for (k, value) in v.into_iter().enumerate() {
-            let (i, j) = (ci.start + k / cj.len(), cj.start + k % cj.len());
-            sim[(i, j)] = value;
-            sim[(j, i)] = value;
+            let (p, i, j) = (
+                k / plane,
+                ci.start + (k % plane) / cj.len(),
+                cj.start + k % cj.len(),
+            );
+            mats[p][(i, j)] = value;
+            mats[p][(j, i)] = value;
         }
     }
-    Ok(sim)
+    let similarity = mats.remove(0);
+    Ok(AllPairs {
+        similarity,
+        per_output: opts.per_output.then_some(mats),
+    })
 }
 
 fn plan<'a>(
@@ -373,16 +430,24 @@ fn plan<'a>(
     names: &[String],
     metric: Metric,
     inputs: Option<&Inputs>,
+    per_output: bool,
 ) -> Result<Plan<'a>> {
+    if per_output && metric != Metric::Tensor {
+        return Err(Error::Invalid(format!(
+            "per-output all-pairs matrices are computed for the tensor metric; use `tensim compare \
+             --metric {} --per-output` for single pairs",
+            metric.name()
+        )));
+    }
     match metric {
         Metric::Tensor => {
             let folded: Option<Vec<Folded>> = models.iter().map(fold_single).collect();
             if let Some(folded) = folded {
                 let stack = Stack::new(&folded);
                 let norms = (0..models.len())
-                    .map(|i| stack.tile(i..i + 1, i..i + 1)[0])
+                    .map(|i| stack.tile(i..i + 1, i..i + 1, per_output))
                     .collect::<Vec<_>>();
-                if let Some(i) = norms.iter().position(|&v| v <= 0.0) {
+                if let Some(i) = norms.iter().position(|v| v[0] <= 0.0) {
                     return Err(Error::ZeroNorm {
                         which: names[i].clone(),
                         metric: "tensor".into(),
@@ -391,7 +456,7 @@ fn plan<'a>(
                 return Ok(Plan::Stacked { stack, norms });
             }
             let depth = models[0].n_bilinear();
-            let same = models.iter().all(|m| m.n_bilinear() == depth);
+            let same = models.iter().all(|m| m.n_bilinear() == depth) && !per_output;
             let norms = same.then(|| {
                 models
                     .par_iter()

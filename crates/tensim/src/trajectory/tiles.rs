@@ -54,16 +54,16 @@ impl TileStore {
         self.dir.join(format!("tile-{key}.npy"))
     }
 
-    /// A finished tile of `rows × cols` values, if stored and intact.
-    pub fn get(&self, key: &str, rows: usize, cols: usize) -> Option<Vec<f64>> {
+    /// A finished tile of the given shape, if stored and intact.
+    pub fn get(&self, key: &str, shape: &[usize]) -> Option<Vec<f64>> {
         match io::read_npy(&self.path(key)) {
-            Ok((shape, v)) if shape == [rows, cols] => Some(v),
+            Ok((s, v)) if s == shape => Some(v),
             _ => None,
         }
     }
 
     /// Store a finished tile (atomic write).
-    pub fn put(&self, key: &str, rows: usize, cols: usize, values: &[f64]) -> Result<()> {
-        io::write_npy(&self.path(key), &[rows, cols], values)
+    pub fn put(&self, key: &str, shape: &[usize], values: &[f64]) -> Result<()> {
+        io::write_npy(&self.path(key), shape, values)
     }
 }
