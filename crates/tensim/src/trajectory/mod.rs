@@ -445,6 +445,7 @@ fn plan<'a>(
             if let Some(folded) = folded {
                 let stack = Stack::new(&folded);
                 let norms = (0..models.len())
+                    .into_par_iter()
                     .map(|i| stack.tile(i..i + 1, i..i + 1, per_output))
                     .collect::<Vec<_>>();
                 if let Some(i) = norms.iter().position(|v| v[0] <= 0.0) {
