@@ -259,3 +259,45 @@ pub fn add(s: f64) -> Option<Residual> {
 pub fn close(x: f64, y: f64, tol: f64) -> bool {
     (x - y).abs() <= tol * y.abs().max(1.0)
 }
+
+/// `m` with every weight and bias replaced by its absolute value (no cancellation possible).
+pub fn abs_model(m: &Model) -> Model {
+    let abs = |x: &Mat<f64>| Mat::from_fn(x.nrows(), x.ncols(), |i, j| x[(i, j)].abs());
+    let absv = |v: &Option<Vec<f64>>| v.as_ref().map(|v| v.iter().map(|x| x.abs()).collect());
+    let layers = m
+        .layers()
+        .iter()
+        .map(|l| match l {
+            Layer::Linear(x) => Layer::Linear(Linear {
+                weight: abs(&x.weight),
+                bias: absv(&x.bias),
+            }),
+            Layer::Bilinear(x) => Layer::Bilinear(Bilinear {
+                left: abs(&x.left),
+                right: abs(&x.right),
+                down: x.down.as_ref().map(abs),
+                left_bias: absv(&x.left_bias),
+                right_bias: absv(&x.right_bias),
+                down_bias: absv(&x.down_bias),
+                residual: x.residual,
+            }),
+        })
+        .collect();
+    Model::new(m.in_dim(), m.input().n_ctx, layers).unwrap()
+}
+
+/// Whether `m`'s tensor norm is within a factor 10⁴ of its cancellation-free bound: models whose
+/// output cancels to less than that measure rounding, not the laws under test.
+pub fn well_conditioned(m: &Model) -> bool {
+    use tensim::metrics::{tensor, Options};
+    let opts = Options {
+        per_output: false,
+        par: tensim::linalg::Par::Seq,
+    };
+    let norm = |x: &Model| {
+        tensor::similarity(x, x, &opts)
+            .map(|r| r.norm2_a)
+            .unwrap_or(0.0)
+    };
+    norm(&abs_model(m)) < 1e8 * norm(m)
+}
