@@ -194,3 +194,107 @@ impl Accumulator {
         }
     }
 }
+
+/// A batch of complex vectors as rows: `re + i·im`.
+struct Complex {
+    re: Mat<f64>,
+    im: Mat<f64>,
+}
+
+/// Evaluate the padded network on complex inputs: `Ŵζ`, `D̂((L̂ζ) ∘ (R̂ζ))`.
+fn eval_complex(nodes: &[PaddedLayer], x: &Complex, par: Par) -> Complex {
+    let lin = |w: &Mat<f64>, z: &Complex| Complex {
+        re: crate::linalg::mul_t(z.re.as_ref(), w.as_ref(), par),
+        im: crate::linalg::mul_t(z.im.as_ref(), w.as_ref(), par),
+    };
+    let mut z = Complex {
+        re: x.re.clone(),
+        im: x.im.clone(),
+    };
+    for node in nodes {
+        z = match node {
+            PaddedLayer::Linear(l) => lin(&l.w, &z),
+            PaddedLayer::Bilinear(b) => {
+                let (u, v) = (lin(&b.l, &z), lin(&b.r, &z));
+                let prod = Complex {
+                    re: Mat::from_fn(u.re.nrows(), u.re.ncols(), |i, j| {
+                        u.re[(i, j)] * v.re[(i, j)] - u.im[(i, j)] * v.im[(i, j)]
+                    }),
+                    im: Mat::from_fn(u.re.nrows(), u.re.ncols(), |i, j| {
+                        u.re[(i, j)] * v.im[(i, j)] + u.im[(i, j)] * v.re[(i, j)]
+                    }),
+                };
+                lin(&b.d, &prod)
+            }
+        };
+    }
+    z
+}
+
+/// Monte-Carlo estimate of the fully symmetrised inner products `⟨P_S U_a, P_S U_b⟩`,
+/// `⟨P_S U_a, P_S U_a⟩`, `⟨P_S U_b, P_S U_b⟩` (MATH.md §4.3 (ii), [C2]): with `ζ ~ CN(0, I)` in
+/// every padded slot (the unit slot too), `E Re⟨f̂_a(ζ), conj f̂_b(ζ)⟩ = k!·⟨P_S U_a, P_S U_b⟩`
+/// for `k = 2^depth` legs. Unbiased for the inner products; the cosine is their ratio.
+pub fn full_symmetric(a: &Model, b: &Model, samples: usize, seed: u64, par: Par) -> Result<Triple> {
+    if samples < 2 {
+        return Err(Error::Invalid(
+            "the Monte-Carlo estimate needs at least 2 samples".into(),
+        ));
+    }
+    let depth = a.n_bilinear().max(b.n_bilinear());
+    let (na, nb) = (
+        tensor::lifted_nodes(a, depth),
+        tensor::lifted_nodes(b, depth),
+    );
+    let k_factorial: f64 = (1..=(1u64 << depth)).map(|v| v as f64).product();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let half = std::f64::consts::FRAC_1_SQRT_2;
+    let mut acc = Accumulator::default();
+    let mut done = 0;
+    while done < samples {
+        let n = CHUNK.min(samples - done);
+        let mut draw = || {
+            Mat::from_fn(n, a.in_dim() + 1, |_, _| {
+                half * crate::demo::gauss(&mut rng)
+            })
+        };
+        let z = Complex {
+            re: draw(),
+            im: draw(),
+        };
+        let (fa, fb) = (eval_complex(&na, &z, par), eval_complex(&nb, &z, par));
+        // Re⟨f_a, conj f_b⟩ = Σ_o re_a re_b + im_a im_b: stack re and im side by side.
+        let side = |c: &Complex| {
+            Mat::from_fn(n, 2 * c.re.ncols(), |i, j| {
+                if j < c.re.ncols() {
+                    c.re[(i, j)]
+                } else {
+                    c.im[(i, j - c.re.ncols())]
+                }
+            })
+        };
+        let (sa, sb) = (side(&fa), side(&fb));
+        // Skip the output unit slot (column 0 of each half) by zeroing it.
+        let width = fa.re.ncols();
+        let zero_unit = |mut m: Mat<f64>| {
+            for i in 0..n {
+                m[(i, 0)] = 0.0;
+                m[(i, width)] = 0.0;
+            }
+            m
+        };
+        acc.add_rows(&zero_unit(sa), &zero_unit(sb), 0);
+        done += n;
+    }
+    let t = acc.finish();
+    let scale = |e: Estimate| Estimate {
+        mean: e.mean / k_factorial,
+        stderr: e.stderr / k_factorial,
+    };
+    Ok(Triple {
+        inner: scale(t.inner),
+        norm2_a: scale(t.norm2_a),
+        norm2_b: scale(t.norm2_b),
+        similarity: t.similarity,
+    })
+}

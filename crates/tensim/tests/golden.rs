@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::close;
+use common::{close, counterexamples};
 use tensim::arch::{Residual, ResidualMode};
 use tensim::layers::{Bilinear, Layer, Linear};
 use tensim::linalg::{Mat, Par};
@@ -86,74 +86,9 @@ fn h6_one_bilinear_layer() {
     );
 }
 
-fn m(rows: &[&[f64]]) -> Mat<f64> {
-    Mat::from_fn(rows.len(), rows[0].len(), |i, j| rows[i][j])
-}
-
-/// Identity embed → bilinear layers (no bias, no residual) → identity head (check.py `bil_only`).
-fn bil_only(d_in: usize, layers: &[(Mat<f64>, Mat<f64>, Mat<f64>)]) -> Model {
-    let mut out = vec![Layer::Linear(Linear {
-        weight: Mat::identity(d_in, d_in),
-        bias: None,
-    })];
-    for (l, r, d) in layers {
-        out.push(Layer::Bilinear(Bilinear {
-            left: l.clone(),
-            right: r.clone(),
-            down: Some(d.clone()),
-            left_bias: None,
-            right_bias: None,
-            down_bias: None,
-            residual: None,
-        }));
-    }
-    let o = layers.last().unwrap().2.nrows();
-    out.push(Layer::Linear(Linear {
-        weight: Mat::identity(o, o),
-        bias: None,
-    }));
-    Model::new(d_in, 1, out).unwrap()
-}
-
 #[test]
 fn b4_counterexamples_identical_functions_with_per_layer_values_0_0_and_inv_sqrt3() {
-    let i2 = Mat::<f64>::identity(2, 2);
-    let e4 = |rows: [usize; 2]| Mat::from_fn(2, 4, |i, j| (j == rows[i]) as u8 as f64);
-    let top = (m(&[&[1.0, 0.0]]), m(&[&[0.0, 1.0]]), m(&[&[1.0]]));
-    let a = bil_only(2, &[(i2.clone(), i2.clone(), i2.clone()), top.clone()]); // (x1²)(x2²)
-    let b = bil_only(
-        2,
-        &[
-            (
-                m(&[&[1.0, 0.0], &[1.0, 0.0]]),
-                m(&[&[0.0, 1.0], &[0.0, 1.0]]),
-                i2.clone(),
-            ),
-            top.clone(),
-        ],
-    ); // (x1x2)(x1x2)
-    let c = bil_only(4, &[(e4([0, 2]), e4([1, 3]), i2.clone()), top.clone()]); // (x1x2)(x3x4)
-    let d = bil_only(4, &[(e4([0, 1]), e4([2, 3]), i2.clone()), top]); // (x1x3)(x2x4)
-    let one = m(&[&[1.0]]);
-    let e = bil_only(
-        2,
-        &[
-            (i2.clone(), i2.clone(), m(&[&[1.0, 1.0]])),
-            (one.clone(), one.clone(), one),
-        ],
-    ); // (x1²+x2²)²
-    let i3 = Mat::<f64>::identity(3, 3);
-    let f = bil_only(
-        2,
-        &[
-            (
-                m(&[&[1.0, 0.0], &[0.0, 1.0], &[1.0, 0.0]]),
-                m(&[&[1.0, 0.0], &[0.0, 1.0], &[0.0, 1.0]]),
-                i3.clone(),
-            ),
-            (i3.clone(), i3, m(&[&[1.0, 1.0, 2.0]])),
-        ],
-    ); // x1⁴ + x2⁴ + 2(x1x2)²
+    let [(a, b), (c, d), (e, f)] = counterexamples();
     for (x, y, want) in [(&a, &b, 0.0), (&c, &d, 0.0), (&e, &f, 1.0 / 3f64.sqrt())] {
         // Same function …
         let n = x.in_dim();

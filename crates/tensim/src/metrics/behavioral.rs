@@ -67,5 +67,6 @@ pub fn similarity(a: &Model, b: &Model, inputs: &Inputs, opts: &Options) -> Resu
         per_output,
         samples: Some(inputs.rows),
         inputs: Some(inputs.source.clone()),
+        ..Default::default()
     })
 }

@@ -33,6 +33,7 @@ pub fn similarity(a: &Model, b: &Model, opts: &Options) -> Result<Comparison> {
         per_output,
         samples: None,
         inputs: None,
+        ..Default::default()
     })
 }
 

@@ -3,6 +3,7 @@
 
 pub mod behavioral;
 pub mod cka;
+pub mod fullsym;
 pub mod inputs;
 pub mod matrix;
 pub mod tensor;
@@ -66,7 +67,7 @@ impl std::str::FromStr for Metric {
 }
 
 /// Result of comparing two models.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Default, Serialize)]
 pub struct Comparison {
     pub metric: &'static str,
     pub similarity: f64,
@@ -82,6 +83,18 @@ pub struct Comparison {
     /// Where the inputs came from (behavioural metrics).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub inputs: Option<String>,
+    /// `"layer"` or `"full"` (tensor metric with `--symmetrize full`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub symmetrize: Option<&'static str>,
+    /// `"exact"` or `"monte-carlo"`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mode: Option<&'static str>,
+    /// Standard error of `inner` (Monte-Carlo modes).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stderr: Option<f64>,
+    /// Similarity of the degree-0, 1, 2, … parts of the two polynomials (`None` where a part is zero).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub by_degree: Option<Vec<Option<f64>>>,
 }
 
 /// Options shared by the metrics.

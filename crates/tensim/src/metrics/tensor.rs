@@ -151,5 +151,6 @@ pub fn similarity(a: &Model, b: &Model, opts: &Options) -> Result<Comparison> {
         per_output,
         samples: None,
         inputs: None,
+        ..Default::default()
     })
 }

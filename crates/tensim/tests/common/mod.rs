@@ -301,3 +301,76 @@ pub fn well_conditioned(m: &Model) -> bool {
     };
     norm(&abs_model(m)) < 1e8 * norm(m)
 }
+
+pub fn m(rows: &[&[f64]]) -> Mat<f64> {
+    Mat::from_fn(rows.len(), rows[0].len(), |i, j| rows[i][j])
+}
+
+/// Identity embed → bilinear layers (no bias, no residual) → identity head (check.py `bil_only`).
+pub fn bil_only(d_in: usize, layers: &[(Mat<f64>, Mat<f64>, Mat<f64>)]) -> Model {
+    let mut out = vec![Layer::Linear(Linear {
+        weight: Mat::identity(d_in, d_in),
+        bias: None,
+    })];
+    for (l, r, d) in layers {
+        out.push(Layer::Bilinear(Bilinear {
+            left: l.clone(),
+            right: r.clone(),
+            down: Some(d.clone()),
+            left_bias: None,
+            right_bias: None,
+            down_bias: None,
+            residual: None,
+        }));
+    }
+    let o = layers.last().unwrap().2.nrows();
+    out.push(Layer::Linear(Linear {
+        weight: Mat::identity(o, o),
+        bias: None,
+    }));
+    Model::new(d_in, 1, out).unwrap()
+}
+
+/// The three pairs of MATH.md §3.6: identical functions split differently across two bilinear
+/// layers — `(x₁²)(x₂²)` vs `(x₁x₂)(x₁x₂)`, `(x₁x₂)(x₃x₄)` vs `(x₁x₃)(x₂x₄)`,
+/// `(x₁²+x₂²)²` vs `x₁⁴ + x₂⁴ + 2(x₁x₂)²` (per-layer similarity 0, 0, 1/√3).
+pub fn counterexamples() -> [(Model, Model); 3] {
+    let i2 = Mat::<f64>::identity(2, 2);
+    let e4 = |rows: [usize; 2]| Mat::from_fn(2, 4, |i, j| (j == rows[i]) as u8 as f64);
+    let top = (m(&[&[1.0, 0.0]]), m(&[&[0.0, 1.0]]), m(&[&[1.0]]));
+    let a = bil_only(2, &[(i2.clone(), i2.clone(), i2.clone()), top.clone()]); // (x1²)(x2²)
+    let b = bil_only(
+        2,
+        &[
+            (
+                m(&[&[1.0, 0.0], &[1.0, 0.0]]),
+                m(&[&[0.0, 1.0], &[0.0, 1.0]]),
+                i2.clone(),
+            ),
+            top.clone(),
+        ],
+    ); // (x1x2)(x1x2)
+    let c = bil_only(4, &[(e4([0, 2]), e4([1, 3]), i2.clone()), top.clone()]); // (x1x2)(x3x4)
+    let d = bil_only(4, &[(e4([0, 1]), e4([2, 3]), i2.clone()), top]); // (x1x3)(x2x4)
+    let one = m(&[&[1.0]]);
+    let e = bil_only(
+        2,
+        &[
+            (i2.clone(), i2.clone(), m(&[&[1.0, 1.0]])),
+            (one.clone(), one.clone(), one),
+        ],
+    ); // (x1²+x2²)²
+    let i3 = Mat::<f64>::identity(3, 3);
+    let f = bil_only(
+        2,
+        &[
+            (
+                m(&[&[1.0, 0.0], &[0.0, 1.0], &[1.0, 0.0]]),
+                m(&[&[1.0, 0.0], &[0.0, 1.0], &[0.0, 1.0]]),
+                i3.clone(),
+            ),
+            (i3.clone(), i3, m(&[&[1.0, 1.0, 2.0]])),
+        ],
+    ); // x1⁴ + x2⁴ + 2(x1x2)²
+    [(a, b), (c, d), (e, f)]
+}

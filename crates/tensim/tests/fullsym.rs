@@ -1,0 +1,212 @@
+//! Full symmetrisation (MATH.md §3.7): the depth-2 closed form against brute force over all 4!
+//! leg permutations, and the counterexamples of §3.6, which compute identical functions.
+
+mod common;
+
+use common::*;
+use tensim::linalg::Par;
+use tensim::metrics::fullsym::{self, crossed, inner_depth2, Depth2, FullOptions};
+use tensim::metrics::tensor;
+use tensim::Model;
+
+fn brute_nodes(m: &Model) -> Unrolled {
+    unrolled(&tensor::lifted_nodes(m, 2), m.in_dim())
+}
+
+#[test]
+fn depth2_closed_form_equals_brute_force_symmetrisation() {
+    let s4 = all_permutations(4);
+    let w2 = tree_group(2);
+    for (seed, residual, bias) in [
+        (1, None, false),
+        (2, lerp(0.5), true),
+        (3, add(0.7), true),
+        (4, None, true),
+    ] {
+        let sa = Spec {
+            d_in: 2,
+            d: 3,
+            h: 3,
+            d_out: 2,
+            depth: 2,
+            residual,
+            bias,
+            embed: true,
+        };
+        let (a, b) = (
+            random_model(sa, seed),
+            random_model(Spec { h: 2, d: 2, ..sa }, seed + 50),
+        );
+        let (ua, ub) = (brute_nodes(&a), brute_nodes(&b));
+        let (pwa, pwb) = (symmetrise(&ua, &w2), symmetrise(&ub, &w2));
+        let (fa, fb) = (Depth2::new(&a).unwrap(), Depth2::new(&b).unwrap());
+        let want_crossed = inner(&pwa, &permute_legs(&pwb, &[0, 2, 1, 3]));
+        let got_crossed = crossed(&fa, &fb, 1.0, Par::Seq).unwrap();
+        assert!(
+            close(got_crossed, want_crossed, 1e-10),
+            "seed {seed}: crossed {got_crossed} vs {want_crossed}"
+        );
+        let want = inner(&symmetrise(&ua, &s4), &symmetrise(&ub, &s4));
+        let got = inner_depth2(&fa, &fb, 1.0, Par::Seq).unwrap();
+        assert!(close(got, want, 1e-10), "seed {seed}: full {got} vs {want}");
+    }
+}
+
+fn full(a: &Model, b: &Model) -> tensim::metrics::Comparison {
+    let opts = tensim::metrics::Options {
+        per_output: false,
+        par: Par::Seq,
+    };
+    let fo = FullOptions {
+        by_degree: true,
+        ..Default::default()
+    };
+    fullsym::similarity(a, b, &opts, &fo).unwrap()
+}
+
+#[test]
+fn counterexamples_are_identical_functions_under_full_symmetrisation() {
+    for (a, b) in counterexamples() {
+        let r = full(&a, &b);
+        assert!((r.similarity - 1.0).abs() < 1e-12, "{}", r.similarity);
+        assert_eq!((r.symmetrize, r.mode), (Some("full"), Some("exact")));
+        // Only the quartic part is non-zero, and it agrees.
+        let deg = r.by_degree.unwrap();
+        assert!(
+            deg[..4].iter().all(Option::is_none) && (deg[4].unwrap() - 1.0).abs() < 1e-9,
+            "{deg:?}"
+        );
+    }
+}
+
+#[test]
+fn depth_one_equals_the_per_layer_value() {
+    let s = Spec {
+        d_in: 3,
+        d: 3,
+        h: 4,
+        d_out: 2,
+        depth: 1,
+        residual: lerp(0.3),
+        bias: true,
+        embed: true,
+    };
+    let (a, b) = (random_model(s, 7), random_model(Spec { h: 2, ..s }, 8));
+    let per_layer = tensor::similarity(&a, &b, &Default::default()).unwrap();
+    let r = full(&a, &b);
+    assert!((r.similarity - per_layer.similarity).abs() < 1e-14 && r.inner == per_layer.inner);
+}
+
+#[test]
+fn degree_parts_equal_brute_force() {
+    // ⟨P_S U_a, P_S U_b⟩ grouped by the number m of data (non-unit) legs = ⟨P^a_m, P^b_m⟩/C(4, m).
+    let s4 = all_permutations(4);
+    let sa = Spec {
+        d_in: 2,
+        d: 2,
+        h: 2,
+        d_out: 2,
+        depth: 2,
+        residual: lerp(0.5),
+        bias: true,
+        embed: true,
+    };
+    let (a, b) = (random_model(sa, 21), random_model(sa, 22));
+    let (ua, ub) = (
+        symmetrise(&brute_nodes(&a), &s4),
+        symmetrise(&brute_nodes(&b), &s4),
+    );
+    let by_m = |u: &Unrolled, v: &Unrolled| {
+        let mut g = [0.0; 5];
+        for o in 1..u.out {
+            for col in 0..81 {
+                let m = [col / 27, (col / 9) % 3, (col / 3) % 3, col % 3]
+                    .iter()
+                    .filter(|&&i| i != 0)
+                    .count();
+                g[m] += u.at(o, col) * v.at(o, col);
+            }
+        }
+        g
+    };
+    let (ab, aa, bb) = (by_m(&ua, &ub), by_m(&ua, &ua), by_m(&ub, &ub));
+    let got = full(&a, &b).by_degree.unwrap();
+    for m in 0..5 {
+        let want = ab[m] / (aa[m] * bb[m]).sqrt();
+        assert!(
+            (got[m].unwrap() - want).abs() < 1e-8,
+            "degree {m}: {:?} vs {want}",
+            got[m]
+        );
+    }
+}
+
+#[test]
+fn complex_gaussian_monte_carlo_is_unbiased() {
+    // Depth 2: within 4 standard errors of the closed form.
+    let sa = Spec {
+        d_in: 2,
+        d: 2,
+        h: 3,
+        d_out: 2,
+        depth: 2,
+        residual: lerp(0.5),
+        bias: true,
+        embed: true,
+    };
+    let (a, b) = (random_model(sa, 31), random_model(sa, 32));
+    let exact = full(&a, &b);
+    let mc = tensim::montecarlo::full_symmetric(&a, &b, 200_000, 3, Par::Seq).unwrap();
+    for (e, m) in [
+        (exact.inner, mc.inner),
+        (exact.norm2_a, mc.norm2_a),
+        (exact.norm2_b, mc.norm2_b),
+    ] {
+        assert!(
+            m.z(e).abs() < 4.0,
+            "exact {e}, MC {} ± {}",
+            m.mean,
+            m.stderr
+        );
+    }
+    // Depth 3 (Monte-Carlo mode): the same quartic split two ways, then squared — identical
+    // functions of degree 8, so the estimate is 1 up to its noise.
+    let [(p, q), _, _] = counterexamples();
+    let square = |m: &Model| {
+        let mut layers = m.layers().to_vec();
+        let head = layers.pop().unwrap();
+        let one = tensim::linalg::Mat::from_fn(1, 1, |_, _| 1.0);
+        layers.push(tensim::Layer::Bilinear(tensim::Bilinear {
+            left: one.clone(),
+            right: one.clone(),
+            down: Some(one),
+            left_bias: None,
+            right_bias: None,
+            down_bias: None,
+            residual: None,
+        }));
+        layers.push(head);
+        Model::new(m.in_dim(), 1, layers).unwrap()
+    };
+    let opts = tensim::metrics::Options {
+        per_output: false,
+        par: Par::Seq,
+    };
+    let r = fullsym::similarity(
+        &square(&p),
+        &square(&q),
+        &opts,
+        &FullOptions {
+            samples: 100_000,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(r.mode, Some("monte-carlo"));
+    assert!(
+        (r.similarity - 1.0).abs() < 1e-9,
+        "identical functions: {}",
+        r.similarity
+    );
+    assert!(r.stderr.unwrap() > 0.0);
+}
