@@ -43,6 +43,8 @@ enum Command {
         #[arg(long)]
         per_output: bool,
         #[command(flatten)]
+        sym: SymArgs,
+        #[command(flatten)]
         inputs: InputArgs,
         /// Print one JSON object.
         #[arg(long)]
@@ -67,6 +69,8 @@ enum Command {
         /// OUT with `.per-output.npy` as an array (outputs, N, N); NaN where a slice is zero.
         #[arg(long)]
         per_output: bool,
+        #[command(flatten)]
+        sym: SymArgs,
         /// Labels, one per line, in checkpoint order.
         #[arg(long, conflicts_with = "labels_from_names")]
         labels: Option<PathBuf>,
@@ -221,6 +225,34 @@ struct RandomArgs {
 }
 
 #[derive(Args)]
+struct SymArgs {
+    /// Tensor metric: `layer` symmetrises each bilinear node (the paper's metric); `full`
+    /// symmetrises over all leg permutations, so identical functions score 1 whatever the
+    /// architecture. Full is exact up to two bilinear layers (cost ≈ 16·h₂h₁³ flops per pair) and
+    /// a complex-Gaussian Monte-Carlo estimate beyond (--samples, reports its standard error).
+    #[arg(long, default_value = "layer", value_parser = ["layer", "full"])]
+    symmetrize: String,
+    /// With --symmetrize full: the similarity of the constant, linear, quadratic, … parts.
+    #[arg(long)]
+    by_degree: bool,
+}
+
+impl SymArgs {
+    fn full(&self, inputs: &InputArgs) -> Result<Option<tensim::metrics::fullsym::FullOptions>> {
+        if self.by_degree && self.symmetrize != "full" {
+            bail!("--by-degree needs --symmetrize full");
+        }
+        Ok(
+            (self.symmetrize == "full").then_some(tensim::metrics::fullsym::FullOptions {
+                samples: inputs.samples,
+                seed: inputs.seed,
+                by_degree: self.by_degree,
+            }),
+        )
+    }
+}
+
+#[derive(Args)]
 struct PlotArgs {
     /// Heat-map of the matrix (.png or .svg).
     #[arg(long)]
@@ -251,7 +283,8 @@ struct InputArgs {
     /// Inputs for behavioral/cka: .npy of shape (rows, dim) or (rows, n_ctx, dim).
     #[arg(long)]
     data: Option<PathBuf>,
-    /// Number of Gaussian inputs for behavioral/cka when no --data is given.
+    /// Number of Gaussian inputs for behavioral/cka when no --data is given, or of Monte-Carlo
+    /// samples for --symmetrize full beyond two bilinear layers.
     #[arg(long, default_value_t = 10_000)]
     samples: usize,
     #[arg(long, default_value_t = 0)]
@@ -281,9 +314,11 @@ fn run(cli: Cli) -> Result<()> {
             arch,
             metric,
             per_output,
+            sym,
             inputs,
             json,
         } => {
+            let full = sym.full(&inputs)?;
             let metric: Metric = metric.parse()?;
             let (ma, mb) = load_pair(&a, &b, &arch)?;
             let data = metric
@@ -294,8 +329,14 @@ fn run(cli: Cli) -> Result<()> {
                 per_output,
                 par: Par::rayon(0),
             };
-            let r = metrics::compare(&ma, &mb, metric, data.as_ref(), &opts)
-                .with_context(|| format!("comparing {} with {}", a.display(), b.display()))?;
+            let r = match (&full, metric) {
+                (Some(f), Metric::Tensor) => {
+                    tensim::metrics::fullsym::similarity(&ma, &mb, &opts, f)
+                }
+                (Some(_), _) => bail!("--symmetrize full applies to the tensor metric"),
+                (None, _) => metrics::compare(&ma, &mb, metric, data.as_ref(), &opts),
+            }
+            .with_context(|| format!("comparing {} with {}", a.display(), b.display()))?;
             print_comparison(&r, json);
         }
         Command::Inspect { file, arch, json } => inspect(&file, arch.as_deref(), json)?,
@@ -388,6 +429,7 @@ fn run(cli: Cli) -> Result<()> {
             arch,
             metric,
             per_output,
+            sym,
             labels,
             labels_from_names,
             no_sort,
@@ -401,6 +443,7 @@ fn run(cli: Cli) -> Result<()> {
             inputs,
         } => {
             let metric: Metric = metric.parse()?;
+            let full = sym.full(&inputs)?;
             let mut paths = checkpoints::expand(&checkpoints)?;
             if !no_sort {
                 checkpoints::natural_sort(&mut paths);
@@ -447,6 +490,7 @@ fn run(cli: Cli) -> Result<()> {
                     store: store.as_ref(),
                     inputs: data.as_ref(),
                     per_output,
+                    full: full.as_ref(),
                     flops: None,
                 },
                 &|done, total| {
@@ -590,6 +634,24 @@ fn print_comparison(r: &Comparison, json: bool) {
     println!("norm2_b     {:.12e}", r.norm2_b);
     if let Some(src) = &r.inputs {
         println!("inputs      {src} ({} rows)", r.samples.unwrap_or(0));
+    }
+    if let (Some(sym), Some(mode)) = (r.symmetrize, r.mode) {
+        println!("symmetrize  {sym} ({mode})");
+    }
+    if let Some(se) = r.stderr {
+        println!(
+            "std. error  {se:.3e} (of inner, {} samples)",
+            r.samples.unwrap_or(0)
+        );
+    }
+    if let Some(deg) = &r.by_degree {
+        println!("by degree:");
+        for (m, s) in deg.iter().enumerate() {
+            match s {
+                Some(s) => println!("  {m:>4}  {s:.12}"),
+                None => println!("  {m:>4}  undefined (zero part)"),
+            }
+        }
     }
     if let Some(per) = &r.per_output {
         println!("per output:");

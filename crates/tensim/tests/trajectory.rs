@@ -28,6 +28,7 @@ fn check_against_pairs(models: &[Model], metric: Metric, inputs: Option<&Inputs>
         store: None,
         inputs,
         per_output: false,
+        full: None,
         flops: None,
     };
     let sim = similarity_matrix(models, &nm, &hs, metric, &opts, &|_, _| {})
@@ -144,6 +145,7 @@ fn resume_reuses_tiles_and_a_changed_checkpoint_recomputes_only_its_tiles() {
         store: Some(&store),
         inputs: None,
         per_output: false,
+        full: None,
         flops: None,
     };
     let tiles = || {
@@ -347,4 +349,43 @@ fn per_output_matrices_equal_single_pair_slices() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("tensor metric"), "{e}");
+}
+
+#[test]
+fn fully_symmetrised_matrix_equals_single_pairs() {
+    use tensim::metrics::fullsym::{self, FullOptions};
+    let s = Spec {
+        d_in: 2,
+        d: 2,
+        h: 2,
+        d_out: 2,
+        depth: 2,
+        residual: lerp(0.5),
+        bias: true,
+        embed: true,
+    };
+    let mut models: Vec<Model> = (0..3).map(|k| random_model(s, 60 + k)).collect();
+    models.push(random_model(Spec { depth: 1, ..s }, 70));
+    let (nm, hs) = names(4);
+    let fo = FullOptions::default();
+    let opts = MatrixOptions {
+        tile: 2,
+        full: Some(&fo),
+        ..Default::default()
+    };
+    let sim = similarity_matrix(&models, &nm, &hs, Metric::Tensor, &opts, &|_, _| {})
+        .unwrap()
+        .similarity;
+    let o = Options {
+        per_output: false,
+        par: Par::Seq,
+    };
+    for i in 0..4 {
+        for j in 0..4 {
+            let want = fullsym::similarity(&models[i], &models[j], &o, &fo)
+                .unwrap()
+                .similarity;
+            assert!((sim[(i, j)] - want).abs() < 1e-12);
+        }
+    }
 }

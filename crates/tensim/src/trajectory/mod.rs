@@ -40,6 +40,8 @@ pub struct MatrixOptions<'a> {
     pub inputs: Option<&'a Inputs>,
     /// Also one matrix per output coordinate (tensor metric).
     pub per_output: bool,
+    /// Fully symmetrised tensor similarity instead of the per-layer one (pair by pair).
+    pub full: Option<&'a crate::metrics::fullsym::FullOptions>,
     /// Incremented by the GEMM flops of the stacked tiles (for benchmarks).
     pub flops: Option<&'a std::sync::atomic::AtomicU64>,
 }
@@ -197,6 +199,11 @@ enum Plan<'a> {
         norms: Option<Vec<(f64, f64)>>,
         depth: usize,
     },
+    /// Fully symmetrised tensor similarity, pair by pair.
+    Full {
+        models: &'a [Model],
+        opts: crate::metrics::fullsym::FullOptions,
+    },
     /// Rows whose pairwise dot products, times `scale` and divided by the row norms (if given),
     /// are the similarity.
     Dots {
@@ -234,6 +241,16 @@ impl Plan<'_> {
                         .map(|x| x.unwrap_or(f64::NAN)),
                 );
                 Ok(v)
+            }
+            Plan::Full { models, opts } => {
+                let o = Options {
+                    per_output: false,
+                    par: Par::Seq,
+                };
+                Ok(vec![
+                    crate::metrics::fullsym::similarity(&models[i], &models[j], &o, opts)?
+                        .similarity,
+                ])
             }
             _ => unreachable!("tiles of this plan are computed whole"),
         }
@@ -278,7 +295,7 @@ impl Plan<'_> {
                     })
                     .collect())
             }
-            Plan::PerPair { .. } => {
+            Plan::PerPair { .. } | Plan::Full { .. } => {
                 let mut out = vec![0.0; planes * ni * nj];
                 for i in 0..ni {
                     for j in 0..nj {
@@ -327,7 +344,17 @@ pub fn similarity_matrix(
         metrics::check_io(&models[0], m)
             .map_err(|e| Error::Incompatible(format!("{name} vs {}: {e}", names[0])))?;
     }
-    let plan = plan(models, names, metric, opts.inputs, opts.per_output)?;
+    let plan = match opts.full {
+        Some(f) if metric == Metric::Tensor && !opts.per_output && !f.by_degree => {
+            Plan::Full { models, opts: f.clone() }
+        }
+        Some(_) => {
+            return Err(Error::Invalid(
+                "--symmetrize full in `tensim matrix` covers the tensor metric without --per-output or --by-degree".into(),
+            ))
+        }
+        None => plan(models, names, metric, opts.inputs, opts.per_output)?,
+    };
     let planes = if opts.per_output {
         1 + models[0].out_dim()
     } else {
