@@ -213,8 +213,9 @@ impl Default for FullOptions {
 }
 
 /// Degree-part inner products `⟨P^a_m, P^b_m⟩ / C(4, m)`, `m = 0..4`, of depth-2-lifted networks:
-/// the coefficients of `s^{4−m}` in `inner_depth2(s)`, from its values at `s = 0, …, 4`.
-fn degree_parts(a: &Depth2, b: &Depth2, par: Par) -> Result<Vec<f64>> {
+/// the coefficients of `s^{4−m}` in `inner_depth2(s)`, from its values at `s = 0, …, 4`; also the
+/// value at `s = 1` (the full inner product).
+fn degree_parts(a: &Depth2, b: &Depth2, par: Par) -> Result<(Vec<f64>, f64)> {
     use faer::linalg::solvers::Solve;
     let vals = (0..5)
         .map(|s| inner_depth2(a, b, s as f64, par))
@@ -222,7 +223,7 @@ fn degree_parts(a: &Depth2, b: &Depth2, par: Par) -> Result<Vec<f64>> {
     let v = Mat::from_fn(5, 5, |i, j| (i as f64).powi(j as i32));
     let coef = v.partial_piv_lu().solve(Mat::from_fn(5, 1, |i, _| vals[i]));
     // coef[j] multiplies s^j = s^{4−m}.
-    Ok((0..5).map(|m| coef[(4 - m, 0)]).collect())
+    Ok(((0..5).map(|m| coef[(4 - m, 0)]).collect(), vals[1]))
 }
 
 /// Fully symmetrised tensor similarity of `a` and `b` (input and output sizes must agree).
@@ -240,6 +241,8 @@ pub fn similarity(
         ));
     }
     let depth = a.n_bilinear().max(b.n_bilinear());
+    // With --by-degree on depth-2 networks the s = 1 values give the full inner products too.
+    let mut exact_inners = None;
     let by_degree = if full.by_degree {
         if depth > 2 {
             return Err(Error::Invalid(
@@ -247,33 +250,37 @@ pub fn similarity(
             ));
         }
         let (fa, fb) = (Depth2::new(a)?, Depth2::new(b)?);
-        let (ab, aa, bb) = (
+        let ((ab, iab), (aa, iaa), (bb, ibb)) = (
             degree_parts(&fa, &fb, opts.par)?,
             degree_parts(&fa, &fa, opts.par)?,
             degree_parts(&fb, &fb, opts.par)?,
         );
+        exact_inners = Some((iab, iaa, ibb));
         // Parts that vanish up to rounding have no similarity.
         let tiny = |v: &[f64]| 1e-12 * v.iter().map(|x| x.abs()).sum::<f64>();
-        let (ta, tb) = (tiny(&aa), tiny(&bb));
-        let max_degree = 1usize << depth;
-        let keep = |v: &[f64], t: f64| {
+        let keep = |v: &[f64]| {
             v.iter()
-                .map(|&x| if x > t { x } else { 0.0 })
+                .map(|&x| if x > tiny(v) { x } else { 0.0 })
                 .collect::<Vec<_>>()
         };
-        Some(cosines(&ab, &keep(&aa, ta), &keep(&bb, tb))[..=max_degree].to_vec())
+        Some(cosines(&ab, &keep(&aa), &keep(&bb))[..=(1usize << depth)].to_vec())
     } else {
         None
     };
     let mut r = match depth {
         0 | 1 => crate::metrics::tensor::similarity(a, b, opts)?,
         2 => {
-            let (fa, fb) = (Depth2::new(a)?, Depth2::new(b)?);
-            let (ab, aa, bb) = (
-                inner_depth2(&fa, &fb, 1.0, opts.par)?,
-                inner_depth2(&fa, &fa, 1.0, opts.par)?,
-                inner_depth2(&fb, &fb, 1.0, opts.par)?,
-            );
+            let (ab, aa, bb) = match exact_inners {
+                Some(v) => v,
+                None => {
+                    let (fa, fb) = (Depth2::new(a)?, Depth2::new(b)?);
+                    (
+                        inner_depth2(&fa, &fb, 1.0, opts.par)?,
+                        inner_depth2(&fa, &fa, 1.0, opts.par)?,
+                        inner_depth2(&fb, &fb, 1.0, opts.par)?,
+                    )
+                }
+            };
             Comparison {
                 metric: Metric::Tensor.name(),
                 similarity: cosine(ab, aa, bb, Metric::Tensor)?,
