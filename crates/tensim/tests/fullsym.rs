@@ -210,3 +210,77 @@ fn complex_gaussian_monte_carlo_is_unbiased() {
     );
     assert!(r.stderr.unwrap() > 0.0);
 }
+
+#[test]
+fn different_depths_computing_the_same_polynomial_score_one() {
+    // b = a followed by an identity bilinear layer (lerp scale 0): same function, one layer deeper.
+    let s = Spec {
+        d_in: 2,
+        d: 3,
+        h: 3,
+        d_out: 2,
+        depth: 1,
+        residual: lerp(0.5),
+        bias: true,
+        embed: true,
+    };
+    let a = random_model(s, 41);
+    let mut layers = a.layers().to_vec();
+    let head = layers.pop().unwrap();
+    let z = |r, c| tensim::linalg::Mat::zeros(r, c);
+    layers.push(tensim::Layer::Bilinear(tensim::Bilinear {
+        left: z(2, 3),
+        right: z(2, 3),
+        down: Some(z(3, 2)),
+        left_bias: None,
+        right_bias: None,
+        down_bias: None,
+        residual: lerp(0.0),
+    }));
+    layers.push(head);
+    let b = Model::new(2, 1, layers).unwrap();
+    assert_eq!((a.n_bilinear(), b.n_bilinear()), (1, 2));
+    assert!((full(&a, &b).similarity - 1.0).abs() < 1e-12);
+}
+
+mod laws {
+    use super::*;
+    use proptest::prelude::*;
+    use rand::{RngExt, SeedableRng};
+    use tensim::reparam;
+
+    fn fs(a: &Model, b: &Model) -> f64 {
+        let opts = tensim::metrics::Options {
+            per_output: false,
+            par: Par::Seq,
+        };
+        fullsym::similarity(a, b, &opts, &FullOptions::default())
+            .unwrap()
+            .similarity
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+        #[test]
+        fn full_symmetrisation_obeys_the_laws(d_in in 1usize..3, d in 1usize..3, h in 1usize..4, res in 0usize..3, seed in any::<u64>()) {
+            let residual = [None, lerp(0.4), add(0.6)][res];
+            let s = Spec { d_in, d, h, d_out: 2, depth: 2, residual, bias: true, embed: true };
+            let (a, b) = (random_model(s, seed), random_model(s, seed ^ 9));
+            prop_assume!(well_conditioned(&a) && well_conditioned(&b));
+            let base = fs(&a, &b);
+            prop_assert!((-1.0..=1.0).contains(&base));
+            prop_assert!(close(fs(&b, &a), base, 1e-12) && close(fs(&a, &a), 1.0, 1e-12));
+            let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+            let mut perm: Vec<usize> = (0..h).collect();
+            for k in (1..h).rev() { perm.swap(k, rng.random_range(0..=k)); }
+            let alpha: Vec<f64> = (0..h).map(|_| rng.random_range(0.3..3.0)).collect();
+            let swap: Vec<bool> = (0..h).map(|_| rng.random_bool(0.5)).collect();
+            let mut b2 = reparam::permute_hidden(&b, 1, &perm).unwrap();
+            b2 = reparam::rescale_hidden(&b2, 2, &alpha, &alpha).unwrap();
+            b2 = reparam::swap_left_right(&b2, 2, &swap).unwrap();
+            b2 = reparam::fold_residual(&reparam::fold_residual(&b2, 1).unwrap(), 2).unwrap();
+            prop_assert!(close(fs(&a, &b2), base, 1e-8), "{} vs {base}", fs(&a, &b2));
+        }
+    }
+}
