@@ -80,8 +80,164 @@ fn edges(n: usize, opts: &HeatmapOptions) -> Result<Vec<f64>> {
     }
 }
 
+/// Training curves drawn above a heat-map (`training_figure`): panels, top to bottom.
+#[derive(Clone, Debug, Default)]
+pub struct Curves {
+    pub panels: Vec<Panel>,
+}
+
+/// One panel of curves: series `(name, one value per checkpoint)` sharing a y axis.
+#[derive(Clone, Debug)]
+pub struct Panel {
+    pub label: String,
+    pub log_y: bool,
+    pub series: Vec<(String, Vec<f64>)>,
+}
+
 /// Draw `sim` (N × N) into `path` (`.png` or `.svg`), written atomically.
 pub fn heatmap(sim: &Mat<f64>, path: &Path, opts: &HeatmapOptions) -> Result<()> {
+    struct Heat<'a>(&'a Mat<f64>, &'a HeatmapOptions);
+    impl Painter for Heat<'_> {
+        fn paint<DB: DrawingBackend>(
+            &self,
+            root: &DrawingArea<DB, Shift>,
+        ) -> std::result::Result<(), String> {
+            draw(root, self.0, self.1)
+        }
+    }
+    render(path, (960, 820), &Heat(sim, opts))
+}
+
+/// The paper-style figure: `curves` over the checkpoints' (log) step axis on top, the heat-map of
+/// `sim` below on the same axis, phases outlined.
+pub fn training_figure(
+    sim: &Mat<f64>,
+    curves: &Curves,
+    path: &Path,
+    opts: &HeatmapOptions,
+) -> Result<()> {
+    struct Figure<'a>(&'a Mat<f64>, &'a Curves, &'a HeatmapOptions, u32);
+    impl Painter for Figure<'_> {
+        fn paint<DB: DrawingBackend>(
+            &self,
+            root: &DrawingArea<DB, Shift>,
+        ) -> std::result::Result<(), String> {
+            let (sim, curves, opts, top) = (self.0, self.1, self.2, self.3);
+            root.fill(&WHITE).map_err(|x| x.to_string())?;
+            let (upper, lower) = root.split_vertically(top);
+            let e = edges(sim.nrows(), opts).map_err(|x| x.to_string())?;
+            let panels = upper.split_evenly((curves.panels.len(), 1));
+            for (area, panel) in panels.iter().zip(&curves.panels) {
+                draw_curves(area, &e, panel, opts).map_err(|x| x.to_string())?;
+            }
+            draw(&lower, sim, opts)
+        }
+    }
+    let top = 230 * curves.panels.len() as u32;
+    render(path, (960, 820 + top), &Figure(sim, curves, opts, top))
+}
+
+const SERIES_COLOURS: [RGBColor; 4] = [
+    RGBColor(31, 119, 180),
+    RGBColor(214, 39, 40),
+    RGBColor(44, 160, 44),
+    RGBColor(148, 103, 189),
+];
+
+fn draw_curves<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    e: &[f64],
+    panel: &Panel,
+    opts: &HeatmapOptions,
+) -> std::result::Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
+    let (label, log_y, series) = (panel.label.as_str(), panel.log_y, &panel.series);
+    let (main, _) = area.split_horizontally(area.dim_in_pixel().0 - 110);
+    let n = e.len() - 1;
+    let centre = |i: usize| 0.5 * (e[i] + e[i + 1]);
+    let tf = |v: f64| if log_y { v.max(1e-12).log10() } else { v };
+    let values = series.iter().flat_map(|(_, v)| v.iter().map(|&x| tf(x)));
+    let (lo, hi) = values.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), x| {
+        (a.min(x), b.max(x))
+    });
+    let pad = 0.05 * (hi - lo).max(1e-9);
+    let mut chart = ChartBuilder::on(&main)
+        .margin(12)
+        .x_label_area_size(30)
+        .y_label_area_size(80)
+        .build_cartesian_2d(e[0]..e[n], (lo - pad)..(hi + pad))?;
+    let log = opts.log_steps;
+    chart
+        .configure_mesh()
+        .light_line_style(RGBColor(235, 235, 235))
+        .y_desc(label)
+        .label_style(("sans-serif", 13))
+        .x_labels(if log { 8 } else { 12 })
+        .x_label_formatter(&|v| step_label(*v, log, n, opts))
+        .y_label_formatter(&|v| match (log_y, (v - v.round()).abs() < 1e-9) {
+            (true, true) => format!("1e{:.0}", v.round()),
+            (true, false) => String::new(),
+            (false, _) => format!("{v:.2}"),
+        })
+        .draw()?;
+    for (k, (name, v)) in series.iter().enumerate() {
+        let colour = SERIES_COLOURS[k % SERIES_COLOURS.len()];
+        chart
+            .draw_series(LineSeries::new(
+                (0..n).map(|i| (centre(i), tf(v[i]))),
+                colour.stroke_width(2),
+            ))?
+            .label(name.as_str())
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 18, y)], colour.stroke_width(2))
+            });
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .label_font(("sans-serif", 13))
+        .position(if log_y {
+            SeriesLabelPosition::LowerLeft
+        } else {
+            SeriesLabelPosition::UpperLeft
+        })
+        .draw()?;
+    Ok(())
+}
+
+/// Tick label of axis value `v`: round decades on a log step axis, else the checkpoint's label.
+fn step_label(v: f64, log: bool, n: usize, opts: &HeatmapOptions) -> String {
+    if log {
+        // Decades only, as round numbers (position log10(step + 1) ≈ log10(step)).
+        let k = v.round();
+        match ((v - k).abs() < 1e-9, k as i32) {
+            (true, 0..=4) => format!("{}", 10u64.pow(k as u32)),
+            (true, _) => format!("1e{k}"),
+            _ => String::new(),
+        }
+    } else {
+        let i = v.round();
+        if (v - i).abs() < 1e-9 && i >= 0.0 && (i as usize) < n {
+            opts.labels
+                .get(i as usize)
+                .cloned()
+                .unwrap_or_else(|| i.to_string())
+        } else {
+            String::new()
+        }
+    }
+}
+
+/// Something that draws itself on any plotters backend.
+trait Painter {
+    fn paint<DB: DrawingBackend>(
+        &self,
+        root: &DrawingArea<DB, Shift>,
+    ) -> std::result::Result<(), String>;
+}
+
+/// Render `painter` into a PNG or SVG (by extension) of `size`, written atomically.
+fn render(path: &Path, size: (u32, u32), painter: &impl Painter) -> Result<()> {
     REGISTER.call_once(|| {
         let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, FONT);
     });
@@ -89,14 +245,13 @@ pub fn heatmap(sim: &Mat<f64>, path: &Path, opts: &HeatmapOptions) -> Result<()>
         .extension()
         .map(|e| e.to_string_lossy().to_lowercase())
         .unwrap_or_default();
-    let size = (960, 820);
     let fail = |e: String| Error::Invalid(format!("drawing {}: {e}", path.display()));
     match ext.as_str() {
         "svg" => {
             let mut text = String::new();
             {
                 let root = SVGBackend::with_string(&mut text, size).into_drawing_area();
-                draw(&root, sim, opts).map_err(fail)?;
+                painter.paint(&root).map_err(fail)?;
                 root.present().map_err(|e| fail(e.to_string()))?;
             }
             write_atomic(path, text.as_bytes())
@@ -105,7 +260,7 @@ pub fn heatmap(sim: &Mat<f64>, path: &Path, opts: &HeatmapOptions) -> Result<()>
             let mut pixels = vec![0u8; (size.0 * size.1 * 3) as usize];
             {
                 let root = BitMapBackend::with_buffer(&mut pixels, size).into_drawing_area();
-                draw(&root, sim, opts).map_err(fail)?;
+                painter.paint(&root).map_err(fail)?;
                 root.present().map_err(|e| fail(e.to_string()))?;
             }
             write_atomic(path, &encode_png(&pixels, size).map_err(fail)?)
@@ -140,28 +295,7 @@ fn draw<DB: DrawingBackend>(
     root.fill(&WHITE).map_err(|x| err(&x))?;
     let (main, bar) = root.split_horizontally(root.dim_in_pixel().0 - 110);
     let log = opts.log_steps;
-    let label_at = |v: &f64| -> String {
-        let v = *v;
-        if log {
-            // Decades only, as round numbers (position log10(step + 1) ≈ log10(step)).
-            let k = v.round();
-            match ((v - k).abs() < 1e-9, k as i32) {
-                (true, 0..=4) => format!("{}", 10u64.pow(k as u32)),
-                (true, _) => format!("1e{k}"),
-                _ => String::new(),
-            }
-        } else {
-            let i = v.round();
-            if (v - i).abs() < 1e-9 && i >= 0.0 && (i as usize) < n {
-                opts.labels
-                    .get(i as usize)
-                    .cloned()
-                    .unwrap_or_else(|| i.to_string())
-            } else {
-                String::new()
-            }
-        }
-    };
+    let label_at = |v: &f64| step_label(*v, log, n, opts);
     let mut chart = ChartBuilder::on(&main)
         .caption(&opts.title, ("sans-serif", 22))
         .margin(12)

@@ -1,0 +1,434 @@
+//! Grokking on modular addition (MATH.md §7.1): `(a, b) ↦ (a + b) mod P` from the one-hot pair
+//! `[e_a; e_b] ∈ ℝ^{2P}`, a bilinear layer `(Lx) ∘ (Rx)` with `h` hidden units (one fused
+//! `Linear(2P, 2h)`, no biases) and a linear head `h → P`, trained with AdamW and strong weight
+//! decay on a fraction of all `P²` pairs. Training accuracy reaches 1 long before validation
+//! accuracy does (memorisation, then generalisation).
+
+use candle_core::{DType, Device, Tensor, Var, D};
+use candle_nn::{AdamW, Optimizer, ParamsAdamW};
+use rand::seq::SliceRandom;
+use rand::{RngExt, SeedableRng};
+use serde::Serialize;
+
+use tensim::layers::{Bilinear, Layer, Linear};
+use tensim::linalg::Mat;
+use tensim::Model;
+
+use crate::TrainError;
+
+/// Configuration of a grokking run.
+#[derive(Clone, Debug, Serialize)]
+pub struct GrokkingConfig {
+    pub p: usize,
+    pub hidden: usize,
+    pub train_fraction: f64,
+    pub steps: usize,
+    pub batch: usize,
+    pub lr: f64,
+    pub weight_decay: f64,
+    pub seed: u64,
+    /// Checkpoint schedule: `checkpoints` steps on a power schedule with this exponent.
+    pub checkpoints: usize,
+    pub exponent: f64,
+}
+
+impl GrokkingConfig {
+    /// The paper's run (MATH.md §7.1): P = 113, h = 64, 30 % train, 100 000 steps, batch 512,
+    /// AdamW lr 1e-3, weight decay 0.3, 100 checkpoints on a power-5 schedule.
+    pub fn paper() -> GrokkingConfig {
+        GrokkingConfig {
+            p: 113,
+            hidden: 64,
+            train_fraction: 0.3,
+            steps: 100_000,
+            batch: 512,
+            lr: 1e-3,
+            weight_decay: 0.3,
+            seed: 1337,
+            checkpoints: 100,
+            exponent: 5.0,
+        }
+    }
+}
+
+/// Metrics of one checkpoint.
+#[derive(Clone, Debug, Serialize)]
+pub struct Record {
+    pub step: usize,
+    pub train_loss: f64,
+    pub train_accuracy: f64,
+    pub val_loss: f64,
+    pub val_accuracy: f64,
+}
+
+/// The task: every pair, its one-hot input and label, and the train/validation split.
+pub struct Task {
+    pub p: usize,
+    /// All `P²` inputs as one-hot rows (`P² × 2P`, f32) and labels.
+    pub inputs: Tensor,
+    pub labels: Tensor,
+    pub train: Vec<u32>,
+    pub val: Vec<u32>,
+}
+
+impl Task {
+    pub fn new(p: usize, train_fraction: f64, seed: u64, dev: &Device) -> Result<Task, TrainError> {
+        let n = p * p;
+        let mut x = vec![0f32; n * 2 * p];
+        let mut y = vec![0u32; n];
+        for a in 0..p {
+            for b in 0..p {
+                let i = a * p + b;
+                x[i * 2 * p + a] = 1.0;
+                x[i * 2 * p + p + b] = 1.0;
+                y[i] = ((a + b) % p) as u32;
+            }
+        }
+        let mut order: Vec<u32> = (0..n as u32).collect();
+        order.shuffle(&mut rand::rngs::StdRng::seed_from_u64(seed));
+        let n_train = (n as f64 * train_fraction) as usize;
+        Ok(Task {
+            p,
+            inputs: Tensor::from_vec(x, (n, 2 * p), dev)?,
+            labels: Tensor::from_vec(y, n, dev)?,
+            train: order[..n_train].to_vec(),
+            val: order[n_train..].to_vec(),
+        })
+    }
+}
+
+/// The trainable parameters: fused `[L; R]` (`2h × 2P`) and the head `W_p` (`P × h`).
+pub struct Params {
+    pub w_lr: Var,
+    pub w_p: Var,
+    hidden: usize,
+}
+
+impl Params {
+    /// PyTorch's default init `U(±1/√fan_in)`, drawn from `seed`.
+    pub fn init(p: usize, hidden: usize, seed: u64, dev: &Device) -> Result<Params, TrainError> {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let mut uniform = |rows: usize, cols: usize| -> Result<Var, TrainError> {
+            let b = 1.0 / (cols as f32).sqrt();
+            let v: Vec<f32> = (0..rows * cols).map(|_| rng.random_range(-b..b)).collect();
+            Ok(Var::from_tensor(&Tensor::from_vec(v, (rows, cols), dev)?)?)
+        };
+        Ok(Params {
+            w_lr: uniform(2 * hidden, 2 * p)?,
+            w_p: uniform(p, hidden)?,
+            hidden,
+        })
+    }
+
+    /// Logits `W_p ((Lx) ∘ (Rx))` for rows `x`.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor, TrainError> {
+        let h = x.matmul(&self.w_lr.as_tensor().t()?)?;
+        let (l, r) = (
+            h.narrow(1, 0, self.hidden)?,
+            h.narrow(1, self.hidden, self.hidden)?,
+        );
+        Ok((l * r)?.matmul(&self.w_p.as_tensor().t()?)?)
+    }
+
+    /// The current weights as a tensim model (f64): fused bilinear without `down`, linear head.
+    pub fn to_model(&self) -> Result<Model, TrainError> {
+        let mat = |v: &Var| -> Result<Mat<f64>, TrainError> {
+            let rows: Vec<Vec<f32>> = v.as_tensor().to_vec2()?;
+            Ok(Mat::from_fn(rows.len(), rows[0].len(), |i, j| {
+                rows[i][j] as f64
+            }))
+        };
+        let (lr, head) = (mat(&self.w_lr)?, mat(&self.w_p)?);
+        let h = self.hidden;
+        let layers = vec![
+            Layer::Bilinear(Bilinear {
+                left: lr.subrows(0, h).to_owned(),
+                right: lr.subrows(h, h).to_owned(),
+                down: None,
+                left_bias: None,
+                right_bias: None,
+                down_bias: None,
+                residual: None,
+            }),
+            Layer::Linear(Linear {
+                weight: head,
+                bias: None,
+            }),
+        ];
+        Ok(Model::new(lr.ncols(), 1, layers)?)
+    }
+}
+
+/// Mean cross-entropy and accuracy on the rows `idx`.
+fn evaluate(params: &Params, task: &Task, idx: &[u32]) -> Result<(f64, f64), TrainError> {
+    let ids = Tensor::from_slice(idx, idx.len(), task.inputs.device())?;
+    let (x, y) = (
+        task.inputs.index_select(&ids, 0)?,
+        task.labels.index_select(&ids, 0)?,
+    );
+    let logits = params.forward(&x)?;
+    let loss = candle_nn::loss::cross_entropy(&logits, &y)?.to_scalar::<f32>()? as f64;
+    let correct = logits
+        .argmax(D::Minus1)?
+        .eq(&y)?
+        .to_dtype(DType::F32)?
+        .sum_all()?
+        .to_scalar::<f32>()?;
+    Ok((loss, correct as f64 / idx.len() as f64))
+}
+
+/// Train, calling `checkpoint(&model, &record)` at every scheduled step and
+/// `progress(step, latest record)` after every optimisation step.
+pub fn train(
+    cfg: &GrokkingConfig,
+    schedule: &[usize],
+    mut checkpoint: impl FnMut(&Model, &Record) -> Result<(), TrainError>,
+    mut progress: impl FnMut(usize, Option<&Record>),
+) -> Result<Vec<Record>, TrainError> {
+    let dev = Device::Cpu;
+    let task = Task::new(cfg.p, cfg.train_fraction, cfg.seed, &dev)?;
+    let params = Params::init(cfg.p, cfg.hidden, cfg.seed ^ 0x9e37_79b9, &dev)?;
+    let mut opt = AdamW::new(
+        vec![params.w_lr.clone(), params.w_p.clone()],
+        ParamsAdamW {
+            lr: cfg.lr,
+            weight_decay: cfg.weight_decay,
+            ..Default::default()
+        },
+    )?;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(cfg.seed.wrapping_add(1));
+    let per_epoch = (task.train.len() / cfg.batch).max(1);
+    let mut order = task.train.clone();
+    let mut history = Vec::new();
+    let mut next = schedule.iter().copied().peekable();
+    for step in 0..=cfg.steps {
+        if next.peek() == Some(&step) {
+            next.next();
+            let (train_loss, train_accuracy) = evaluate(&params, &task, &task.train)?;
+            let (val_loss, val_accuracy) = evaluate(&params, &task, &task.val)?;
+            let record = Record {
+                step,
+                train_loss,
+                train_accuracy,
+                val_loss,
+                val_accuracy,
+            };
+            checkpoint(&params.to_model()?, &record)?;
+            history.push(record);
+        }
+        if step == cfg.steps {
+            break;
+        }
+        let k = step % per_epoch;
+        if k == 0 {
+            order.shuffle(&mut rng);
+        }
+        let batch = &order[k * cfg.batch..(k + 1) * cfg.batch];
+        let ids = Tensor::from_slice(batch, batch.len(), &dev)?;
+        let (x, y) = (
+            task.inputs.index_select(&ids, 0)?,
+            task.labels.index_select(&ids, 0)?,
+        );
+        let loss = candle_nn::loss::cross_entropy(&params.forward(&x)?, &y)?;
+        opt.backward_step(&loss)?;
+        progress(step + 1, history.last());
+    }
+    Ok(history)
+}
+
+/// What `run_demo` measured.
+#[derive(Clone, Debug, Serialize)]
+pub struct Summary {
+    pub config: GrokkingConfig,
+    pub history: Vec<Record>,
+    /// First checkpoint step with train accuracy ≥ 0.99, and validation accuracy ≥ 0.5 / 0.95 / 0.99.
+    pub train_99: Option<usize>,
+    pub val_50: Option<usize>,
+    pub val_95: Option<usize>,
+    pub val_99: Option<usize>,
+    /// First step of each phase of the tensor-similarity matrix.
+    pub phase_starts: Vec<usize>,
+    /// Tensor and behavioural similarity of every checkpoint to the last one.
+    pub tensor_to_final: Vec<f64>,
+    pub behavioral_to_final: Vec<f64>,
+    pub seconds_training: f64,
+    pub seconds_analysis: f64,
+}
+
+fn first(history: &[Record], f: impl Fn(&Record) -> bool) -> Option<usize> {
+    history.iter().find(|r| f(r)).map(|r| r.step)
+}
+
+/// Train, then write into `out`: `checkpoints/`, `history.json`, `history.csv`, `tensor.npy`,
+/// `matrix.npy`, `behavioral.npy`, `figure.png`, `figure.svg` and `report.md`.
+pub fn run_demo(
+    cfg: &GrokkingConfig,
+    phases: usize,
+    out: &std::path::Path,
+    mut progress: impl FnMut(usize, Option<&Record>),
+) -> Result<Summary, TrainError> {
+    use tensim::metrics::{Inputs, Metric};
+    use tensim::trajectory::{similarity_matrix, MatrixOptions};
+    let ck_dir = out.join("checkpoints");
+    std::fs::create_dir_all(&ck_dir)
+        .map_err(|e| tensim::Error::Invalid(format!("{}: {e}", ck_dir.display())))?;
+    let schedule = crate::schedule::power(cfg.steps, cfg.checkpoints, cfg.exponent);
+    let started = std::time::Instant::now();
+    let mut models = Vec::new();
+    let history = train(
+        cfg,
+        &schedule,
+        |m, r| {
+            tensim::io::save(m, &ck_dir.join(format!("step_{:06}.safetensors", r.step)))?;
+            models.push(m.clone());
+            Ok(())
+        },
+        &mut progress,
+    )?;
+    let seconds_training = started.elapsed().as_secs_f64();
+    let analysis = std::time::Instant::now();
+
+    let text =
+        serde_json::to_string_pretty(&serde_json::json!({"config": cfg, "history": history}))
+            .expect("serialisable");
+    tensim::io::write_atomic(&out.join("history.json"), text.as_bytes())?;
+    let mut csv = String::from("step,train_loss,train_accuracy,val_loss,val_accuracy\n");
+    for r in &history {
+        csv += &format!(
+            "{},{},{},{},{}\n",
+            r.step, r.train_loss, r.train_accuracy, r.val_loss, r.val_accuracy
+        );
+    }
+    tensim::io::write_atomic(&out.join("history.csv"), csv.as_bytes())?;
+
+    // Similarity matrices over the checkpoints; behavioural on all P² inputs.
+    let n = models.len();
+    let names: Vec<String> = history.iter().map(|r| format!("step {}", r.step)).collect();
+    let p = cfg.p;
+    let all = Mat::from_fn(p * p, 2 * p, |i, j| {
+        ((j < p && j == i / p) || (j >= p && j - p == i % p)) as u8 as f64
+    });
+    let inputs = Inputs {
+        x: all,
+        rows: p * p,
+        n_ctx: 1,
+        source: format!("all {} pairs", p * p),
+    };
+    let mut mats = Vec::new();
+    for metric in [Metric::Tensor, Metric::Matrix, Metric::Behavioral] {
+        let opts = MatrixOptions {
+            inputs: Some(&inputs),
+            ..Default::default()
+        };
+        let sim = similarity_matrix(&models, &names, &names, metric, &opts, &|_, _| {})?.similarity;
+        let values: Vec<f64> = (0..n * n).map(|k| sim[(k / n, k % n)]).collect();
+        tensim::io::write_npy(
+            &out.join(format!("{}.npy", metric.name())),
+            &[n, n],
+            &values,
+        )?;
+        mats.push(sim);
+    }
+    let (tensor_sim, behavioral_sim) = (&mats[0], &mats[2]);
+    let segmentation = tensim::phases::segment(tensor_sim, phases.min(n))?;
+    let steps: Vec<f64> = history.iter().map(|r| r.step as f64).collect();
+    let series =
+        |name: &str, f: fn(&Record) -> f64| (name.to_string(), history.iter().map(f).collect());
+    let curves = tensim::plot::Curves {
+        panels: vec![
+            tensim::plot::Panel {
+                label: "accuracy".into(),
+                log_y: false,
+                series: vec![
+                    series("train", |r| r.train_accuracy),
+                    series("validation", |r| r.val_accuracy),
+                ],
+            },
+            tensim::plot::Panel {
+                label: "loss".into(),
+                log_y: true,
+                series: vec![
+                    series("train", |r| r.train_loss),
+                    series("validation", |r| r.val_loss),
+                ],
+            },
+        ],
+    };
+    let fig = tensim::plot::HeatmapOptions {
+        title: format!("grokking (a + b mod {p}): tensor similarity of {n} checkpoints"),
+        labels: history.iter().map(|r| r.step.to_string()).collect(),
+        steps: Some(steps),
+        log_steps: true,
+        boundaries: segmentation.boundaries(),
+    };
+    for ext in ["png", "svg"] {
+        tensim::plot::training_figure(
+            tensor_sim,
+            &curves,
+            &out.join(format!("figure.{ext}")),
+            &fig,
+        )?;
+    }
+    let summary = Summary {
+        config: cfg.clone(),
+        train_99: first(&history, |r| r.train_accuracy >= 0.99),
+        val_50: first(&history, |r| r.val_accuracy >= 0.5),
+        val_95: first(&history, |r| r.val_accuracy >= 0.95),
+        val_99: first(&history, |r| r.val_accuracy >= 0.99),
+        phase_starts: segmentation
+            .starts
+            .iter()
+            .map(|&i| history[i].step)
+            .collect(),
+        tensor_to_final: (0..n).map(|i| tensor_sim[(i, n - 1)]).collect(),
+        behavioral_to_final: (0..n).map(|i| behavioral_sim[(i, n - 1)]).collect(),
+        history,
+        seconds_training,
+        seconds_analysis: analysis.elapsed().as_secs_f64(),
+    };
+    tensim::io::write_atomic(&out.join("report.md"), report(&summary).as_bytes())?;
+    Ok(summary)
+}
+
+fn report(s: &Summary) -> String {
+    let c = &s.config;
+    let opt = |v: Option<usize>| v.map_or("not reached".to_string(), |x| format!("step {x}"));
+    let last = s.history.last().expect("at least one checkpoint");
+    let mut r = format!(
+        "# Grokking: a + b mod {}\n\nBilinear layer 2·{} → {} hidden units, linear head → {}; {:.0} % of the {} pairs for training; \
+         {} steps of AdamW (lr {}, weight decay {}), batch {}, seed {}; {} checkpoints.\n\n",
+        c.p, c.p, c.hidden, c.p, 100.0 * c.train_fraction, c.p * c.p, c.steps, c.lr, c.weight_decay, c.batch, c.seed, s.history.len()
+    );
+    r += &format!(
+        "| milestone | first checkpoint |\n|---|---|\n| train accuracy ≥ 0.99 | {} |\n| validation accuracy ≥ 0.5 | {} |\n| validation accuracy ≥ 0.95 | {} |\n| validation accuracy ≥ 0.99 | {} |\n\n",
+        opt(s.train_99), opt(s.val_50), opt(s.val_95), opt(s.val_99)
+    );
+    r += &format!(
+        "Final: train accuracy {:.4}, validation accuracy {:.4}, train loss {:.3e}, validation loss {:.3e}.\n\n",
+        last.train_accuracy, last.val_accuracy, last.train_loss, last.val_loss
+    );
+    r += &format!(
+        "Phases of the tensor-similarity matrix start at steps {:?}.\n\n",
+        s.phase_starts
+    );
+    r += "| step | train acc | val acc | tensor sim. to final | behavioural sim. to final |\n|---|---|---|---|---|\n";
+    let n = s.history.len();
+    let picks: Vec<usize> = (0..8).map(|k| k * (n - 1) / 7).collect();
+    for &i in picks.iter().collect::<std::collections::BTreeSet<_>>() {
+        let h = &s.history[i];
+        r += &format!(
+            "| {} | {:.3} | {:.3} | {:.4} | {:.4} |\n",
+            h.step,
+            h.train_accuracy,
+            h.val_accuracy,
+            s.tensor_to_final[i],
+            s.behavioral_to_final[i]
+        );
+    }
+    r += &format!(
+        "\nTraining took {:.1} s, the similarity matrices, phases and figures {:.1} s. Files: `checkpoints/`, \
+         `history.json`, `history.csv`, `tensor.npy`, `matrix.npy`, `behavioral.npy`, `figure.png`, `figure.svg`.\n",
+        s.seconds_training, s.seconds_analysis
+    );
+    r
+}
