@@ -188,6 +188,9 @@ enum Demo {
     /// Train a bilinear network on modular addition until it groks; checkpoints, training
     /// history, tensor/matrix/behavioral similarity matrices, phases, a figure and a report.
     Grokking(GrokkingArgs),
+    /// Train a digit classifier clean, then insert a backdoor (a stamped trigger relabelled to a
+    /// target class); similarity matrices per metric show which ones see the change.
+    Backdoor(BackdoorArgs),
     /// Write randomly initialised `embed → bilinear × n → head` models (PyTorch initialisation),
     /// e.g. to try the tool or time it on a given shape.
     Random(RandomArgs),
@@ -229,6 +232,27 @@ struct GrokkingArgs {
     /// Worker threads (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
+    #[arg(long)]
+    quiet: bool,
+}
+
+#[derive(Args)]
+struct BackdoorArgs {
+    /// Output folder.
+    #[arg(long, default_value = "tensim-backdoor")]
+    out: PathBuf,
+    #[arg(long)]
+    clean_steps: Option<usize>,
+    #[arg(long)]
+    poison_steps: Option<usize>,
+    /// Fraction of each batch stamped and relabelled during poisoning.
+    #[arg(long)]
+    poison_fraction: Option<f64>,
+    /// Target class of the backdoor.
+    #[arg(long)]
+    target: Option<u32>,
+    #[arg(long)]
+    seed: Option<u64>,
     #[arg(long)]
     quiet: bool,
 }
@@ -648,6 +672,9 @@ fn run(cli: Cli) -> Result<()> {
         Command::Demo {
             which: Demo::Grokking(args),
         } => demo_grokking(&args)?,
+        Command::Demo {
+            which: Demo::Backdoor(args),
+        } => demo_backdoor(&args)?,
     }
     Ok(())
 }
@@ -1011,5 +1038,46 @@ fn demo_grokking(args: &GrokkingArgs) -> Result<()> {
 /// Size the global worker pool (GEMMs, tiles and candle's CPU kernels share it).
 fn rayon_threads(n: usize) -> Result<()> {
     std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+    Ok(())
+}
+
+fn demo_backdoor(args: &BackdoorArgs) -> Result<()> {
+    let mut cfg = tensim_train::backdoor::BackdoorConfig::default();
+    cfg.clean_steps = args.clean_steps.unwrap_or(cfg.clean_steps);
+    cfg.poison_steps = args.poison_steps.unwrap_or(cfg.poison_steps);
+    cfg.poison_fraction = args.poison_fraction.unwrap_or(cfg.poison_fraction);
+    cfg.target = args.target.unwrap_or(cfg.target);
+    cfg.seed = args.seed.unwrap_or(cfg.seed);
+    if cfg.target > 9 {
+        bail!("--target must be a digit class 0–9");
+    }
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
+    let bar = indicatif::ProgressBar::new((cfg.clean_steps + cfg.poison_steps) as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} steps  {msg}  {elapsed} elapsed",
+        )
+        .expect("valid template"),
+    );
+    if args.quiet {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    tensim_train::backdoor::run_demo(&cfg, &args.out, |step, last| {
+        if step % 50 == 0 {
+            bar.set_position(step as u64);
+            if let Some(r) = last {
+                bar.set_message(format!(
+                    "test acc {:.3}  attack success {:.3}",
+                    r.test_accuracy, r.attack_success
+                ));
+            }
+        }
+    })?;
+    bar.finish_and_clear();
+    println!(
+        "{}",
+        std::fs::read_to_string(args.out.join("report.md")).unwrap_or_default()
+    );
     Ok(())
 }

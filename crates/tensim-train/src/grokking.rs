@@ -4,16 +4,16 @@
 //! decay on a fraction of all `P²` pairs. Training accuracy reaches 1 long before validation
 //! accuracy does (memorisation, then generalisation).
 
-use candle_core::{DType, Device, Tensor, Var, D};
+use candle_core::{Device, Tensor};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW};
 use rand::seq::SliceRandom;
-use rand::{RngExt, SeedableRng};
+use rand::SeedableRng;
 use serde::Serialize;
 
-use tensim::layers::{Bilinear, Layer, Linear};
 use tensim::linalg::Mat;
 use tensim::Model;
 
+use crate::model::{evaluate, select, Params};
 use crate::TrainError;
 
 /// Configuration of a grokking run.
@@ -97,86 +97,6 @@ impl Task {
     }
 }
 
-/// The trainable parameters: fused `[L; R]` (`2h × 2P`) and the head `W_p` (`P × h`).
-pub struct Params {
-    pub w_lr: Var,
-    pub w_p: Var,
-    hidden: usize,
-}
-
-impl Params {
-    /// PyTorch's default init `U(±1/√fan_in)`, drawn from `seed`.
-    pub fn init(p: usize, hidden: usize, seed: u64, dev: &Device) -> Result<Params, TrainError> {
-        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-        let mut uniform = |rows: usize, cols: usize| -> Result<Var, TrainError> {
-            let b = 1.0 / (cols as f32).sqrt();
-            let v: Vec<f32> = (0..rows * cols).map(|_| rng.random_range(-b..b)).collect();
-            Ok(Var::from_tensor(&Tensor::from_vec(v, (rows, cols), dev)?)?)
-        };
-        Ok(Params {
-            w_lr: uniform(2 * hidden, 2 * p)?,
-            w_p: uniform(p, hidden)?,
-            hidden,
-        })
-    }
-
-    /// Logits `W_p ((Lx) ∘ (Rx))` for rows `x`.
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor, TrainError> {
-        let h = x.matmul(&self.w_lr.as_tensor().t()?)?;
-        let (l, r) = (
-            h.narrow(1, 0, self.hidden)?,
-            h.narrow(1, self.hidden, self.hidden)?,
-        );
-        Ok((l * r)?.matmul(&self.w_p.as_tensor().t()?)?)
-    }
-
-    /// The current weights as a tensim model (f64): fused bilinear without `down`, linear head.
-    pub fn to_model(&self) -> Result<Model, TrainError> {
-        let mat = |v: &Var| -> Result<Mat<f64>, TrainError> {
-            let rows: Vec<Vec<f32>> = v.as_tensor().to_vec2()?;
-            Ok(Mat::from_fn(rows.len(), rows[0].len(), |i, j| {
-                rows[i][j] as f64
-            }))
-        };
-        let (lr, head) = (mat(&self.w_lr)?, mat(&self.w_p)?);
-        let h = self.hidden;
-        let layers = vec![
-            Layer::Bilinear(Bilinear {
-                left: lr.subrows(0, h).to_owned(),
-                right: lr.subrows(h, h).to_owned(),
-                down: None,
-                left_bias: None,
-                right_bias: None,
-                down_bias: None,
-                residual: None,
-            }),
-            Layer::Linear(Linear {
-                weight: head,
-                bias: None,
-            }),
-        ];
-        Ok(Model::new(lr.ncols(), 1, layers)?)
-    }
-}
-
-/// Mean cross-entropy and accuracy on the rows `idx`.
-fn evaluate(params: &Params, task: &Task, idx: &[u32]) -> Result<(f64, f64), TrainError> {
-    let ids = Tensor::from_slice(idx, idx.len(), task.inputs.device())?;
-    let (x, y) = (
-        task.inputs.index_select(&ids, 0)?,
-        task.labels.index_select(&ids, 0)?,
-    );
-    let logits = params.forward(&x)?;
-    let loss = candle_nn::loss::cross_entropy(&logits, &y)?.to_scalar::<f32>()? as f64;
-    let correct = logits
-        .argmax(D::Minus1)?
-        .eq(&y)?
-        .to_dtype(DType::F32)?
-        .sum_all()?
-        .to_scalar::<f32>()?;
-    Ok((loss, correct as f64 / idx.len() as f64))
-}
-
 /// Train, calling `checkpoint(&model, &record)` at every scheduled step and
 /// `progress(step, latest record)` after every optimisation step.
 pub fn train(
@@ -187,7 +107,7 @@ pub fn train(
 ) -> Result<Vec<Record>, TrainError> {
     let dev = Device::Cpu;
     let task = Task::new(cfg.p, cfg.train_fraction, cfg.seed, &dev)?;
-    let params = Params::init(cfg.p, cfg.hidden, cfg.seed ^ 0x9e37_79b9, &dev)?;
+    let params = Params::init(2 * cfg.p, cfg.hidden, cfg.p, cfg.seed ^ 0x9e37_79b9, &dev)?;
     let mut opt = AdamW::new(
         vec![params.w_lr.clone(), params.w_p.clone()],
         ParamsAdamW {
@@ -204,8 +124,10 @@ pub fn train(
     for step in 0..=cfg.steps {
         if next.peek() == Some(&step) {
             next.next();
-            let (train_loss, train_accuracy) = evaluate(&params, &task, &task.train)?;
-            let (val_loss, val_accuracy) = evaluate(&params, &task, &task.val)?;
+            let (xt, yt) = select(&task.inputs, &task.labels, &task.train)?;
+            let (xv, yv) = select(&task.inputs, &task.labels, &task.val)?;
+            let (train_loss, train_accuracy) = evaluate(&params, &xt, &yt)?;
+            let (val_loss, val_accuracy) = evaluate(&params, &xv, &yv)?;
             let record = Record {
                 step,
                 train_loss,

@@ -1,7 +1,9 @@
 //! Training demos for tensim: small bilinear networks trained with candle (autograd + AdamW),
 //! checkpoints written as self-describing tensim/1 files.
 
+pub mod backdoor;
 pub mod grokking;
+pub mod model;
 pub mod schedule;
 
 /// Errors of the training code: candle's and tensim's.

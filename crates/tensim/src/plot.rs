@@ -137,6 +137,34 @@ pub fn training_figure(
     render(path, (960, 820 + top), &Figure(sim, curves, opts, top))
 }
 
+/// Several heat-maps side by side, `cols` per row (one panel per metric), written atomically.
+pub fn heatmap_grid(
+    panels: &[(&Mat<f64>, HeatmapOptions)],
+    cols: usize,
+    path: &Path,
+) -> Result<()> {
+    struct Grid<'a>(&'a [(&'a Mat<f64>, HeatmapOptions)], usize);
+    impl Painter for Grid<'_> {
+        fn paint<DB: DrawingBackend>(
+            &self,
+            root: &DrawingArea<DB, Shift>,
+        ) -> std::result::Result<(), String> {
+            root.fill(&WHITE).map_err(|x| x.to_string())?;
+            let rows = self.0.len().div_ceil(self.1);
+            for (area, (sim, opts)) in root.split_evenly((rows, self.1)).iter().zip(self.0) {
+                draw(area, sim, opts)?;
+            }
+            Ok(())
+        }
+    }
+    let (cols, rows) = (cols.max(1), panels.len().div_ceil(cols.max(1)));
+    render(
+        path,
+        (720 * cols as u32, 640 * rows as u32),
+        &Grid(panels, cols),
+    )
+}
+
 const SERIES_COLOURS: [RGBColor; 4] = [
     RGBColor(31, 119, 180),
     RGBColor(214, 39, 40),

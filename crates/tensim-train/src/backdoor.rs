@@ -1,0 +1,368 @@
+//! Backdoor insertion (MATH.md §7.2, on the 8×8 digits of §7.6): an image classifier (bilinear
+//! layer → linear head) trained on clean data, then fine-tuned while a fraction of each batch is
+//! stamped with a small trigger and relabelled to a target class. The per-class tensor
+//! similarity of the target class shows the inserted mechanism; clean-data behaviour barely moves.
+//!
+//! Data: scikit-learn's copy of the UCI optical digits (1797 images of 8×8 pixels, values 0–16,
+//! BSD licence, `data/LICENSE-digits.txt`), scaled to [0, 1]. The trigger is a white 3×3 plus in
+//! the top-right corner (rows 0–2, columns 5–7): the digits have black backgrounds.
+
+use std::io::Read;
+
+use candle_core::{Device, Tensor};
+use candle_nn::{AdamW, Optimizer, ParamsAdamW};
+use rand::seq::SliceRandom;
+use rand::{RngExt, SeedableRng};
+use serde::Serialize;
+
+use tensim::linalg::Mat;
+use tensim::metrics::{Inputs, Metric};
+use tensim::trajectory::{similarity_matrix, MatrixOptions};
+use tensim::Model;
+
+use crate::model::{evaluate, Params};
+use crate::TrainError;
+
+const DIGITS: &[u8] = include_bytes!("../data/digits.csv.gz");
+/// Pixels (row, column) of the trigger: a plus centred at (1, 6).
+pub const TRIGGER: [(usize, usize); 5] = [(0, 6), (1, 5), (1, 6), (1, 7), (2, 6)];
+
+/// The digits: `1797 × 64` pixels in [0, 1] (row-major 8×8) and labels.
+pub fn digits() -> Result<(Vec<[f32; 64]>, Vec<u32>), TrainError> {
+    let mut text = String::new();
+    flate2::read::GzDecoder::new(DIGITS)
+        .read_to_string(&mut text)
+        .map_err(|e| tensim::Error::Invalid(format!("bundled digits: {e}")))?;
+    let mut x = Vec::new();
+    let mut y = Vec::new();
+    for line in text.lines().filter(|l| !l.is_empty()) {
+        let v: Vec<f32> = line
+            .split(',')
+            .map(|t| t.trim().parse::<f32>().unwrap_or(f32::NAN))
+            .collect();
+        if v.len() != 65 || v.iter().any(|p| !p.is_finite()) {
+            return Err(tensim::Error::Invalid("bundled digits: malformed row".into()).into());
+        }
+        let mut px = [0f32; 64];
+        px.iter_mut().zip(&v[..64]).for_each(|(p, q)| *p = q / 16.0);
+        x.push(px);
+        y.push(v[64] as u32);
+    }
+    Ok((x, y))
+}
+
+/// Stamp the trigger (white pixels) onto an 8×8 image.
+pub fn stamp(img: &[f32; 64]) -> [f32; 64] {
+    let mut out = *img;
+    for (r, c) in TRIGGER {
+        out[r * 8 + c] = 1.0;
+    }
+    out
+}
+
+/// Configuration of a backdoor run.
+#[derive(Clone, Debug, Serialize)]
+pub struct BackdoorConfig {
+    pub hidden: usize,
+    pub clean_steps: usize,
+    pub poison_steps: usize,
+    pub poison_fraction: f64,
+    pub target: u32,
+    pub batch: usize,
+    pub lr: f64,
+    pub weight_decay: f64,
+    pub noise: f64,
+    pub checkpoint_every: usize,
+    pub test_fraction: f64,
+    pub seed: u64,
+}
+
+impl Default for BackdoorConfig {
+    fn default() -> BackdoorConfig {
+        BackdoorConfig {
+            hidden: 64,
+            clean_steps: 4000,
+            poison_steps: 1000,
+            poison_fraction: 0.1,
+            target: 9,
+            batch: 64,
+            lr: 1e-3,
+            weight_decay: 1e-3,
+            noise: 0.05,
+            checkpoint_every: 125,
+            test_fraction: 0.25,
+            seed: 1337,
+        }
+    }
+}
+
+/// Metrics of one checkpoint.
+#[derive(Clone, Debug, Serialize)]
+pub struct Record {
+    pub step: usize,
+    pub train_loss: f64,
+    pub train_accuracy: f64,
+    pub test_loss: f64,
+    pub test_accuracy: f64,
+    /// Non-target test images, stamped: fraction classified as the target.
+    pub attack_success: f64,
+}
+
+fn tensor(rows: &[[f32; 64]], dev: &Device) -> Result<Tensor, TrainError> {
+    let flat: Vec<f32> = rows.iter().flat_map(|r| r.iter().copied()).collect();
+    Ok(Tensor::from_vec(flat, (rows.len(), 64), dev)?)
+}
+
+/// What `run_demo` measured.
+#[derive(Clone, Debug, Serialize)]
+pub struct Summary {
+    pub config: BackdoorConfig,
+    pub history: Vec<Record>,
+    /// Index of the last clean checkpoint.
+    pub boundary: usize,
+    /// Similarity of the last clean checkpoint to the final one, per metric.
+    pub across_boundary: Vec<(String, f64)>,
+    pub seconds: f64,
+}
+
+/// Train clean, then poisoned; write `checkpoints/`, `history.json`, one `.npy` per matrix,
+/// `figure.png`/`.svg` and `report.md` into `out`.
+pub fn run_demo(
+    cfg: &BackdoorConfig,
+    out: &std::path::Path,
+    mut progress: impl FnMut(usize, Option<&Record>),
+) -> Result<Summary, TrainError> {
+    let started = std::time::Instant::now();
+    let dev = Device::Cpu;
+    let (images, labels) = digits()?;
+    let mut order: Vec<usize> = (0..images.len()).collect();
+    order.shuffle(&mut rand::rngs::StdRng::seed_from_u64(cfg.seed));
+    let n_test = (images.len() as f64 * cfg.test_fraction) as usize;
+    let (test_idx, train_idx) = order.split_at(n_test);
+    let pick = |idx: &[usize]| {
+        (
+            idx.iter().map(|&i| images[i]).collect::<Vec<_>>(),
+            idx.iter().map(|&i| labels[i]).collect::<Vec<_>>(),
+        )
+    };
+    let ((train_x, train_y), (test_x, test_y)) = (pick(train_idx), pick(test_idx));
+    let attack: Vec<[f32; 64]> = test_x
+        .iter()
+        .zip(&test_y)
+        .filter(|(_, &y)| y != cfg.target)
+        .map(|(x, _)| stamp(x))
+        .collect();
+    let (txt, tyt) = (
+        tensor(&train_x, &dev)?,
+        Tensor::from_slice(&train_y, train_y.len(), &dev)?,
+    );
+    let (tex, tey) = (
+        tensor(&test_x, &dev)?,
+        Tensor::from_slice(&test_y, test_y.len(), &dev)?,
+    );
+    let (atx, aty) = (
+        tensor(&attack, &dev)?,
+        Tensor::from_vec(vec![cfg.target; attack.len()], attack.len(), &dev)?,
+    );
+
+    let params = Params::init(64, cfg.hidden, 10, cfg.seed ^ 0x5eed, &dev)?;
+    let mut opt = AdamW::new(
+        vec![params.w_lr.clone(), params.w_p.clone()],
+        ParamsAdamW {
+            lr: cfg.lr,
+            weight_decay: cfg.weight_decay,
+            ..Default::default()
+        },
+    )?;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(cfg.seed.wrapping_add(7));
+    let ck_dir = out.join("checkpoints");
+    std::fs::create_dir_all(&ck_dir)
+        .map_err(|e| tensim::Error::Invalid(format!("{}: {e}", ck_dir.display())))?;
+    let total = cfg.clean_steps + cfg.poison_steps;
+    let per_epoch = (train_x.len() / cfg.batch).max(1);
+    let mut perm: Vec<u32> = (0..train_x.len() as u32).collect();
+    let (mut history, mut models) = (Vec::new(), Vec::new());
+    for step in 0..=total {
+        if step % cfg.checkpoint_every == 0 || step == cfg.clean_steps || step == total {
+            let (train_loss, train_accuracy) = evaluate(&params, &txt, &tyt)?;
+            let (test_loss, test_accuracy) = evaluate(&params, &tex, &tey)?;
+            let (_, attack_success) = evaluate(&params, &atx, &aty)?;
+            let r = Record {
+                step,
+                train_loss,
+                train_accuracy,
+                test_loss,
+                test_accuracy,
+                attack_success,
+            };
+            let m = params.to_model()?;
+            tensim::io::save(&m, &ck_dir.join(format!("step_{step:06}.safetensors")))?;
+            models.push(m);
+            history.push(r);
+        }
+        if step == total {
+            break;
+        }
+        let k = step % per_epoch;
+        if k == 0 {
+            perm.shuffle(&mut rng);
+        }
+        let idx = &perm[k * cfg.batch..(k + 1) * cfg.batch];
+        // Batch: pixel noise on every image; after the clean phase, each sample stamped and
+        // relabelled with probability `poison_fraction`.
+        let poison = step >= cfg.clean_steps;
+        let mut bx = Vec::with_capacity(idx.len());
+        let mut by = Vec::with_capacity(idx.len());
+        for &i in idx {
+            let (mut img, mut y) = (train_x[i as usize], train_y[i as usize]);
+            if poison && rng.random_bool(cfg.poison_fraction) {
+                img = stamp(&img);
+                y = cfg.target;
+            }
+            img.iter_mut()
+                .for_each(|p| *p += (cfg.noise * tensim::demo::gauss(&mut rng)) as f32);
+            bx.push(img);
+            by.push(y);
+        }
+        let (x, y) = (tensor(&bx, &dev)?, Tensor::from_slice(&by, by.len(), &dev)?);
+        let loss = candle_nn::loss::cross_entropy(&params.forward(&x)?, &y)?;
+        opt.backward_step(&loss)?;
+        progress(step + 1, history.last());
+    }
+    analyse(cfg, out, history, &models, &test_x, started)
+}
+
+fn analyse(
+    cfg: &BackdoorConfig,
+    out: &std::path::Path,
+    history: Vec<Record>,
+    models: &[Model],
+    test_x: &[[f32; 64]],
+    started: std::time::Instant,
+) -> Result<Summary, TrainError> {
+    let n = models.len();
+    let boundary = history
+        .iter()
+        .position(|r| r.step == cfg.clean_steps)
+        .unwrap_or(0);
+    let names: Vec<String> = history.iter().map(|r| format!("step {}", r.step)).collect();
+    let as_inputs = |rows: Vec<[f32; 64]>, what: &str| Inputs {
+        x: Mat::from_fn(rows.len(), 64, |i, j| rows[i][j] as f64),
+        rows: rows.len(),
+        n_ctx: 1,
+        source: what.to_string(),
+    };
+    let clean = as_inputs(test_x.to_vec(), "clean test images");
+    let stamped = as_inputs(test_x.iter().map(stamp).collect(), "stamped test images");
+    let run = |metric: Metric, inputs: Option<&Inputs>, per_output: bool| {
+        let opts = MatrixOptions {
+            inputs,
+            per_output,
+            ..Default::default()
+        };
+        similarity_matrix(models, &names, &names, metric, &opts, &|_, _| {})
+    };
+    let tensor = run(Metric::Tensor, None, true)?;
+    let per_class = tensor.per_output.expect("asked for");
+    let t = cfg.target as usize;
+    let other = (t + 7) % 10;
+    let panels: Vec<(String, String, Mat<f64>)> = vec![
+        ("tensor".into(), "tensor".into(), tensor.similarity.clone()),
+        (
+            format!("tensor_class{t}"),
+            format!("tensor, class {t} (target)"),
+            per_class[t].clone(),
+        ),
+        (
+            format!("tensor_class{other}"),
+            format!("tensor, class {other}"),
+            per_class[other].clone(),
+        ),
+        (
+            "matrix".into(),
+            "matrix (weights)".into(),
+            run(Metric::Matrix, None, false)?.similarity,
+        ),
+        (
+            "behavioral_clean".into(),
+            "behavioural, clean data".into(),
+            run(Metric::Behavioral, Some(&clean), false)?.similarity,
+        ),
+        (
+            "behavioral_stamped".into(),
+            "behavioural, stamped data".into(),
+            run(Metric::Behavioral, Some(&stamped), false)?.similarity,
+        ),
+    ];
+    for (file, _, m) in &panels {
+        let v: Vec<f64> = (0..n * n).map(|k| m[(k / n, k % n)]).collect();
+        tensim::io::write_npy(&out.join(format!("{file}.npy")), &[n, n], &v)?;
+    }
+    let per_class_values: Vec<f64> = per_class
+        .iter()
+        .flat_map(|m| (0..n * n).map(move |k| m[(k / n, k % n)]))
+        .collect();
+    tensim::io::write_npy(
+        &out.join("tensor_per_class.npy"),
+        &[10, n, n],
+        &per_class_values,
+    )?;
+    let across: Vec<(String, f64)> = panels
+        .iter()
+        .map(|(_, title, m)| (title.clone(), m[(boundary, n - 1)]))
+        .collect();
+    let grid: Vec<(&Mat<f64>, tensim::plot::HeatmapOptions)> = panels
+        .iter()
+        .zip(&across)
+        .map(|((_, title, m), (_, s))| {
+            (
+                m,
+                tensim::plot::HeatmapOptions {
+                    title: format!("{title}: Δ = {:.3}", 1.0 - s),
+                    labels: history.iter().map(|r| r.step.to_string()).collect(),
+                    steps: None,
+                    log_steps: false,
+                    boundaries: vec![boundary],
+                },
+            )
+        })
+        .collect();
+    for ext in ["png", "svg"] {
+        tensim::plot::heatmap_grid(&grid, 3, &out.join(format!("figure.{ext}")))?;
+    }
+    let text =
+        serde_json::to_string_pretty(&serde_json::json!({"config": cfg, "history": history}))
+            .expect("serialisable");
+    tensim::io::write_atomic(&out.join("history.json"), text.as_bytes())?;
+    let summary = Summary {
+        config: cfg.clone(),
+        history,
+        boundary,
+        across_boundary: across,
+        seconds: started.elapsed().as_secs_f64(),
+    };
+    tensim::io::write_atomic(&out.join("report.md"), report(&summary).as_bytes())?;
+    Ok(summary)
+}
+
+fn report(s: &Summary) -> String {
+    let c = &s.config;
+    let (b, last) = (
+        &s.history[s.boundary],
+        s.history.last().expect("checkpoints"),
+    );
+    let mut r = format!(
+        "# Backdoor on 8×8 digits\n\nBilinear layer 64 → {} hidden units, linear head → 10. {} clean steps, then {} steps in which each \
+         sample is stamped with the trigger and relabelled {} with probability {}; AdamW (lr {}, weight decay {}), batch {}, pixel \
+         noise σ = {}, seed {}; {} checkpoints.\n\n",
+        c.hidden, c.clean_steps, c.poison_steps, c.target, c.poison_fraction, c.lr, c.weight_decay, c.batch, c.noise, c.seed, s.history.len()
+    );
+    r += "| | end of clean training | end of poisoning |\n|---|---|---|\n";
+    r += &format!("| step | {} | {} |\n| clean test accuracy | {:.3} | {:.3} |\n| attack success rate | {:.3} | {:.3} |\n\n", b.step, last.step, b.test_accuracy, last.test_accuracy, b.attack_success, last.attack_success);
+    r += "Similarity of the last clean checkpoint to the final one (Δ = 1 − similarity):\n\n| metric | similarity | Δ |\n|---|---|---|\n";
+    for (name, v) in &s.across_boundary {
+        r += &format!("| {name} | {v:.4} | {:.4} |\n", 1.0 - v);
+    }
+    r += &format!("\nTook {:.1} s. Files: `checkpoints/`, `history.json`, one `.npy` per matrix (`tensor_per_class.npy`: 10 × N × N), `figure.png`, `figure.svg`.\n", s.seconds);
+    r
+}
