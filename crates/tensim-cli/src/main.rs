@@ -191,6 +191,9 @@ enum Demo {
     /// Train a digit classifier clean, then insert a backdoor (a stamped trigger relabelled to a
     /// target class); similarity matrices per metric show which ones see the change.
     Backdoor(BackdoorArgs),
+    /// Train a digit classifier on classes 0–4, then on 5–9 only; similarity matrices show the
+    /// first classes' mechanism being overwritten.
+    Forgetting(ForgettingArgs),
     /// Write randomly initialised `embed → bilinear × n → head` models (PyTorch initialisation),
     /// e.g. to try the tool or time it on a given shape.
     Random(RandomArgs),
@@ -251,6 +254,20 @@ struct BackdoorArgs {
     /// Target class of the backdoor.
     #[arg(long)]
     target: Option<u32>,
+    #[arg(long)]
+    seed: Option<u64>,
+    #[arg(long)]
+    quiet: bool,
+}
+
+#[derive(Args)]
+struct ForgettingArgs {
+    /// Output folder.
+    #[arg(long, default_value = "tensim-forgetting")]
+    out: PathBuf,
+    /// Training steps of each stage.
+    #[arg(long)]
+    steps_per_stage: Option<usize>,
     #[arg(long)]
     seed: Option<u64>,
     #[arg(long)]
@@ -675,6 +692,27 @@ fn run(cli: Cli) -> Result<()> {
         Command::Demo {
             which: Demo::Backdoor(args),
         } => demo_backdoor(&args)?,
+        Command::Demo {
+            which: Demo::Forgetting(args),
+        } => {
+            let mut cfg = tensim_train::forgetting::ForgettingConfig::default();
+            cfg.steps_per_stage = args.steps_per_stage.unwrap_or(cfg.steps_per_stage);
+            cfg.seed = args.seed.unwrap_or(cfg.seed);
+            std::fs::create_dir_all(&args.out)
+                .with_context(|| format!("creating {}", args.out.display()))?;
+            let bar = indicatif::ProgressBar::new(2 * cfg.steps_per_stage as u64);
+            if args.quiet {
+                bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+            }
+            tensim_train::forgetting::run_demo(&cfg, &args.out, |step| {
+                bar.set_position(step as u64)
+            })?;
+            bar.finish_and_clear();
+            println!(
+                "{}",
+                std::fs::read_to_string(args.out.join("report.md")).unwrap_or_default()
+            );
+        }
     }
     Ok(())
 }

@@ -108,7 +108,8 @@ pub struct Record {
     pub attack_success: f64,
 }
 
-fn tensor(rows: &[[f32; 64]], dev: &Device) -> Result<Tensor, TrainError> {
+/// Images as a `rows × 64` tensor.
+pub(crate) fn tensor(rows: &[[f32; 64]], dev: &Device) -> Result<Tensor, TrainError> {
     let flat: Vec<f32> = rows.iter().flat_map(|r| r.iter().copied()).collect();
     Ok(Tensor::from_vec(flat, (rows.len(), 64), dev)?)
 }
@@ -294,10 +295,8 @@ fn analyse(
             run(Metric::Behavioral, Some(&stamped), false)?.similarity,
         ),
     ];
-    for (file, _, m) in &panels {
-        let v: Vec<f64> = (0..n * n).map(|k| m[(k / n, k % n)]).collect();
-        tensim::io::write_npy(&out.join(format!("{file}.npy")), &[n, n], &v)?;
-    }
+    let steps: Vec<usize> = history.iter().map(|r| r.step).collect();
+    let across = write_panels(out, &panels, &steps, boundary)?;
     let per_class_values: Vec<f64> = per_class
         .iter()
         .flat_map(|m| (0..n * n).map(move |k| m[(k / n, k % n)]))
@@ -307,29 +306,6 @@ fn analyse(
         &[10, n, n],
         &per_class_values,
     )?;
-    let across: Vec<(String, f64)> = panels
-        .iter()
-        .map(|(_, title, m)| (title.clone(), m[(boundary, n - 1)]))
-        .collect();
-    let grid: Vec<(&Mat<f64>, tensim::plot::HeatmapOptions)> = panels
-        .iter()
-        .zip(&across)
-        .map(|((_, title, m), (_, s))| {
-            (
-                m,
-                tensim::plot::HeatmapOptions {
-                    title: format!("{title}: Δ = {:.3}", 1.0 - s),
-                    labels: history.iter().map(|r| r.step.to_string()).collect(),
-                    steps: None,
-                    log_steps: false,
-                    boundaries: vec![boundary],
-                },
-            )
-        })
-        .collect();
-    for ext in ["png", "svg"] {
-        tensim::plot::heatmap_grid(&grid, 3, &out.join(format!("figure.{ext}")))?;
-    }
     let text =
         serde_json::to_string_pretty(&serde_json::json!({"config": cfg, "history": history}))
             .expect("serialisable");
@@ -365,4 +341,43 @@ fn report(s: &Summary) -> String {
     }
     r += &format!("\nTook {:.1} s. Files: `checkpoints/`, `history.json`, one `.npy` per matrix (`tensor_per_class.npy`: 10 × N × N), `figure.png`, `figure.svg`.\n", s.seconds);
     r
+}
+
+/// Write each panel's matrix as `{file}.npy` and all of them as a grid figure with the change
+/// `Δ = 1 − S[boundary, last]` in each title; returns `(title, S[boundary, last])` per panel.
+pub(crate) fn write_panels(
+    out: &std::path::Path,
+    panels: &[(String, String, Mat<f64>)],
+    steps: &[usize],
+    boundary: usize,
+) -> Result<Vec<(String, f64)>, TrainError> {
+    let n = steps.len();
+    for (file, _, m) in panels {
+        let v: Vec<f64> = (0..n * n).map(|k| m[(k / n, k % n)]).collect();
+        tensim::io::write_npy(&out.join(format!("{file}.npy")), &[n, n], &v)?;
+    }
+    let across: Vec<(String, f64)> = panels
+        .iter()
+        .map(|(_, title, m)| (title.clone(), m[(boundary, n - 1)]))
+        .collect();
+    let grid: Vec<(&Mat<f64>, tensim::plot::HeatmapOptions)> = panels
+        .iter()
+        .zip(&across)
+        .map(|((_, title, m), (_, s))| {
+            (
+                m,
+                tensim::plot::HeatmapOptions {
+                    title: format!("{title}: Δ = {:.3}", 1.0 - s),
+                    labels: steps.iter().map(|s| s.to_string()).collect(),
+                    steps: Some(steps.iter().map(|&s| s as f64).collect()),
+                    log_steps: false,
+                    boundaries: vec![boundary],
+                },
+            )
+        })
+        .collect();
+    for ext in ["png", "svg"] {
+        tensim::plot::heatmap_grid(&grid, 3, &out.join(format!("figure.{ext}")))?;
+    }
+    Ok(across)
 }
