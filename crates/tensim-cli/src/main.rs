@@ -65,8 +65,8 @@ enum Command {
         /// tensor | matrix | behavioral
         #[arg(long, default_value = "tensor")]
         metric: String,
-        /// Also one matrix per output coordinate (per-class tensor similarity), written to
-        /// OUT with `.per-output.npy` as an array (outputs, N, N); NaN where a slice is zero.
+        /// Also one matrix per output coordinate (per-class similarity, as `compare --per-output`),
+        /// written to OUT with `.per-output.npy` as an array (outputs, N, N); NaN where a slice is zero.
         #[arg(long)]
         per_output: bool,
         #[command(flatten)]
@@ -256,6 +256,9 @@ struct BackdoorArgs {
     target: Option<u32>,
     #[arg(long)]
     seed: Option<u64>,
+    /// Worker threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
     #[arg(long)]
     quiet: bool,
 }
@@ -270,6 +273,9 @@ struct ForgettingArgs {
     steps_per_stage: Option<usize>,
     #[arg(long)]
     seed: Option<u64>,
+    /// Worker threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
     #[arg(long)]
     quiet: bool,
 }
@@ -695,6 +701,9 @@ fn run(cli: Cli) -> Result<()> {
         Command::Demo {
             which: Demo::Forgetting(args),
         } => {
+            if let Some(t) = args.threads {
+                rayon_threads(t)?;
+            }
             let mut cfg = tensim_train::forgetting::ForgettingConfig::default();
             cfg.steps_per_stage = args.steps_per_stage.unwrap_or(cfg.steps_per_stage);
             cfg.seed = args.seed.unwrap_or(cfg.seed);
@@ -1080,6 +1089,9 @@ fn rayon_threads(n: usize) -> Result<()> {
 }
 
 fn demo_backdoor(args: &BackdoorArgs) -> Result<()> {
+    if let Some(t) = args.threads {
+        rayon_threads(t)?;
+    }
     let mut cfg = tensim_train::backdoor::BackdoorConfig::default();
     cfg.clean_steps = args.clean_steps.unwrap_or(cfg.clean_steps);
     cfg.poison_steps = args.poison_steps.unwrap_or(cfg.poison_steps);

@@ -247,21 +247,13 @@ fn analyse(
         .position(|r| r.step == cfg.clean_steps)
         .unwrap_or(0);
     let names: Vec<String> = history.iter().map(|r| format!("step {}", r.step)).collect();
-    let as_inputs = |rows: Vec<[f32; 64]>, what: &str| Inputs {
-        x: Mat::from_fn(rows.len(), 64, |i, j| rows[i][j] as f64),
-        rows: rows.len(),
-        n_ctx: 1,
-        source: what.to_string(),
-    };
-    let clean = as_inputs(test_x.to_vec(), "clean test images");
-    let stamped = as_inputs(test_x.iter().map(stamp).collect(), "stamped test images");
+    let clean = image_inputs(test_x, "clean test images");
+    let stamped = image_inputs(
+        &test_x.iter().map(stamp).collect::<Vec<_>>(),
+        "stamped test images",
+    );
     let run = |metric: Metric, inputs: Option<&Inputs>, per_output: bool| {
-        let opts = MatrixOptions {
-            inputs,
-            per_output,
-            ..Default::default()
-        };
-        similarity_matrix(models, &names, &names, metric, &opts, &|_, _| {})
+        all_pairs(models, &names, metric, inputs, per_output)
     };
     let tensor = run(Metric::Tensor, None, true)?;
     let per_class = tensor.per_output.expect("asked for");
@@ -380,4 +372,37 @@ pub(crate) fn write_panels(
         tensim::plot::heatmap_grid(&grid, 3, &out.join(format!("figure.{ext}")))?;
     }
     Ok(across)
+}
+
+/// Images as model inputs (rows of 64 pixels).
+pub(crate) fn image_inputs(rows: &[[f32; 64]], what: &str) -> Inputs {
+    Inputs {
+        x: Mat::from_fn(rows.len(), 64, |i, j| rows[i][j] as f64),
+        rows: rows.len(),
+        n_ctx: 1,
+        source: what.to_string(),
+    }
+}
+
+/// The all-pairs matrix of `models` under `metric` (no tiles stored).
+pub(crate) fn all_pairs(
+    models: &[Model],
+    names: &[String],
+    metric: Metric,
+    inputs: Option<&Inputs>,
+    per_output: bool,
+) -> Result<tensim::trajectory::AllPairs, TrainError> {
+    let opts = MatrixOptions {
+        inputs,
+        per_output,
+        ..Default::default()
+    };
+    Ok(similarity_matrix(
+        models,
+        names,
+        names,
+        metric,
+        &opts,
+        &|_, _| {},
+    )?)
 }

@@ -10,9 +10,8 @@ use serde::Serialize;
 
 use tensim::linalg::Mat;
 use tensim::metrics::{Inputs, Metric};
-use tensim::trajectory::{similarity_matrix, MatrixOptions};
 
-use crate::backdoor::{digits, tensor, write_panels};
+use crate::backdoor::{all_pairs, digits, image_inputs, tensor, write_panels};
 use crate::model::{evaluate, Params};
 use crate::TrainError;
 
@@ -153,23 +152,12 @@ pub fn run_demo(
         .position(|r| r.step == cfg.steps_per_stage)
         .unwrap_or(0);
     let names: Vec<String> = history.iter().map(|r| format!("step {}", r.step)).collect();
-    let inputs = |rows: &[[f32; 64]], what: &str| Inputs {
-        x: Mat::from_fn(rows.len(), 64, |i, j| rows[i][j] as f64),
-        rows: rows.len(),
-        n_ctx: 1,
-        source: what.to_string(),
-    };
     let (old_in, new_in) = (
-        inputs(&test_old.0, "old-class test images"),
-        inputs(&test_new.0, "new-class test images"),
+        image_inputs(&test_old.0, "old-class test images"),
+        image_inputs(&test_new.0, "new-class test images"),
     );
     let run = |metric: Metric, data: Option<&Inputs>, per_output: bool| {
-        let opts = MatrixOptions {
-            inputs: data,
-            per_output,
-            ..Default::default()
-        };
-        similarity_matrix(&models, &names, &names, metric, &opts, &|_, _| {})
+        all_pairs(&models, &names, metric, data, per_output)
     };
     let tensor_all = run(Metric::Tensor, None, true)?;
     let per_class = tensor_all.per_output.expect("asked for");

@@ -329,6 +329,7 @@ fn per_output_matrices_equal_single_pair_slices() {
             }
         }
     }
+    // Matrix and behavioural per-output matrices equal the single-pair slices too.
     let s = Spec {
         d_in: 3,
         d: 3,
@@ -336,19 +337,41 @@ fn per_output_matrices_equal_single_pair_slices() {
         d_out: 2,
         depth: 1,
         residual: None,
-        bias: false,
+        bias: true,
         embed: true,
     };
-    let models: Vec<Model> = (0..2).map(|k| random_model(s, k)).collect();
-    let (nm, hs) = names(2);
-    let opts = MatrixOptions {
-        per_output: true,
-        ..Default::default()
-    };
-    let e = similarity_matrix(&models, &nm, &hs, Metric::Matrix, &opts, &|_, _| {})
-        .unwrap_err()
-        .to_string();
-    assert!(e.contains("tensor metric"), "{e}");
+    let models: Vec<Model> = (0..3).map(|k| random_model(s, k)).collect();
+    let (nm, hs) = names(3);
+    let inputs = Inputs::gaussian(40, 1, 3, 1).unwrap();
+    for metric in [Metric::Matrix, Metric::Behavioral] {
+        let opts = MatrixOptions {
+            per_output: true,
+            inputs: Some(&inputs),
+            tile: 2,
+            ..Default::default()
+        };
+        let per = similarity_matrix(&models, &nm, &hs, metric, &opts, &|_, _| {})
+            .unwrap()
+            .per_output
+            .unwrap();
+        let pair_opts = Options {
+            per_output: true,
+            par: Par::Seq,
+        };
+        for i in 0..3 {
+            for j in 0..3 {
+                let want =
+                    metrics::compare(&models[i], &models[j], metric, Some(&inputs), &pair_opts)
+                        .unwrap();
+                for (o, w) in want.per_output.unwrap().into_iter().enumerate() {
+                    assert!(
+                        (per[o][(i, j)] - w.unwrap()).abs() < 1e-12,
+                        "{metric:?} ({i},{j}) output {o}"
+                    );
+                }
+            }
+        }
+    }
 }
 
 #[test]

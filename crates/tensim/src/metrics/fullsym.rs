@@ -83,6 +83,25 @@ impl Depth2 {
     }
 }
 
+/// `X_{αβ} = U^a_α S U^b_βᵀ` with `S = diag(s, I)` (unit-slot weight `s`).
+fn cross(a: &Depth2, b: &Depth2, s: f64, par: Par) -> [[Mat<f64>; 2]; 2] {
+    let scaled = |m: &Mat<f64>| {
+        Mat::from_fn(m.nrows(), m.ncols(), |i, j| {
+            if j == 0 {
+                s * m[(i, j)]
+            } else {
+                m[(i, j)]
+            }
+        })
+    };
+    let (a0, a1) = (scaled(&a.u[0]), scaled(&a.u[1]));
+    let x = |ua: &Mat<f64>, ub: &Mat<f64>| mul_t(ua.as_ref(), ub.as_ref(), par);
+    [
+        [x(&a0, &b.u[0]), x(&a0, &b.u[1])],
+        [x(&a1, &b.u[0]), x(&a1, &b.u[1])],
+    ]
+}
+
 /// `⟨P_W U_a, (2 3)·P_W U_b⟩` for depth-2 networks, with unit-slot weight `s` in the input Gram.
 ///
 /// `X_{αβ} = U^a_α S U^b_βᵀ` (`S = diag(s, I)`); `W_p = x_{p1} ⊗ x_{p0} + x_{p0} ⊗ x_{p1}` with
@@ -98,22 +117,7 @@ pub fn crossed(a: &Depth2, b: &Depth2, s: f64, par: Par) -> Result<f64> {
         "the crossed term of full symmetrisation",
         ((h1a + 2 * h2a) * cols) as f64,
     )?;
-    let scaled = |m: &Mat<f64>| {
-        Mat::from_fn(m.nrows(), m.ncols(), |i, j| {
-            if j == 0 {
-                s * m[(i, j)]
-            } else {
-                m[(i, j)]
-            }
-        })
-    };
-    let x: Vec<Vec<Mat<f64>>> = (0..2)
-        .map(|al| {
-            (0..2)
-                .map(|be| mul_t(scaled(&a.u[al]).as_ref(), b.u[be].as_ref(), par))
-                .collect()
-        })
-        .collect();
+    let x = cross(a, b, s, par);
     // Row x_{pα} over c = β·h1b + q'.
     let xr = |p: usize, al: usize, c: usize| x[al][c / h1b][(p, c % h1b)];
     let w = Mat::from_fn(h1a, cols, |p, idx| {
@@ -155,17 +159,8 @@ pub fn crossed(a: &Depth2, b: &Depth2, s: f64, par: Par) -> Result<f64> {
 
 /// The per-layer (tree) inner product with unit-slot weight `s` in the input Gram.
 pub fn tree(a: &Depth2, b: &Depth2, s: f64, par: Par) -> f64 {
-    let scaled = |m: &Mat<f64>| {
-        Mat::from_fn(m.nrows(), m.ncols(), |i, j| {
-            if j == 0 {
-                s * m[(i, j)]
-            } else {
-                m[(i, j)]
-            }
-        })
-    };
-    let x = |al: usize, be: usize| mul_t(scaled(&a.u[al]).as_ref(), b.u[be].as_ref(), par);
-    let (x00, x11, x01, x10) = (x(0, 0), x(1, 1), x(0, 1), x(1, 0));
+    let x = cross(a, b, s, par);
+    let (x00, x11, x01, x10) = (&x[0][0], &x[1][1], &x[0][1], &x[1][0]);
     let k1 = Mat::from_fn(a.h1(), b.h1(), |i, j| {
         0.5 * (x00[(i, j)] * x11[(i, j)] + x01[(i, j)] * x10[(i, j)])
     });

@@ -46,7 +46,7 @@ fn flat(m: &Model) -> Vec<f64> {
 }
 
 /// The parameters that produce each output coordinate of the final layer.
-fn output_rows(m: &Model) -> Vec<Vec<f64>> {
+pub(crate) fn output_rows(m: &Model) -> Vec<Vec<f64>> {
     let last = m.layers().last().expect("a model has layers");
     let rows = |w: &faer::Mat<f64>| -> Vec<Vec<f64>> {
         (0..w.nrows())

@@ -205,12 +205,41 @@ enum Plan<'a> {
         opts: crate::metrics::fullsym::FullOptions,
     },
     /// Rows whose pairwise dot products, times `scale` and divided by the row norms (if given),
-    /// are the similarity.
+    /// are the similarity; `per_output[o]` holds one row per model whose cosines are plane `1 + o`.
     Dots {
         rows: Mat<f64>,
         scale: f64,
         norms: Option<Vec<f64>>,
+        per_output: Vec<Mat<f64>>,
     },
+}
+
+/// Cosines of the rows `I × J` of `rows` (`NaN` where a row is zero).
+fn row_cosines(
+    rows: &Mat<f64>,
+    ci: &std::ops::Range<usize>,
+    cj: &std::ops::Range<usize>,
+) -> Vec<f64> {
+    let dots = mul_t(
+        rows.subrows(ci.start, ci.len()),
+        rows.subrows(cj.start, cj.len()),
+        Par::Seq,
+    );
+    let norm = |i: usize| rows.row(i).norm_l2();
+    let (ni, nj) = (
+        ci.clone().map(norm).collect::<Vec<_>>(),
+        cj.clone().map(norm).collect::<Vec<_>>(),
+    );
+    (0..ci.len() * cj.len())
+        .map(|k| {
+            let (a, b) = (ni[k / cj.len()], nj[k % cj.len()]);
+            if a > 0.0 && b > 0.0 {
+                (dots[(k / cj.len(), k % cj.len())] / (a * b)).clamp(-1.0, 1.0)
+            } else {
+                f64::NAN
+            }
+        })
+        .collect()
 }
 
 impl Plan<'_> {
@@ -281,19 +310,28 @@ impl Plan<'_> {
                     })
                     .collect())
             }
-            Plan::Dots { rows, scale, norms } => {
+            Plan::Dots {
+                rows,
+                scale,
+                norms,
+                per_output,
+            } => {
                 let dots = mul_t(
                     rows.subrows(ci.start, ni),
                     rows.subrows(cj.start, nj),
                     Par::Seq,
                 );
                 let norm = |i: usize| norms.as_ref().map_or(1.0, |n| n[i]);
-                Ok((0..ni * nj)
+                let mut out: Vec<f64> = (0..ni * nj)
                     .map(|k| {
                         let (i, j) = (ci.start + k / nj, cj.start + k % nj);
                         (scale * dots[(k / nj, k % nj)] / (norm(i) * norm(j))).clamp(-1.0, 1.0)
                     })
-                    .collect())
+                    .collect();
+                for r in per_output {
+                    out.extend(row_cosines(r, &ci, &cj));
+                }
+                Ok(out)
             }
             Plan::PerPair { .. } | Plan::Full { .. } => {
                 let mut out = vec![0.0; planes * ni * nj];
@@ -459,13 +497,6 @@ fn plan<'a>(
     inputs: Option<&Inputs>,
     per_output: bool,
 ) -> Result<Plan<'a>> {
-    if per_output && metric != Metric::Tensor {
-        return Err(Error::Invalid(format!(
-            "per-output all-pairs matrices are computed for the tensor metric; use `tensim compare \
-             --metric {} --per-output` for single pairs",
-            metric.name()
-        )));
-    }
     match metric {
         Metric::Tensor => {
             let folded: Option<Vec<Folded>> = models.iter().map(fold_single).collect();
@@ -536,10 +567,25 @@ fn plan<'a>(
                     metric: "matrix".into(),
                 });
             }
+            // Per output c: the final layer's row c (weights and bias), as in `compare`.
+            let per_output = if per_output {
+                let out_rows: Vec<Vec<Vec<f64>>> = models
+                    .iter()
+                    .map(crate::metrics::matrix::output_rows)
+                    .collect();
+                (0..out_rows[0].len())
+                    .map(|c| {
+                        Mat::from_fn(models.len(), out_rows[0][c].len(), |i, j| out_rows[i][c][j])
+                    })
+                    .collect()
+            } else {
+                vec![]
+            };
             Ok(Plan::Dots {
                 rows,
                 scale: 1.0,
                 norms: Some(norms),
+                per_output,
             })
         }
         Metric::Behavioral => {
@@ -564,10 +610,25 @@ fn plan<'a>(
                 })
                 .collect();
             let rows = Mat::from_fn(models.len(), r * w, |i, j| scaled[i][j]);
+            // Per output o: the o-th output over all inputs and positions, as in `compare`.
+            let out_dim = models[0].out_dim();
+            let per_output = if per_output {
+                (0..out_dim)
+                    .map(|o| {
+                        let cols: Vec<usize> = (o..w).step_by(out_dim).collect();
+                        Mat::from_fn(models.len(), r * cols.len(), |i, k| {
+                            outs[i][(k / cols.len(), cols[k % cols.len()])]
+                        })
+                    })
+                    .collect()
+            } else {
+                vec![]
+            };
             Ok(Plan::Dots {
                 rows,
                 scale: 1.0 / r as f64,
                 norms: None,
+                per_output,
             })
         }
         Metric::Cka => Err(Error::Invalid(
