@@ -227,16 +227,11 @@ struct GrokkingArgs {
     /// Fraction of the P² pairs used for training.
     #[arg(long)]
     train_fraction: Option<f64>,
-    #[arg(long)]
-    seed: Option<u64>,
     /// Phases to find in the tensor-similarity matrix.
     #[arg(long, default_value_t = 3)]
     phases: usize,
-    /// Worker threads (default: all cores).
-    #[arg(long)]
-    threads: Option<usize>,
-    #[arg(long)]
-    quiet: bool,
+    #[command(flatten)]
+    common: DemoArgs,
 }
 
 #[derive(Args)]
@@ -254,6 +249,13 @@ struct BackdoorArgs {
     /// Target class of the backdoor.
     #[arg(long)]
     target: Option<u32>,
+    #[command(flatten)]
+    common: DemoArgs,
+}
+
+/// Flags every training demo takes.
+#[derive(Args)]
+struct DemoArgs {
     #[arg(long)]
     seed: Option<u64>,
     /// Worker threads (default: all cores).
@@ -261,6 +263,27 @@ struct BackdoorArgs {
     threads: Option<usize>,
     #[arg(long)]
     quiet: bool,
+}
+
+impl DemoArgs {
+    /// Size the worker pool and make the progress bar for `total` steps.
+    fn start(&self, total: usize) -> indicatif::ProgressBar {
+        if let Some(t) = self.threads {
+            // Read when the global rayon pool starts (GEMMs, tiles, candle's CPU kernels).
+            std::env::set_var("RAYON_NUM_THREADS", t.to_string());
+        }
+        let bar = indicatif::ProgressBar::new(total as u64);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{bar:30} {pos}/{len} steps  {msg}  {elapsed} elapsed, ETA {eta}",
+            )
+            .expect("valid template"),
+        );
+        if self.quiet {
+            bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+        }
+        bar
+    }
 }
 
 #[derive(Args)]
@@ -271,13 +294,8 @@ struct ForgettingArgs {
     /// Training steps of each stage.
     #[arg(long)]
     steps_per_stage: Option<usize>,
-    #[arg(long)]
-    seed: Option<u64>,
-    /// Worker threads (default: all cores).
-    #[arg(long)]
-    threads: Option<usize>,
-    #[arg(long)]
-    quiet: bool,
+    #[command(flatten)]
+    common: DemoArgs,
 }
 
 #[derive(Args)]
@@ -701,18 +719,12 @@ fn run(cli: Cli) -> Result<()> {
         Command::Demo {
             which: Demo::Forgetting(args),
         } => {
-            if let Some(t) = args.threads {
-                rayon_threads(t)?;
-            }
             let mut cfg = tensim_train::forgetting::ForgettingConfig::default();
             cfg.steps_per_stage = args.steps_per_stage.unwrap_or(cfg.steps_per_stage);
-            cfg.seed = args.seed.unwrap_or(cfg.seed);
+            cfg.seed = args.common.seed.unwrap_or(cfg.seed);
             std::fs::create_dir_all(&args.out)
                 .with_context(|| format!("creating {}", args.out.display()))?;
-            let bar = indicatif::ProgressBar::new(2 * cfg.steps_per_stage as u64);
-            if args.quiet {
-                bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
-            }
+            let bar = args.common.start(2 * cfg.steps_per_stage);
             tensim_train::forgetting::run_demo(&cfg, &args.out, |step| {
                 bar.set_position(step as u64)
             })?;
@@ -1038,27 +1050,15 @@ fn grokking_config(args: &GrokkingArgs) -> tensim_train::grokking::GrokkingConfi
     cfg.weight_decay = args.weight_decay.unwrap_or(cfg.weight_decay);
     cfg.lr = args.lr.unwrap_or(cfg.lr);
     cfg.train_fraction = args.train_fraction.unwrap_or(cfg.train_fraction);
-    cfg.seed = args.seed.unwrap_or(cfg.seed);
+    cfg.seed = args.common.seed.unwrap_or(cfg.seed);
     cfg
 }
 
 fn demo_grokking(args: &GrokkingArgs) -> Result<()> {
-    if let Some(t) = args.threads {
-        rayon_threads(t)?;
-    }
     let cfg = grokking_config(args);
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
-    let bar = indicatif::ProgressBar::new(cfg.steps as u64);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{bar:30} {pos}/{len} steps  {msg}  {elapsed} elapsed, ETA {eta}",
-        )
-        .expect("valid template"),
-    );
-    if args.quiet {
-        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
-    }
+    let bar = args.common.start(cfg.steps);
     let summary = tensim_train::grokking::run_demo(&cfg, args.phases, &args.out, |step, last| {
         if step % 50 == 0 {
             bar.set_position(step as u64);
@@ -1082,37 +1082,19 @@ fn demo_grokking(args: &GrokkingArgs) -> Result<()> {
     Ok(())
 }
 
-/// Size the global worker pool (GEMMs, tiles and candle's CPU kernels share it).
-fn rayon_threads(n: usize) -> Result<()> {
-    std::env::set_var("RAYON_NUM_THREADS", n.to_string());
-    Ok(())
-}
-
 fn demo_backdoor(args: &BackdoorArgs) -> Result<()> {
-    if let Some(t) = args.threads {
-        rayon_threads(t)?;
-    }
     let mut cfg = tensim_train::backdoor::BackdoorConfig::default();
     cfg.clean_steps = args.clean_steps.unwrap_or(cfg.clean_steps);
     cfg.poison_steps = args.poison_steps.unwrap_or(cfg.poison_steps);
     cfg.poison_fraction = args.poison_fraction.unwrap_or(cfg.poison_fraction);
     cfg.target = args.target.unwrap_or(cfg.target);
-    cfg.seed = args.seed.unwrap_or(cfg.seed);
+    cfg.seed = args.common.seed.unwrap_or(cfg.seed);
     if cfg.target > 9 {
         bail!("--target must be a digit class 0–9");
     }
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
-    let bar = indicatif::ProgressBar::new((cfg.clean_steps + cfg.poison_steps) as u64);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{bar:30} {pos}/{len} steps  {msg}  {elapsed} elapsed",
-        )
-        .expect("valid template"),
-    );
-    if args.quiet {
-        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
-    }
+    let bar = args.common.start(cfg.clean_steps + cfg.poison_steps);
     tensim_train::backdoor::run_demo(&cfg, &args.out, |step, last| {
         if step % 50 == 0 {
             bar.set_position(step as u64);

@@ -10,7 +10,7 @@
 use std::io::Read;
 
 use candle_core::{Device, Tensor};
-use candle_nn::{AdamW, Optimizer, ParamsAdamW};
+use candle_nn::Optimizer;
 use rand::seq::SliceRandom;
 use rand::{RngExt, SeedableRng};
 use serde::Serialize;
@@ -167,14 +167,7 @@ pub fn run_demo(
     );
 
     let params = Params::init(64, cfg.hidden, 10, cfg.seed ^ 0x5eed, &dev)?;
-    let mut opt = AdamW::new(
-        vec![params.w_lr.clone(), params.w_p.clone()],
-        ParamsAdamW {
-            lr: cfg.lr,
-            weight_decay: cfg.weight_decay,
-            ..Default::default()
-        },
-    )?;
+    let mut opt = params.adamw(cfg.lr, cfg.weight_decay)?;
     let mut rng = rand::rngs::StdRng::seed_from_u64(cfg.seed.wrapping_add(7));
     let ck_dir = out.join("checkpoints");
     std::fs::create_dir_all(&ck_dir)

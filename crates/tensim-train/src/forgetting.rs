@@ -3,7 +3,7 @@
 //! similarity shows the old mechanism being overwritten, from the weights alone.
 
 use candle_core::{Device, Tensor};
-use candle_nn::{AdamW, Optimizer, ParamsAdamW};
+use candle_nn::Optimizer;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use serde::Serialize;
@@ -104,14 +104,7 @@ pub fn run_demo(
     let mut step = 0;
     for (s, (x, y)) in stages.iter().enumerate() {
         // A fresh optimiser per stage, as when training resumes on a new data set.
-        let mut opt = AdamW::new(
-            vec![params.w_lr.clone(), params.w_p.clone()],
-            ParamsAdamW {
-                lr: cfg.lr,
-                weight_decay: cfg.weight_decay,
-                ..Default::default()
-            },
-        )?;
+        let mut opt = params.adamw(cfg.lr, cfg.weight_decay)?;
         let per_epoch = (x.len() / cfg.batch).max(1);
         let mut perm: Vec<usize> = (0..x.len()).collect();
         for k in 0..cfg.steps_per_stage + usize::from(s == 1) {

@@ -5,7 +5,7 @@
 //! accuracy does (memorisation, then generalisation).
 
 use candle_core::{Device, Tensor};
-use candle_nn::{AdamW, Optimizer, ParamsAdamW};
+use candle_nn::Optimizer;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use serde::Serialize;
@@ -108,14 +108,7 @@ pub fn train(
     let dev = Device::Cpu;
     let task = Task::new(cfg.p, cfg.train_fraction, cfg.seed, &dev)?;
     let params = Params::init(2 * cfg.p, cfg.hidden, cfg.p, cfg.seed ^ 0x9e37_79b9, &dev)?;
-    let mut opt = AdamW::new(
-        vec![params.w_lr.clone(), params.w_p.clone()],
-        ParamsAdamW {
-            lr: cfg.lr,
-            weight_decay: cfg.weight_decay,
-            ..Default::default()
-        },
-    )?;
+    let mut opt = params.adamw(cfg.lr, cfg.weight_decay)?;
     let mut rng = rand::rngs::StdRng::seed_from_u64(cfg.seed.wrapping_add(1));
     let per_epoch = (task.train.len() / cfg.batch).max(1);
     let mut order = task.train.clone();

@@ -3,6 +3,7 @@
 //! backdoor experiments (MATH.md §7.1–7.2).
 
 use candle_core::{DType, Device, Tensor, Var, D};
+use candle_nn::Optimizer;
 use rand::{RngExt, SeedableRng};
 
 use tensim::layers::{Bilinear, Layer, Linear};
@@ -38,6 +39,19 @@ impl Params {
             w_p: uniform(d_out, hidden)?,
             hidden,
         })
+    }
+
+    /// AdamW over both weight matrices.
+    pub fn adamw(&self, lr: f64, weight_decay: f64) -> Result<candle_nn::AdamW, TrainError> {
+        let params = candle_nn::ParamsAdamW {
+            lr,
+            weight_decay,
+            ..Default::default()
+        };
+        Ok(candle_nn::AdamW::new(
+            vec![self.w_lr.clone(), self.w_p.clone()],
+            params,
+        )?)
     }
 
     /// Logits `W_p ((Lx) ∘ (Rx))` for rows `x`.
