@@ -245,41 +245,17 @@ fn analyse(
         &test_x.iter().map(stamp).collect::<Vec<_>>(),
         "stamped test images",
     );
-    let run = |metric: Metric, inputs: Option<&Inputs>, per_output: bool| {
-        all_pairs(models, &names, metric, inputs, per_output)
-    };
-    let tensor = run(Metric::Tensor, None, true)?;
-    let per_class = tensor.per_output.expect("asked for");
     let t = cfg.target as usize;
     let other = (t + 7) % 10;
-    let panels: Vec<(String, String, Mat<f64>)> = vec![
-        ("tensor".into(), "tensor".into(), tensor.similarity.clone()),
-        (
-            format!("tensor_class{t}"),
-            format!("tensor, class {t} (target)"),
-            per_class[t].clone(),
-        ),
-        (
-            format!("tensor_class{other}"),
-            format!("tensor, class {other}"),
-            per_class[other].clone(),
-        ),
-        (
-            "matrix".into(),
-            "matrix (weights)".into(),
-            run(Metric::Matrix, None, false)?.similarity,
-        ),
-        (
-            "behavioral_clean".into(),
-            "behavioural, clean data".into(),
-            run(Metric::Behavioral, Some(&clean), false)?.similarity,
-        ),
-        (
-            "behavioral_stamped".into(),
-            "behavioural, stamped data".into(),
-            run(Metric::Behavioral, Some(&stamped), false)?.similarity,
-        ),
-    ];
+    let (panels, per_class) = digit_panels(
+        models,
+        &names,
+        [(t, " (target)"), (other, "")],
+        [
+            (&clean, "clean", "clean data"),
+            (&stamped, "stamped", "stamped data"),
+        ],
+    )?;
     let steps: Vec<usize> = history.iter().map(|r| r.step).collect();
     let across = write_panels(out, &panels, &steps, boundary)?;
     let per_class_values: Vec<f64> = per_class
@@ -332,7 +308,7 @@ fn report(s: &Summary) -> String {
 /// `Δ = 1 − S[boundary, last]` in each title; returns `(title, S[boundary, last])` per panel.
 pub(crate) fn write_panels(
     out: &std::path::Path,
-    panels: &[(String, String, Mat<f64>)],
+    panels: &[PanelData],
     steps: &[usize],
     boundary: usize,
 ) -> Result<Vec<(String, f64)>, TrainError> {
@@ -398,4 +374,46 @@ pub(crate) fn all_pairs(
         &opts,
         &|_, _| {},
     )?)
+}
+
+/// One figure panel: `(file stem, title, N × N matrix)`.
+pub(crate) type PanelData = (String, String, Mat<f64>);
+
+/// A digit demo's panels `(file, title, matrix)`: tensor; the tensor slices of two classes
+/// `(class, title suffix)`; matrix; behavioural on two input sets `(inputs, file suffix, title)`.
+/// Also every class's tensor matrix.
+pub(crate) fn digit_panels(
+    models: &[Model],
+    names: &[String],
+    classes: [(usize, &str); 2],
+    data: [(&Inputs, &str, &str); 2],
+) -> Result<(Vec<PanelData>, Vec<Mat<f64>>), TrainError> {
+    let tensor = all_pairs(models, names, Metric::Tensor, None, true)?;
+    let per_class = tensor.per_output.expect("asked for");
+    let mut panels = vec![(
+        "tensor".to_string(),
+        "tensor".to_string(),
+        tensor.similarity,
+    )];
+    for (c, suffix) in classes {
+        panels.push((
+            format!("tensor_class{c}"),
+            format!("tensor, class {c}{suffix}"),
+            per_class[c].clone(),
+        ));
+    }
+    panels.push((
+        "matrix".into(),
+        "matrix (weights)".into(),
+        all_pairs(models, names, Metric::Matrix, None, false)?.similarity,
+    ));
+    for (inputs, file, title) in data {
+        let sim = all_pairs(models, names, Metric::Behavioral, Some(inputs), false)?.similarity;
+        panels.push((
+            format!("behavioral_{file}"),
+            format!("behavioural, {title}"),
+            sim,
+        ));
+    }
+    Ok((panels, per_class))
 }

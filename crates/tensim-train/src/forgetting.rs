@@ -8,10 +8,7 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use serde::Serialize;
 
-use tensim::linalg::Mat;
-use tensim::metrics::{Inputs, Metric};
-
-use crate::backdoor::{all_pairs, digits, image_inputs, tensor, write_panels};
+use crate::backdoor::{digit_panels, digits, image_inputs, tensor, write_panels};
 use crate::model::{evaluate, Params};
 use crate::TrainError;
 
@@ -149,47 +146,19 @@ pub fn run_demo(
         image_inputs(&test_old.0, "old-class test images"),
         image_inputs(&test_new.0, "new-class test images"),
     );
-    let run = |metric: Metric, data: Option<&Inputs>, per_output: bool| {
-        all_pairs(&models, &names, metric, data, per_output)
-    };
-    let tensor_all = run(Metric::Tensor, None, true)?;
-    let per_class = tensor_all.per_output.expect("asked for");
     let (c_old, c_new) = (
         cfg.first[0] as usize,
         (0..10).find(|&c| !old(c as u32)).unwrap_or(9),
     );
-    let panels: Vec<(String, String, Mat<f64>)> = vec![
-        (
-            "tensor".into(),
-            "tensor".into(),
-            tensor_all.similarity.clone(),
-        ),
-        (
-            format!("tensor_class{c_old}"),
-            format!("tensor, class {c_old} (stage 1)"),
-            per_class[c_old].clone(),
-        ),
-        (
-            format!("tensor_class{c_new}"),
-            format!("tensor, class {c_new} (stage 2)"),
-            per_class[c_new].clone(),
-        ),
-        (
-            "matrix".into(),
-            "matrix (weights)".into(),
-            run(Metric::Matrix, None, false)?.similarity,
-        ),
-        (
-            "behavioral_old".into(),
-            "behavioural, stage-1 classes".into(),
-            run(Metric::Behavioral, Some(&old_in), false)?.similarity,
-        ),
-        (
-            "behavioral_new".into(),
-            "behavioural, stage-2 classes".into(),
-            run(Metric::Behavioral, Some(&new_in), false)?.similarity,
-        ),
-    ];
+    let (panels, per_class) = digit_panels(
+        &models,
+        &names,
+        [(c_old, " (stage 1)"), (c_new, " (stage 2)")],
+        [
+            (&old_in, "old", "stage-1 classes"),
+            (&new_in, "new", "stage-2 classes"),
+        ],
+    )?;
     let steps: Vec<usize> = history.iter().map(|r| r.step).collect();
     let across = write_panels(out, &panels, &steps, boundary)?;
     let last = history.len() - 1;

@@ -81,16 +81,7 @@ fn all_pairs(c: &mut Criterion) {
     use std::sync::atomic::{AtomicU64, Ordering};
     use tensim::metrics::Metric;
     use tensim::trajectory::{similarity_matrix, MatrixOptions};
-    let shape = StackShape {
-        d_in: 1024,
-        d_model: 1024,
-        hidden: vec![64],
-        d_out: 10,
-        residual: None,
-        bias: false,
-        embed: false,
-        down: false,
-    };
+    let shape = tensim::bench::reference_shapes()[0].1.clone();
     let mut rng = rand::rngs::StdRng::seed_from_u64(0);
     let models: Vec<_> = (0..32)
         .map(|_| random_stack(&shape, &mut rng).unwrap())

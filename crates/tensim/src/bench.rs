@@ -82,6 +82,43 @@ fn gemm_rate<T: faer::traits::ComplexField + Copy + Send + Sync>(
     copies as f64 * 2.0 * (n as f64).powi(3) / secs / 1e9
 }
 
+/// The reference shapes: (a) the SVHN-backdoor model 1024→64 bilinear (no `down`) +
+/// 64→10 head; (b) 784→128 embedding, bilinear 128→256→128, 128→10 head.
+pub fn reference_shapes() -> [(&'static str, StackShape); 2] {
+    let plain = StackShape {
+        d_in: 0,
+        d_model: 0,
+        hidden: vec![],
+        d_out: 10,
+        residual: None,
+        bias: false,
+        embed: true,
+        down: true,
+    };
+    [
+        (
+            "(a) 1024→64 bilinear + 64→10 head",
+            StackShape {
+                d_in: 1024,
+                d_model: 1024,
+                hidden: vec![64],
+                embed: false,
+                down: false,
+                ..plain.clone()
+            },
+        ),
+        (
+            "(b) 784→128, bilinear 128→256→128, 128→10",
+            StackShape {
+                d_in: 784,
+                d_model: 128,
+                hidden: vec![256],
+                ..plain
+            },
+        ),
+    ]
+}
+
 /// Run the benchmark; `quick` uses 16 instead of 64 checkpoints (a smoke test).
 pub fn run(quick: bool) -> Result<Report> {
     let threads = rayon::current_num_threads();
@@ -93,34 +130,7 @@ pub fn run(quick: bool) -> Result<Report> {
         f32_all_cores_gflops: gemm_rate(n, threads, 1.0f32),
     };
     let count = if quick { 16 } else { 64 };
-    let shapes = [
-        (
-            "(a) 1024→64 bilinear + 64→10 head",
-            StackShape {
-                d_in: 1024,
-                d_model: 1024,
-                hidden: vec![64],
-                d_out: 10,
-                residual: None,
-                bias: false,
-                embed: false,
-                down: false,
-            },
-        ),
-        (
-            "(b) 784→128, bilinear 128→256→128, 128→10",
-            StackShape {
-                d_in: 784,
-                d_model: 128,
-                hidden: vec![256],
-                d_out: 10,
-                residual: None,
-                bias: false,
-                embed: true,
-                down: true,
-            },
-        ),
-    ];
+    let shapes = reference_shapes();
     let mut cases = vec![];
     for (name, shape) in shapes {
         let mut rng = rand::rngs::StdRng::seed_from_u64(0);

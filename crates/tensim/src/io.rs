@@ -51,6 +51,11 @@ impl TensorFile {
         })
     }
 
+    /// blake3 hash of the file's bytes, hex (the checkpoint's identity for resumable work).
+    pub fn content_hash(&self) -> String {
+        blake3::hash(&self.bytes).to_hex().to_string()
+    }
+
     /// The header metadata (string to string), if any.
     pub fn metadata(&self) -> Result<HashMap<String, String>> {
         let (_, meta) = SafeTensors::read_metadata(&self.bytes).map_err(|e| Error::Corrupt {

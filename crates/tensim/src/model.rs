@@ -87,11 +87,7 @@ impl Model {
 
     /// Number of scalar parameters.
     pub fn param_count(&self) -> usize {
-        self.layers
-            .iter()
-            .flat_map(|l| l.parameters())
-            .map(|(_, v)| v.len())
-            .sum()
+        self.layers.iter().map(Layer::param_count).sum()
     }
 
     /// Batched forward pass: rows of `x` are input vectors (for `n_ctx > 1`, one row per

@@ -63,6 +63,21 @@ impl Layer {
         }
     }
 
+    /// Number of scalar parameters (weights and biases).
+    pub fn param_count(&self) -> usize {
+        let len = |v: &Option<Vec<f64>>| v.as_ref().map_or(0, Vec::len);
+        match self {
+            Layer::Linear(l) => l.weight.nrows() * l.weight.ncols() + len(&l.bias),
+            Layer::Bilinear(b) => {
+                2 * b.hidden() * b.in_dim()
+                    + b.down.as_ref().map_or(0, |d| d.nrows() * d.ncols())
+                    + len(&b.left_bias)
+                    + len(&b.right_bias)
+                    + len(&b.down_bias)
+            }
+        }
+    }
+
     /// The parameters in a fixed order (weights, then biases), each as `(role, row-major values)`.
     pub fn parameters(&self) -> Vec<(&'static str, Vec<f64>)> {
         use crate::linalg::to_row_major;

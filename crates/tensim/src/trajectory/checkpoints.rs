@@ -70,15 +70,20 @@ pub fn natural_sort(paths: &mut [PathBuf]) {
 pub fn load_all(paths: &[PathBuf], arch: Option<&Path>) -> Result<(Vec<Checkpoint>, Vec<Model>)> {
     let mut cks = Vec::with_capacity(paths.len());
     let mut models = Vec::with_capacity(paths.len());
+    let sidecar = arch.map(crate::arch::Arch::from_file).transpose()?;
     for path in paths {
-        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        // One read per file: hash and model come from the same bytes.
+        let file = io::TensorFile::open(path)?;
         cks.push(Checkpoint {
             path: path.clone(),
             step: step_of(path),
-            hash: blake3::hash(&bytes).to_hex().to_string(),
+            hash: file.content_hash(),
         });
-        drop(bytes);
-        models.push(io::load(path, arch)?);
+        let model = match &sidecar {
+            Some(a) => file.model(a)?,
+            None => file.model(&io::resolve_arch(&file, None)?)?,
+        };
+        models.push(model);
     }
     Ok((cks, models))
 }
