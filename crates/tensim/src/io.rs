@@ -36,8 +36,13 @@ impl TensorFile {
     /// Read and validate the file's header and data layout.
     pub fn open(path: &Path) -> Result<TensorFile> {
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        TensorFile::from_bytes(path, bytes)
+    }
+
+    /// Validate safetensors `bytes` held in memory; `origin` names them in messages.
+    pub fn from_bytes(origin: &Path, bytes: Vec<u8>) -> Result<TensorFile> {
         let file = TensorFile {
-            path: path.to_path_buf(),
+            path: origin.to_path_buf(),
             bytes,
         };
         file.parse()?;
@@ -392,8 +397,20 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 /// (`layers.{i}.{role}`) and the architecture in the `"tensim"` metadata key. Reloading gives
 /// the identical model.
 pub fn save(model: &Model, path: &Path) -> Result<()> {
-    let arch = model.arch();
-    let mut owned: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+    write_atomic(path, &serialize(model, HashMap::new())?)
+}
+
+/// blake3 hash of the model's `tensim/1` serialisation: equal to the content hash of the file
+/// [`save`] writes, so in-memory models and saved checkpoints share resumable tiles.
+pub fn model_hash(model: &Model) -> Result<String> {
+    Ok(blake3::hash(&serialize(model, HashMap::new())?)
+        .to_hex()
+        .to_string())
+}
+
+/// Every parameter of `model` as `(canonical name, shape, row-major values)`, in layer order.
+pub fn parameter_tensors(model: &Model) -> Vec<(String, Vec<usize>, Vec<f64>)> {
+    let mut out = Vec::new();
     for (i, layer) in model.layers().iter().enumerate() {
         for (role, values) in layer.parameters() {
             let shape = match (layer, role) {
@@ -402,22 +419,49 @@ pub fn save(model: &Model, path: &Path) -> Result<()> {
                 (Layer::Bilinear(b), "down") => vec![b.out_dim(), b.hidden()],
                 _ => vec![values.len()],
             };
-            let bytes = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-            owned.push((Model::tensor_name(i, role), shape, bytes));
+            out.push((Model::tensor_name(i, role), shape, values));
         }
     }
-    let views = owned
+    out
+}
+
+/// The bytes of a self-describing `tensim/1` file of `model`, with `metadata` (string pairs)
+/// stored beside the architecture.
+pub fn serialize(model: &Model, mut metadata: HashMap<String, String>) -> Result<Vec<u8>> {
+    metadata.insert(METADATA_KEY.to_string(), model.arch().to_json());
+    f64_safetensors(&parameter_tensors(model), metadata)
+}
+
+/// Safetensors bytes of named f64 tensors `(name, shape, row-major values)`.
+pub fn f64_safetensors(
+    tensors: &[(String, Vec<usize>, Vec<f64>)],
+    metadata: HashMap<String, String>,
+) -> Result<Vec<u8>> {
+    let bytes: Vec<Vec<u8>> = tensors
         .iter()
-        .map(|(n, s, b)| {
-            TensorView::new(Dtype::F64, s.clone(), b)
-                .map(|v| (n.clone(), v))
-                .map_err(|e| Error::Invalid(e.to_string()))
+        .map(|(_, _, values)| values.iter().flat_map(|v| v.to_le_bytes()).collect())
+        .collect();
+    let views = tensors
+        .iter()
+        .zip(&bytes)
+        .map(|((name, shape, _), b)| {
+            TensorView::new(Dtype::F64, shape.clone(), b)
+                .map(|v| (name.clone(), v))
+                .map_err(|e| Error::Invalid(format!("tensor \"{name}\" of shape {shape:?}: {e}")))
         })
         .collect::<Result<Vec<_>>>()?;
-    let meta = HashMap::from([(METADATA_KEY.to_string(), arch.to_json())]);
-    let bytes =
-        safetensors::serialize(views, Some(meta)).map_err(|e| Error::Invalid(e.to_string()))?;
-    write_atomic(path, &bytes)
+    safetensors::serialize(views, Some(metadata)).map_err(|e| Error::Invalid(e.to_string()))
+}
+
+/// The model `arch` describes, from named tensors held in memory (a PyTorch `state_dict`);
+/// `origin` names them in messages. Every check of a file applies.
+pub fn model_from_tensors(
+    tensors: &[(String, Vec<usize>, Vec<f64>)],
+    arch: &Arch,
+    origin: &str,
+) -> Result<Model> {
+    let bytes = f64_safetensors(tensors, HashMap::new())?;
+    TensorFile::from_bytes(Path::new(origin), bytes)?.model(arch)
 }
 
 /// Embed `arch` into a copy of `input` (all tensors kept as stored, other metadata kept), after

@@ -412,3 +412,79 @@ fn fully_symmetrised_matrix_equals_single_pairs() {
         }
     }
 }
+
+#[test]
+fn a_block_equals_the_same_entries_of_the_matrix() {
+    // One tile as a cluster worker computes it, for the stacked (depth 1) and per-pair (depth 2)
+    // plans and the weight and behavioural metrics.
+    for depth in [1, 2] {
+        let s = Spec {
+            d_in: 3,
+            d: 3,
+            h: 3,
+            d_out: 2,
+            depth,
+            residual: None,
+            bias: true,
+            embed: false,
+        };
+        let models: Vec<Model> = (0..5).map(|k| random_model(s, 70 + k)).collect();
+        let (nm, hs) = names(5);
+        let inputs = Inputs::gaussian(40, 1, 3, 1).unwrap();
+        for metric in [Metric::Tensor, Metric::Matrix, Metric::Behavioral] {
+            let opts = MatrixOptions {
+                tile: 2,
+                inputs: Some(&inputs),
+                ..Default::default()
+            };
+            let all = similarity_matrix(&models, &nm, &hs, metric, &opts, &|_, _| {})
+                .unwrap()
+                .similarity;
+            let b =
+                tensim::trajectory::block(&models, &nm, metric, Some(&inputs), 1..3, 2..5).unwrap();
+            for i in 0..2 {
+                for j in 0..3 {
+                    assert!(
+                        (b[(i, j)] - all[(1 + i, 2 + j)]).abs() < 1e-12,
+                        "{metric:?}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn stored_behavioral_tiles_are_keyed_by_their_inputs() {
+    let dir = std::env::temp_dir().join(format!("tensim-tiles-inputs-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let s = Spec {
+        d_in: 3,
+        d: 3,
+        h: 3,
+        d_out: 2,
+        depth: 1,
+        residual: None,
+        bias: false,
+        embed: false,
+    };
+    let models: Vec<Model> = (0..3).map(|k| random_model(s, 80 + k)).collect();
+    let (nm, hs) = names(3);
+    let entries: Vec<(String, String)> = nm.iter().cloned().zip(hs.iter().cloned()).collect();
+    let store = TileStore::open(&dir, "behavioral", &entries).unwrap();
+    let run = |seed: u64| {
+        let inputs = Inputs::gaussian(5, 1, 3, seed).unwrap();
+        let opts = MatrixOptions {
+            store: Some(&store),
+            inputs: Some(&inputs),
+            ..Default::default()
+        };
+        similarity_matrix(&models, &nm, &hs, Metric::Behavioral, &opts, &|_, _| {})
+            .unwrap()
+            .similarity
+    };
+    let (a, b) = (run(0), run(1));
+    assert_ne!(a, b, "other inputs must not reuse the stored tile");
+    assert_eq!(run(0), a);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -35,8 +35,13 @@ impl Inputs {
             x,
             rows,
             n_ctx,
-            source: format!("gaussian(n={rows}, seed={seed})"),
+            source: Inputs::gaussian_source(rows, seed),
         })
+    }
+
+    /// How [`Inputs::gaussian`] names its samples.
+    pub fn gaussian_source(rows: usize, seed: u64) -> String {
+        format!("gaussian(n={rows}, seed={seed})")
     }
 
     /// Read a C-ordered `.npy` array of floats or integers, checking it against the model's
@@ -63,12 +68,28 @@ impl Inputs {
                 ))
             })?
             .map_err(|e| bad(format!("truncated or corrupt data: {e}")))?;
+        Inputs::from_array(&shape, values, n_ctx, dim, &path.display().to_string())
+    }
+
+    /// Inputs from a C-ordered array of `shape` `(rows, dim)` or `(rows, n_ctx, dim)`, checked
+    /// against the model's input size; `origin` names the array in messages.
+    pub fn from_array(
+        shape: &[usize],
+        values: Vec<f64>,
+        n_ctx: usize,
+        dim: usize,
+        origin: &str,
+    ) -> Result<Inputs> {
+        let bad = |reason: String| Error::Data {
+            path: origin.into(),
+            reason,
+        };
         let expected = if n_ctx == 1 {
             format!("(rows, {dim}) or (rows, 1, {dim})")
         } else {
             format!("(rows, {n_ctx}, {dim})")
         };
-        let rows = match shape.as_slice() {
+        let rows = match shape {
             [r, d] if n_ctx == 1 && *d == dim => *r,
             [r, t, d] if *t == n_ctx && *d == dim => *r,
             _ => return Err(bad(format!("has shape {shape:?}, expected {expected}"))),
@@ -86,7 +107,7 @@ impl Inputs {
             x: from_row_major(rows * n_ctx, dim, &values),
             rows,
             n_ctx,
-            source: path.display().to_string(),
+            source: origin.to_string(),
         })
     }
 }

@@ -68,9 +68,17 @@ pub fn natural_sort(paths: &mut [PathBuf]) {
 
 /// Read, hash and load every checkpoint. `arch` is a sidecar for all of them (else metadata).
 pub fn load_all(paths: &[PathBuf], arch: Option<&Path>) -> Result<(Vec<Checkpoint>, Vec<Model>)> {
+    let sidecar = arch.map(crate::arch::Arch::from_file).transpose()?;
+    load_with(paths, sidecar.as_ref())
+}
+
+/// [`load_all`] with the sidecar description already parsed.
+pub fn load_with(
+    paths: &[PathBuf],
+    sidecar: Option<&crate::arch::Arch>,
+) -> Result<(Vec<Checkpoint>, Vec<Model>)> {
     let mut cks = Vec::with_capacity(paths.len());
     let mut models = Vec::with_capacity(paths.len());
-    let sidecar = arch.map(crate::arch::Arch::from_file).transpose()?;
     for path in paths {
         // One read per file: hash and model come from the same bytes.
         let file = io::TensorFile::open(path)?;
@@ -79,7 +87,7 @@ pub fn load_all(paths: &[PathBuf], arch: Option<&Path>) -> Result<(Vec<Checkpoin
             step: step_of(path),
             hash: file.content_hash(),
         });
-        let model = match &sidecar {
+        let model = match sidecar {
             Some(a) => file.model(a)?,
             None => file.model(&io::resolve_arch(&file, None)?)?,
         };

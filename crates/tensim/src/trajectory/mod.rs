@@ -378,10 +378,7 @@ pub fn similarity_matrix(
     if n == 0 {
         return Err(Error::Invalid("no checkpoints".into()));
     }
-    for (m, name) in models.iter().zip(names).skip(1) {
-        metrics::check_io(&models[0], m)
-            .map_err(|e| Error::Incompatible(format!("{name} vs {}: {e}", names[0])))?;
-    }
+    check_all(models, names)?;
     let plan = match opts.full {
         Some(f) if metric == Metric::Tensor && !opts.per_output && !f.by_degree => {
             Plan::Full { models, opts: f.clone() }
@@ -398,11 +395,12 @@ pub fn similarity_matrix(
     } else {
         1
     };
-    let tag = if opts.per_output {
-        format!("{}/per-output", metric.name())
-    } else {
-        metric.name().to_string()
-    };
+    let tag = tile_tag(
+        metric,
+        opts.per_output,
+        opts.full,
+        opts.inputs.map(|i| i.source.as_str()),
+    );
     let hidden = match &plan {
         Plan::Stacked { stack, .. } => stack
             .offsets
@@ -488,6 +486,60 @@ pub fn similarity_matrix(
         similarity,
         per_output: opts.per_output.then_some(mats),
     })
+}
+
+/// What a stored tile's values depend on besides its checkpoints: the metric and its options
+/// (per-output planes, full symmetrisation, the source of the behavioural inputs).
+pub fn tile_tag(
+    metric: Metric,
+    per_output: bool,
+    full: Option<&crate::metrics::fullsym::FullOptions>,
+    inputs_source: Option<&str>,
+) -> String {
+    let mut tag = metric.name().to_string();
+    if per_output {
+        tag += "/per-output";
+    }
+    if let Some(f) = full {
+        tag += &format!("/full(samples={}, seed={})", f.samples, f.seed);
+    }
+    if let (true, Some(source)) = (metric.needs_inputs(), inputs_source) {
+        tag += &format!("/{source}");
+    }
+    tag
+}
+
+/// Input and output sizes of every model agree with the first one's.
+fn check_all(models: &[Model], names: &[String]) -> Result<()> {
+    for (m, name) in models.iter().zip(names).skip(1) {
+        metrics::check_io(&models[0], m)
+            .map_err(|e| Error::Incompatible(format!("{name} vs {}: {e}", names[0])))?;
+    }
+    Ok(())
+}
+
+/// Similarities of `models[rows] × models[cols]` under `metric`: one tile of an all-pairs run,
+/// for a worker that loads only the checkpoints of its tile (`models` holds them all). Equal
+/// to the same entries of [`similarity_matrix`].
+pub fn block(
+    models: &[Model],
+    names: &[String],
+    metric: Metric,
+    inputs: Option<&Inputs>,
+    rows: std::ops::Range<usize>,
+    cols: std::ops::Range<usize>,
+) -> Result<Mat<f64>> {
+    if models.is_empty() || rows.end > models.len() || cols.end > models.len() {
+        return Err(Error::Invalid(format!(
+            "tile rows {rows:?} × columns {cols:?} outside the {} models given",
+            models.len()
+        )));
+    }
+    check_all(models, names)?;
+    let values = plan(models, names, metric, inputs, false)?.tile(rows.clone(), cols.clone(), 1)?;
+    Ok(Mat::from_fn(rows.len(), cols.len(), |i, j| {
+        values[i * cols.len() + j]
+    }))
 }
 
 fn plan<'a>(

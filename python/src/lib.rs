@@ -1,0 +1,501 @@
+//! Python bindings of tensim: a thin layer over the library. Every long call releases the GIL;
+//! errors carry the library's messages (the same text the command-line tool prints).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use numpy::{
+    PyArray1, PyArrayMethods, PyReadonlyArray2, PyReadonlyArrayDyn, PyUntypedArrayMethods,
+};
+use pyo3::create_exception;
+use pyo3::exceptions::{PyException, PyFileNotFoundError};
+use pyo3::prelude::*;
+
+use tensim::linalg::{from_row_major, Mat, Par};
+use tensim::metrics::{Inputs, Metric, Options};
+use tensim::trajectory::{self, checkpoints, tiles::TileStore, MatrixOptions};
+
+create_exception!(
+    _tensim,
+    TensimError,
+    PyException,
+    "Raised for bad input (files, tensors, shapes, architectures) and undefined results."
+);
+
+fn err(e: tensim::Error) -> PyErr {
+    match &e {
+        tensim::Error::Io { err, .. } if err.kind() == std::io::ErrorKind::NotFound => {
+            PyFileNotFoundError::new_err(e.to_string())
+        }
+        _ => TensimError::new_err(e.to_string()),
+    }
+}
+
+fn metric(name: &str) -> PyResult<Metric> {
+    name.parse().map_err(err)
+}
+
+/// A row-major array as a NumPy array of `shape`.
+fn array<'py>(py: Python<'py>, shape: &[usize], values: Vec<f64>) -> PyResult<Bound<'py, PyAny>> {
+    Ok(PyArray1::from_vec(py, values).reshape(shape)?.into_any())
+}
+
+fn mat_array<'py>(py: Python<'py>, m: &Mat<f64>) -> PyResult<Bound<'py, PyAny>> {
+    let values = (0..m.nrows())
+        .flat_map(|i| (0..m.ncols()).map(move |j| m[(i, j)]))
+        .collect();
+    array(py, &[m.nrows(), m.ncols()], values)
+}
+
+fn read_mat(x: &PyReadonlyArray2<'_, f64>) -> PyResult<Mat<f64>> {
+    let (r, c) = (x.shape()[0], x.shape()[1]);
+    Ok(from_row_major(r, c, x.as_slice()?))
+}
+
+/// A tensor-network model (a stack of linear and bilinear layers).
+#[pyclass(module = "tensim._tensim", frozen)]
+struct Model {
+    inner: tensim::Model,
+    /// blake3 content hash: of the file it was read from, else of its `tensim/1` serialisation.
+    hash: String,
+}
+
+fn wrap(inner: tensim::Model, hash: Option<String>) -> PyResult<Model> {
+    let hash = match hash {
+        Some(h) => h,
+        None => tensim::io::model_hash(&inner).map_err(err)?,
+    };
+    Ok(Model { inner, hash })
+}
+
+/// The architecture from JSON text or a file.
+fn arch(json: Option<&str>, path: Option<PathBuf>, origin: &str) -> PyResult<Option<tensim::Arch>> {
+    match (json, path) {
+        (Some(text), _) => tensim::Arch::from_json(text, origin).map(Some).map_err(err),
+        (None, Some(p)) => tensim::Arch::from_file(&p).map(Some).map_err(err),
+        (None, None) => Ok(None),
+    }
+}
+
+#[pymethods]
+impl Model {
+    /// Build a model from named float64 arrays (`name -> (shape, flat values)`) and an
+    /// architecture given as JSON text or a file.
+    #[staticmethod]
+    #[pyo3(signature = (tensors, arch_json=None, arch_path=None, origin="state_dict"))]
+    fn _from_tensors(
+        py: Python<'_>,
+        tensors: Vec<(String, PyReadonlyArrayDyn<'_, f64>)>,
+        arch_json: Option<&str>,
+        arch_path: Option<PathBuf>,
+        origin: &str,
+    ) -> PyResult<Model> {
+        let a = arch(arch_json, arch_path, "arch")?.ok_or_else(|| {
+            TensimError::new_err(format!("{origin}: an architecture description is required"))
+        })?;
+        let owned = tensors
+            .iter()
+            .map(|(name, x)| Ok((name.clone(), x.shape().to_vec(), x.as_slice()?.to_vec())))
+            .collect::<PyResult<Vec<_>>>()?;
+        let model = py
+            .detach(|| tensim::io::model_from_tensors(&owned, &a, origin))
+            .map_err(err)?;
+        wrap(model, None)
+    }
+
+    /// Outputs for the rows of `x` (`(rows, in_dim)` → `(rows, out_dim)`).
+    fn _forward<'py>(
+        &self,
+        py: Python<'py>,
+        x: PyReadonlyArray2<'py, f64>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        if x.shape()[1] != self.inner.in_dim() {
+            return Err(TensimError::new_err(format!(
+                "input has shape {:?}, expected (rows, {})",
+                x.shape(),
+                self.inner.in_dim()
+            )));
+        }
+        let x = read_mat(&x)?;
+        let y = py.detach(|| self.inner.forward(x.as_ref(), Par::rayon(0)));
+        mat_array(py, &y)
+    }
+
+    /// Write a self-describing `tensim/1` file (float64 tensors, architecture and `metadata`).
+    #[pyo3(signature = (path, metadata=None))]
+    fn save(
+        &self,
+        py: Python<'_>,
+        path: PathBuf,
+        metadata: Option<HashMap<String, String>>,
+    ) -> PyResult<()> {
+        py.detach(|| {
+            let bytes = tensim::io::serialize(&self.inner, metadata.unwrap_or_default())?;
+            tensim::io::write_atomic(&path, &bytes)
+        })
+        .map_err(err)
+    }
+
+    /// The parameters under their canonical names (`layers.{i}.{role}`), as float64 arrays.
+    fn state_dict<'py>(&self, py: Python<'py>) -> PyResult<Vec<(String, Bound<'py, PyAny>)>> {
+        tensim::io::parameter_tensors(&self.inner)
+            .into_iter()
+            .map(|(name, shape, values)| Ok((name, array(py, &shape, values)?)))
+            .collect()
+    }
+
+    /// The architecture description as JSON text.
+    #[getter]
+    fn arch_json(&self) -> String {
+        self.inner.arch().to_json()
+    }
+
+    /// Size of one input vector.
+    #[getter]
+    fn in_dim(&self) -> usize {
+        self.inner.in_dim()
+    }
+
+    /// Size of the output.
+    #[getter]
+    fn out_dim(&self) -> usize {
+        self.inner.out_dim()
+    }
+
+    /// Polynomial degree of the model (2 per bilinear layer, multiplied).
+    #[getter]
+    fn degree(&self) -> u64 {
+        self.inner.degree()
+    }
+
+    /// Number of parameters.
+    #[getter]
+    fn n_params(&self) -> usize {
+        self.inner.param_count()
+    }
+
+    /// Content hash (blake3, hex) identifying the model in resumable all-pairs runs.
+    #[getter]
+    fn content_hash(&self) -> &str {
+        &self.hash
+    }
+
+    fn __repr__(&self) -> String {
+        let kinds: Vec<&str> = self
+            .inner
+            .layers()
+            .iter()
+            .map(|l| match l {
+                tensim::Layer::Linear(_) => "linear",
+                tensim::Layer::Bilinear(_) => "bilinear",
+            })
+            .collect();
+        format!(
+            "Model({} → {}, layers [{}], degree {}, {} parameters)",
+            self.inner.in_dim(),
+            self.inner.out_dim(),
+            kinds.join(", "),
+            self.inner.degree(),
+            self.inner.param_count()
+        )
+    }
+}
+
+/// Load a model file; `arch` is a sidecar description (JSON text or file), else the file's own.
+#[pyfunction]
+#[pyo3(signature = (path, arch_json=None, arch_path=None))]
+fn _load(
+    py: Python<'_>,
+    path: PathBuf,
+    arch_json: Option<&str>,
+    arch_path: Option<PathBuf>,
+) -> PyResult<Model> {
+    let sidecar = arch(arch_json, arch_path, "arch")?;
+    let (model, hash) = py
+        .detach(|| {
+            let file = tensim::io::TensorFile::open(&path)?;
+            let a = match sidecar {
+                Some(a) => a,
+                None => tensim::io::resolve_arch(&file, None)?,
+            };
+            Ok::<_, tensim::Error>((file.model(&a)?, file.content_hash()))
+        })
+        .map_err(err)?;
+    wrap(model, Some(hash))
+}
+
+/// Inputs of the behavioural metrics: a `(rows, dim)` array, else Gaussian samples.
+fn inputs(
+    model: &tensim::Model,
+    data: Option<PyReadonlyArrayDyn<'_, f64>>,
+    samples: usize,
+    seed: u64,
+) -> PyResult<Inputs> {
+    let (n_ctx, dim) = (model.input().n_ctx, model.in_dim());
+    match data {
+        Some(x) => Inputs::from_array(x.shape(), x.as_slice()?.to_vec(), n_ctx, dim, "inputs"),
+        None => Inputs::gaussian(samples, n_ctx, dim, seed),
+    }
+    .map_err(err)
+}
+
+/// Compare two models; the result as JSON text (the fields of `tensim compare --json`).
+#[pyfunction]
+#[allow(clippy::too_many_arguments)]
+#[pyo3(signature = (a, b, metric_name, per_output=false, data=None, samples=10000, seed=0))]
+fn _compare(
+    py: Python<'_>,
+    a: &Model,
+    b: &Model,
+    metric_name: &str,
+    per_output: bool,
+    data: Option<PyReadonlyArrayDyn<'_, f64>>,
+    samples: usize,
+    seed: u64,
+) -> PyResult<String> {
+    let m = metric(metric_name)?;
+    let x = m
+        .needs_inputs()
+        .then(|| inputs(&a.inner, data, samples, seed))
+        .transpose()?;
+    let opts = Options {
+        per_output,
+        par: Par::rayon(0),
+    };
+    let r = py
+        .detach(|| tensim::metrics::compare(&a.inner, &b.inner, m, x.as_ref(), &opts))
+        .map_err(err)?;
+    Ok(serde_json::to_string(&r).expect("a comparison always serialises"))
+}
+
+/// Calls a Python `progress(done, total)` at most ten times a second (and at the end).
+struct Progress {
+    callback: Option<Py<PyAny>>,
+    state: Mutex<(u64, Instant)>,
+}
+
+impl Progress {
+    fn tick(&self, finished: u64, total: u64) {
+        let Some(cb) = &self.callback else { return };
+        let mut s = self.state.lock().unwrap();
+        s.0 += finished;
+        if s.0 == total || s.1.elapsed() > Duration::from_millis(100) {
+            s.1 = Instant::now();
+            let done = s.0;
+            Python::attach(|py| {
+                if let Err(e) = cb.call1(py, (done, total)) {
+                    e.write_unraisable(py, None);
+                }
+            });
+        }
+    }
+}
+
+/// All-pairs similarity matrix; `(1 + out_dim, N, N)` with `per_output` (plane 0 the total).
+#[pyfunction]
+#[pyo3(signature = (models, names, metric_name, resume_dir=None, per_output=false, data=None, samples=10000, seed=0, tile=0, progress=None))]
+#[allow(clippy::too_many_arguments)]
+fn _matrix<'py>(
+    py: Python<'py>,
+    models: Vec<PyRef<'py, Model>>,
+    names: Vec<String>,
+    metric_name: &str,
+    resume_dir: Option<PathBuf>,
+    per_output: bool,
+    data: Option<PyReadonlyArrayDyn<'py, f64>>,
+    samples: usize,
+    seed: u64,
+    tile: usize,
+    progress: Option<Py<PyAny>>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let m = metric(metric_name)?;
+    if models.is_empty() {
+        return Err(TensimError::new_err("no models given"));
+    }
+    let x = m
+        .needs_inputs()
+        .then(|| inputs(&models[0].inner, data, samples, seed))
+        .transpose()?;
+    let owned: Vec<tensim::Model> = models.iter().map(|p| p.inner.clone()).collect();
+    let hashes: Vec<String> = models.iter().map(|p| p.hash.clone()).collect();
+    drop(models);
+    let progress = Progress {
+        callback: progress,
+        state: Mutex::new((0, Instant::now())),
+    };
+    let result = py
+        .detach(|| {
+            let store = resume_dir
+                .map(|dir| {
+                    let entries: Vec<(String, String)> =
+                        names.iter().cloned().zip(hashes.iter().cloned()).collect();
+                    TileStore::open(&dir, m.name(), &entries)
+                })
+                .transpose()?;
+            let opts = MatrixOptions {
+                tile,
+                store: store.as_ref(),
+                inputs: x.as_ref(),
+                per_output,
+                ..Default::default()
+            };
+            trajectory::similarity_matrix(&owned, &names, &hashes, m, &opts, &|d, t| {
+                progress.tick(d, t)
+            })
+        })
+        .map_err(err)?;
+    let n = owned.len();
+    let mut planes = vec![result.similarity];
+    planes.extend(result.per_output.unwrap_or_default());
+    let values: Vec<f64> = planes
+        .iter()
+        .flat_map(|p| (0..n).flat_map(move |i| (0..n).map(move |j| p[(i, j)])))
+        .collect();
+    if per_output {
+        array(py, &[planes.len(), n, n], values)
+    } else {
+        array(py, &[n, n], values)
+    }
+}
+
+/// One tile of an all-pairs matrix from checkpoint files (a cluster task): rows × columns.
+#[pyfunction]
+#[pyo3(signature = (rows, cols, metric_name, arch_json=None, arch_path=None, data_path=None, samples=10000, seed=0))]
+#[allow(clippy::too_many_arguments)]
+fn _tile<'py>(
+    py: Python<'py>,
+    rows: Vec<PathBuf>,
+    cols: Vec<PathBuf>,
+    metric_name: &str,
+    arch_json: Option<&str>,
+    arch_path: Option<PathBuf>,
+    data_path: Option<PathBuf>,
+    samples: usize,
+    seed: u64,
+) -> PyResult<Bound<'py, PyAny>> {
+    let m = metric(metric_name)?;
+    let same = rows == cols;
+    let sidecar = arch(arch_json, arch_path, "arch")?;
+    let block = py
+        .detach(|| {
+            let mut paths = rows.clone();
+            if !same {
+                paths.extend(cols.iter().cloned());
+            }
+            let (_, models) = checkpoints::load_with(&paths, sidecar.as_ref())?;
+            let names: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+            let x = m
+                .needs_inputs()
+                .then(|| {
+                    let (n_ctx, dim) = (models[0].input().n_ctx, models[0].in_dim());
+                    match &data_path {
+                        Some(p) => Inputs::from_npy(p, n_ctx, dim),
+                        None => Inputs::gaussian(samples, n_ctx, dim, seed),
+                    }
+                })
+                .transpose()?;
+            let cols_at = if same { 0 } else { rows.len() };
+            trajectory::block(
+                &models,
+                &names,
+                m,
+                x.as_ref(),
+                0..rows.len(),
+                cols_at..cols_at + cols.len(),
+            )
+        })
+        .map_err(err)?;
+    mat_array(py, &block)
+}
+
+/// The key and tag of a stored tile (shared with `tensim matrix --resume`): metric, options
+/// and the content hashes of its rows and columns.
+#[pyfunction]
+#[pyo3(signature = (metric_name, rows, cols, data_path=None, samples=10000, seed=0))]
+fn _tile_key(
+    metric_name: &str,
+    rows: Vec<String>,
+    cols: Vec<String>,
+    data_path: Option<PathBuf>,
+    samples: usize,
+    seed: u64,
+) -> PyResult<String> {
+    let m = metric(metric_name)?;
+    let source = match &data_path {
+        Some(p) => p.display().to_string(),
+        None => Inputs::gaussian_source(samples, seed),
+    };
+    let tag = trajectory::tile_tag(m, false, None, Some(&source));
+    let (rows, cols): (Vec<&str>, Vec<&str>) = (
+        rows.iter().map(String::as_str).collect(),
+        cols.iter().map(String::as_str).collect(),
+    );
+    Ok(TileStore::key(&tag, &rows, &cols))
+}
+
+/// blake3 hash (hex) of a file's bytes.
+#[pyfunction]
+fn _content_hash(py: Python<'_>, path: PathBuf) -> PyResult<String> {
+    py.detach(|| tensim::io::TensorFile::open(&path).map(|f| f.content_hash()))
+        .map_err(err)
+}
+
+/// Files, glob patterns and folders → checkpoint paths ordered by step number.
+#[pyfunction]
+fn _expand(paths: Vec<PathBuf>) -> PyResult<Vec<String>> {
+    let mut out = checkpoints::expand(&paths).map_err(err)?;
+    checkpoints::natural_sort(&mut out);
+    Ok(out.iter().map(|p| p.display().to_string()).collect())
+}
+
+/// Optimal `k`-phase segmentation of a similarity matrix: `(starts, cost)`.
+#[pyfunction]
+fn _phases(sim: PyReadonlyArray2<'_, f64>, k: usize) -> PyResult<(Vec<usize>, f64)> {
+    let m = read_mat(&sim)?;
+    let p = tensim::phases::segment(&m, k).map_err(err)?;
+    Ok((p.starts, p.cost))
+}
+
+/// Draw a similarity heat-map (PNG or SVG by extension).
+#[pyfunction]
+#[pyo3(signature = (sim, path, labels=None, title=None, steps=None, log_steps=false, boundaries=None))]
+#[allow(clippy::too_many_arguments)]
+fn _plot(
+    py: Python<'_>,
+    sim: PyReadonlyArray2<'_, f64>,
+    path: PathBuf,
+    labels: Option<Vec<String>>,
+    title: Option<String>,
+    steps: Option<Vec<f64>>,
+    log_steps: bool,
+    boundaries: Option<Vec<usize>>,
+) -> PyResult<()> {
+    let m = read_mat(&sim)?;
+    let opts = tensim::plot::HeatmapOptions {
+        title: title.unwrap_or_default(),
+        labels: labels.unwrap_or_default(),
+        steps,
+        log_steps,
+        boundaries: boundaries.unwrap_or_default(),
+    };
+    py.detach(|| tensim::plot::heatmap(&m, Path::new(&path), &opts))
+        .map_err(err)
+}
+
+#[pymodule]
+fn _tensim(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("TensimError", m.py().get_type::<TensimError>())?;
+    m.add_class::<Model>()?;
+    m.add_function(wrap_pyfunction!(_load, m)?)?;
+    m.add_function(wrap_pyfunction!(_compare, m)?)?;
+    m.add_function(wrap_pyfunction!(_matrix, m)?)?;
+    m.add_function(wrap_pyfunction!(_tile, m)?)?;
+    m.add_function(wrap_pyfunction!(_tile_key, m)?)?;
+    m.add_function(wrap_pyfunction!(_content_hash, m)?)?;
+    m.add_function(wrap_pyfunction!(_expand, m)?)?;
+    m.add_function(wrap_pyfunction!(_phases, m)?)?;
+    m.add_function(wrap_pyfunction!(_plot, m)?)?;
+    Ok(())
+}

@@ -1,0 +1,286 @@
+"""tensim — are these two networks computing the same thing?
+
+Exact, symmetry-invariant similarity of tensor-network (bilinear) models, computed from their
+weights. Every computation runs in the Rust library; this module converts arguments (numpy arrays,
+torch tensors, paths, architecture dicts) and results.
+
+>>> import tensim
+>>> a = tensim.load("ckpt_0100.safetensors", arch="arch.json")
+>>> b = tensim.load("ckpt_0200.safetensors", arch="arch.json")
+>>> tensim.similarity(a, b)                       # tensor similarity, a float in [-1, 1]
+>>> sim = tensim.matrix("checkpoints/", arch="arch.json")   # N x N numpy array
+>>> tensim.plot(sim, "similarity.png")
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any, Callable, Mapping, Sequence, Union
+
+import numpy as np
+
+from . import _tensim
+from ._tensim import TensimError
+
+__all__ = [
+    "Model",
+    "TensimError",
+    "load",
+    "similarity",
+    "compare",
+    "matrix",
+    "phases",
+    "plot",
+    "checkpoints",
+]
+
+PathLike = Union[str, "os.PathLike[str]"]
+Arch = Union[Mapping[str, Any], str, "os.PathLike[str]"]
+
+
+def _arch_args(arch: Arch | None) -> dict:
+    """An architecture given as a dict, JSON text or a file path → keyword arguments."""
+    if arch is None:
+        return {}
+    if isinstance(arch, Mapping):
+        return {"arch_json": json.dumps(arch)}
+    if isinstance(arch, str) and arch.lstrip().startswith("{"):
+        return {"arch_json": arch}
+    if isinstance(arch, (str, os.PathLike)):
+        return {"arch_path": os.fspath(arch)}
+    raise TypeError(f"arch must be a dict, JSON text or a path, not {type(arch).__name__}")
+
+
+def _array(x: Any, what: str) -> np.ndarray:
+    """A numpy array or torch tensor (any device, any float dtype) → C-ordered float64 array."""
+    if hasattr(x, "detach") and hasattr(x, "cpu"):  # torch.Tensor, without importing torch
+        x = x.detach().cpu().double().numpy()  # exact for f16/bf16/f32
+    try:
+        return np.ascontiguousarray(x, dtype=np.float64)
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"{what}: expected a numpy array or torch tensor, got {type(x).__name__}") from e
+
+
+class Model:
+    """A tensor-network model: a stack of linear and bilinear layers (FORMAT.md).
+
+    Create one with :func:`load` or :meth:`Model.from_state_dict`.
+    """
+
+    __slots__ = ("_m",)
+
+    def __init__(self, native: _tensim.Model):
+        self._m = native
+
+    @classmethod
+    def from_state_dict(cls, state_dict: Mapping[str, Any], arch: Arch) -> "Model":
+        """Build a model from a PyTorch-style ``state_dict`` (names → numpy arrays or torch
+        tensors) and an architecture description (a dict, JSON text or a path) naming the tensors.
+
+        Raises :class:`TensimError` naming the tensor and the expected and actual shape when a
+        tensor is missing, has the wrong shape or holds NaN/Inf.
+        """
+        if not isinstance(state_dict, Mapping):
+            raise TypeError(f"state_dict must be a mapping of names to arrays, not {type(state_dict).__name__}")
+        tensors = [(str(k), _array(v, f"state_dict[{k!r}]")) for k, v in state_dict.items()]
+        return cls(_tensim.Model._from_tensors(tensors, **_arch_args(arch)))
+
+    def forward(self, x: Any) -> np.ndarray:
+        """Outputs for inputs ``x`` of shape ``(in_dim,)`` or ``(rows, in_dim)``."""
+        x = _array(x, "x")
+        if x.ndim == 1:
+            return self._m._forward(x[None, :])[0]
+        if x.ndim != 2:
+            raise TensimError(f"x has shape {x.shape}, expected ({self.in_dim},) or (rows, {self.in_dim})")
+        return self._m._forward(x)
+
+    __call__ = forward
+
+    def save(self, path: PathLike, metadata: Mapping[str, str] | None = None) -> None:
+        """Write a self-describing tensim/1 safetensors file (float64 tensors, the architecture
+        under the metadata key ``"tensim"`` and ``metadata``); written atomically."""
+        self._m.save(os.fspath(path), None if metadata is None else {str(k): str(v) for k, v in metadata.items()})
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """The parameters under their canonical names (``layers.{i}.{role}``)."""
+        return dict(self._m.state_dict())
+
+    @property
+    def arch(self) -> dict:
+        """The architecture description (FORMAT.md) as a dict."""
+        return json.loads(self._m.arch_json)
+
+    @property
+    def in_dim(self) -> int:
+        return self._m.in_dim
+
+    @property
+    def out_dim(self) -> int:
+        return self._m.out_dim
+
+    @property
+    def degree(self) -> int:
+        """Polynomial degree of the model's output in its input."""
+        return self._m.degree
+
+    @property
+    def n_params(self) -> int:
+        return self._m.n_params
+
+    @property
+    def content_hash(self) -> str:
+        """blake3 hash identifying the model (of its file, or of its tensim/1 serialisation)."""
+        return self._m.content_hash
+
+    def __repr__(self) -> str:
+        return repr(self._m)
+
+
+def load(path: PathLike, arch: Arch | None = None) -> Model:
+    """Load a safetensors model file. ``arch`` (a dict, JSON text or a path) describes it; without
+    it the description embedded in the file (metadata key ``"tensim"``) is used."""
+    return Model(_tensim._load(os.fspath(path), **_arch_args(arch)))
+
+
+def _model(x: Model | PathLike, arch: Arch | None) -> Model:
+    if isinstance(x, Model):
+        return x
+    if isinstance(x, (str, os.PathLike)):
+        return load(x, arch)
+    raise TypeError(f"expected a tensim.Model or a path, got {type(x).__name__}")
+
+
+def _inputs(data: Any, samples: int, seed: int) -> dict:
+    return {"data": None if data is None else _array(data, "data"), "samples": samples, "seed": seed}
+
+
+def compare(
+    a: Model | PathLike,
+    b: Model | PathLike,
+    metric: str = "tensor",
+    *,
+    per_output: bool = False,
+    data: Any = None,
+    samples: int = 10_000,
+    seed: int = 0,
+    arch: Arch | None = None,
+) -> dict:
+    """Compare two models; returns the fields of ``tensim compare --json``: ``similarity``,
+    ``inner``, ``norm2_a``, ``norm2_b`` and, as they apply, ``per_output``, ``samples``, ``inputs``.
+
+    ``metric``: ``"tensor"`` (exact, from the weights), ``"matrix"`` (cosine of flattened weights),
+    ``"behavioral"`` or ``"cka"`` (on ``data``, a ``(rows, in_dim)`` array, else ``samples``
+    standard Gaussian inputs drawn with ``seed``).
+    """
+    a, b = _model(a, arch), _model(b, arch)
+    return json.loads(_tensim._compare(a._m, b._m, metric, per_output, **_inputs(data, samples, seed)))
+
+
+def similarity(
+    a: Model | PathLike,
+    b: Model | PathLike,
+    metric: str = "tensor",
+    per_output: bool = False,
+    **kwargs: Any,
+) -> float | np.ndarray:
+    """Similarity of two models in [-1, 1]; with ``per_output`` an array with one value per output
+    coordinate (NaN where a model's output slice is zero). Keyword arguments as :func:`compare`."""
+    r = compare(a, b, metric, per_output=per_output, **kwargs)
+    if per_output:
+        return np.array([np.nan if v is None else v for v in r["per_output"]], dtype=np.float64)
+    return float(r["similarity"])
+
+
+def checkpoints(paths: PathLike | Sequence[PathLike]) -> list[str]:
+    """Files, glob patterns and folders (their ``*.safetensors``) → paths ordered by the step
+    number in their names."""
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    return [os.fspath(p) for p in _tensim._expand([os.fspath(p) for p in paths])]
+
+
+class _Bar:
+    """A text progress bar on stderr: ``progress(done, total)``."""
+
+    def __init__(self, what: str):
+        self.what = what
+
+    def __call__(self, done: int, total: int) -> None:
+        width = 40
+        filled = width * done // max(total, 1)
+        end = "\n" if done >= total else ""
+        sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} {self.what}{end}")
+        sys.stderr.flush()
+
+
+def matrix(
+    models_or_paths: Sequence[Model | PathLike] | PathLike,
+    metric: str = "tensor",
+    *,
+    arch: Arch | None = None,
+    resume_dir: PathLike | None = None,
+    progress: bool | Callable[[int, int], None] = True,
+    per_output: bool = False,
+    data: Any = None,
+    samples: int = 10_000,
+    seed: int = 0,
+    tile: int = 0,
+) -> np.ndarray:
+    """All-pairs similarity matrix (``N x N``; with ``per_output`` ``(1 + out_dim, N, N)``, plane 0
+    the total) of models, model files, glob patterns or folders of checkpoints (ordered by step).
+
+    ``resume_dir`` keeps finished tiles (keyed by the checkpoints' content hashes) so that an
+    interrupted run resumes and a changed checkpoint recomputes only its tiles; the same tiles
+    as ``tensim matrix --resume``. ``progress``: a bar on stderr, or a callable
+    ``progress(done_pairs, total_pairs)``. The GIL is released while the matrix is computed.
+    """
+    if isinstance(models_or_paths, (str, os.PathLike)):
+        models_or_paths = [models_or_paths]
+    items: list[Model | str] = []
+    for x in models_or_paths:
+        items.extend(checkpoints(x) if isinstance(x, (str, os.PathLike)) else [x])
+    models = [_model(x, arch) for x in items]
+    names = [x if isinstance(x, str) else f"model {i}" for i, x in enumerate(items)]
+    callback = _Bar("pairs") if progress is True else (progress or None)
+    return _tensim._matrix(
+        [m._m for m in models],
+        names,
+        metric,
+        resume_dir=None if resume_dir is None else os.fspath(resume_dir),
+        per_output=per_output,
+        tile=tile,
+        progress=callback,
+        **_inputs(data, samples, seed),
+    )
+
+
+def phases(sim: Any, k: int) -> dict:
+    """The ``k`` contiguous phases of a similarity matrix with the least within-phase
+    dissimilarity: ``{"starts": [...], "boundaries": [...], "cost": float}``."""
+    starts, cost = _tensim._phases(_array(sim, "sim"), int(k))
+    return {"starts": starts, "boundaries": starts[1:], "cost": cost}
+
+
+def plot(
+    sim: Any,
+    path: PathLike,
+    labels: Sequence[str] | None = None,
+    *,
+    title: str | None = None,
+    steps: Sequence[float] | None = None,
+    log_steps: bool = False,
+    boundaries: Sequence[int] | None = None,
+) -> None:
+    """Draw a similarity heat-map to ``path`` (``.png`` or ``.svg``). ``steps`` with ``log_steps``
+    places checkpoints on a log-step axis; ``boundaries`` outlines phases (see :func:`phases`)."""
+    _tensim._plot(
+        _array(sim, "sim"),
+        os.fspath(path),
+        labels=None if labels is None else [str(x) for x in labels],
+        title=title,
+        steps=None if steps is None else [float(s) for s in steps],
+        log_steps=log_steps,
+        boundaries=None if boundaries is None else [int(b) for b in boundaries],
+    )

@@ -1,0 +1,217 @@
+"""The Python API: models from state_dicts (numpy or torch), files, metrics, matrices, phases,
+plots, error messages, and the GIL released during long calls."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import tensim
+from conftest import arch, state_dict, trajectory
+
+
+def reference_forward(sd: dict, x: np.ndarray, depth: int = 1) -> np.ndarray:
+    """embed → lerp-residual bilinear layers → head, written out in numpy (independent of tensim)."""
+    z = x @ sd["embed.weight"].T + sd["embed.bias"]
+    for i in range(depth):
+        l, r, d = (sd[f"blocks.{i}.{k}.weight"] for k in "lrd")
+        z = 0.5 * z + 0.5 * (((z @ l.T) * (z @ r.T)) @ d.T)
+    return z @ sd["head.weight"].T
+
+
+def test_state_dict_model_computes_the_network(rng):
+    sd = state_dict(rng, depth=2)
+    m = tensim.Model.from_state_dict(sd, arch(depth=2))
+    x = rng.normal(size=(7, 6))
+    np.testing.assert_allclose(m.forward(x), reference_forward(sd, x, depth=2), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(m(x[0]), reference_forward(sd, x[:1], depth=2)[0], rtol=1e-12, atol=1e-12)
+    assert (m.in_dim, m.out_dim, m.degree) == (6, 3, 4)
+    assert m.n_params == sum(v.size for v in sd.values())
+
+
+def test_numpy_and_torch_inputs_give_identical_results(rng):
+    torch = pytest.importorskip("torch")
+    sd32 = state_dict(rng, dtype=np.float32)
+    other = state_dict(rng)
+    a_np = tensim.Model.from_state_dict(sd32, arch())
+    a_t = tensim.Model.from_state_dict({k: torch.from_numpy(v) for k, v in sd32.items()}, arch())
+    assert a_np.content_hash == a_t.content_hash
+    b = tensim.Model.from_state_dict(other, arch())
+    for metric in ["tensor", "matrix", "behavioral"]:
+        assert tensim.similarity(a_np, b, metric) == tensim.similarity(a_t, b, metric)
+    x = rng.normal(size=(5, 6))
+    assert np.array_equal(a_np.forward(x), a_t.forward(torch.from_numpy(x)))
+    # bf16 and half tensors (as trained in mixed precision) convert exactly.
+    half = {k: torch.from_numpy(v).to(torch.bfloat16) for k, v in sd32.items()}
+    as_f64 = {k: v.double().numpy() for k, v in half.items()}
+    assert (
+        tensim.Model.from_state_dict(half, arch()).content_hash
+        == tensim.Model.from_state_dict(as_f64, arch()).content_hash
+    )
+    # A real torch module's state_dict.
+    layer = torch.nn.Linear(6, 3, bias=True)
+    lin = tensim.Model.from_state_dict(
+        layer.state_dict(),
+        {"format": "tensim/1", "input": {"dim": 6, "n_ctx": 1}, "layers": [{"kind": "linear", "weight": "weight", "bias": "bias"}]},
+    )
+    xt = torch.randn(4, 6)
+    np.testing.assert_allclose(lin.forward(xt), layer(xt).detach().double().numpy(), rtol=1e-6, atol=1e-6)
+
+
+def test_self_similarity_symmetry_and_a_function_preserving_permutation(rng):
+    sd = state_dict(rng, depth=2, h=6)
+    a = tensim.Model.from_state_dict(sd, arch(depth=2, h=6))
+    b = tensim.Model.from_state_dict(state_dict(rng, depth=2, h=6), arch(depth=2, h=6))
+    assert tensim.similarity(a, a) == pytest.approx(1.0, abs=1e-12)
+    assert tensim.similarity(a, b) == pytest.approx(tensim.similarity(b, a), abs=1e-12)
+    assert -1.0 <= tensim.similarity(a, b) < 0.999
+    # Permute and rescale hidden units of layer 0, swap L and R of layer 1: the same function.
+    perm, s = rng.permutation(6), rng.uniform(0.5, 2.0, size=6)
+    q = dict(sd)
+    q["blocks.0.l.weight"] = sd["blocks.0.l.weight"][perm] * s[:, None]
+    q["blocks.0.r.weight"] = sd["blocks.0.r.weight"][perm]
+    q["blocks.0.d.weight"] = sd["blocks.0.d.weight"][:, perm] / s[None, :]
+    q["blocks.1.l.weight"], q["blocks.1.r.weight"] = sd["blocks.1.r.weight"], sd["blocks.1.l.weight"]
+    c = tensim.Model.from_state_dict(q, arch(depth=2, h=6))
+    x = rng.normal(size=(4, 6))
+    np.testing.assert_allclose(c.forward(x), a.forward(x), rtol=1e-10, atol=1e-10)
+    assert tensim.similarity(a, c) == pytest.approx(1.0, abs=1e-10)
+    assert tensim.similarity(a, c, "matrix") < 0.99  # the weight baseline is fooled
+    per = tensim.similarity(a, b, per_output=True)
+    assert per.shape == (3,) and np.all(np.abs(per) <= 1)
+
+
+def test_save_and_load_round_trip_bit_exactly(rng, tmp_path):
+    sd = state_dict(rng, depth=2)
+    m = tensim.Model.from_state_dict(sd, arch(depth=2))
+    m.save(tmp_path / "plain.safetensors")
+    assert tensim.load(tmp_path / "plain.safetensors").content_hash == m.content_hash
+    path = tmp_path / "m.safetensors"
+    m.save(path, metadata={"step": 300})
+    back = tensim.load(path)  # self-describing: no arch needed
+    for name, v in back.state_dict().items():
+        assert np.array_equal(v, m.state_dict()[name])
+    assert back.arch == m.arch
+    x = rng.normal(size=(3, 6))
+    assert np.array_equal(back.forward(x), m.forward(x))
+
+
+def test_python_equals_the_command_line_tool(cli, tmp_path):
+    sidecar = trajectory(tmp_path / "ckpts", 5, depth=1)
+    files = tensim.checkpoints(tmp_path / "ckpts")
+    assert [f.rsplit("/", 1)[1] for f in files] == [f"ckpt_{100 * k:05d}.safetensors" for k in range(5)]
+    for metric in ["tensor", "matrix", "behavioral"]:
+        out = subprocess.run(
+            [cli, "compare", files[0], files[3], "--arch", str(sidecar), "--metric", metric, "--json", "--per-output"],
+            check=True, capture_output=True, text=True,
+        ).stdout
+        want = json.loads(out)
+        got = tensim.compare(files[0], files[3], metric, per_output=True, arch=sidecar)
+        assert got["similarity"] == pytest.approx(want["similarity"], abs=1e-12), metric
+        assert got["per_output"] == pytest.approx(want["per_output"], abs=1e-12), metric
+    npy = tmp_path / "cli.npy"
+    subprocess.run([cli, "matrix", str(tmp_path / "ckpts"), "--arch", str(sidecar), "--out", str(npy), "--quiet"], check=True)
+    sim = tensim.matrix(tmp_path / "ckpts", arch=str(sidecar), progress=False)
+    np.testing.assert_allclose(sim, np.load(npy), rtol=0, atol=1e-12)
+    # Models in memory and files give the same matrix.
+    models = [tensim.load(f, arch=sidecar) for f in files]
+    np.testing.assert_allclose(tensim.matrix(models, progress=False), sim, rtol=0, atol=1e-12)
+
+
+def test_matrix_resumes_and_reports_progress(tmp_path, rng):
+    models = [tensim.Model.from_state_dict(state_dict(rng), arch()) for _ in range(6)]
+    seen = []
+    first = tensim.matrix(models, resume_dir=tmp_path / "tiles", tile=2, progress=lambda d, t: seen.append((d, t)))
+    assert seen and seen[-1] == (24, 24)  # 3 diagonal and 3 upper tiles of 2 x 2 pairs
+    tiles = sorted(p.name for p in (tmp_path / "tiles").glob("tile-*.npy"))
+    assert len(tiles) == 6
+    again = tensim.matrix(models, resume_dir=tmp_path / "tiles", tile=2, progress=False)
+    assert np.array_equal(first, again)
+    per = tensim.matrix(models, per_output=True, progress=False)
+    assert per.shape == (4, 6, 6) and np.allclose(per[0], first, atol=1e-12)
+
+
+def test_phases_and_plot(tmp_path):
+    sim = np.full((6, 6), 0.1)
+    sim[:3, :3] = sim[3:, 3:] = 0.9
+    np.fill_diagonal(sim, 1.0)
+    p = tensim.phases(sim, 2)
+    assert p["starts"] == [0, 3] and p["boundaries"] == [3]
+    for name in ["h.png", "h.svg"]:
+        tensim.plot(sim, tmp_path / name, labels=[str(i) for i in range(6)], title="t", boundaries=p["boundaries"])
+        data = (tmp_path / name).read_bytes()
+        assert data.startswith(b"\x89PNG") if name.endswith("png") else b"<svg" in data[:500]
+
+
+def test_bad_input_raises_with_a_clear_message(rng, tmp_path):
+    sd = state_dict(rng)
+    missing = {k: v for k, v in sd.items() if k != "head.weight"}
+    with pytest.raises(tensim.TensimError, match=r'"head.weight".*missing'):
+        tensim.Model.from_state_dict(missing, arch())
+    wrong = dict(sd, **{"blocks.0.l.weight": np.zeros((4, 7))})
+    with pytest.raises(tensim.TensimError, match=r'"blocks.0.l.weight".*shape \[4, 7\], expected'):
+        tensim.Model.from_state_dict(wrong, arch())
+    nan = dict(sd, **{"embed.bias": np.array([0, 0, np.nan, 0, 0])})
+    with pytest.raises(tensim.TensimError, match=r'"embed.bias".*non-finite value \(NaN\) at flat index 2'):
+        tensim.Model.from_state_dict(nan, arch())
+    with pytest.raises(tensim.TensimError, match=r"unknown|typo|not allowed|unexpected"):
+        tensim.Model.from_state_dict(sd, dict(arch(), colour="red"))
+    with pytest.raises(FileNotFoundError, match="nothere.safetensors"):
+        tensim.load(tmp_path / "nothere.safetensors", arch=arch())
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
+    with pytest.raises(tensim.TensimError, match="bad.safetensors: not a valid safetensors file"):
+        tensim.load(bad, arch=arch())
+    m = tensim.Model.from_state_dict(sd, arch())
+    with pytest.raises(tensim.TensimError, match="no architecture description"):
+        tensim.load(_plain(tmp_path, sd))
+    zero = tensim.Model.from_state_dict({k: np.zeros_like(v) for k, v in sd.items()}, arch())
+    with pytest.raises(tensim.TensimError, match="zero norm"):
+        tensim.similarity(m, zero)
+    with pytest.raises(tensim.TensimError, match="unknown metric"):
+        tensim.similarity(m, m, "cosine")
+    with pytest.raises(tensim.TensimError, match=r"expected \(rows, 6\)"):
+        m.forward(np.zeros((2, 5)))
+    other = tensim.Model.from_state_dict(state_dict(rng, d_out=2), arch(d_out=2))
+    with pytest.raises(tensim.TensimError, match="not comparable"):
+        tensim.similarity(m, other)
+    with pytest.raises(TypeError, match="numpy array or torch tensor"):
+        tensim.Model.from_state_dict(dict(sd, **{"embed.bias": "abc"}), arch())
+
+
+def _plain(tmp_path, sd):
+    import safetensors.numpy
+
+    path = tmp_path / "plain.safetensors"
+    safetensors.numpy.save_file(sd, str(path))
+    return path
+
+
+def test_the_gil_is_released_during_a_long_matrix(rng):
+    shape = dict(d_in=16, d=64, h=128, d_out=4, depth=2)
+    a = arch(**shape)
+    models = [tensim.Model.from_state_dict(state_dict(rng, **shape), a) for _ in range(12)]
+    done = threading.Event()
+    result = {}
+
+    def work():
+        t = time.perf_counter()
+        result["sim"] = tensim.matrix(models, progress=False)
+        result["seconds"] = time.perf_counter() - t
+        done.set()
+
+    thread = threading.Thread(target=work)
+    ticks = []
+    thread.start()
+    while not done.is_set():
+        ticks.append(time.perf_counter())
+        time.sleep(0.001)
+    thread.join()
+    gaps = np.diff(ticks)
+    assert result["seconds"] > 0.2, "the matrix must take long enough to observe"
+    assert len(ticks) > 20 and gaps.max() < 0.5 * result["seconds"], (len(ticks), gaps.max(), result["seconds"])
