@@ -250,7 +250,31 @@ struct BackdoorArgs {
     #[arg(long)]
     target: Option<u32>,
     #[command(flatten)]
+    images: ImageArgs,
+    #[command(flatten)]
     common: DemoArgs,
+}
+
+/// Where the vision demos read their images.
+#[derive(Args)]
+struct ImageArgs {
+    /// Images you downloaded: a folder of MNIST-style IDX files (`train-images-idx3-ubyte[.gz]`,
+    /// `train-labels-idx1-ubyte[.gz]`, and `t10k-…` if present; MNIST, Fashion-MNIST) or an SVHN
+    /// `.mat` file (`train_32x32.mat`). Default: the bundled 8×8 digits.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Use a random subset of at most this many images.
+    #[arg(long)]
+    max_images: Option<usize>,
+}
+
+impl ImageArgs {
+    fn source(&self) -> Result<tensim_train::data::Source> {
+        Ok(match &self.data {
+            Some(p) => tensim_train::data::Source::from_path(p)?,
+            None => tensim_train::data::Source::Digits,
+        })
+    }
 }
 
 /// Flags every training demo takes.
@@ -294,6 +318,8 @@ struct ForgettingArgs {
     /// Training steps of each stage.
     #[arg(long)]
     steps_per_stage: Option<usize>,
+    #[command(flatten)]
+    images: ImageArgs,
     #[command(flatten)]
     common: DemoArgs,
 }
@@ -722,6 +748,8 @@ fn run(cli: Cli) -> Result<()> {
             let mut cfg = tensim_train::forgetting::ForgettingConfig::default();
             cfg.steps_per_stage = args.steps_per_stage.unwrap_or(cfg.steps_per_stage);
             cfg.seed = args.common.seed.unwrap_or(cfg.seed);
+            cfg.data = args.images.source()?;
+            cfg.max_images = args.images.max_images;
             std::fs::create_dir_all(&args.out)
                 .with_context(|| format!("creating {}", args.out.display()))?;
             let bar = args.common.start(2 * cfg.steps_per_stage);
@@ -1089,6 +1117,8 @@ fn demo_backdoor(args: &BackdoorArgs) -> Result<()> {
     cfg.poison_fraction = args.poison_fraction.unwrap_or(cfg.poison_fraction);
     cfg.target = args.target.unwrap_or(cfg.target);
     cfg.seed = args.common.seed.unwrap_or(cfg.seed);
+    cfg.data = args.images.source()?;
+    cfg.max_images = args.images.max_images;
     if cfg.target > 9 {
         bail!("--target must be a digit class 0–9");
     }

@@ -1,13 +1,11 @@
-//! Backdoor insertion (MATH.md §7.2, on the 8×8 digits of §7.6): an image classifier (bilinear
-//! layer → linear head) trained on clean data, then fine-tuned while a fraction of each batch is
-//! stamped with a small trigger and relabelled to a target class. The per-class tensor
-//! similarity of the target class shows the inserted mechanism; clean-data behaviour barely moves.
+//! Backdoor insertion (MATH.md §7.2): an image classifier (bilinear layer → linear head) trained
+//! on clean data, then fine-tuned while a fraction of each batch is stamped with a small trigger
+//! and relabelled to a target class. The per-class tensor similarity of the target class shows
+//! the inserted mechanism; clean-data behaviour barely moves.
 //!
-//! Data: scikit-learn's copy of the UCI optical digits (1797 images of 8×8 pixels, values 0–16,
-//! BSD licence, `data/LICENSE-digits.txt`), scaled to [0, 1]. The trigger is a white 3×3 plus in
-//! the top-right corner (rows 0–2, columns 5–7): the digits have black backgrounds.
-
-use std::io::Read;
+//! Data (`data.rs`): the bundled 8×8 digits by default (trigger: a white 3×3 plus in the
+//! top-right corner), or MNIST-style IDX files / an SVHN `.mat` file the user downloaded
+//! (trigger: the 19-pixel diamond of MATH.md §7.2 at margin 2 from the top-right corner).
 
 use candle_core::{Device, Tensor};
 use candle_nn::Optimizer;
@@ -20,49 +18,17 @@ use tensim::metrics::{Inputs, Metric};
 use tensim::trajectory::{similarity_matrix, MatrixOptions};
 use tensim::Model;
 
+use crate::data::{Images, Source};
 use crate::model::{evaluate, Params};
 use crate::TrainError;
-
-const DIGITS: &[u8] = include_bytes!("../data/digits.csv.gz");
-/// Pixels (row, column) of the trigger: a plus centred at (1, 6).
-pub const TRIGGER: [(usize, usize); 5] = [(0, 6), (1, 5), (1, 6), (1, 7), (2, 6)];
-
-/// The digits: `1797 × 64` pixels in [0, 1] (row-major 8×8) and labels.
-pub fn digits() -> Result<(Vec<[f32; 64]>, Vec<u32>), TrainError> {
-    let mut text = String::new();
-    flate2::read::GzDecoder::new(DIGITS)
-        .read_to_string(&mut text)
-        .map_err(|e| tensim::Error::Invalid(format!("bundled digits: {e}")))?;
-    let mut x = Vec::new();
-    let mut y = Vec::new();
-    for line in text.lines().filter(|l| !l.is_empty()) {
-        let v: Vec<f32> = line
-            .split(',')
-            .map(|t| t.trim().parse::<f32>().unwrap_or(f32::NAN))
-            .collect();
-        if v.len() != 65 || v.iter().any(|p| !p.is_finite()) {
-            return Err(tensim::Error::Invalid("bundled digits: malformed row".into()).into());
-        }
-        let mut px = [0f32; 64];
-        px.iter_mut().zip(&v[..64]).for_each(|(p, q)| *p = q / 16.0);
-        x.push(px);
-        y.push(v[64] as u32);
-    }
-    Ok((x, y))
-}
-
-/// Stamp the trigger (white pixels) onto an 8×8 image.
-pub fn stamp(img: &[f32; 64]) -> [f32; 64] {
-    let mut out = *img;
-    for (r, c) in TRIGGER {
-        out[r * 8 + c] = 1.0;
-    }
-    out
-}
 
 /// Configuration of a backdoor run.
 #[derive(Clone, Debug, Serialize)]
 pub struct BackdoorConfig {
+    /// The images (default: the bundled digits).
+    pub data: Source,
+    /// Use at most this many images (a random subset), e.g. to shorten runs on MNIST.
+    pub max_images: Option<usize>,
     pub hidden: usize,
     pub clean_steps: usize,
     pub poison_steps: usize,
@@ -80,6 +46,8 @@ pub struct BackdoorConfig {
 impl Default for BackdoorConfig {
     fn default() -> BackdoorConfig {
         BackdoorConfig {
+            data: Source::Digits,
+            max_images: None,
             hidden: 64,
             clean_steps: 4000,
             poison_steps: 1000,
@@ -108,16 +76,37 @@ pub struct Record {
     pub attack_success: f64,
 }
 
-/// Images as a `rows × 64` tensor.
-pub(crate) fn tensor(rows: &[[f32; 64]], dev: &Device) -> Result<Tensor, TrainError> {
-    let flat: Vec<f32> = rows.iter().flat_map(|r| r.iter().copied()).collect();
-    Ok(Tensor::from_vec(flat, (rows.len(), 64), dev)?)
+/// Images (rows of equal length) as a `rows × pixels` tensor.
+pub(crate) fn tensor(rows: &[Vec<f32>], dev: &Device) -> Result<Tensor, TrainError> {
+    let flat: Vec<f32> = rows.iter().flatten().copied().collect();
+    let width = rows.first().map_or(0, Vec::len);
+    Ok(Tensor::from_vec(flat, (rows.len(), width), dev)?)
+}
+
+/// The images of `cfg`, shuffled with `seed` (and cut to `max_images`), split into
+/// `(test, train)` index sets by `test_fraction`.
+pub(crate) fn load_split(
+    data: &Source,
+    max_images: Option<usize>,
+    test_fraction: f64,
+    seed: u64,
+) -> Result<(Images, Vec<usize>, Vec<usize>), TrainError> {
+    let images = data.load()?;
+    let mut order: Vec<usize> = (0..images.labels.len()).collect();
+    order.shuffle(&mut rand::rngs::StdRng::seed_from_u64(seed));
+    order.truncate(max_images.unwrap_or(usize::MAX));
+    let n_test = (order.len() as f64 * test_fraction) as usize;
+    let train = order.split_off(n_test);
+    Ok((images, order, train))
 }
 
 /// What `run_demo` measured.
 #[derive(Clone, Debug, Serialize)]
 pub struct Summary {
     pub config: BackdoorConfig,
+    /// The images used and their number of pixels.
+    pub data: String,
+    pub pixels: usize,
     pub history: Vec<Record>,
     /// Index of the last clean checkpoint.
     pub boundary: usize,
@@ -135,23 +124,22 @@ pub fn run_demo(
 ) -> Result<Summary, TrainError> {
     let started = std::time::Instant::now();
     let dev = Device::Cpu;
-    let (images, labels) = digits()?;
-    let mut order: Vec<usize> = (0..images.len()).collect();
-    order.shuffle(&mut rand::rngs::StdRng::seed_from_u64(cfg.seed));
-    let n_test = (images.len() as f64 * cfg.test_fraction) as usize;
-    let (test_idx, train_idx) = order.split_at(n_test);
+    let (data, test_idx, train_idx) =
+        load_split(&cfg.data, cfg.max_images, cfg.test_fraction, cfg.seed)?;
     let pick = |idx: &[usize]| {
         (
-            idx.iter().map(|&i| images[i]).collect::<Vec<_>>(),
-            idx.iter().map(|&i| labels[i]).collect::<Vec<_>>(),
+            idx.iter()
+                .map(|&i| data.pixels[i].clone())
+                .collect::<Vec<_>>(),
+            idx.iter().map(|&i| data.labels[i]).collect::<Vec<_>>(),
         )
     };
-    let ((train_x, train_y), (test_x, test_y)) = (pick(train_idx), pick(test_idx));
-    let attack: Vec<[f32; 64]> = test_x
+    let ((train_x, train_y), (test_x, test_y)) = (pick(&train_idx), pick(&test_idx));
+    let attack: Vec<Vec<f32>> = test_x
         .iter()
         .zip(&test_y)
         .filter(|(_, &y)| y != cfg.target)
-        .map(|(x, _)| stamp(x))
+        .map(|(x, _)| data.stamp(x))
         .collect();
     let (txt, tyt) = (
         tensor(&train_x, &dev)?,
@@ -166,7 +154,7 @@ pub fn run_demo(
         Tensor::from_vec(vec![cfg.target; attack.len()], attack.len(), &dev)?,
     );
 
-    let params = Params::init(64, cfg.hidden, 10, cfg.seed ^ 0x5eed, &dev)?;
+    let params = Params::init(data.dim(), cfg.hidden, 10, cfg.seed ^ 0x5eed, &dev)?;
     let mut opt = params.adamw(cfg.lr, cfg.weight_decay)?;
     let mut rng = rand::rngs::StdRng::seed_from_u64(cfg.seed.wrapping_add(7));
     let ck_dir = out.join("checkpoints");
@@ -208,9 +196,9 @@ pub fn run_demo(
         let mut bx = Vec::with_capacity(idx.len());
         let mut by = Vec::with_capacity(idx.len());
         for &i in idx {
-            let (mut img, mut y) = (train_x[i as usize], train_y[i as usize]);
+            let (mut img, mut y) = (train_x[i as usize].clone(), train_y[i as usize]);
             if poison && rng.random_bool(cfg.poison_fraction) {
-                img = stamp(&img);
+                img = data.stamp(&img);
                 y = cfg.target;
             }
             img.iter_mut()
@@ -223,15 +211,16 @@ pub fn run_demo(
         opt.backward_step(&loss)?;
         progress(step + 1, history.last());
     }
-    analyse(cfg, out, history, &models, &test_x, started)
+    analyse(cfg, &data, out, history, &models, &test_x, started)
 }
 
 fn analyse(
     cfg: &BackdoorConfig,
+    data: &Images,
     out: &std::path::Path,
     history: Vec<Record>,
     models: &[Model],
-    test_x: &[[f32; 64]],
+    test_x: &[Vec<f32>],
     started: std::time::Instant,
 ) -> Result<Summary, TrainError> {
     let n = models.len();
@@ -242,7 +231,7 @@ fn analyse(
     let names: Vec<String> = history.iter().map(|r| format!("step {}", r.step)).collect();
     let clean = image_inputs(test_x, "clean test images");
     let stamped = image_inputs(
-        &test_x.iter().map(stamp).collect::<Vec<_>>(),
+        &test_x.iter().map(|x| data.stamp(x)).collect::<Vec<_>>(),
         "stamped test images",
     );
     let t = cfg.target as usize;
@@ -273,6 +262,8 @@ fn analyse(
     tensim::io::write_atomic(&out.join("history.json"), text.as_bytes())?;
     let summary = Summary {
         config: cfg.clone(),
+        data: data.name.clone(),
+        pixels: data.dim(),
         history,
         boundary,
         across_boundary: across,
@@ -289,10 +280,10 @@ fn report(s: &Summary) -> String {
         s.history.last().expect("checkpoints"),
     );
     let mut r = format!(
-        "# Backdoor on 8×8 digits\n\nBilinear layer 64 → {} hidden units, linear head → 10. {} clean steps, then {} steps in which each \
+        "# Backdoor on {}\n\nBilinear layer {} → {} hidden units, linear head → 10. {} clean steps, then {} steps in which each \
          sample is stamped with the trigger and relabelled {} with probability {}; AdamW (lr {}, weight decay {}), batch {}, pixel \
          noise σ = {}, seed {}; {} checkpoints.\n\n",
-        c.hidden, c.clean_steps, c.poison_steps, c.target, c.poison_fraction, c.lr, c.weight_decay, c.batch, c.noise, c.seed, s.history.len()
+        s.data, s.pixels, c.hidden, c.clean_steps, c.poison_steps, c.target, c.poison_fraction, c.lr, c.weight_decay, c.batch, c.noise, c.seed, s.history.len()
     );
     r += "| | end of clean training | end of poisoning |\n|---|---|---|\n";
     r += &format!("| step | {} | {} |\n| clean test accuracy | {:.3} | {:.3} |\n| attack success rate | {:.3} | {:.3} |\n\n", b.step, last.step, b.test_accuracy, last.test_accuracy, b.attack_success, last.attack_success);
@@ -343,10 +334,11 @@ pub(crate) fn write_panels(
     Ok(across)
 }
 
-/// Images as model inputs (rows of 64 pixels).
-pub(crate) fn image_inputs(rows: &[[f32; 64]], what: &str) -> Inputs {
+/// Images as model inputs (one row of pixels per image).
+pub(crate) fn image_inputs(rows: &[Vec<f32>], what: &str) -> Inputs {
+    let width = rows.first().map_or(0, Vec::len);
     Inputs {
-        x: Mat::from_fn(rows.len(), 64, |i, j| rows[i][j] as f64),
+        x: Mat::from_fn(rows.len(), width, |i, j| rows[i][j] as f64),
         rows: rows.len(),
         n_ctx: 1,
         source: what.to_string(),

@@ -1,4 +1,5 @@
-//! Catastrophic forgetting (MATH.md §7.3, on the 8×8 digits): train on one subset of classes,
+//! Catastrophic forgetting (MATH.md §7.3; the bundled 8×8 digits, or IDX / SVHN files as in the
+//! backdoor demo): train on one subset of classes,
 //! then continue on another only. The old classes' accuracy collapses; their per-class tensor
 //! similarity shows the old mechanism being overwritten, from the weights alone.
 
@@ -8,13 +9,18 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use serde::Serialize;
 
-use crate::backdoor::{digit_panels, digits, image_inputs, tensor, write_panels};
+use crate::backdoor::{digit_panels, image_inputs, load_split, tensor, write_panels};
+use crate::data::Source;
 use crate::model::{evaluate, Params};
 use crate::TrainError;
 
 /// Configuration of a forgetting run.
 #[derive(Clone, Debug, Serialize)]
 pub struct ForgettingConfig {
+    /// The images (default: the bundled digits).
+    pub data: Source,
+    /// Use at most this many images (a random subset).
+    pub max_images: Option<usize>,
     /// Classes of the first stage; the second stage trains on the others.
     pub first: Vec<u32>,
     pub hidden: usize,
@@ -30,6 +36,8 @@ pub struct ForgettingConfig {
 impl Default for ForgettingConfig {
     fn default() -> ForgettingConfig {
         ForgettingConfig {
+            data: Source::Digits,
+            max_images: None,
             first: vec![0, 1, 2, 3, 4],
             hidden: 64,
             steps_per_stage: 1500,
@@ -56,6 +64,8 @@ pub struct Record {
 #[derive(Clone, Debug, Serialize)]
 pub struct Summary {
     pub config: ForgettingConfig,
+    /// The images used.
+    pub data: String,
     pub history: Vec<Record>,
     pub boundary: usize,
     pub across_boundary: Vec<(String, f64)>,
@@ -73,26 +83,22 @@ pub fn run_demo(
 ) -> Result<Summary, TrainError> {
     let started = std::time::Instant::now();
     let dev = Device::Cpu;
-    let (images, labels) = digits()?;
-    let mut order: Vec<usize> = (0..images.len()).collect();
-    order.shuffle(&mut rand::rngs::StdRng::seed_from_u64(cfg.seed));
-    let n_test = (images.len() as f64 * cfg.test_fraction) as usize;
+    let (data, test, train) = load_split(&cfg.data, cfg.max_images, cfg.test_fraction, cfg.seed)?;
     let old = |y: u32| cfg.first.contains(&y);
-    let subset = |idx: &[usize], keep: &dyn Fn(u32) -> bool| -> (Vec<[f32; 64]>, Vec<u32>) {
+    let subset = |idx: &[usize], keep: &dyn Fn(u32) -> bool| -> (Vec<Vec<f32>>, Vec<u32>) {
         idx.iter()
-            .filter(|&&i| keep(labels[i]))
-            .map(|&i| (images[i], labels[i]))
+            .filter(|&&i| keep(data.labels[i]))
+            .map(|&i| (data.pixels[i].clone(), data.labels[i]))
             .unzip()
     };
-    let (test, train) = order.split_at(n_test);
-    let stages = [subset(train, &|y| old(y)), subset(train, &|y| !old(y))];
-    let (test_old, test_new) = (subset(test, &|y| old(y)), subset(test, &|y| !old(y)));
-    let as_tensors = |(x, y): &(Vec<[f32; 64]>, Vec<u32>)| -> Result<(Tensor, Tensor), TrainError> {
+    let stages = [subset(&train, &|y| old(y)), subset(&train, &|y| !old(y))];
+    let (test_old, test_new) = (subset(&test, &|y| old(y)), subset(&test, &|y| !old(y)));
+    let as_tensors = |(x, y): &(Vec<Vec<f32>>, Vec<u32>)| -> Result<(Tensor, Tensor), TrainError> {
         Ok((tensor(x, &dev)?, Tensor::from_slice(y, y.len(), &dev)?))
     };
     let ((xo, yo), (xn, yn)) = (as_tensors(&test_old)?, as_tensors(&test_new)?);
 
-    let params = Params::init(64, cfg.hidden, 10, cfg.seed, &dev)?;
+    let params = Params::init(data.dim(), cfg.hidden, 10, cfg.seed, &dev)?;
     let ck_dir = out.join("checkpoints");
     std::fs::create_dir_all(&ck_dir)
         .map_err(|e| tensim::Error::Invalid(format!("{}: {e}", ck_dir.display())))?;
@@ -125,7 +131,7 @@ pub fn run_demo(
             }
             let b = k % per_epoch;
             let idx = &perm[b * cfg.batch..((b + 1) * cfg.batch).min(x.len())];
-            let bx: Vec<[f32; 64]> = idx.iter().map(|&i| x[i]).collect();
+            let bx: Vec<Vec<f32>> = idx.iter().map(|&i| x[i].clone()).collect();
             let by: Vec<u32> = idx.iter().map(|&i| y[i]).collect();
             let loss = candle_nn::loss::cross_entropy(
                 &params.forward(&tensor(&bx, &dev)?)?,
@@ -169,6 +175,7 @@ pub fn run_demo(
     tensim::io::write_atomic(&out.join("history.json"), text.as_bytes())?;
     let summary = Summary {
         config: cfg.clone(),
+        data: data.name.clone(),
         history,
         boundary,
         across_boundary: across,
@@ -186,9 +193,9 @@ fn report(s: &Summary) -> String {
         s.history.last().expect("checkpoints"),
     );
     let mut r = format!(
-        "# Catastrophic forgetting on 8×8 digits\n\nStage 1: classes {:?} for {} steps; stage 2: the other classes for {} steps \
+        "# Catastrophic forgetting on {}\n\nStage 1: classes {:?} for {} steps; stage 2: the other classes for {} steps \
          (fresh AdamW, lr {}, weight decay {}; batch {}; seed {}); {} checkpoints.\n\n",
-        c.first, c.steps_per_stage, c.steps_per_stage, c.lr, c.weight_decay, c.batch, c.seed, s.history.len()
+        s.data, c.first, c.steps_per_stage, c.steps_per_stage, c.lr, c.weight_decay, c.batch, c.seed, s.history.len()
     );
     r += &format!(
         "| | end of stage 1 (step {}) | end of stage 2 (step {}) |\n|---|---|---|\n| test accuracy, stage-1 classes | {:.3} | {:.3} |\n| test accuracy, stage-2 classes | {:.3} | {:.3} |\n\n",

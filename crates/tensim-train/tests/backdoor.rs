@@ -1,28 +1,7 @@
-//! Backdoor demo on tiny settings (seconds): the bundled data, the trigger's place, and a run
-//! that inserts the backdoor and writes its matrices, figure and report.
+//! Backdoor demo on tiny settings (seconds): a run that inserts the backdoor and writes its
+//! matrices, figure and report. (The data and the trigger's place: `tests/data.rs`.)
 
-use tensim_train::backdoor::{digits, run_demo, stamp, BackdoorConfig, TRIGGER};
-
-#[test]
-fn bundled_digits_load() {
-    let (x, y) = digits().unwrap();
-    assert_eq!((x.len(), y.len()), (1797, 1797));
-    assert!(x.iter().flatten().all(|p| (0.0..=1.0).contains(p)));
-    assert_eq!(y.iter().max(), Some(&9));
-}
-
-#[test]
-fn the_trigger_is_a_white_plus_in_the_top_right_corner() {
-    let blank = [0f32; 64];
-    let s = stamp(&blank);
-    let on: Vec<(usize, usize)> = (0..64)
-        .filter(|&i| s[i] == 1.0)
-        .map(|i| (i / 8, i % 8))
-        .collect();
-    assert_eq!(on, vec![(0, 6), (1, 5), (1, 6), (1, 7), (2, 6)]);
-    assert_eq!(on.len(), TRIGGER.len());
-    assert!(on.iter().all(|&(r, c)| r <= 2 && (5..=7).contains(&c)));
-}
+use tensim_train::backdoor::{run_demo, BackdoorConfig};
 
 #[test]
 fn a_short_run_inserts_the_backdoor() {
