@@ -187,10 +187,7 @@ impl Model {
             .inner
             .layers()
             .iter()
-            .map(|l| match l {
-                tensim::Layer::Linear(_) => "linear",
-                tensim::Layer::Bilinear(_) => "bilinear",
-            })
+            .map(tensim::Layer::kind)
             .collect();
         format!(
             "Model({} → {}, layers [{}], degree {}, {} parameters)",

@@ -910,20 +910,28 @@ fn inspect(file: &Path, arch: Option<&Path>, json: bool) -> Result<()> {
         model.degree()
     );
     println!("layers:");
+    let residual = |r: Option<tensim::arch::Residual>| {
+        r.map(|r| format!(", residual {:?} scale {}", r.mode, r.scale).to_lowercase())
+            .unwrap_or_default()
+    };
     for (i, layer) in model.layers().iter().enumerate() {
         let extra = match layer {
-            tensim::Layer::Bilinear(b) => {
-                let res = b
-                    .residual
-                    .map(|r| format!(", residual {:?} scale {}", r.mode, r.scale).to_lowercase())
-                    .unwrap_or_default();
-                format!(
-                    " hidden {}{}{}",
-                    b.hidden(),
-                    if b.down.is_none() { ", no down" } else { "" },
-                    res
-                )
-            }
+            tensim::Layer::Bilinear(b) => format!(
+                " hidden {}{}{}",
+                b.hidden(),
+                if b.down.is_none() { ", no down" } else { "" },
+                residual(b.residual)
+            ),
+            tensim::Layer::Attention(a) => format!(
+                " {} heads, mask {:?}{}{}",
+                a.n_head,
+                a.mask,
+                a.rotary
+                    .map(|b| format!(", rotary base {b}"))
+                    .unwrap_or_default(),
+                residual(a.residual)
+            )
+            .to_lowercase(),
             tensim::Layer::Linear(_) => String::new(),
         };
         println!(

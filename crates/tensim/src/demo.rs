@@ -7,7 +7,7 @@ use rand_distr::{Distribution, StandardNormal};
 
 use crate::arch::{Residual, ResidualMode};
 use crate::error::Result;
-use crate::layers::{Bilinear, Layer, Linear};
+use crate::layers::{Attention, Bilinear, Layer, Linear};
 use crate::linalg::Mat;
 use crate::model::Model;
 use crate::reparam;
@@ -166,7 +166,16 @@ fn perturb(model: &Model, level: f64, rng: &mut impl Rng) -> Result<Model> {
                 down: x.down.as_ref().map(&mut noisy),
                 ..x.clone()
             }),
+            Layer::Attention(x) => Layer::Attention(Box::new(Attention {
+                q1: noisy(&x.q1),
+                k1: noisy(&x.k1),
+                q2: noisy(&x.q2),
+                k2: noisy(&x.k2),
+                v: noisy(&x.v),
+                o: noisy(&x.o),
+                ..(**x).clone()
+            })),
         })
         .collect();
-    Model::new(model.in_dim(), 1, layers)
+    Model::new(model.in_dim(), model.input().n_ctx, layers)
 }

@@ -9,9 +9,9 @@ use std::path::{Path, PathBuf};
 use safetensors::tensor::{Dtype, TensorView};
 use safetensors::SafeTensors;
 
-use crate::arch::{Arch, BilinearSpec, LayerSpec, LinearSpec};
+use crate::arch::{Arch, AttentionSpec, BilinearSpec, LayerSpec, LinearSpec};
 use crate::error::{Error, Result, TensorPlace};
-use crate::layers::{Bilinear, Layer, Linear};
+use crate::layers::{Attention, Bilinear, Layer, Linear};
 use crate::linalg::from_row_major;
 use crate::model::Model;
 
@@ -110,13 +110,7 @@ impl TensorFile {
             let layer = match spec {
                 LayerSpec::Linear(s) => Layer::Linear(reader.linear(i, s, dim)?),
                 LayerSpec::Bilinear(s) => Layer::Bilinear(reader.bilinear(i, s, dim)?),
-                LayerSpec::Attention(_) => {
-                    return Err(Error::Model(format!(
-                        "{}: layer {i}: attention layers are described by the format but not \
-                         supported by this version of tensim",
-                        self.path.display()
-                    )))
-                }
+                LayerSpec::Attention(s) => Layer::Attention(Box::new(reader.attention(i, s, dim)?)),
             };
             dim = layer.out_dim();
             layers.push(layer);
@@ -276,6 +270,41 @@ impl Reader<'_> {
         Ok(Linear { weight, bias })
     }
 
+    fn attention(&self, i: usize, s: &AttentionSpec, dim: usize) -> Result<Attention> {
+        let square =
+            |role: &str, name: &str| self.matrix(i, role, name, Axis::Is(dim), Axis::Is(dim));
+        let bias = |role: &str, name: &Option<String>| self.vector(i, role, name, dim);
+        let a = Attention {
+            n_head: s.n_head,
+            q1: square("q1", &s.q1)?,
+            k1: square("k1", &s.k1)?,
+            q2: square("q2", &s.q2)?,
+            k2: square("k2", &s.k2)?,
+            v: square("v", &s.v)?,
+            o: square("o", &s.o)?,
+            q1_bias: bias("q1_bias", &s.q1_bias)?,
+            k1_bias: bias("k1_bias", &s.k1_bias)?,
+            q2_bias: bias("q2_bias", &s.q2_bias)?,
+            k2_bias: bias("k2_bias", &s.k2_bias)?,
+            mask: s.mask,
+            rotary: s.rotary.as_ref().map(|r| r.base),
+            residual: s.residual,
+        };
+        if dim % s.n_head != 0 || (a.rotary.is_some() && (dim / s.n_head) % 2 != 0) {
+            return Err(Error::Model(format!(
+                "{}: layer {i} (attention): n_head {} must divide d_model {dim}{}",
+                self.file.path.display(),
+                s.n_head,
+                if a.rotary.is_some() {
+                    " into heads of even size (rotary rotates pairs of coordinates)"
+                } else {
+                    ""
+                }
+            )));
+        }
+        Ok(a)
+    }
+
     fn bilinear(&self, i: usize, s: &BilinearSpec, dim: usize) -> Result<Bilinear> {
         let (left, right) = match (&s.left, &s.right, &s.left_right) {
             (Some(l), Some(r), _) => {
@@ -417,6 +446,9 @@ pub fn parameter_tensors(model: &Model) -> Vec<(String, Vec<usize>, Vec<f64>)> {
                 (Layer::Linear(l), "weight") => vec![l.weight.nrows(), l.weight.ncols()],
                 (Layer::Bilinear(b), "left" | "right") => vec![b.hidden(), b.in_dim()],
                 (Layer::Bilinear(b), "down") => vec![b.out_dim(), b.hidden()],
+                (Layer::Attention(a), "q1" | "k1" | "q2" | "k2" | "v" | "o") => {
+                    vec![a.dim(), a.dim()]
+                }
                 _ => vec![values.len()],
             };
             out.push((Model::tensor_name(i, role), shape, values));

@@ -18,6 +18,7 @@ pub mod arch;
 pub mod bench;
 pub mod budget;
 pub mod demo;
+pub mod einsum;
 pub mod error;
 pub mod gram;
 pub mod io;

@@ -1,7 +1,9 @@
 //! A validated model: input size plus a stack of layers whose sizes chain. Metrics only ever see
 //! a `Model`, so every shape and value check happens once, here or in [`crate::io`].
 
-use crate::arch::{Arch, BilinearSpec, InputSpec, LayerSpec, LinearSpec, FORMAT};
+use crate::arch::{
+    Arch, AttentionSpec, BilinearSpec, InputSpec, LayerSpec, LinearSpec, Rotary, FORMAT,
+};
 use crate::error::{Error, Result};
 use crate::layers::{Layer, PaddedLayer};
 use crate::linalg::{pad_ones, unpad, Mat, MatRef, Par};
@@ -33,8 +35,10 @@ impl Model {
                     layer.in_dim()
                 )));
             }
-            if let Layer::Bilinear(b) = layer {
-                check_bilinear(i, b)?;
+            match layer {
+                Layer::Bilinear(b) => check_bilinear(i, b)?,
+                Layer::Attention(a) => check_attention(i, a)?,
+                Layer::Linear(_) => {}
             }
             for (role, values) in layer.parameters() {
                 if let Some(k) = values.iter().position(|v| !v.is_finite()) {
@@ -80,6 +84,25 @@ impl Model {
             .count()
     }
 
+    /// Index of the first attention layer, if any.
+    pub fn first_attention(&self) -> Option<usize> {
+        self.layers
+            .iter()
+            .position(|l| matches!(l, Layer::Attention(_)))
+    }
+
+    /// `Ok` if every layer acts position-wise (linear, bilinear): what the weight-space
+    /// recursion of `what` covers.
+    pub fn require_position_wise(&self, what: &str) -> Result<()> {
+        match self.first_attention() {
+            None => Ok(()),
+            Some(i) => Err(Error::Invalid(format!(
+                "{what} covers linear and bilinear layers; layer {i} is attention (use the \
+                 gaussian, behavioral or matrix metric)"
+            ))),
+        }
+    }
+
     /// Polynomial degree of the model in its input (an upper bound: `2^n_bilinear`).
     pub fn degree(&self) -> u64 {
         self.layers.iter().map(|l| l.degree() as u64).product()
@@ -90,12 +113,13 @@ impl Model {
         self.layers.iter().map(Layer::param_count).sum()
     }
 
-    /// Batched forward pass: rows of `x` are input vectors (for `n_ctx > 1`, one row per
-    /// position; every layer here acts position-wise).
+    /// Batched forward pass: rows of `x` are positions, `n_ctx` consecutive rows one input
+    /// (attention mixes the positions of an input; every other layer acts position-wise).
     pub fn forward(&self, x: MatRef<'_, f64>, par: Par) -> Mat<f64> {
-        let mut y = self.layers[0].forward(x, par);
+        let n = self.input.n_ctx;
+        let mut y = self.layers[0].forward(x, n, par);
         for layer in &self.layers[1..] {
-            y = layer.forward(y.as_ref(), par);
+            y = layer.forward(y.as_ref(), n, par);
         }
         y
     }
@@ -147,6 +171,22 @@ impl Model {
                     residual: b.residual,
                     ..Default::default()
                 }),
+                Layer::Attention(a) => LayerSpec::Attention(AttentionSpec {
+                    n_head: a.n_head,
+                    q1: Model::tensor_name(i, "q1"),
+                    k1: Model::tensor_name(i, "k1"),
+                    q2: Model::tensor_name(i, "q2"),
+                    k2: Model::tensor_name(i, "k2"),
+                    v: Model::tensor_name(i, "v"),
+                    o: Model::tensor_name(i, "o"),
+                    q1_bias: name(i, "q1_bias", a.q1_bias.is_some()),
+                    k1_bias: name(i, "k1_bias", a.k1_bias.is_some()),
+                    q2_bias: name(i, "q2_bias", a.q2_bias.is_some()),
+                    k2_bias: name(i, "k2_bias", a.k2_bias.is_some()),
+                    mask: a.mask,
+                    rotary: a.rotary.map(|base| Rotary { base }),
+                    residual: a.residual,
+                }),
             })
             .collect();
         Arch {
@@ -155,6 +195,49 @@ impl Model {
             layers,
         }
     }
+}
+
+fn check_attention(i: usize, a: &crate::layers::Attention) -> Result<()> {
+    let d = a.dim();
+    let bad = |what: String| Err(Error::Model(format!("layer {i} (attention): {what}")));
+    if a.n_head == 0 || d % a.n_head != 0 {
+        return bad(format!("n_head {} does not divide d_model {d}", a.n_head));
+    }
+    if a.rotary.is_some() && a.head_size() % 2 != 0 {
+        return bad(format!(
+            "rotary positions need an even head size, got {}",
+            a.head_size()
+        ));
+    }
+    for (role, w) in [
+        ("q1", &a.q1),
+        ("k1", &a.k1),
+        ("q2", &a.q2),
+        ("k2", &a.k2),
+        ("v", &a.v),
+        ("o", &a.o),
+    ] {
+        if (w.nrows(), w.ncols()) != (d, d) {
+            return bad(format!(
+                "{role} has shape [{}, {}], expected [{d}, {d}]",
+                w.nrows(),
+                w.ncols()
+            ));
+        }
+    }
+    for (role, b) in [
+        ("q1_bias", &a.q1_bias),
+        ("k1_bias", &a.k1_bias),
+        ("q2_bias", &a.q2_bias),
+        ("k2_bias", &a.k2_bias),
+    ] {
+        if let Some(b) = b {
+            if b.len() != d {
+                return bad(format!("{role} has {} entries, expected {d}", b.len()));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn check_bilinear(i: usize, b: &crate::layers::Bilinear) -> Result<()> {

@@ -193,6 +193,11 @@ pub fn change_basis(
                 "layer {i} has a residual; fold it first"
             )))
         }
+        Layer::Attention(_) => {
+            return Err(Error::Invalid(format!(
+                "layer {i} is attention; change bases around linear and bilinear layers"
+            )))
+        }
     }
     match &mut layers[i + 1] {
         Layer::Linear(l) => (l.weight, l.bias) = affine_in(&l.weight, &l.bias),
@@ -203,6 +208,12 @@ pub fn change_basis(
         Layer::Bilinear(_) => {
             return Err(Error::Invalid(format!(
                 "layer {} has a residual; fold it first",
+                i + 1
+            )))
+        }
+        Layer::Attention(_) => {
+            return Err(Error::Invalid(format!(
+                "layer {} is attention; change bases around linear and bilinear layers",
                 i + 1
             )))
         }

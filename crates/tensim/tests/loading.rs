@@ -231,11 +231,15 @@ fn architecture_errors() {
             "want {want:?} in: {e}"
         );
     }
-    // Attention is part of the format but not yet computable.
+    // Attention tensors are looked up like any other.
     let attn = r#"{"format": "tensim/1", "input": {"dim": 4}, "layers": [{"kind": "attention", "n_head": 1,
       "q1": "a", "k1": "a", "q2": "a", "k2": "a", "v": "a", "o": "a"}]}"#;
     std::fs::write(&a, attn).unwrap();
-    assert!(err_of(io::load(&w, Some(&a))).contains("attention layers"));
+    let e = err_of(io::load(&w, Some(&a)));
+    assert!(
+        e.contains("\"a\"") && e.contains("q1") && e.contains("missing"),
+        "{e}"
+    );
     let _ = d;
 }
 

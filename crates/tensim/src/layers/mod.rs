@@ -1,10 +1,12 @@
 //! Components of a tensor-network model. Each layer kind owns its padded (homogenised) node
 //! form, its forward pass and its Gram update; `attention` (bilinear quadratic-score attention)
-//! is described by the file format and will live beside them.
+//! owns its forward pass over sequences and its tensor-network form.
 
+pub mod attention;
 pub mod bilinear;
 pub mod linear;
 
+pub use attention::Attention;
 pub use bilinear::{Bilinear, PaddedBilinear};
 pub use linear::{Linear, PaddedLinear};
 
@@ -15,6 +17,7 @@ use crate::linalg::{Mat, MatRef, Par};
 pub enum Layer {
     Linear(Linear),
     Bilinear(Bilinear),
+    Attention(Box<Attention>),
 }
 
 impl Layer {
@@ -22,6 +25,7 @@ impl Layer {
         match self {
             Layer::Linear(l) => l.in_dim(),
             Layer::Bilinear(b) => b.in_dim(),
+            Layer::Attention(a) => a.dim(),
         }
     }
 
@@ -29,6 +33,7 @@ impl Layer {
         match self {
             Layer::Linear(l) => l.out_dim(),
             Layer::Bilinear(b) => b.out_dim(),
+            Layer::Attention(a) => a.dim(),
         }
     }
 
@@ -37,6 +42,7 @@ impl Layer {
         match self {
             Layer::Linear(_) => 1,
             Layer::Bilinear(_) => 2,
+            Layer::Attention(_) => 5,
         }
     }
 
@@ -44,22 +50,27 @@ impl Layer {
         match self {
             Layer::Linear(_) => "linear",
             Layer::Bilinear(_) => "bilinear",
+            Layer::Attention(_) => "attention",
         }
     }
 
-    /// Batched forward pass (rows are inputs).
-    pub fn forward(&self, x: MatRef<'_, f64>, par: Par) -> Mat<f64> {
+    /// Batched forward pass: rows are positions, `n_ctx` consecutive rows one input (only
+    /// attention mixes positions).
+    pub fn forward(&self, x: MatRef<'_, f64>, n_ctx: usize, par: Par) -> Mat<f64> {
         match self {
             Layer::Linear(l) => l.forward(x, par),
             Layer::Bilinear(b) => b.forward(x, par),
+            Layer::Attention(a) => a.forward(x, n_ctx, par),
         }
     }
 
-    /// The layer's padded node.
+    /// The layer's padded node (position-wise layers; the weight-space metrics refuse models
+    /// with attention before asking).
     pub fn padded(&self) -> PaddedLayer {
         match self {
             Layer::Linear(l) => PaddedLayer::Linear(l.padded()),
             Layer::Bilinear(b) => PaddedLayer::Bilinear(b.padded()),
+            Layer::Attention(_) => unreachable!("attention has no position-wise padded node"),
         }
     }
 
@@ -74,6 +85,13 @@ impl Layer {
                     + len(&b.left_bias)
                     + len(&b.right_bias)
                     + len(&b.down_bias)
+            }
+            Layer::Attention(a) => {
+                6 * a.dim() * a.dim()
+                    + len(&a.q1_bias)
+                    + len(&a.k1_bias)
+                    + len(&a.q2_bias)
+                    + len(&a.k2_bias)
             }
         }
     }
@@ -99,6 +117,22 @@ impl Layer {
                 push("left_bias", b.left_bias.clone());
                 push("right_bias", b.right_bias.clone());
                 push("down_bias", b.down_bias.clone());
+            }
+            Layer::Attention(a) => {
+                for (role, w) in [
+                    ("q1", &a.q1),
+                    ("k1", &a.k1),
+                    ("q2", &a.q2),
+                    ("k2", &a.k2),
+                    ("v", &a.v),
+                    ("o", &a.o),
+                ] {
+                    push(role, Some(to_row_major(w.as_ref())));
+                }
+                push("q1_bias", a.q1_bias.clone());
+                push("k1_bias", a.k1_bias.clone());
+                push("q2_bias", a.q2_bias.clone());
+                push("k2_bias", a.k2_bias.clone());
             }
         }
         out

@@ -230,6 +230,8 @@ pub fn similarity(
 ) -> Result<crate::metrics::Comparison> {
     use crate::metrics::{check_io, cosine, cosines, Comparison, Metric};
     check_io(a, b)?;
+    a.require_position_wise("the fully symmetrised tensor metric")?;
+    b.require_position_wise("the fully symmetrised tensor metric")?;
     if opts.per_output {
         return Err(Error::Invalid(
             "--per-output is computed for the per-layer tensor metric (--symmetrize layer)".into(),

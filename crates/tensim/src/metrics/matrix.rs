@@ -72,6 +72,7 @@ pub(crate) fn output_rows(m: &Model) -> Vec<Vec<f64>> {
                 with(r, &bl.down_bias)
             }
         },
+        Layer::Attention(a) => rows(&a.o),
     }
 }
 

@@ -101,6 +101,8 @@ fn workspace(a: &[PaddedLayer], b: &[PaddedLayer]) -> usize {
 
 /// The three Grams `(G_ab, G_aa, G_bb)` of the recursion, after a memory check.
 pub fn grams(a: &Model, b: &Model, par: Par) -> Result<(Gram, Gram, Gram)> {
+    a.require_position_wise("the tensor metric")?;
+    b.require_position_wise("the tensor metric")?;
     let depth = a.n_bilinear().max(b.n_bilinear());
     let (na, nb) = (lifted_nodes(a, depth), lifted_nodes(b, depth));
     let ws = workspace(&na, &nb)

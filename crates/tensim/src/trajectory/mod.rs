@@ -551,6 +551,10 @@ fn plan<'a>(
 ) -> Result<Plan<'a>> {
     match metric {
         Metric::Tensor => {
+            for (m, name) in models.iter().zip(names) {
+                m.require_position_wise("the tensor metric")
+                    .map_err(|e| Error::Invalid(format!("{name}: {e}")))?;
+            }
             let folded: Option<Vec<Folded>> = models.iter().map(fold_single).collect();
             if let Some(folded) = folded {
                 let stack = Stack::new(&folded);

@@ -281,6 +281,7 @@ pub fn abs_model(m: &Model) -> Model {
                 down_bias: absv(&x.down_bias),
                 residual: x.residual,
             }),
+            Layer::Attention(_) => unimplemented!("position-wise models only"),
         })
         .collect();
     Model::new(m.in_dim(), m.input().n_ctx, layers).unwrap()
