@@ -36,7 +36,7 @@ enum Command {
         b: PathBuf,
         #[command(flatten)]
         arch: ArchArgs,
-        /// tensor | matrix | behavioral | cka
+        /// tensor | matrix | behavioral | cka | gaussian
         #[arg(long, default_value = "tensor")]
         metric: String,
         /// Also report the metric for each output coordinate (per-class slice similarity).
@@ -44,6 +44,8 @@ enum Command {
         per_output: bool,
         #[command(flatten)]
         sym: SymArgs,
+        #[command(flatten)]
+        gauss: GaussArgs,
         #[command(flatten)]
         inputs: InputArgs,
         /// Print one JSON object.
@@ -255,6 +257,32 @@ struct BackdoorArgs {
     common: DemoArgs,
 }
 
+/// Mode of the gaussian metric.
+#[derive(Args)]
+struct GaussArgs {
+    /// gaussian: enumerate the Wick sum of the whole network (exact; refused when too large).
+    #[arg(long, conflicts_with = "closure")]
+    exact: bool,
+    /// gaussian: propagate second moments layer by layer, each layer's input treated as
+    /// Gaussian (approximate past the first non-linear layer). Default: exact when affordable.
+    #[arg(long)]
+    closure: bool,
+}
+
+impl GaussArgs {
+    fn options(&self) -> tensim::metrics::gaussian::GaussOptions {
+        use tensim::metrics::gaussian::Mode;
+        tensim::metrics::gaussian::GaussOptions {
+            mode: match (self.exact, self.closure) {
+                (true, _) => Some(Mode::Exact),
+                (_, true) => Some(Mode::Closure),
+                _ => None,
+            },
+            ..Default::default()
+        }
+    }
+}
+
 /// Where the vision demos read their images.
 #[derive(Args)]
 struct ImageArgs {
@@ -345,6 +373,13 @@ struct RandomArgs {
     layers: usize,
     #[arg(long, default_value_t = 10)]
     d_out: usize,
+    /// Attention heads: with N > 0 every bilinear layer is preceded by a causal, rotary
+    /// bilinear attention layer (tensor transformer blocks).
+    #[arg(long, default_value_t = 0)]
+    heads: usize,
+    /// Sequence positions of the input (transformers).
+    #[arg(long, default_value_t = 1)]
+    n_ctx: usize,
     /// Lerp residual scale of the bilinear layers (omit for none).
     #[arg(long)]
     residual: Option<f64>,
@@ -449,6 +484,7 @@ fn run(cli: Cli) -> Result<()> {
             metric,
             per_output,
             sym,
+            gauss,
             inputs,
             json,
         } => {
@@ -462,6 +498,7 @@ fn run(cli: Cli) -> Result<()> {
             let opts = Options {
                 per_output,
                 par: Par::rayon(0),
+                gaussian: gauss.options(),
             };
             let r = match (&full, metric) {
                 (Some(f), Metric::Tensor) => {
@@ -795,8 +832,10 @@ fn print_comparison(r: &Comparison, json: bool) {
     if let Some(src) = &r.inputs {
         println!("inputs      {src} ({} rows)", r.samples.unwrap_or(0));
     }
-    if let (Some(sym), Some(mode)) = (r.symmetrize, r.mode) {
-        println!("symmetrize  {sym} ({mode})");
+    match (r.symmetrize, r.mode) {
+        (Some(sym), Some(mode)) => println!("symmetrize  {sym} ({mode})"),
+        (None, Some(mode)) => println!("mode        {mode}"),
+        _ => {}
     }
     if let Some(se) = r.stderr {
         println!(
@@ -1032,7 +1071,12 @@ fn demo_random(args: &RandomArgs) -> Result<()> {
         bias: false,
         embed: !args.no_embed,
         down: !args.no_down,
+        heads: args.heads,
+        n_ctx: args.n_ctx,
     };
+    if args.heads > 0 && (args.no_embed || args.no_down) {
+        bail!("--heads (tensor transformer blocks) needs the embedding and down projections");
+    }
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
     let mut rng = tensim::rand::rngs::StdRng::seed_from_u64(args.seed);

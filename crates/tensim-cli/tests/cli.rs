@@ -360,3 +360,70 @@ fn bench_quick_reports_ratios() {
         );
     }
 }
+
+#[test]
+fn transformers_compare_with_the_gaussian_metric() {
+    let d = workdir("transformer");
+    let o = tensim(
+        &[
+            "demo",
+            "random",
+            "--out",
+            "tf",
+            "--count",
+            "3",
+            "--d-in",
+            "4",
+            "--d-model",
+            "4",
+            "--hidden",
+            "4",
+            "--d-out",
+            "3",
+            "--heads",
+            "2",
+            "--n-ctx",
+            "2",
+            "--residual",
+            "0.5",
+        ],
+        &d,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = tensim(&["inspect", "tf/random-000.safetensors"], &d);
+    assert!(
+        stdout(&o).contains("attention 4 → 4 2 heads, mask causal, rotary base 10000"),
+        "{}",
+        stdout(&o)
+    );
+    let pair = |a: &str, b: &str, extra: &[&str]| {
+        let mut args = vec!["compare", a, b, "--metric", "gaussian", "--json"];
+        args.extend(extra);
+        json(&tensim(&args, &d))
+    };
+    let (f0, f1) = ("tf/random-000.safetensors", "tf/random-001.safetensors");
+    let same = pair(f0, f0, &[]);
+    assert!((same["similarity"].as_f64().unwrap() - 1.0).abs() < 1e-12);
+    // Attention then a bilinear layer: two non-linear layers, too many legs for --exact.
+    assert_eq!(same["mode"], "closure");
+    let o = tensim(&["compare", f0, f1, "--metric", "gaussian", "--exact"], &d);
+    assert!(
+        !o.status.success() && stderr(&o).contains("--closure"),
+        "{}",
+        stderr(&o)
+    );
+    let o = tensim(&["compare", f0, f1, "--metric", "tensor"], &d);
+    assert!(
+        !o.status.success() && stderr(&o).contains("layer 1 is attention"),
+        "{}",
+        stderr(&o)
+    );
+    // The all-pairs matrix equals the pairs.
+    let m = json(&tensim(
+        &["matrix", "tf", "--metric", "gaussian", "--json", "--quiet"],
+        &d,
+    ));
+    let s01 = pair(f0, f1, &[])["similarity"].as_f64().unwrap();
+    let got = m["similarity"][0][1].as_f64().unwrap();
+    assert!((got - s01).abs() < 1e-12, "{got} vs {s01}");
+}

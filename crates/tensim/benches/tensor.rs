@@ -53,6 +53,8 @@ fn pair(c: &mut Criterion) {
             bias: false,
             embed: true,
             down: true,
+            heads: 0,
+            n_ctx: 1,
         };
         let mut rng = rand::rngs::StdRng::seed_from_u64(0);
         let (a, b) = (
@@ -66,6 +68,7 @@ fn pair(c: &mut Criterion) {
             let opts = Options {
                 per_output: false,
                 par,
+                ..Default::default()
             };
             g.bench_with_input(BenchmarkId::new(name, &label), &label, |bch, _| {
                 bch.iter(|| tensor::similarity(&a, &b, &opts).unwrap())

@@ -51,6 +51,8 @@ fn main() -> tensim::Result<()> {
         bias: false,
         embed: true,
         down: true,
+        heads: 0,
+        n_ctx: 1,
     };
     let mut rng = rand::rngs::StdRng::seed_from_u64(1);
     let anchors: Vec<Model> = (0..4)

@@ -94,6 +94,8 @@ pub fn reference_shapes() -> [(&'static str, StackShape); 2] {
         bias: false,
         embed: true,
         down: true,
+        heads: 0,
+        n_ctx: 1,
     };
     [
         (
@@ -104,6 +106,8 @@ pub fn reference_shapes() -> [(&'static str, StackShape); 2] {
                 hidden: vec![64],
                 embed: false,
                 down: false,
+                heads: 0,
+                n_ctx: 1,
                 ..plain.clone()
             },
         ),

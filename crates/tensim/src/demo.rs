@@ -28,6 +28,11 @@ pub struct StackShape {
     /// Each bilinear layer has a `down` projection back to the stream (else it outputs its
     /// hidden product).
     pub down: bool,
+    /// Attention heads: with `heads > 0` each bilinear layer is preceded by a causal rotary
+    /// bilinear attention layer (a tensor transformer block; needs `embed` and `down`).
+    pub heads: usize,
+    /// Sequence positions of the input.
+    pub n_ctx: usize,
 }
 
 /// One standard Gaussian draw.
@@ -58,6 +63,26 @@ pub fn random_stack<R: Rng>(shape: &StackShape, rng: &mut R) -> Result<Model> {
         dim = shape.d_model;
     }
     for &h in &shape.hidden {
+        if shape.heads > 0 {
+            let b = |rng: &mut R| bias(dim, rng);
+            let (q1_bias, k1_bias, q2_bias, k2_bias) = (b(rng), b(rng), b(rng), b(rng));
+            layers.push(Layer::Attention(Box::new(Attention {
+                n_head: shape.heads,
+                q1: torch_init(dim, dim, rng),
+                k1: torch_init(dim, dim, rng),
+                q2: torch_init(dim, dim, rng),
+                k2: torch_init(dim, dim, rng),
+                v: torch_init(dim, dim, rng),
+                o: torch_init(dim, dim, rng),
+                q1_bias,
+                k1_bias,
+                q2_bias,
+                k2_bias,
+                mask: crate::arch::Mask::Causal,
+                rotary: Some(10_000.0),
+                residual: shape.residual,
+            })));
+        }
         let out = if shape.down { dim } else { h };
         layers.push(Layer::Bilinear(Bilinear {
             left: torch_init(h, dim, rng),
@@ -74,7 +99,7 @@ pub fn random_stack<R: Rng>(shape: &StackShape, rng: &mut R) -> Result<Model> {
         weight: torch_init(shape.d_out, dim, rng),
         bias: bias(shape.d_out, rng),
     }));
-    Model::new(shape.d_in, 1, layers)
+    Model::new(shape.d_in, shape.n_ctx, layers)
 }
 
 /// One model of the symmetries example.
@@ -99,6 +124,8 @@ pub fn symmetries(seed: u64) -> Result<Vec<Example>> {
         bias: true,
         embed: true,
         down: true,
+        heads: 0,
+        n_ctx: 1,
     };
     let a = random_stack(&shape, &mut rng)?;
 

@@ -171,8 +171,17 @@ impl Einsum {
         let path = if self.inputs.len() < 2 {
             vec![]
         } else {
-            let (path, _) = opt_einsum_path::contract_path(&key, shapes, "auto-hq", None)
-                .map_err(|e| Error::Invalid(format!("einsum \"{}\": {e}", self.expr)))?;
+            let (path, _) = opt_einsum_path::contract_path(
+                &key,
+                shapes,
+                if shapes.len() > 8 {
+                    "greedy"
+                } else {
+                    "auto-hq"
+                },
+                None,
+            )
+            .map_err(|e| Error::Invalid(format!("einsum \"{}\": {e}", self.expr)))?;
             path
         };
         PATHS

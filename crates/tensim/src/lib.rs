@@ -31,6 +31,7 @@ pub mod phases;
 pub mod plot;
 pub mod reparam;
 pub mod trajectory;
+pub mod wick;
 
 pub use arch::Arch;
 pub use error::{Error, Result};

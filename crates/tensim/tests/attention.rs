@@ -351,6 +351,7 @@ fn behavioural_and_weight_metrics_cover_transformers_and_the_tensor_metric_says_
     let opts = Options {
         per_output: false,
         par: Par::Seq,
+        ..Default::default()
     };
     for metric in [Metric::Behavioral, Metric::Matrix] {
         let same = metrics::compare(&a, &a, metric, Some(&inputs), &opts)

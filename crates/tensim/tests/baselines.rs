@@ -12,6 +12,7 @@ fn opts() -> Options {
     Options {
         per_output: true,
         par: Par::Seq,
+        ..Default::default()
     }
 }
 

@@ -12,6 +12,7 @@ fn opts(per_output: bool) -> Options {
     Options {
         per_output,
         par: Par::Seq,
+        ..Default::default()
     }
 }
 

@@ -56,6 +56,7 @@ fn full(a: &Model, b: &Model) -> tensim::metrics::Comparison {
     let opts = tensim::metrics::Options {
         per_output: false,
         par: Par::Seq,
+        ..Default::default()
     };
     let fo = FullOptions {
         by_degree: true,
@@ -191,6 +192,7 @@ fn complex_gaussian_monte_carlo_is_unbiased() {
     let opts = tensim::metrics::Options {
         per_output: false,
         par: Par::Seq,
+        ..Default::default()
     };
     let r = fullsym::similarity(
         &square(&p),
@@ -253,6 +255,7 @@ mod laws {
         let opts = tensim::metrics::Options {
             per_output: false,
             par: Par::Seq,
+            ..Default::default()
         };
         fullsym::similarity(a, b, &opts, &FullOptions::default())
             .unwrap()

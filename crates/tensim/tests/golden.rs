@@ -51,6 +51,7 @@ fn opts() -> Options {
     Options {
         per_output: false,
         par: Par::Seq,
+        ..Default::default()
     }
 }
 

@@ -141,6 +141,7 @@ fn half_and_single_precision_storage() {
             &Options {
                 per_output: false,
                 par: Par::Seq,
+                ..Default::default()
             },
         )
         .unwrap();
@@ -305,6 +306,7 @@ fn incomparable_and_zero_norm_models() {
     let opts = Options {
         per_output: true,
         par: Par::Seq,
+        ..Default::default()
     };
     // Different output size.
     let mut sd = state_dict();

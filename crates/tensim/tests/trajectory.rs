@@ -37,6 +37,7 @@ fn check_against_pairs(models: &[Model], metric: Metric, inputs: Option<&Inputs>
     let pair_opts = Options {
         per_output: false,
         par: Par::Seq,
+        ..Default::default()
     };
     for i in 0..models.len() {
         for j in 0..models.len() {
@@ -313,6 +314,7 @@ fn per_output_matrices_equal_single_pair_slices() {
         let pair_opts = Options {
             per_output: true,
             par: Par::Seq,
+            ..Default::default()
         };
         for i in 0..4 {
             for j in 0..4 {
@@ -357,6 +359,7 @@ fn per_output_matrices_equal_single_pair_slices() {
         let pair_opts = Options {
             per_output: true,
             par: Par::Seq,
+            ..Default::default()
         };
         for i in 0..3 {
             for j in 0..3 {
@@ -402,6 +405,7 @@ fn fully_symmetrised_matrix_equals_single_pairs() {
     let o = Options {
         per_output: false,
         par: Par::Seq,
+        ..Default::default()
     };
     for i in 0..4 {
         for j in 0..4 {

@@ -246,6 +246,62 @@ impl Attention {
 }
 
 impl Network {
+    /// The two terms: the identity `ℐ[(t,o);(t,i)] = γ_i δ_oi` (one leg) and the active term
+    /// (five legs: value, K₁, K₂ at the key position `u`; Q₁, Q₂ at the query position `t`),
+    /// heads summed over a label `η`.
+    pub fn terms(&self) -> Vec<crate::wick::Term> {
+        use crate::wick::Term;
+        use std::sync::Arc;
+        let w = self.gamma.len();
+        let gamma = Tensor::new(
+            vec![w, w],
+            (0..w * w)
+                .map(|k| {
+                    if k / w == k % w {
+                        self.gamma[k % w]
+                    } else {
+                        0.0
+                    }
+                })
+                .collect(),
+        );
+        let identity = Term {
+            factors: vec![(vec![1, 2], Arc::new(gamma))],
+            out: (0, 1),
+            legs: vec![(0, 2)],
+            n_labels: 3,
+        };
+        // Heads stacked along a leading axis.
+        let stack = |part: &dyn Fn(&HeadFactors) -> &Tensor| {
+            let first = part(&self.heads[0]);
+            let mut shape = vec![self.heads.len()];
+            shape.extend(&first.shape);
+            Arc::new(Tensor::new(
+                shape,
+                self.heads
+                    .iter()
+                    .flat_map(|h| part(h).data.clone())
+                    .collect(),
+            ))
+        };
+        let (t, o, u, eta, e, f) = (0, 1, 2, 3, 4, 5);
+        let (a, b, c, d, g) = (6, 7, 8, 9, 10);
+        let active = Term {
+            factors: vec![
+                (vec![t, u], Arc::new(self.mask.clone())),
+                (vec![eta, o, a], stack(&|h| &h.vo)),
+                (vec![eta, t, e, b], stack(&|h| &h.q[0])),
+                (vec![eta, u, e, c], stack(&|h| &h.k[0])),
+                (vec![eta, t, f, d], stack(&|h| &h.q[1])),
+                (vec![eta, u, f, g], stack(&|h| &h.k[1])),
+            ],
+            out: (t, o),
+            legs: vec![(u, a), (u, c), (u, g), (t, b), (t, d)],
+            n_labels: 11,
+        };
+        vec![identity, active]
+    }
+
     /// `ℐ(X̂⁽⁰⁾) + 𝒜(X̂⁽⁰⁾, …, X̂⁽⁴⁾)` (the identity term reads leg 0) for padded inputs `X̂⁽ˡ⁾` of shape `(n, d+1)` (leg `l`):
     /// the multilinear map of the network, contracted by the einsum engine.
     pub fn apply(&self, legs: [&Tensor; 5]) -> Tensor {

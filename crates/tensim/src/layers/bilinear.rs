@@ -335,3 +335,21 @@ fn sandwich(
     }
     out
 }
+
+impl PaddedBilinear {
+    /// The node as a two-leg term `Σ_k D̂[o,k] L̂[k,i] R̂[k,j]`, both legs at the output position.
+    pub fn term(&self) -> crate::wick::Term {
+        let (t, o, k, i, j) = (0, 1, 2, 3, 4);
+        let m = crate::wick::matrix;
+        crate::wick::Term {
+            factors: vec![
+                (vec![o, k], m(&self.d)),
+                (vec![k, i], m(&self.l)),
+                (vec![k, j], m(&self.r)),
+            ],
+            out: (t, o),
+            legs: vec![(t, i), (t, j)],
+            n_labels: 5,
+        }
+    }
+}

@@ -70,3 +70,16 @@ impl PaddedLinear {
         })
     }
 }
+
+impl PaddedLinear {
+    /// The node as a one-leg term `Ŵ[o, i]` (position `t` = the leg's).
+    pub fn term(&self) -> crate::wick::Term {
+        let (t, o, i) = (0, 1, 2);
+        crate::wick::Term {
+            factors: vec![(vec![o, i], crate::wick::matrix(&self.w))],
+            out: (t, o),
+            legs: vec![(t, i)],
+            n_labels: 3,
+        }
+    }
+}

@@ -74,6 +74,15 @@ impl Layer {
         }
     }
 
+    /// The layer as a sum of multilinear terms at `n_ctx` positions (MATH.md §5.2).
+    pub fn terms(&self, n_ctx: usize) -> Vec<crate::wick::Term> {
+        match self {
+            Layer::Linear(l) => vec![l.padded().term()],
+            Layer::Bilinear(b) => vec![b.padded().term()],
+            Layer::Attention(a) => a.network(n_ctx).terms(),
+        }
+    }
+
     /// Number of scalar parameters (weights and biases).
     pub fn param_count(&self) -> usize {
         let len = |v: &Option<Vec<f64>>| v.as_ref().map_or(0, Vec::len);

@@ -4,6 +4,7 @@
 pub mod behavioral;
 pub mod cka;
 pub mod fullsym;
+pub mod gaussian;
 pub mod inputs;
 pub mod matrix;
 pub mod tensor;
@@ -27,14 +28,17 @@ pub enum Metric {
     Behavioral,
     /// Linear CKA of the two models' outputs on the same inputs.
     Cka,
+    /// `E⟨f_a(x), f_b(x)⟩` under Gaussian input, normalised, from the weights (MATH.md §4–5).
+    Gaussian,
 }
 
 impl Metric {
-    pub const ALL: [Metric; 4] = [
+    pub const ALL: [Metric; 5] = [
         Metric::Tensor,
         Metric::Matrix,
         Metric::Behavioral,
         Metric::Cka,
+        Metric::Gaussian,
     ];
 
     pub fn name(self) -> &'static str {
@@ -43,6 +47,7 @@ impl Metric {
             Metric::Matrix => "matrix",
             Metric::Behavioral => "behavioral",
             Metric::Cka => "cka",
+            Metric::Gaussian => "gaussian",
         }
     }
 
@@ -60,7 +65,7 @@ impl std::str::FromStr for Metric {
             .find(|m| m.name() == s || (s == "behavioural" && *m == Metric::Behavioral))
             .ok_or_else(|| {
                 Error::Invalid(format!(
-                    "unknown metric \"{s}\" (expected tensor, matrix, behavioral or cka)"
+                    "unknown metric \"{s}\" (expected tensor, matrix, behavioral, cka or gaussian)"
                 ))
             })
     }
@@ -104,6 +109,8 @@ pub struct Options {
     pub per_output: bool,
     /// Parallelism inside each GEMM.
     pub par: Par,
+    /// Mode of the gaussian metric.
+    pub gaussian: gaussian::GaussOptions,
 }
 
 impl Default for Options {
@@ -111,6 +118,7 @@ impl Default for Options {
         Options {
             per_output: false,
             par: Par::rayon(0),
+            gaussian: Default::default(),
         }
     }
 }
@@ -131,6 +139,7 @@ pub fn compare(
         Metric::Matrix => matrix::similarity(a, b, opts),
         Metric::Behavioral => behavioral::similarity(a, b, need()?, opts),
         Metric::Cka => cka::similarity(a, b, need()?, opts),
+        Metric::Gaussian => gaussian::similarity(a, b, &opts.gaussian),
     }
 }
 

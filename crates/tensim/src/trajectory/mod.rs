@@ -25,7 +25,7 @@ use crate::budget;
 use crate::error::{Error, Result};
 use crate::layers::PaddedLayer;
 use crate::linalg::{mul, mul_t, Mat, MatRef, Par};
-use crate::metrics::{self, inputs::outputs, tensor, Inputs, Metric, Options};
+use crate::metrics::{self, gaussian, inputs::outputs, tensor, Inputs, Metric, Options};
 use crate::model::Model;
 use tiles::TileStore;
 
@@ -199,6 +199,12 @@ enum Plan<'a> {
         norms: Option<Vec<(f64, f64)>>,
         depth: usize,
     },
+    /// Gaussian similarity: cached self chains, cross chains per pair (exact enumeration
+    /// where the default mode asks for it).
+    Gaussian {
+        models: &'a [Model],
+        chains: Vec<Vec<gaussian::Moment>>,
+    },
     /// Fully symmetrised tensor similarity, pair by pair.
     Full {
         models: &'a [Model],
@@ -260,6 +266,7 @@ impl Plan<'_> {
                 let opts = Options {
                     per_output: planes > 1,
                     par: Par::Seq,
+                    ..Default::default()
                 };
                 let r = tensor::similarity(&models[i], &models[j], &opts)?;
                 let mut v = vec![r.similarity];
@@ -271,10 +278,22 @@ impl Plan<'_> {
                 );
                 Ok(v)
             }
+            Plan::Gaussian { models, chains } => {
+                let (a, b) = (&models[i], &models[j]);
+                let g = gaussian::GaussOptions::default();
+                let v = match gaussian::resolve(a, b, &g)?.0 {
+                    gaussian::Mode::Closure => {
+                        gaussian::similarity_cached(a, b, &chains[i], &chains[j])?
+                    }
+                    gaussian::Mode::Exact => gaussian::similarity(a, b, &g)?.similarity,
+                };
+                Ok(vec![v])
+            }
             Plan::Full { models, opts } => {
                 let o = Options {
                     per_output: false,
                     par: Par::Seq,
+                    ..Default::default()
                 };
                 Ok(vec![
                     crate::metrics::fullsym::similarity(&models[i], &models[j], &o, opts)?
@@ -333,7 +352,7 @@ impl Plan<'_> {
                 }
                 Ok(out)
             }
-            Plan::PerPair { .. } | Plan::Full { .. } => {
+            Plan::PerPair { .. } | Plan::Full { .. } | Plan::Gaussian { .. } => {
                 let mut out = vec![0.0; planes * ni * nj];
                 for i in 0..ni {
                     for j in 0..nj {
@@ -600,6 +619,7 @@ fn plan<'a>(
             let opts = Options {
                 per_output: false,
                 par: Par::Seq,
+                ..Default::default()
             };
             for (m, name) in models.iter().zip(names).skip(1) {
                 metrics::matrix::similarity(&models[0], m, &opts)
@@ -687,8 +707,19 @@ fn plan<'a>(
                 per_output,
             })
         }
+        Metric::Gaussian if per_output => Err(Error::Invalid(
+            "--per-output in the all-pairs matrix covers tensor, matrix and behavioral".into(),
+        )),
+        Metric::Gaussian => Ok(Plan::Gaussian {
+            models,
+            // One self chain per model; a pair then costs its cross chain only.
+            chains: models
+                .par_iter()
+                .map(gaussian::self_chain)
+                .collect::<Result<Vec<_>>>()?,
+        }),
         Metric::Cka => Err(Error::Invalid(
-            "the all-pairs matrix supports tensor, matrix and behavioral".into(),
+            "the all-pairs matrix supports tensor, matrix, behavioral and gaussian".into(),
         )),
     }
 }

@@ -294,6 +294,7 @@ pub fn well_conditioned(m: &Model) -> bool {
     let opts = Options {
         per_output: false,
         par: tensim::linalg::Par::Seq,
+        ..Default::default()
     };
     let norm = |x: &Model| {
         tensor::similarity(x, x, &opts)

@@ -1,0 +1,416 @@
+//! Gaussian functional similarity (MATH.md §4–5): `E_x[f_a(x)·f_b(x)] / √(E|f_a|² E|f_b|²)` with
+//! every input position i.i.d. `N(0, I)`, from the weights.
+//!
+//! State: the second moments `Σ_aa, Σ_ab, Σ_bb` of the padded activations, `[t, i, t', i']`,
+//! initialised to `Σ⁰ = C + μμᵀ` (`μ[(t,0)] = 1`, `C = I_n ⊗ diag(0, I_d)`). A layer update is
+//! `Σ'_xy = Σ_{l ∈ terms(x), r ∈ terms(y)} Σ_{S, m} contract(l ⊗ r; μ on S, C-bridges on m)`
+//! with `μ_x = Σ_xx[:,(0,0)]/√Σ_xx[(0,0),(0,0)]` and centred `C_xy = Σ_xy − μ_xμ_yᵀ` (§5.6):
+//! exact for one layer. Modes:
+//! * `closure`: the update layer after layer, each layer's input treated as Gaussian with the
+//!   propagated moments (approximate past the first non-linear layer);
+//! * `exact`: each model's layers composed into one network (a sum of terms) and its Wick sum
+//!   enumerated at the input: exact, for small total degree.
+//!
+//! States are kept scaled: `Σ_xx = e^{s_x} Σ̃_xx`, `Σ_ab = e^{(s_a+s_b)/2} Σ̃_ab`; a term pair with
+//! `k_l`, `k_r` legs picks up `e^{(k_l s_l + k_r s_r)/2}`.
+
+use crate::arch::ResidualMode;
+use crate::einsum::Tensor;
+use crate::error::{Error, Result};
+use crate::layers::{Layer, Linear};
+use crate::linalg::Mat;
+use crate::metrics::Comparison;
+use crate::model::Model;
+use crate::wick::{self, Moments, Term};
+
+/// How the expectation is computed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Enumerate the Wick sum of the whole network.
+    Exact,
+    /// Propagate second moments layer by layer (Gaussian closure between layers).
+    Closure,
+}
+
+/// Options of the gaussian metric.
+#[derive(Clone, Debug)]
+pub struct GaussOptions {
+    /// `None`: exact when affordable, else closure.
+    pub mode: Option<Mode>,
+    /// Most Wick configurations `--exact` enumerates before refusing.
+    pub max_configs: u128,
+}
+
+impl Default for GaussOptions {
+    fn default() -> GaussOptions {
+        GaussOptions {
+            mode: None,
+            max_configs: 200_000,
+        }
+    }
+}
+
+/// A scaled second moment `e^{scale}·m`.
+#[derive(Clone, Debug)]
+pub struct Moment {
+    pub m: Tensor,
+    pub scale: f64,
+}
+
+/// `Σ⁰` at `n` positions of size `d`.
+fn initial(n: usize, d: usize) -> Tensor {
+    let w = d + 1;
+    let mut s = Tensor::zeros(vec![n, w, n, w]);
+    for t in 0..n {
+        for u in 0..n {
+            s.data[((t * w) * n + u) * w] = 1.0;
+        }
+        for i in 1..w {
+            s.data[((t * w + i) * n + t) * w + i] = 1.0;
+        }
+    }
+    s
+}
+
+/// `μ = Σ[:, :, 0, 0] / √Σ[0, 0, 0, 0]` of a self moment, `(n, w)`.
+fn mean(s: &Tensor) -> Tensor {
+    let (n, w) = (s.shape[0], s.shape[1]);
+    let norm = s.data[0].sqrt();
+    Tensor::new(
+        vec![n, w],
+        (0..n * w).map(|k| s.data[k * n * w] / norm).collect(),
+    )
+}
+
+/// `Σ − μ_x ⊗ μ_y`.
+fn centred(s: &Tensor, mx: &Tensor, my: &Tensor) -> Tensor {
+    let (nx, ny) = (mx.data.len(), my.data.len());
+    Tensor::new(
+        s.shape.clone(),
+        (0..nx * ny)
+            .map(|k| s.data[k] - mx.data[k / ny] * my.data[k % ny])
+            .collect(),
+    )
+}
+
+/// `Σ_t Σ_{o≥1} Σ[t, o, t, o]` (the expected inner product of the data outputs).
+fn data_trace(s: &Tensor) -> f64 {
+    let (n, w) = (s.shape[0], s.shape[1]);
+    (0..n)
+        .flat_map(|t| (1..w).map(move |o| (t, o)))
+        .map(|(t, o)| s.data[((t * w + o) * n + t) * w + o])
+        .sum()
+}
+
+/// `Σ_{l,r} e^{(k_l s_l + k_r s_r)/2 − shift} · moment(l, r)`, and the largest exponent.
+fn update(
+    left: &[Term],
+    right: &[Term],
+    m: &Moments<'_>,
+    diag: [&Tensor; 2],
+    scales: (f64, f64),
+    shift: Option<f64>,
+) -> Result<(Tensor, f64)> {
+    let exponent = |l: &Term, r: &Term| {
+        0.5 * (l.legs.len() as f64 * scales.0 + r.legs.len() as f64 * scales.1)
+    };
+    let top = left
+        .iter()
+        .flat_map(|l| right.iter().map(move |r| exponent(l, r)))
+        .fold(f64::NEG_INFINITY, f64::max);
+    let shift = shift.unwrap_or(top);
+    let mut total: Option<Tensor> = None;
+    for l in left {
+        for r in right {
+            let configs = wick::configs(l.legs.len() + r.legs.len());
+            let mut v = wick::pair_moment(l, r, m, diag, &configs)?;
+            let f = (exponent(l, r) - shift).exp();
+            v.data.iter_mut().for_each(|x| *x *= f);
+            match &mut total {
+                None => total = Some(v),
+                Some(t) => t.data.iter_mut().zip(&v.data).for_each(|(a, b)| *a += b),
+            }
+        }
+    }
+    Ok((total.expect("every layer has a term"), shift))
+}
+
+/// Normalise a self moment by its largest entry.
+fn normalised(m: Tensor, scale: f64) -> Moment {
+    let alpha = m.data.iter().fold(0.0f64, |a, v| a.max(v.abs()));
+    if alpha > 0.0 && alpha.is_finite() {
+        Moment {
+            m: Tensor::new(m.shape.clone(), m.data.iter().map(|v| v / alpha).collect()),
+            scale: scale + alpha.ln(),
+        }
+    } else {
+        Moment { m, scale }
+    }
+}
+
+/// One closure step of a self moment through `terms`.
+fn self_step(s: &Moment, terms: &[Term]) -> Result<Moment> {
+    let mu = mean(&s.m);
+    let c = centred(&s.m, &mu, &mu);
+    let d = wick::diagonal(&c);
+    let m = Moments {
+        mu: [&mu, &mu],
+        cov: [&c, &c, &c],
+    };
+    let (v, shift) = update(terms, terms, &m, [&d, &d], (s.scale, s.scale), None)?;
+    Ok(normalised(v, shift))
+}
+
+/// One closure step of the cross moment, given both self moments before the step and their
+/// scales after it.
+fn cross_step(
+    sab: &Tensor,
+    (sa, sb): (&Moment, &Moment),
+    (ta, tb): (&[Term], &[Term]),
+    (scale_a, scale_b): (f64, f64),
+) -> Result<Tensor> {
+    let (ma, mb) = (mean(&sa.m), mean(&sb.m));
+    let (caa, cbb, cab) = (
+        centred(&sa.m, &ma, &ma),
+        centred(&sb.m, &mb, &mb),
+        centred(sab, &ma, &mb),
+    );
+    let (da, db) = (wick::diagonal(&caa), wick::diagonal(&cbb));
+    let m = Moments {
+        mu: [&ma, &mb],
+        cov: [&caa, &cab, &cbb],
+    };
+    let shift = 0.5 * (scale_a + scale_b);
+    Ok(update(ta, tb, &m, [&da, &db], (sa.scale, sb.scale), Some(shift))?.0)
+}
+
+/// Whether a layer is non-linear in its input (a residual of scale 0 makes a layer the identity).
+fn nonlinear(layer: &Layer) -> bool {
+    let identity = |r: Option<crate::arch::Residual>| {
+        r.is_some_and(|r| r.mode == ResidualMode::Lerp && r.scale == 0.0)
+    };
+    match layer {
+        Layer::Linear(_) => false,
+        Layer::Bilinear(b) => !identity(b.residual),
+        Layer::Attention(a) => !identity(a.residual),
+    }
+}
+
+/// Each model's layers, the shorter list extended by identity layers (which change nothing).
+fn aligned(a: &Model, b: &Model) -> (Vec<Layer>, Vec<Layer>) {
+    let depth = a.layers().len().max(b.layers().len());
+    let pad = |m: &Model| {
+        let mut v = m.layers().to_vec();
+        while v.len() < depth {
+            let d = m.out_dim();
+            v.push(Layer::Linear(Linear {
+                weight: Mat::identity(d, d),
+                bias: None,
+            }));
+        }
+        v
+    };
+    (pad(a), pad(b))
+}
+
+/// A model's self chain: `Σ_aa` before every layer and after the last (closure).
+pub fn self_chain(model: &Model) -> Result<Vec<Moment>> {
+    let n = model.input().n_ctx;
+    let mut chain = vec![Moment {
+        m: initial(n, model.in_dim()),
+        scale: 0.0,
+    }];
+    for layer in model.layers() {
+        let next = self_step(chain.last().unwrap(), &layer.terms(n))?;
+        chain.push(next);
+    }
+    Ok(chain)
+}
+
+/// The whole network as a sum of terms on the input (compositions of every layer's terms).
+fn composed(model: &Model) -> Vec<Term> {
+    let n = model.input().n_ctx;
+    let mut terms: Vec<Term> = vec![];
+    for (k, layer) in model.layers().iter().enumerate() {
+        let outer = layer.terms(n);
+        if k == 0 {
+            terms = outer;
+            continue;
+        }
+        let mut next = vec![];
+        for t in &outer {
+            // Every assignment of the current terms to the legs of `t`.
+            let mut choice = vec![0usize; t.legs.len()];
+            loop {
+                let inner: Vec<Term> = choice.iter().map(|&c| terms[c].clone()).collect();
+                next.push(t.compose(&inner));
+                let Some(pos) = (0..choice.len())
+                    .rev()
+                    .find(|&q| choice[q] + 1 < terms.len())
+                else {
+                    break;
+                };
+                choice[pos] += 1;
+                choice[pos + 1..].iter_mut().for_each(|c| *c = 0);
+            }
+        }
+        terms = next;
+    }
+    terms
+}
+
+/// Number of composed terms and legs per term (without building them).
+fn composed_shape(model: &Model) -> Vec<usize> {
+    let mut legs: Vec<usize> = vec![1];
+    for layer in model.layers() {
+        let outer: Vec<usize> = match layer {
+            Layer::Attention(_) => vec![1, 5],
+            _ => vec![layer.terms(1)[0].legs.len()],
+        };
+        let mut next = vec![];
+        for k in outer {
+            // Sum over assignments of current terms to k legs: the leg counts add.
+            let mut sums = vec![0usize];
+            for _ in 0..k {
+                sums = sums
+                    .iter()
+                    .flat_map(|s| legs.iter().map(move |l| s + l))
+                    .collect();
+            }
+            next.extend(sums);
+        }
+        legs = next;
+    }
+    legs
+}
+
+/// Wick configurations the exact mode enumerates for the pair (all term pairs of `aa`, `ab`, `bb`).
+pub fn exact_cost(a: &Model, b: &Model) -> u128 {
+    let (la, lb) = (composed_shape(a), composed_shape(b));
+    let pairs = |x: &[usize], y: &[usize]| -> u128 {
+        x.iter()
+            .flat_map(|&p| y.iter().map(move |&q| wick::n_configs(p + q)))
+            .fold(0u128, |s, v| s.saturating_add(v))
+    };
+    pairs(&la, &la)
+        .saturating_add(pairs(&la, &lb))
+        .saturating_add(pairs(&lb, &lb))
+}
+
+/// Whether layer-by-layer propagation involves no closure: every non-linear layer of either
+/// model sits at the same (aligned) step.
+pub fn closure_is_exact(a: &Model, b: &Model) -> bool {
+    let (la, lb) = aligned(a, b);
+    let steps: Vec<usize> = (0..la.len())
+        .filter(|&k| nonlinear(&la[k]) || nonlinear(&lb[k]))
+        .collect();
+    steps.len() <= 1
+}
+
+/// `(E⟨f_a,f_b⟩, E|f_a|², E|f_b|²)` in scaled form: `(tr*Σ̃_ab, tr*Σ̃_aa, tr*Σ̃_bb, s_a, s_b)`.
+struct Traces {
+    ab: f64,
+    aa: f64,
+    bb: f64,
+    sa: f64,
+    sb: f64,
+}
+
+fn closure_traces(a: &Model, b: &Model, ca: &[Moment], cb: &[Moment]) -> Result<Traces> {
+    let (la, lb) = aligned(a, b);
+    let n = a.input().n_ctx;
+    // Self chains of the aligned stacks: identity layers repeat the last moment.
+    let at = |c: &[Moment], k: usize| c[k.min(c.len() - 1)].clone();
+    let mut sab = initial(n, a.in_dim());
+    for k in 0..la.len() {
+        let (sa, sb) = (at(ca, k), at(cb, k));
+        let (na, nb) = (at(ca, k + 1), at(cb, k + 1));
+        sab = cross_step(
+            &sab,
+            (&sa, &sb),
+            (&la[k].terms(n), &lb[k].terms(n)),
+            (na.scale, nb.scale),
+        )?;
+    }
+    let (ea, eb) = (ca.last().unwrap(), cb.last().unwrap());
+    Ok(Traces {
+        ab: data_trace(&sab),
+        aa: data_trace(&ea.m),
+        bb: data_trace(&eb.m),
+        sa: ea.scale,
+        sb: eb.scale,
+    })
+}
+
+fn exact_traces(a: &Model, b: &Model) -> Result<Traces> {
+    let n = a.input().n_ctx;
+    let s0 = Moment {
+        m: initial(n, a.in_dim()),
+        scale: 0.0,
+    };
+    let (ta, tb) = (composed(a), composed(b));
+    let (ea, eb) = (self_step(&s0, &ta)?, self_step(&s0, &tb)?);
+    let sab = cross_step(&s0.m, (&s0, &s0), (&ta, &tb), (ea.scale, eb.scale))?;
+    Ok(Traces {
+        ab: data_trace(&sab),
+        aa: data_trace(&ea.m),
+        bb: data_trace(&eb.m),
+        sa: ea.scale,
+        sb: eb.scale,
+    })
+}
+
+/// Which mode a request resolves to, and whether the result is exact.
+pub fn resolve(a: &Model, b: &Model, opts: &GaussOptions) -> Result<(Mode, bool)> {
+    let cheap_exact = closure_is_exact(a, b);
+    let cost = exact_cost(a, b);
+    match opts.mode {
+        Some(Mode::Closure) => Ok((Mode::Closure, cheap_exact)),
+        _ if cheap_exact => Ok((Mode::Closure, true)),
+        Some(Mode::Exact) if cost > opts.max_configs => Err(Error::Invalid(format!(
+            "--exact would enumerate {cost} Wick configurations (more than {}); the models' total \
+             degree is too large: use --closure",
+            opts.max_configs
+        ))),
+        Some(Mode::Exact) => Ok((Mode::Exact, true)),
+        None if cost <= opts.max_configs => Ok((Mode::Exact, true)),
+        None => Ok((Mode::Closure, false)),
+    }
+}
+
+/// The gaussian similarity of two models.
+pub fn similarity(a: &Model, b: &Model, opts: &GaussOptions) -> Result<Comparison> {
+    crate::metrics::check_io(a, b)?;
+    if a.input().n_ctx != b.input().n_ctx {
+        return Err(Error::Incompatible(format!(
+            "n_ctx differs: {} vs {}",
+            a.input().n_ctx,
+            b.input().n_ctx
+        )));
+    }
+    let (mode, exact) = resolve(a, b, opts)?;
+    let t = match mode {
+        Mode::Exact => exact_traces(a, b)?,
+        Mode::Closure => closure_traces(a, b, &self_chain(a)?, &self_chain(b)?)?,
+    };
+    comparison(&t, exact)
+}
+
+fn comparison(t: &Traces, exact: bool) -> Result<Comparison> {
+    let similarity = crate::metrics::cosine(t.ab, t.aa, t.bb, crate::metrics::Metric::Gaussian)?;
+    Ok(Comparison {
+        metric: "gaussian",
+        similarity,
+        inner: t.ab * (0.5 * (t.sa + t.sb)).exp(),
+        norm2_a: t.aa * t.sa.exp(),
+        norm2_b: t.bb * t.sb.exp(),
+        mode: Some(if exact { "exact" } else { "closure" }),
+        ..Default::default()
+    })
+}
+
+/// Similarity from cached self chains (closure), for all-pairs matrices.
+pub fn similarity_cached(a: &Model, b: &Model, ca: &[Moment], cb: &[Moment]) -> Result<f64> {
+    let t = closure_traces(a, b, ca, cb)?;
+    crate::metrics::cosine(t.ab, t.aa, t.bb, crate::metrics::Metric::Gaussian)
+}
