@@ -241,7 +241,7 @@ fn inputs(
 /// Compare two models; the result as JSON text (the fields of `tensim compare --json`).
 #[pyfunction]
 #[allow(clippy::too_many_arguments)]
-#[pyo3(signature = (a, b, metric_name, per_output=false, data=None, samples=10000, seed=0))]
+#[pyo3(signature = (a, b, metric_name, per_output=false, data=None, samples=10000, seed=0, mode=None))]
 fn _compare(
     py: Python<'_>,
     a: &Model,
@@ -251,8 +251,20 @@ fn _compare(
     data: Option<PyReadonlyArrayDyn<'_, f64>>,
     samples: usize,
     seed: u64,
+    mode: Option<&str>,
 ) -> PyResult<String> {
+    use tensim::metrics::gaussian::{GaussOptions, Mode};
     let m = metric(metric_name)?;
+    let mode = match mode {
+        None => None,
+        Some("exact") => Some(Mode::Exact),
+        Some("closure") => Some(Mode::Closure),
+        Some(other) => {
+            return Err(TensimError::new_err(format!(
+                "unknown gaussian mode \"{other}\" (expected \"exact\" or \"closure\")"
+            )))
+        }
+    };
     let x = m
         .needs_inputs()
         .then(|| inputs(&a.inner, data, samples, seed))
@@ -260,6 +272,10 @@ fn _compare(
     let opts = Options {
         per_output,
         par: Par::rayon(0),
+        gaussian: GaussOptions {
+            mode,
+            ..Default::default()
+        },
     };
     let r = py
         .detach(|| tensim::metrics::compare(&a.inner, &b.inner, m, x.as_ref(), &opts))

@@ -166,16 +166,21 @@ def compare(
     samples: int = 10_000,
     seed: int = 0,
     arch: Arch | None = None,
+    mode: str | None = None,
 ) -> dict:
     """Compare two models; returns the fields of ``tensim compare --json``: ``similarity``,
     ``inner``, ``norm2_a``, ``norm2_b`` and, as they apply, ``per_output``, ``samples``, ``inputs``.
 
     ``metric``: ``"tensor"`` (exact, from the weights), ``"matrix"`` (cosine of flattened weights),
     ``"behavioral"`` or ``"cka"`` (on ``data``, a ``(rows, in_dim)`` array, else ``samples``
-    standard Gaussian inputs drawn with ``seed``).
+    standard Gaussian inputs drawn with ``seed``), ``"gaussian"`` (``E<f_a(x), f_b(x)>`` under
+    Gaussian input, from the weights; ``mode="exact"`` or ``"closure"``, default exact when
+    affordable; the result's ``mode`` says which was computed).
     """
     a, b = _model(a, arch), _model(b, arch)
-    return json.loads(_tensim._compare(a._m, b._m, metric, per_output, **_inputs(data, samples, seed)))
+    return json.loads(
+        _tensim._compare(a._m, b._m, metric, per_output, mode=mode, **_inputs(data, samples, seed))
+    )
 
 
 def similarity(

@@ -45,6 +45,7 @@ def _compare(
     data: Optional[_F64] = None,
     samples: int = 10000,
     seed: int = 0,
+    mode: Optional[str] = None,
 ) -> str: ...
 def _matrix(
     models: Sequence[Model],

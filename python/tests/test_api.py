@@ -215,3 +215,32 @@ def test_the_gil_is_released_during_a_long_matrix(rng):
     gaps = np.diff(ticks)
     assert result["seconds"] > 0.2, "the matrix must take long enough to observe"
     assert len(ticks) > 20 and gaps.max() < 0.5 * result["seconds"], (len(ticks), gaps.max(), result["seconds"])
+
+
+def test_transformers_from_a_state_dict_and_the_gaussian_metric(rng):
+    d = 4
+    arch = {
+        "format": "tensim/1",
+        "input": {"dim": d, "n_ctx": 2},
+        "layers": [
+            {"kind": "attention", "n_head": 2, "q1": "attn.q1.weight", "k1": "attn.k1.weight",
+             "q2": "attn.q2.weight", "k2": "attn.k2.weight", "v": "attn.v.weight", "o": "attn.o.weight",
+             "mask": "causal", "rotary": {"base": 10000}, "residual": {"mode": "lerp", "scale": 0.5}},
+            {"kind": "linear", "weight": "head.weight"},
+        ],
+    }
+    def sd():
+        w = {f"attn.{k}.weight": rng.normal(size=(d, d)) / 2 for k in ["q1", "k1", "q2", "k2", "v", "o"]}
+        w["head.weight"] = rng.normal(size=(3, d))
+        return w
+    a, b = (tensim.Model.from_state_dict(sd(), arch) for _ in range(2))
+    assert a.forward(np.zeros((2, d))).shape == (2, 3)  # two positions of one sequence
+    assert tensim.similarity(a, a, "gaussian") == pytest.approx(1.0, abs=1e-12)
+    exact = tensim.compare(a, b, "gaussian", mode="exact")
+    closure = tensim.compare(a, b, "gaussian", mode="closure")
+    assert exact["mode"] == closure["mode"] == "exact"  # one non-linear layer: no closure involved
+    assert closure["similarity"] == pytest.approx(exact["similarity"], abs=1e-12)
+    with pytest.raises(tensim.TensimError, match="layer 0 is attention"):
+        tensim.similarity(a, b, "tensor")
+    with pytest.raises(tensim.TensimError, match="unknown gaussian mode"):
+        tensim.compare(a, b, "gaussian", mode="approximate")
