@@ -5,9 +5,10 @@
 mod common;
 
 use common::{close, counterexamples};
-use tensim::arch::{Residual, ResidualMode};
-use tensim::layers::{Bilinear, Layer, Linear};
+use tensim::arch::{Mask, Residual, ResidualMode};
+use tensim::layers::{Attention, Bilinear, Layer, Linear};
 use tensim::linalg::{Mat, Par};
+use tensim::metrics::gaussian::{self, GaussOptions, Mode};
 use tensim::metrics::{tensor, Options};
 use tensim::Model;
 
@@ -109,4 +110,122 @@ fn b4_counterexamples_identical_functions_with_per_layer_values_0_0_and_inv_sqrt
             r.similarity
         );
     }
+}
+
+fn gauss(mode: Mode) -> GaussOptions {
+    GaussOptions {
+        mode: Some(mode),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn h4_h5_h6_gaussian_exact_and_closure() {
+    let (a, b) = (golden_mlp(0.0, 2), golden_mlp(0.5, 2));
+    // [H4] exact (enumerating the Wick sum of the whole network).
+    let r = gaussian::similarity(&a, &b, &gauss(Mode::Exact)).unwrap();
+    assert_eq!(r.mode, Some("exact"));
+    assert!(close(r.inner, 4.291859577262e-03, 1e-11), "{}", r.inner);
+    assert!(close(r.norm2_a, 4.184070301205e-03, 1e-11), "{}", r.norm2_a);
+    assert!(close(r.norm2_b, 4.578895366386e-03, 1e-11), "{}", r.norm2_b);
+    assert!(
+        (r.similarity - 0.980540774375).abs() < 1e-11,
+        "{}",
+        r.similarity
+    );
+    // [H5] closure (layer by layer; the reference's propagation is exact per MLP layer).
+    let c = gaussian::similarity(&a, &b, &gauss(Mode::Closure)).unwrap();
+    assert_eq!(c.mode, Some("closure"));
+    assert!(close(c.inner, 4.310012734058e-03, 1e-11), "{}", c.inner);
+    assert!(close(c.norm2_a, 4.201514923968e-03, 1e-11), "{}", c.norm2_a);
+    assert!(close(c.norm2_b, 4.598652850768e-03, 1e-11), "{}", c.norm2_b);
+    assert!(
+        (c.similarity - 0.980528643509).abs() < 1e-11,
+        "{}",
+        c.similarity
+    );
+    // [H6] one bilinear layer: every mode is exact.
+    let (a1, b1) = (golden_mlp(0.0, 1), golden_mlp(0.5, 1));
+    for mode in [Mode::Exact, Mode::Closure] {
+        let r = gaussian::similarity(&a1, &b1, &gauss(mode)).unwrap();
+        assert_eq!(r.mode, Some("exact"));
+        assert!(close(r.inner, 1.739141022972e-02, 1e-11), "{}", r.inner);
+        assert!(
+            (r.similarity - 0.982063711441).abs() < 1e-11,
+            "{}",
+            r.similarity
+        );
+    }
+}
+
+/// check.py `gattn(off)`: d = 2, one head, causal, rotary (base 10 000), lerp scale 1, no bias.
+fn gattn(off: f64) -> Layer {
+    Layer::Attention(Box::new(Attention {
+        n_head: 1,
+        q1: gw(2, 2, off),
+        k1: gw(2, 2, off + 1.0),
+        q2: gw(2, 2, off + 2.0),
+        k2: gw(2, 2, off + 3.0),
+        v: gw(2, 2, off + 4.0),
+        o: gw(2, 2, off + 5.0),
+        q1_bias: None,
+        k1_bias: None,
+        q2_bias: None,
+        k2_bias: None,
+        mask: Mask::Causal,
+        rotary: Some(10_000.0),
+        residual: Some(Residual {
+            mode: ResidualMode::Lerp,
+            scale: 1.0,
+        }),
+    }))
+}
+
+#[test]
+fn h7_attention_forward() {
+    let m = Model::new(2, 2, vec![gattn(0.0)]).unwrap();
+    let x = Mat::from_fn(2, 2, |t, i| [[0.3, -1.2], [0.8, 0.1]][t][i]);
+    let y = m.forward(x.as_ref(), Par::Seq);
+    let want = [
+        [0.000347544171, 0.000315294554],
+        [-0.00068082862, -0.000606258395],
+    ];
+    for t in 0..2 {
+        for o in 0..2 {
+            assert!(
+                (y[(t, o)] - want[t][o]).abs() < 1e-12,
+                "{} vs {}",
+                y[(t, o)],
+                want[t][o]
+            );
+        }
+    }
+}
+
+#[test]
+fn h8_attention_gaussian_without_the_reference_deduplication() {
+    // The reference implementation's orbit deduplication gives −0.636666815795 here.
+    let model = |off: f64| {
+        let lin = |w: Mat<f64>| {
+            Layer::Linear(Linear {
+                weight: w,
+                bias: None,
+            })
+        };
+        Model::new(
+            2,
+            2,
+            vec![lin(gw(2, 2, 3.0)), gattn(off), lin(gw(2, 2, 4.0))],
+        )
+        .unwrap()
+    };
+    let r = gaussian::similarity(&model(0.0), &model(0.5), &Default::default()).unwrap();
+    assert_eq!(r.mode, Some("exact"));
+    assert!(close(r.inner, -2.388408413470e-11, 1e-10), "{}", r.inner);
+    assert!(close(r.norm2_a, 2.175769862031e-10, 1e-10), "{}", r.norm2_a);
+    assert!(
+        (r.similarity - -0.091997502052).abs() < 1e-10,
+        "{}",
+        r.similarity
+    );
 }
