@@ -390,3 +390,33 @@ proptest! {
         prop_assert!((closure_sim(&other, &same) - s1).abs() < 1e-10);
     }
 }
+
+#[test]
+fn position_wise_models_give_the_same_similarity_at_any_number_of_positions() {
+    // MATH.md §5.5 (b): the unit slot is 1 at every position (the reference's δ_tt' init breaks this).
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let layers = |rng: &mut rand::rngs::StdRng| {
+        vec![
+            bilinear(rng, 3, 4, 3, true, None),
+            bilinear(rng, 3, 4, 2, true, None),
+        ]
+    };
+    let (la, lb) = (layers(&mut rng), layers(&mut rng));
+    let at = |n: usize| {
+        let (a, b) = (
+            Model::new(3, n, la.clone()).unwrap(),
+            Model::new(3, n, lb.clone()).unwrap(),
+        );
+        [exact(), closure()].map(|o| gaussian::similarity(&a, &b, &o).unwrap())
+    };
+    let (one, three) = (at(1), at(3));
+    for (x, y) in one.iter().zip(&three) {
+        assert!(
+            (x.similarity - y.similarity).abs() < 1e-12,
+            "{} vs {}",
+            x.similarity,
+            y.similarity
+        );
+        assert!((3.0 * x.inner - y.inner).abs() < 1e-12 * x.inner.abs().max(1.0));
+    }
+}
