@@ -130,6 +130,24 @@ pub struct Residual {
     pub scale: f64,
 }
 
+impl Residual {
+    /// `(c, r)` of `y = r·x + c·f(x)`: `(1, 0)` without residual, `(s, 1−s)` for `lerp`,
+    /// `(s, 1)` for `add`.
+    pub fn weights(residual: Option<Residual>) -> (f64, f64) {
+        match residual {
+            None => (1.0, 0.0),
+            Some(Residual {
+                mode: ResidualMode::Lerp,
+                scale,
+            }) => (scale, 1.0 - scale),
+            Some(Residual {
+                mode: ResidualMode::Add,
+                scale,
+            }) => (scale, 1.0),
+        }
+    }
+}
+
 /// How the residual combines the input with the layer output.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

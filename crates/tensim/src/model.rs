@@ -209,14 +209,7 @@ fn check_attention(i: usize, a: &crate::layers::Attention) -> Result<()> {
             a.head_size()
         ));
     }
-    for (role, w) in [
-        ("q1", &a.q1),
-        ("k1", &a.k1),
-        ("q2", &a.q2),
-        ("k2", &a.k2),
-        ("v", &a.v),
-        ("o", &a.o),
-    ] {
+    for (role, w) in a.matrices() {
         if (w.nrows(), w.ncols()) != (d, d) {
             return bad(format!(
                 "{role} has shape [{}, {}], expected [{d}, {d}]",
@@ -225,12 +218,7 @@ fn check_attention(i: usize, a: &crate::layers::Attention) -> Result<()> {
             ));
         }
     }
-    for (role, b) in [
-        ("q1_bias", &a.q1_bias),
-        ("k1_bias", &a.k1_bias),
-        ("q2_bias", &a.q2_bias),
-        ("k2_bias", &a.k2_bias),
-    ] {
+    for (role, b) in a.biases() {
         if let Some(b) = b {
             if b.len() != d {
                 return bad(format!("{role} has {} entries, expected {d}", b.len()));

@@ -15,7 +15,7 @@
 //! `ρ_t Q̂c_η` (legs 3, 4 at the query position) and `ρ_u K̂c_η` (legs 1, 2 at the key position;
 //! leg 0, the value, also at `u`).
 
-use crate::arch::{Mask, Residual, ResidualMode};
+use crate::arch::{Mask, Residual};
 use crate::einsum::{Einsum, Tensor};
 use crate::linalg::{add_bias, mul_t, Mat, MatRef, Par};
 
@@ -70,17 +70,29 @@ impl Attention {
 
     /// `(c, r)`: the active term's weight and the residual's (`c = 1, r = 0` without residual).
     pub fn path_weights(&self) -> (f64, f64) {
-        match self.residual {
-            None => (1.0, 0.0),
-            Some(Residual { mode, scale }) => (
-                scale,
-                if mode == ResidualMode::Lerp {
-                    1.0 - scale
-                } else {
-                    1.0
-                },
-            ),
-        }
+        Residual::weights(self.residual)
+    }
+
+    /// `Q₁, K₁, Q₂, K₂, V, O` with their roles.
+    pub fn matrices(&self) -> [(&'static str, &Mat<f64>); 6] {
+        [
+            ("q1", &self.q1),
+            ("k1", &self.k1),
+            ("q2", &self.q2),
+            ("k2", &self.k2),
+            ("v", &self.v),
+            ("o", &self.o),
+        ]
+    }
+
+    /// The query/key biases with their roles.
+    pub fn biases(&self) -> [(&'static str, &Option<Vec<f64>>); 4] {
+        [
+            ("q1_bias", &self.q1_bias),
+            ("k1_bias", &self.k1_bias),
+            ("q2_bias", &self.q2_bias),
+            ("k2_bias", &self.k2_bias),
+        ]
     }
 
     /// `M[t, u]`.

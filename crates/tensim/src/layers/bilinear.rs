@@ -46,17 +46,7 @@ impl Bilinear {
 
     /// `(c, r)`: weight of the active path and of the residual path.
     fn path_weights(&self) -> (f64, f64) {
-        match self.residual {
-            None => (1.0, 0.0),
-            Some(Residual {
-                mode: ResidualMode::Lerp,
-                scale,
-            }) => (scale, 1.0 - scale),
-            Some(Residual {
-                mode: ResidualMode::Add,
-                scale,
-            }) => (scale, 1.0),
-        }
+        Residual::weights(self.residual)
     }
 
     /// Batched forward pass, rows are inputs, straight from the definition.

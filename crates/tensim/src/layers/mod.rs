@@ -96,11 +96,7 @@ impl Layer {
                     + len(&b.down_bias)
             }
             Layer::Attention(a) => {
-                6 * a.dim() * a.dim()
-                    + len(&a.q1_bias)
-                    + len(&a.k1_bias)
-                    + len(&a.q2_bias)
-                    + len(&a.k2_bias)
+                6 * a.dim() * a.dim() + a.biases().iter().map(|(_, b)| len(b)).sum::<usize>()
             }
         }
     }
@@ -128,20 +124,12 @@ impl Layer {
                 push("down_bias", b.down_bias.clone());
             }
             Layer::Attention(a) => {
-                for (role, w) in [
-                    ("q1", &a.q1),
-                    ("k1", &a.k1),
-                    ("q2", &a.q2),
-                    ("k2", &a.k2),
-                    ("v", &a.v),
-                    ("o", &a.o),
-                ] {
+                for (role, w) in a.matrices() {
                     push(role, Some(to_row_major(w.as_ref())));
                 }
-                push("q1_bias", a.q1_bias.clone());
-                push("k1_bias", a.k1_bias.clone());
-                push("q2_bias", a.q2_bias.clone());
-                push("k2_bias", a.k2_bias.clone());
+                for (role, b) in a.biases() {
+                    push(role, b.clone());
+                }
             }
         }
         out

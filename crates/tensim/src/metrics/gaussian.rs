@@ -316,6 +316,18 @@ struct Traces {
     sb: f64,
 }
 
+impl Traces {
+    fn new(sab: &Tensor, ea: &Moment, eb: &Moment) -> Traces {
+        Traces {
+            ab: data_trace(sab),
+            aa: data_trace(&ea.m),
+            bb: data_trace(&eb.m),
+            sa: ea.scale,
+            sb: eb.scale,
+        }
+    }
+}
+
 fn closure_traces(a: &Model, b: &Model, ca: &[Moment], cb: &[Moment]) -> Result<Traces> {
     let (la, lb) = aligned(a, b);
     let n = a.input().n_ctx;
@@ -332,14 +344,7 @@ fn closure_traces(a: &Model, b: &Model, ca: &[Moment], cb: &[Moment]) -> Result<
             (na.scale, nb.scale),
         )?;
     }
-    let (ea, eb) = (ca.last().unwrap(), cb.last().unwrap());
-    Ok(Traces {
-        ab: data_trace(&sab),
-        aa: data_trace(&ea.m),
-        bb: data_trace(&eb.m),
-        sa: ea.scale,
-        sb: eb.scale,
-    })
+    Ok(Traces::new(&sab, ca.last().unwrap(), cb.last().unwrap()))
 }
 
 fn exact_traces(a: &Model, b: &Model) -> Result<Traces> {
@@ -351,13 +356,7 @@ fn exact_traces(a: &Model, b: &Model) -> Result<Traces> {
     let (ta, tb) = (composed(a), composed(b));
     let (ea, eb) = (self_step(&s0, &ta)?, self_step(&s0, &tb)?);
     let sab = cross_step(&s0.m, (&s0, &s0), (&ta, &tb), (ea.scale, eb.scale))?;
-    Ok(Traces {
-        ab: data_trace(&sab),
-        aa: data_trace(&ea.m),
-        bb: data_trace(&eb.m),
-        sa: ea.scale,
-        sb: eb.scale,
-    })
+    Ok(Traces::new(&sab, &ea, &eb))
 }
 
 /// Which mode a request resolves to, and whether the result is exact.
