@@ -6,6 +6,7 @@
 //! Each pairwise step `A[bat, fa, k] · B[bat, k, fb] → C[bat, fa, fb]` is one GEMM per batch
 //! index; indices found in one operand only and needed nowhere else are summed out first.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Mutex;
 
@@ -88,16 +89,15 @@ impl Tensor {
     }
 }
 
-/// A labelled operand during contraction.
-#[derive(Clone)]
-struct Labelled {
+/// A labelled operand during contraction (borrowed inputs are never copied).
+struct Labelled<'a> {
     labels: Vec<char>,
-    t: Tensor,
+    t: Cow<'a, Tensor>,
 }
 
-impl Labelled {
+impl Labelled<'_> {
     /// Move the axes labelled `order` to the front in that order, then sum out the rest.
-    fn arrange(&self, order: &[char]) -> Tensor {
+    fn arrange(&self, order: &[char]) -> Cow<'_, Tensor> {
         let mut perm: Vec<usize> = order
             .iter()
             .map(|c| self.labels.iter().position(|l| l == c).expect("label"))
@@ -107,7 +107,10 @@ impl Labelled {
             .collect();
         let n = rest.len();
         perm.extend(rest);
-        self.t.permute(&perm).sum_trailing(n)
+        if n == 0 && perm.iter().enumerate().all(|(k, &p)| k == p) {
+            return Cow::Borrowed(self.t.as_ref());
+        }
+        Cow::Owned(self.t.permute(&perm).sum_trailing(n))
     }
 }
 
@@ -224,7 +227,7 @@ impl Einsum {
             .zip(operands)
             .map(|(ix, t)| Labelled {
                 labels: ix.clone(),
-                t: (*t).clone(),
+                t: Cow::Borrowed(*t),
             })
             .collect();
         for step in self.path(&shapes)? {
@@ -239,13 +242,13 @@ impl Einsum {
             ops.push(pair(&a, &b, &needed));
         }
         let last = ops.pop().expect("one operand left");
-        Ok(last.arrange(&self.output))
+        Ok(last.arrange(&self.output).into_owned())
     }
 }
 
 /// `A ⋆ B`: indices shared and `needed` later are batch indices, shared and not needed are
 /// contracted, the others are free; one GEMM per batch index.
-fn pair(a: &Labelled, b: &Labelled, needed: &[char]) -> Labelled {
+fn pair<'a>(a: &Labelled, b: &Labelled, needed: &[char]) -> Labelled<'a> {
     let in_b = |c: &char| b.labels.contains(c);
     let in_a = |c: &char| a.labels.contains(c);
     let keep = |c: &char| needed.contains(c);
@@ -295,7 +298,7 @@ fn pair(a: &Labelled, b: &Labelled, needed: &[char]) -> Labelled {
     shape.extend(&tb.shape[batch.len() + inner.len()..]);
     Labelled {
         labels: cat(&[&batch, &free_a, &free_b]),
-        t: Tensor::new(shape, data),
+        t: Cow::Owned(Tensor::new(shape, data)),
     }
 }
 
