@@ -94,7 +94,7 @@ fn centred(s: &Tensor, mx: &Tensor, my: &Tensor) -> Tensor {
 }
 
 /// `Σ_t Σ_{o≥1} Σ[t, o, t, o]` (the expected inner product of the data outputs).
-fn data_trace(s: &Tensor) -> f64 {
+pub(crate) fn data_trace(s: &Tensor) -> f64 {
     let (n, w) = (s.shape[0], s.shape[1]);
     (0..n)
         .flat_map(|t| (1..w).map(move |o| (t, o)))
@@ -102,14 +102,24 @@ fn data_trace(s: &Tensor) -> f64 {
         .sum()
 }
 
-/// `Σ_{l,r} e^{(k_l s_l + k_r s_r)/2 − shift} · moment(l, r)`, and the largest exponent.
-fn update(
+/// Which Wick configurations a term pair sums, and their common weight.
+pub(crate) type Pairing = dyn Fn(&Term, &Term) -> (Vec<wick::Config>, f64);
+
+/// Every configuration of the joint legs, weight 1 (the Gaussian moment).
+fn all_configs(l: &Term, r: &Term) -> (Vec<wick::Config>, f64) {
+    (wick::configs(l.legs.len() + r.legs.len()), 1.0)
+}
+
+/// `Σ_{l,r} e^{(k_l s_l + k_r s_r)/2 − shift} · w · Σ_configs contract(l ⊗ r)`, and the largest
+/// exponent.
+pub(crate) fn update(
     left: &[Term],
     right: &[Term],
     m: &Moments<'_>,
     diag: [&Tensor; 2],
     scales: (f64, f64),
     shift: Option<f64>,
+    pairing: &Pairing,
 ) -> Result<(Tensor, f64)> {
     let exponent = |l: &Term, r: &Term| {
         0.5 * (l.legs.len() as f64 * scales.0 + r.legs.len() as f64 * scales.1)
@@ -122,9 +132,9 @@ fn update(
     let mut total: Option<Tensor> = None;
     for l in left {
         for r in right {
-            let configs = wick::configs(l.legs.len() + r.legs.len());
+            let (configs, weight) = pairing(l, r);
             let mut v = wick::pair_moment(l, r, m, diag, &configs)?;
-            let f = (exponent(l, r) - shift).exp();
+            let f = weight * (exponent(l, r) - shift).exp();
             v.data.iter_mut().for_each(|x| *x *= f);
             match &mut total {
                 None => total = Some(v),
@@ -136,7 +146,7 @@ fn update(
 }
 
 /// Normalise a self moment by its largest entry.
-fn normalised(m: Tensor, scale: f64) -> Moment {
+pub(crate) fn normalised(m: Tensor, scale: f64) -> Moment {
     let alpha = m.data.iter().fold(0.0f64, |a, v| a.max(v.abs()));
     if alpha > 0.0 && alpha.is_finite() {
         Moment {
@@ -157,7 +167,15 @@ fn self_step(s: &Moment, terms: &[Term]) -> Result<Moment> {
         mu: [&mu, &mu],
         cov: [&c, &c, &c],
     };
-    let (v, shift) = update(terms, terms, &m, [&d, &d], (s.scale, s.scale), None)?;
+    let (v, shift) = update(
+        terms,
+        terms,
+        &m,
+        [&d, &d],
+        (s.scale, s.scale),
+        None,
+        &all_configs,
+    )?;
     Ok(normalised(v, shift))
 }
 
@@ -181,7 +199,16 @@ fn cross_step(
         cov: [&caa, &cab, &cbb],
     };
     let shift = 0.5 * (scale_a + scale_b);
-    Ok(update(ta, tb, &m, [&da, &db], (sa.scale, sb.scale), Some(shift))?.0)
+    Ok(update(
+        ta,
+        tb,
+        &m,
+        [&da, &db],
+        (sa.scale, sb.scale),
+        Some(shift),
+        &all_configs,
+    )?
+    .0)
 }
 
 /// Whether a layer is non-linear in its input (a residual of scale 0 makes a layer the identity).

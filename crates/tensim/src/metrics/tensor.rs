@@ -16,7 +16,8 @@
 //! homogenised polynomial does, §3.4).
 
 use crate::budget;
-use crate::error::Result;
+use crate::einsum::Tensor;
+use crate::error::{Error, Result};
 use crate::gram::Gram;
 use crate::layers::{PaddedBilinear, PaddedLayer};
 use crate::linalg::{mul, Par};
@@ -130,6 +131,14 @@ pub fn cosine_of(ab: (f64, f64), aa: (f64, f64), bb: (f64, f64)) -> Result<f64> 
 /// Tensor similarity of `a` and `b` (input and output sizes must agree).
 pub fn similarity(a: &Model, b: &Model, opts: &Options) -> Result<Comparison> {
     crate::metrics::check_io(a, b)?;
+    if a.first_attention().is_some() || b.first_attention().is_some() {
+        if opts.per_output {
+            return Err(Error::Invalid(
+                "--per-output of the tensor metric covers models without attention".into(),
+            ));
+        }
+        return network_similarity(a, b);
+    }
     let (gab, gaa, gbb) = grams(a, b, opts.par)?;
     let (dab, daa, dbb) = (
         gab.scaled_data_diagonal(),
@@ -153,6 +162,76 @@ pub fn similarity(a: &Model, b: &Model, opts: &Options) -> Result<Comparison> {
         per_output,
         samples: None,
         inputs: None,
+        ..Default::default()
+    })
+}
+
+/// `δ_tt' δ_ij` on `n` positions of padded size `w`: the Gram of the padded input.
+fn identity_gram(n: usize, w: usize) -> Tensor {
+    let mut g = Tensor::zeros(vec![n, w, n, w]);
+    for k in 0..n * w {
+        g.data[k * n * w + k] = 1.0;
+    }
+    g
+}
+
+/// Tensor similarity of models with attention layers (MATH.md §8, last paragraph): the
+/// hierarchical cross-only inner product, each layer's term symmetrised over all permutations
+/// of its legs. Grams `G_xy[t,i,t',i']` start at the identity; a layer maps
+/// `G' = Σ_{l,r} (1/k!) Σ_{bijections π of the k legs} contract(l ⊗ r; G on every pair (j, π j))`
+/// (terms of different leg counts are orthogonal). Both models need the same layer kinds in the
+/// same order and the same `n_ctx`.
+pub fn network_similarity(a: &Model, b: &Model) -> Result<Comparison> {
+    use crate::metrics::gaussian::{data_trace, normalised, update, Moment};
+    use crate::wick::{cross_configs, Moments, Term};
+    let kinds = |m: &Model| m.layers().iter().map(|l| l.kind()).collect::<Vec<_>>();
+    if kinds(a) != kinds(b) || a.input().n_ctx != b.input().n_ctx {
+        return Err(Error::Incompatible(format!(
+            "the tensor metric with attention layers needs the same layer kinds in the same \
+             order and the same n_ctx (got [{}] at n_ctx {} vs [{}] at n_ctx {}; the gaussian \
+             metric has no such restriction)",
+            kinds(a).join(", "),
+            a.input().n_ctx,
+            kinds(b).join(", "),
+            b.input().n_ctx
+        )));
+    }
+    let n = a.input().n_ctx;
+    let symmetrised = |l: &Term, r: &Term| {
+        let k = l.legs.len();
+        (
+            cross_configs(k, r.legs.len()),
+            1.0 / (1..=k).map(|x| x as f64).product::<f64>(),
+        )
+    };
+    let start = Moment {
+        m: identity_gram(n, a.in_dim() + 1),
+        scale: 0.0,
+    };
+    let (mut ga, mut gb, mut gab) = (start.clone(), start.clone(), start.m.clone());
+    let step = |g: &Moment, cross: &Tensor, ta: &[Term], tb: &[Term], scales, shift| {
+        let m = Moments {
+            mu: [cross, cross], // unused: no configuration takes a mean
+            cov: [&g.m, cross, &g.m],
+        };
+        update(ta, tb, &m, [cross, cross], scales, shift, &symmetrised)
+    };
+    for (la, lb) in a.layers().iter().zip(b.layers()) {
+        let (ta, tb) = (la.terms(n), lb.terms(n));
+        let (va, sa) = step(&ga, &ga.m, &ta, &ta, (ga.scale, ga.scale), None)?;
+        let (vb, sb) = step(&gb, &gb.m, &tb, &tb, (gb.scale, gb.scale), None)?;
+        let (na, nb) = (normalised(va, sa), normalised(vb, sb));
+        let shift = Some(0.5 * (na.scale + nb.scale));
+        gab = step(&ga, &gab, &ta, &tb, (ga.scale, gb.scale), shift)?.0;
+        (ga, gb) = (na, nb);
+    }
+    let (ab, aa, bb) = (data_trace(&gab), data_trace(&ga.m), data_trace(&gb.m));
+    Ok(Comparison {
+        metric: Metric::Tensor.name(),
+        similarity: cosine(ab, aa, bb, Metric::Tensor)?,
+        inner: ab * (0.5 * (ga.scale + gb.scale)).exp(),
+        norm2_a: aa * ga.scale.exp(),
+        norm2_b: bb * gb.scale.exp(),
         ..Default::default()
     })
 }

@@ -205,6 +205,8 @@ enum Plan<'a> {
         models: &'a [Model],
         chains: Vec<Vec<gaussian::Moment>>,
     },
+    /// Tensor similarity of models with attention (general network recursion), pair by pair.
+    Network { models: &'a [Model] },
     /// Fully symmetrised tensor similarity, pair by pair.
     Full {
         models: &'a [Model],
@@ -289,6 +291,9 @@ impl Plan<'_> {
                 };
                 Ok(vec![v])
             }
+            Plan::Network { models } => Ok(vec![
+                tensor::network_similarity(&models[i], &models[j])?.similarity,
+            ]),
             Plan::Full { models, opts } => {
                 let o = Options {
                     per_output: false,
@@ -352,7 +357,10 @@ impl Plan<'_> {
                 }
                 Ok(out)
             }
-            Plan::PerPair { .. } | Plan::Full { .. } | Plan::Gaussian { .. } => {
+            Plan::PerPair { .. }
+            | Plan::Full { .. }
+            | Plan::Gaussian { .. }
+            | Plan::Network { .. } => {
                 let mut out = vec![0.0; planes * ni * nj];
                 for i in 0..ni {
                     for j in 0..nj {
@@ -569,11 +577,15 @@ fn plan<'a>(
     per_output: bool,
 ) -> Result<Plan<'a>> {
     match metric {
-        Metric::Tensor => {
-            for (m, name) in models.iter().zip(names) {
-                m.require_position_wise("the tensor metric")
-                    .map_err(|e| Error::Invalid(format!("{name}: {e}")))?;
+        Metric::Tensor if models.iter().any(|m| m.first_attention().is_some()) => {
+            if per_output {
+                return Err(Error::Invalid(
+                    "--per-output of the tensor metric covers models without attention".into(),
+                ));
             }
+            Ok(Plan::Network { models })
+        }
+        Metric::Tensor => {
             let folded: Option<Vec<Folded>> = models.iter().map(fold_single).collect();
             if let Some(folded) = folded {
                 let stack = Stack::new(&folded);
