@@ -420,3 +420,24 @@ fn position_wise_models_give_the_same_similarity_at_any_number_of_positions() {
         assert!((3.0 * x.inner - y.inner).abs() < 1e-12 * x.inner.abs().max(1.0));
     }
 }
+
+#[test]
+fn the_exact_cost_of_deep_transformers_is_estimated_without_enumerating() {
+    // Three attention layers: composed terms would number in the millions; the estimate saturates.
+    let mut rng = rand::rngs::StdRng::seed_from_u64(8);
+    let lerp = Some(Residual {
+        mode: ResidualMode::Lerp,
+        scale: 0.5,
+    });
+    let layers = (0..3)
+        .map(|_| attention(&mut rng, 2, 1, false, true, Mask::Causal, lerp))
+        .collect();
+    let m = Model::new(2, 2, layers).unwrap();
+    let t = std::time::Instant::now();
+    assert_eq!(gaussian::exact_cost(&m, &m), u128::MAX);
+    assert!(t.elapsed().as_secs_f64() < 1.0);
+    let e = gaussian::similarity(&m, &m, &exact())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("Wick configurations"), "{e}");
+}

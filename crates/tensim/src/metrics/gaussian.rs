@@ -286,37 +286,52 @@ fn composed(model: &Model) -> Vec<Term> {
     terms
 }
 
-/// Number of composed terms and legs per term (without building them).
-fn composed_shape(model: &Model) -> Vec<usize> {
-    let mut legs: Vec<usize> = vec![1];
+/// Legs per composed term as `(legs, number of terms)` (without building them); `None` once a
+/// term would have more than 64 legs (far beyond any affordable enumeration).
+fn composed_shape(model: &Model) -> Option<Vec<(usize, u128)>> {
+    let mut hist: Vec<(usize, u128)> = vec![(1, 1)];
     for layer in model.layers() {
         let outer: Vec<usize> = match layer {
             Layer::Attention(_) => vec![1, 5],
             _ => vec![layer.terms(1)[0].legs.len()],
         };
-        let mut next = vec![];
+        let mut next: Vec<(usize, u128)> = vec![];
         for k in outer {
-            // Sum over assignments of current terms to k legs: the leg counts add.
-            let mut sums = vec![0usize];
+            // Each of the k legs takes any current term: leg counts add, multiplicities multiply.
+            let mut sums: Vec<(usize, u128)> = vec![(0, 1)];
             for _ in 0..k {
-                sums = sums
-                    .iter()
-                    .flat_map(|s| legs.iter().map(move |l| s + l))
-                    .collect();
+                let mut grown: Vec<(usize, u128)> = vec![];
+                for &(s, m) in &sums {
+                    for &(l, c) in &hist {
+                        if s + l > 64 {
+                            return None;
+                        }
+                        match grown.iter_mut().find(|(x, _)| *x == s + l) {
+                            Some(e) => e.1 = e.1.saturating_add(m.saturating_mul(c)),
+                            None => grown.push((s + l, m.saturating_mul(c))),
+                        }
+                    }
+                }
+                sums = grown;
             }
             next.extend(sums);
         }
-        legs = next;
+        hist = next;
     }
-    legs
+    Some(hist)
 }
 
 /// Wick configurations the exact mode enumerates for the pair (all term pairs of `aa`, `ab`, `bb`).
 pub fn exact_cost(a: &Model, b: &Model) -> u128 {
-    let (la, lb) = (composed_shape(a), composed_shape(b));
-    let pairs = |x: &[usize], y: &[usize]| -> u128 {
+    let (Some(la), Some(lb)) = (composed_shape(a), composed_shape(b)) else {
+        return u128::MAX;
+    };
+    let pairs = |x: &[(usize, u128)], y: &[(usize, u128)]| -> u128 {
         x.iter()
-            .flat_map(|&p| y.iter().map(move |&q| wick::n_configs(p + q)))
+            .flat_map(|&(p, m)| {
+                y.iter()
+                    .map(move |&(q, c)| wick::n_configs(p + q).saturating_mul(m.saturating_mul(c)))
+            })
             .fold(0u128, |s, v| s.saturating_add(v))
     };
     pairs(&la, &la)
@@ -394,8 +409,13 @@ pub fn resolve(a: &Model, b: &Model, opts: &GaussOptions) -> Result<(Mode, bool)
         Some(Mode::Closure) => Ok((Mode::Closure, cheap_exact)),
         _ if cheap_exact => Ok((Mode::Closure, true)),
         Some(Mode::Exact) if cost > opts.max_configs => Err(Error::Invalid(format!(
-            "--exact would enumerate {cost} Wick configurations (more than {}); the models' total \
+            "--exact would enumerate {} Wick configurations (more than {}); the models' total \
              degree is too large: use --closure",
+            if cost == u128::MAX {
+                "astronomically many".to_string()
+            } else {
+                cost.to_string()
+            },
             opts.max_configs
         ))),
         Some(Mode::Exact) => Ok((Mode::Exact, true)),
