@@ -793,11 +793,7 @@ fn run(cli: Cli) -> Result<()> {
             tensim_train::forgetting::run_demo(&cfg, &args.out, |step| {
                 bar.set_position(step as u64)
             })?;
-            bar.finish_and_clear();
-            println!(
-                "{}",
-                std::fs::read_to_string(args.out.join("report.md")).unwrap_or_default()
-            );
+            finish_demo(&bar, &args.out);
         }
     }
     Ok(())
@@ -1150,9 +1146,7 @@ fn demo_grokking(args: &GrokkingArgs) -> Result<()> {
             }
         }
     })?;
-    bar.finish_and_clear();
-    let report = std::fs::read_to_string(args.out.join("report.md")).unwrap_or_default();
-    println!("{report}");
+    finish_demo(&bar, &args.out);
     eprintln!(
         "wrote {} (training {:.0} s, analysis {:.0} s)",
         args.out.display(),
@@ -1160,6 +1154,15 @@ fn demo_grokking(args: &GrokkingArgs) -> Result<()> {
         summary.seconds_analysis
     );
     Ok(())
+}
+
+/// Clear a demo's progress bar and print the report it wrote into `out`.
+fn finish_demo(bar: &indicatif::ProgressBar, out: &Path) {
+    bar.finish_and_clear();
+    println!(
+        "{}",
+        std::fs::read_to_string(out.join("report.md")).unwrap_or_default()
+    );
 }
 
 fn demo_backdoor(args: &BackdoorArgs) -> Result<()> {
@@ -1188,10 +1191,6 @@ fn demo_backdoor(args: &BackdoorArgs) -> Result<()> {
             }
         }
     })?;
-    bar.finish_and_clear();
-    println!(
-        "{}",
-        std::fs::read_to_string(args.out.join("report.md")).unwrap_or_default()
-    );
+    finish_demo(&bar, &args.out);
     Ok(())
 }

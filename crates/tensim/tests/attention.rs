@@ -2,6 +2,9 @@
 //! relative form), the tensor-network form against the forward pass (every mask, with and without
 //! rotary, biases and residual), causality, files, and metrics on transformers.
 
+mod common;
+
+use common::{random_attention, uniform};
 use rand::{RngExt, SeedableRng};
 use tensim::arch::{Mask, Residual, ResidualMode};
 use tensim::einsum::Tensor;
@@ -11,11 +14,7 @@ use tensim::metrics::{self, Inputs, Metric, Options};
 use tensim::Model;
 
 fn mat(rng: &mut rand::rngs::StdRng, r: usize, c: usize) -> Mat<f64> {
-    Mat::from_fn(r, c, |_, _| rng.random_range(-1.0..1.0))
-}
-
-fn vecr(rng: &mut rand::rngs::StdRng, n: usize) -> Vec<f64> {
-    (0..n).map(|_| rng.random_range(-0.5..0.5)).collect()
+    uniform(rng, r, c)
 }
 
 fn attention(
@@ -27,32 +26,8 @@ fn attention(
     bias: bool,
     residual: Option<Residual>,
 ) -> Attention {
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let mut b = || {
-        bias.then(|| {
-            vecr(
-                &mut rand::rngs::StdRng::seed_from_u64(seed + rng.random_range(0..1000)),
-                d,
-            )
-        })
-    };
-    let (q1b, k1b, q2b, k2b) = (b(), b(), b(), b());
-    Attention {
-        n_head: heads,
-        q1: mat(&mut rng, d, d),
-        k1: mat(&mut rng, d, d),
-        q2: mat(&mut rng, d, d),
-        k2: mat(&mut rng, d, d),
-        v: mat(&mut rng, d, d),
-        o: mat(&mut rng, d, d),
-        q1_bias: q1b,
-        k1_bias: k1b,
-        q2_bias: q2b,
-        k2_bias: k2b,
-        mask,
-        rotary: rotary.then_some(100.0),
-        residual,
-    }
+    let rng = &mut rand::rngs::StdRng::seed_from_u64(seed);
+    random_attention(rng, d, heads, bias, rotary.then_some(100.0), mask, residual)
 }
 
 /// The definition, written out: scores through the relative rotary form

@@ -2,6 +2,9 @@
 //! Monte-Carlo agreement (10⁶ samples, within 4 standard errors), closure vs exact, and the
 //! invariance laws.
 
+mod common;
+
+use common::random_attention;
 use proptest::prelude::*;
 use rand::{RngExt, SeedableRng};
 use tensim::arch::{Mask, Residual, ResidualMode};
@@ -48,24 +51,10 @@ fn attention(
     mask: Mask,
     residual: Option<Residual>,
 ) -> Layer {
-    let mut b = || bias.then(|| vecr(rng, d));
-    let (q1b, k1b, q2b, k2b) = (b(), b(), b(), b());
-    Layer::Attention(Box::new(Attention {
-        n_head: heads,
-        q1: mat(rng, d, d, 1.0),
-        k1: mat(rng, d, d, 1.0),
-        q2: mat(rng, d, d, 1.0),
-        k2: mat(rng, d, d, 1.0),
-        v: mat(rng, d, d, 1.0),
-        o: mat(rng, d, d, 1.0),
-        q1_bias: q1b,
-        k1_bias: k1b,
-        q2_bias: q2b,
-        k2_bias: k2b,
-        mask,
-        rotary: rotary.then_some(10.0),
-        residual,
-    }))
+    let rotary = rotary.then_some(10.0);
+    Layer::Attention(Box::new(random_attention(
+        rng, d, heads, bias, rotary, mask, residual,
+    )))
 }
 
 fn exact() -> GaussOptions {

@@ -3,7 +3,10 @@
 //! leg-symmetrised attention tensors, and keeps the laws (self 1, symmetry, head permutation,
 //! q1/k1 ↔ q2/k2 swap).
 
-use rand::{RngExt, SeedableRng};
+mod common;
+
+use common::{all_permutations, random_attention, uniform};
+use rand::SeedableRng;
 use tensim::arch::{Mask, Residual, ResidualMode};
 use tensim::einsum::Tensor;
 use tensim::layers::{Attention, Bilinear, Layer, Linear};
@@ -12,7 +15,7 @@ use tensim::metrics::{tensor, Options};
 use tensim::Model;
 
 fn mat(rng: &mut rand::rngs::StdRng, r: usize, c: usize) -> Mat<f64> {
-    Mat::from_fn(r, c, |_, _| rng.random_range(-1.0..1.0))
+    uniform(rng, r, c)
 }
 
 fn attention(
@@ -22,30 +25,7 @@ fn attention(
     bias: bool,
     residual: Option<Residual>,
 ) -> Attention {
-    let mut b = || {
-        bias.then(|| {
-            (0..d)
-                .map(|_| rng.random_range(-0.5..0.5))
-                .collect::<Vec<f64>>()
-        })
-    };
-    let (q1_bias, k1_bias, q2_bias, k2_bias) = (b(), b(), b(), b());
-    Attention {
-        n_head: heads,
-        q1: mat(rng, d, d),
-        k1: mat(rng, d, d),
-        q2: mat(rng, d, d),
-        k2: mat(rng, d, d),
-        v: mat(rng, d, d),
-        o: mat(rng, d, d),
-        q1_bias,
-        k1_bias,
-        q2_bias,
-        k2_bias,
-        mask: Mask::Causal,
-        rotary: Some(10.0),
-        residual,
-    }
+    random_attention(rng, d, heads, bias, Some(10.0), Mask::Causal, residual)
 }
 
 #[test]
@@ -143,21 +123,6 @@ fn dense(a: &Attention, n: usize) -> (Vec<f64>, Vec<f64>) {
         }
     }
     (id, act)
-}
-
-fn all_permutations(k: usize) -> Vec<Vec<usize>> {
-    if k == 0 {
-        return vec![vec![]];
-    }
-    let mut out = vec![];
-    for p in all_permutations(k - 1) {
-        for pos in 0..k {
-            let mut q = p.clone();
-            q.insert(pos, k - 1);
-            out.push(q);
-        }
-    }
-    out
 }
 
 /// `⟨ℐ_a, ℐ_b⟩ + ⟨P 𝒜_a, P 𝒜_b⟩` over data outputs (`o ≥ 1`), `P` the average over the 120 leg

@@ -3,8 +3,8 @@
 #![allow(dead_code)]
 
 use rand::{RngExt, SeedableRng};
-use tensim::arch::{Residual, ResidualMode};
-use tensim::layers::{Bilinear, Layer, Linear, PaddedLayer};
+use tensim::arch::{Mask, Residual, ResidualMode};
+use tensim::layers::{Attention, Bilinear, Layer, Linear, PaddedLayer};
 use tensim::linalg::Mat;
 use tensim::Model;
 
@@ -375,4 +375,46 @@ pub fn counterexamples() -> [(Model, Model); 3] {
         ],
     ); // x1⁴ + x2⁴ + 2(x1x2)²
     [(a, b), (c, d), (e, f)]
+}
+
+/// A matrix with entries uniform in [−1, 1).
+pub fn uniform(rng: &mut rand::rngs::StdRng, r: usize, c: usize) -> Mat<f64> {
+    Mat::from_fn(r, c, |_, _| rng.random_range(-1.0..1.0))
+}
+
+/// A random attention layer: q/k biases (if any) uniform in [−0.5, 0.5), then `Q₁, K₁, Q₂, K₂,
+/// V, O` uniform in [−1, 1).
+pub fn random_attention(
+    rng: &mut rand::rngs::StdRng,
+    d: usize,
+    heads: usize,
+    bias: bool,
+    rotary: Option<f64>,
+    mask: Mask,
+    residual: Option<Residual>,
+) -> Attention {
+    let mut b = || {
+        bias.then(|| {
+            (0..d)
+                .map(|_| rng.random_range(-0.5..0.5))
+                .collect::<Vec<f64>>()
+        })
+    };
+    let (q1_bias, k1_bias, q2_bias, k2_bias) = (b(), b(), b(), b());
+    Attention {
+        n_head: heads,
+        q1: uniform(rng, d, d),
+        k1: uniform(rng, d, d),
+        q2: uniform(rng, d, d),
+        k2: uniform(rng, d, d),
+        v: uniform(rng, d, d),
+        o: uniform(rng, d, d),
+        q1_bias,
+        k1_bias,
+        q2_bias,
+        k2_bias,
+        mask,
+        rotary,
+        residual,
+    }
 }
