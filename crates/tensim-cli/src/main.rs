@@ -534,6 +534,22 @@ fn run(cli: Cli) -> Result<()> {
                         100.0 * c.ratio_to_gemm
                     );
                 }
+                println!("\ngaussian similarity of tensor transformers (f64):");
+                println!(
+                    "  {:<52} {:>8} {:>9} {:>9} {:>6} {:>10}",
+                    "shape", "params", "cold s", "warm s", "ckpts", "matrix s"
+                );
+                for c in &r.transformers {
+                    println!(
+                        "  {:<52} {:>8} {:>9.3} {:>9.3} {:>6} {:>10.2}",
+                        c.name,
+                        c.parameters,
+                        c.pair_cold_seconds,
+                        c.pair_warm_seconds,
+                        c.matrix_checkpoints,
+                        c.matrix_seconds
+                    );
+                }
             }
         }
         Command::Phases {

@@ -359,6 +359,16 @@ fn bench_quick_reports_ratios() {
             "{c}"
         );
     }
+    // Gaussian rows: both transformer shapes, a pair cold and warm, a 4-checkpoint matrix.
+    let tf = r["transformers"].as_array().unwrap();
+    assert_eq!(tf.len(), 2);
+    for c in tf {
+        for key in ["pair_cold_seconds", "pair_warm_seconds", "matrix_seconds"] {
+            assert!(c[key].as_f64().unwrap() > 0.0, "{c}");
+        }
+        assert_eq!(c["matrix_checkpoints"], 4, "{c}");
+        assert_eq!(c["mode"], "closure", "{c}");
+    }
 }
 
 #[test]

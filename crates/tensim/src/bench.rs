@@ -39,11 +39,27 @@ pub struct Case {
     pub ratio_to_gemm: f64,
 }
 
+/// The gaussian metric on one tensor-transformer shape.
+#[derive(Clone, Debug, Serialize)]
+pub struct GaussCase {
+    pub name: String,
+    pub parameters: usize,
+    /// The first comparison in the process (contraction paths searched).
+    pub pair_cold_seconds: f64,
+    /// The best of three later comparisons of the same pair.
+    pub pair_warm_seconds: f64,
+    pub matrix_checkpoints: usize,
+    /// `tensim matrix --metric gaussian`: one self chain per model, then every pair.
+    pub matrix_seconds: f64,
+    pub mode: String,
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct Report {
     pub threads: usize,
     pub gemm: Gemm,
     pub cases: Vec<Case>,
+    pub transformers: Vec<GaussCase>,
 }
 
 fn best_of<T>(reps: usize, mut f: impl FnMut() -> T) -> f64 {
@@ -123,7 +139,73 @@ pub fn reference_shapes() -> [(&'static str, StackShape); 2] {
     ]
 }
 
-/// Run the benchmark; `quick` uses 16 instead of 64 checkpoints (a smoke test).
+/// The tensor transformers: embed → (attention → bilinear) × layers → head, causal rotary
+/// attention with q/k biases, lerp residuals 0.5.
+pub fn transformer_shapes() -> [(&'static str, StackShape); 2] {
+    let shape = |d: usize, heads: usize, n_ctx: usize, hidden: Vec<usize>| StackShape {
+        d_in: d,
+        d_model: d,
+        hidden,
+        d_out: d,
+        residual: Some(crate::arch::Residual {
+            mode: crate::arch::ResidualMode::Lerp,
+            scale: 0.5,
+        }),
+        bias: true,
+        embed: true,
+        down: true,
+        heads,
+        n_ctx,
+    };
+    [
+        (
+            "1 layer: d_model 16, 2 heads, n_ctx 3, d_hidden 32",
+            shape(16, 2, 3, vec![32]),
+        ),
+        (
+            "2 layers: d_model 64, 4 heads, n_ctx 4, d_hidden 256",
+            shape(64, 4, 4, vec![256, 256]),
+        ),
+    ]
+}
+
+/// Gaussian similarity of tensor transformers: one pair cold and warm, and an all-pairs matrix.
+fn transformer_case(name: &str, shape: &StackShape, checkpoints: usize) -> Result<GaussCase> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+    let models = (0..checkpoints.max(2))
+        .map(|_| random_stack(shape, &mut rng))
+        .collect::<Result<Vec<_>>>()?;
+    let opts = crate::metrics::gaussian::GaussOptions::default();
+    let pair = || crate::metrics::gaussian::similarity(&models[0], &models[1], &opts);
+    let t = Instant::now();
+    let first = pair()?;
+    let pair_cold_seconds = t.elapsed().as_secs_f64();
+    let pair_warm_seconds = best_of(3, || pair().expect("as the first call"));
+    let names: Vec<String> = (0..models.len())
+        .map(|i| format!("checkpoint {i}"))
+        .collect();
+    let t = Instant::now();
+    similarity_matrix(
+        &models,
+        &names,
+        &names,
+        Metric::Gaussian,
+        &MatrixOptions::default(),
+        &|_, _| {},
+    )?;
+    Ok(GaussCase {
+        name: name.to_string(),
+        parameters: models[0].param_count(),
+        pair_cold_seconds,
+        pair_warm_seconds,
+        matrix_checkpoints: models.len(),
+        matrix_seconds: t.elapsed().as_secs_f64(),
+        mode: first.mode.unwrap_or_default().to_string(),
+    })
+}
+
+/// Run the benchmark; `quick` uses 16 instead of 64 checkpoints (a smoke test) and 4 instead of
+/// 32 transformer checkpoints.
 pub fn run(quick: bool) -> Result<Report> {
     let threads = rayon::current_num_threads();
     let n = 1024;
@@ -160,9 +242,14 @@ pub fn run(quick: bool) -> Result<Report> {
             ratio_to_gemm: gflops / gemm.f64_all_cores_gflops,
         });
     }
+    let transformers = transformer_shapes()
+        .iter()
+        .map(|(name, shape)| transformer_case(name, shape, if quick { 4 } else { 32 }))
+        .collect::<Result<Vec<_>>>()?;
     Ok(Report {
         threads,
         gemm,
         cases,
+        transformers,
     })
 }

@@ -41,9 +41,12 @@ pub struct Attention {
 }
 
 /// The factors of one head's active term, indexed by position (`n` positions, padded size
-/// `d + 1`): `vo[o, i]` (row `o = 0` zero), `q[c][t, e, i]`, `k[c][u, e, i]`.
+/// `d + 1`): `vo = o·v` with `v[e, i] = V̂_η` (unit column zero) and `o[o, e] = (s/h²)·O_η`
+/// (row `o = 0` zero), `q[c][t, e, i]`, `k[c][u, e, i]`.
 #[derive(Clone, Debug)]
 pub struct HeadFactors {
+    pub v: Tensor,
+    pub o: Tensor,
     pub vo: Tensor,
     pub q: [Tensor; 2],
     pub k: [Tensor; 2],
@@ -230,17 +233,28 @@ impl Attention {
         );
         let heads = (0..self.n_head)
             .map(|head| {
-                // (s/h²)·O_η V̂_η: rows o = 1..d, columns i = 1..d (V̂ has a zero unit column).
-                let mut vo = Tensor::zeros(vec![d + 1, d + 1]);
-                for o in 0..d {
+                // V̂_η (h × (d+1)) and (s/h²)·O_η ((d+1) × h); their product is `vo`.
+                let (w, rows) = (d + 1, head * h..(head + 1) * h);
+                let mut v = Tensor::zeros(vec![h, w]);
+                let mut o = Tensor::zeros(vec![w, h]);
+                for (e, row) in rows.enumerate() {
                     for i in 0..d {
-                        let s: f64 = (head * h..(head + 1) * h)
-                            .map(|e| self.o[(o, e)] * self.v[(e, i)])
-                            .sum();
-                        vo.data[(1 + o) * (d + 1) + 1 + i] = c * s / (h * h) as f64;
+                        v.data[e * w + 1 + i] = self.v[(row, i)];
+                        o.data[(1 + i) * h + e] = c * self.o[(i, row)] / (h * h) as f64;
+                    }
+                }
+                let mut vo = Tensor::zeros(vec![w, w]);
+                for out in 1..w {
+                    for e in 0..h {
+                        let x = o.data[out * h + e];
+                        for i in 1..w {
+                            vo.data[out * w + i] += x * v.data[e * w + i];
+                        }
                     }
                 }
                 HeadFactors {
+                    v,
+                    o,
                     vo,
                     q: [
                         self.padded_rotated(&self.q1, &self.q1_bias, head, n),

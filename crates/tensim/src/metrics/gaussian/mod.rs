@@ -14,6 +14,9 @@
 //! States are kept scaled: `Σ_xx = e^{s_x} Σ̃_xx`, `Σ_ab = e^{(s_a+s_b)/2} Σ̃_ab`; a term pair with
 //! `k_l`, `k_r` legs picks up `e^{(k_l s_l + k_r s_r)/2}`.
 
+mod attention;
+mod bilinear;
+
 use crate::arch::ResidualMode;
 use crate::einsum::Tensor;
 use crate::error::{Error, Result};
@@ -110,8 +113,51 @@ fn all_configs(l: &Term, r: &Term) -> (Vec<wick::Config>, f64) {
     (wick::configs(l.legs.len() + r.legs.len()), 1.0)
 }
 
-/// `Σ_{l,r} e^{(k_l s_l + k_r s_r)/2 − shift} · w · Σ_configs contract(l ⊗ r)`, and the largest
-/// exponent.
+/// `(k_l, k_r, moment)` of every term pair (legs of each term, and its Wick sum).
+type Parts = Vec<(usize, usize, Tensor)>;
+
+/// `w · Σ_configs contract(l ⊗ r)` for every term pair, configurations by `pairing`.
+fn term_moments(
+    left: &[Term],
+    right: &[Term],
+    m: &Moments<'_>,
+    diag: [&Tensor; 2],
+    pairing: &Pairing,
+) -> Result<Parts> {
+    let mut out = vec![];
+    for l in left {
+        for r in right {
+            let (configs, weight) = pairing(l, r);
+            let mut v = wick::pair_moment(l, r, m, diag, &configs)?;
+            v.data.iter_mut().for_each(|x| *x *= weight);
+            out.push((l.legs.len(), r.legs.len(), v));
+        }
+    }
+    Ok(out)
+}
+
+/// `Σ_{parts} e^{(k_l s_l + k_r s_r)/2 − shift} · moment`, and the shift (default: the largest
+/// exponent).
+fn combine(parts: Parts, scales: (f64, f64), shift: Option<f64>) -> (Tensor, f64) {
+    let exponent = |kl: usize, kr: usize| 0.5 * (kl as f64 * scales.0 + kr as f64 * scales.1);
+    let top = parts
+        .iter()
+        .map(|(kl, kr, _)| exponent(*kl, *kr))
+        .fold(f64::NEG_INFINITY, f64::max);
+    let shift = shift.unwrap_or(top);
+    let mut total: Option<Tensor> = None;
+    for (kl, kr, mut v) in parts {
+        let f = (exponent(kl, kr) - shift).exp();
+        v.data.iter_mut().for_each(|x| *x *= f);
+        match &mut total {
+            None => total = Some(v),
+            Some(t) => t.data.iter_mut().zip(&v.data).for_each(|(a, b)| *a += b),
+        }
+    }
+    (total.expect("every layer has a term"), shift)
+}
+
+/// `Σ_{l,r} e^{(k_l s_l + k_r s_r)/2 − shift} · w · Σ_configs contract(l ⊗ r)`, and the shift.
 pub(crate) fn update(
     left: &[Term],
     right: &[Term],
@@ -121,28 +167,46 @@ pub(crate) fn update(
     shift: Option<f64>,
     pairing: &Pairing,
 ) -> Result<(Tensor, f64)> {
-    let exponent = |l: &Term, r: &Term| {
-        0.5 * (l.legs.len() as f64 * scales.0 + r.legs.len() as f64 * scales.1)
-    };
-    let top = left
-        .iter()
-        .flat_map(|l| right.iter().map(move |r| exponent(l, r)))
-        .fold(f64::NEG_INFINITY, f64::max);
-    let shift = shift.unwrap_or(top);
-    let mut total: Option<Tensor> = None;
-    for l in left {
-        for r in right {
-            let (configs, weight) = pairing(l, r);
-            let mut v = wick::pair_moment(l, r, m, diag, &configs)?;
-            let f = weight * (exponent(l, r) - shift).exp();
-            v.data.iter_mut().for_each(|x| *x *= f);
-            match &mut total {
-                None => total = Some(v),
-                Some(t) => t.data.iter_mut().zip(&v.data).for_each(|(a, b)| *a += b),
-            }
+    Ok(combine(
+        term_moments(left, right, m, diag, pairing)?,
+        scales,
+        shift,
+    ))
+}
+
+/// What one propagation step goes through: a layer at `n` positions (closure), or a whole
+/// model composed into terms (exact).
+#[derive(Clone, Copy)]
+enum Step<'a> {
+    Layer(&'a Layer, usize),
+    Terms(&'a [Term]),
+}
+
+/// The parts of a step: attention against attention by connected pieces
+/// ([`attention::moments`]), bilinear against bilinear in closed form ([`bilinear::moment`]),
+/// everything else configuration by configuration.
+fn step_parts(
+    left: Step<'_>,
+    right: Step<'_>,
+    m: &Moments<'_>,
+    diag: [&Tensor; 2],
+    symmetric: bool,
+) -> Result<Parts> {
+    match (left, right) {
+        (Step::Layer(Layer::Attention(a), n), Step::Layer(Layer::Attention(b), _)) => {
+            attention::moments(&a.network(n), &b.network(n), m, symmetric)
+        }
+        (Step::Layer(Layer::Bilinear(a), _), Step::Layer(Layer::Bilinear(b), _)) => {
+            Ok(vec![(2, 2, bilinear::moment(&a.padded(), &b.padded(), m))])
+        }
+        _ => {
+            let terms = |s: Step<'_>| match s {
+                Step::Layer(layer, n) => layer.terms(n),
+                Step::Terms(t) => t.to_vec(),
+            };
+            term_moments(&terms(left), &terms(right), m, diag, &all_configs)
         }
     }
-    Ok((total.expect("every layer has a term"), shift))
 }
 
 /// Normalise a self moment by its largest entry.
@@ -158,8 +222,8 @@ pub(crate) fn normalised(m: Tensor, scale: f64) -> Moment {
     }
 }
 
-/// One closure step of a self moment through `terms`.
-fn self_step(s: &Moment, terms: &[Term]) -> Result<Moment> {
+/// One step of a self moment.
+fn self_step(s: &Moment, step: Step<'_>) -> Result<Moment> {
     let mu = mean(&s.m);
     let c = centred(&s.m, &mu, &mu);
     let d = wick::diagonal(&c);
@@ -167,15 +231,8 @@ fn self_step(s: &Moment, terms: &[Term]) -> Result<Moment> {
         mu: [&mu, &mu],
         cov: [&c, &c, &c],
     };
-    let (v, shift) = update(
-        terms,
-        terms,
-        &m,
-        [&d, &d],
-        (s.scale, s.scale),
-        None,
-        &all_configs,
-    )?;
+    let parts = step_parts(step, step, &m, [&d, &d], true)?;
+    let (v, shift) = combine(parts, (s.scale, s.scale), None);
     Ok(normalised(v, shift))
 }
 
@@ -184,7 +241,7 @@ fn self_step(s: &Moment, terms: &[Term]) -> Result<Moment> {
 fn cross_step(
     sab: &Tensor,
     (sa, sb): (&Moment, &Moment),
-    (ta, tb): (&[Term], &[Term]),
+    (ta, tb): (Step<'_>, Step<'_>),
     (scale_a, scale_b): (f64, f64),
 ) -> Result<Tensor> {
     let (ma, mb) = (mean(&sa.m), mean(&sb.m));
@@ -199,16 +256,8 @@ fn cross_step(
         cov: [&caa, &cab, &cbb],
     };
     let shift = 0.5 * (scale_a + scale_b);
-    Ok(update(
-        ta,
-        tb,
-        &m,
-        [&da, &db],
-        (sa.scale, sb.scale),
-        Some(shift),
-        &all_configs,
-    )?
-    .0)
+    let parts = step_parts(ta, tb, &m, [&da, &db], false)?;
+    Ok(combine(parts, (sa.scale, sb.scale), Some(shift)).0)
 }
 
 /// Whether a layer is non-linear in its input (a residual of scale 0 makes a layer the identity).
@@ -248,7 +297,7 @@ pub fn self_chain(model: &Model) -> Result<Vec<Moment>> {
         scale: 0.0,
     }];
     for layer in model.layers() {
-        let next = self_step(chain.last().unwrap(), &layer.terms(n))?;
+        let next = self_step(chain.last().unwrap(), Step::Layer(layer, n))?;
         chain.push(next);
     }
     Ok(chain)
@@ -382,7 +431,7 @@ fn closure_traces(a: &Model, b: &Model, ca: &[Moment], cb: &[Moment]) -> Result<
         sab = cross_step(
             &sab,
             (&sa, &sb),
-            (&la[k].terms(n), &lb[k].terms(n)),
+            (Step::Layer(&la[k], n), Step::Layer(&lb[k], n)),
             (na.scale, nb.scale),
         )?;
     }
@@ -396,8 +445,16 @@ fn exact_traces(a: &Model, b: &Model) -> Result<Traces> {
         scale: 0.0,
     };
     let (ta, tb) = (composed(a), composed(b));
-    let (ea, eb) = (self_step(&s0, &ta)?, self_step(&s0, &tb)?);
-    let sab = cross_step(&s0.m, (&s0, &s0), (&ta, &tb), (ea.scale, eb.scale))?;
+    let (ea, eb) = (
+        self_step(&s0, Step::Terms(&ta))?,
+        self_step(&s0, Step::Terms(&tb))?,
+    );
+    let sab = cross_step(
+        &s0.m,
+        (&s0, &s0),
+        (Step::Terms(&ta), Step::Terms(&tb)),
+        (ea.scale, eb.scale),
+    )?;
     Ok(Traces::new(&sab, &ea, &eb))
 }
 
