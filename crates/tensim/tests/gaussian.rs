@@ -5,6 +5,7 @@
 mod common;
 
 use common::random_attention;
+use faer::linalg::solvers::DenseSolveCore;
 use proptest::prelude::*;
 use rand::{RngExt, SeedableRng};
 use tensim::arch::{Mask, Residual, ResidualMode};
@@ -377,6 +378,38 @@ proptest! {
         prop_assert!((0..3).all(|r| (0..8).all(|c| (y1[(r, c)] - y2[(r, c)]).abs() < 1e-10)), "same function");
         prop_assert!((closure_sim(&m, &same) - 1.0).abs() < 1e-10);
         prop_assert!((closure_sim(&other, &same) - s1).abs() < 1e-10);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(6))]
+    #[test]
+    fn a_change_of_basis_between_layers_keeps_both_modes(seed in 0u64..1000) {
+        // embed 3→4 → bilinear 4→5→4 → bilinear 4→3→4 → head 4→2, two positions; bases of the
+        // spaces after the embedding and after the first bilinear layer changed, x' = M x + c.
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let model = |rng: &mut rand::rngs::StdRng| {
+            let embed = Layer::Linear(Linear { weight: mat(rng, 4, 3, 0.6), bias: Some(vecr(rng, 4)) });
+            let head = Layer::Linear(Linear { weight: mat(rng, 2, 4, 0.6), bias: None });
+            let layers = vec![embed, bilinear(rng, 4, 5, 4, true, None), bilinear(rng, 4, 3, 4, true, None), head];
+            Model::new(3, 2, layers).unwrap()
+        };
+        let (a, b) = (model(&mut rng), model(&mut rng));
+        let mut b2 = b.clone();
+        for i in 0..2 {
+            let m = Mat::from_fn(4, 4, |p, q| rng.random_range(-0.4..0.4) + if p == q { 1.5 } else { 0.0 });
+            let minv = m.partial_piv_lu().inverse();
+            b2 = tensim::reparam::change_basis(&b2, i, &m, &minv, &vecr(&mut rng, 4)).unwrap();
+        }
+        let x = Inputs::gaussian(5, 2, 3, seed).unwrap();
+        let (y1, y2) = (outputs(&b, &x, Par::Seq).unwrap(), outputs(&b2, &x, Par::Seq).unwrap());
+        prop_assert!((0..5).all(|r| (0..4).all(|c| (y1[(r, c)] - y2[(r, c)]).abs() < 1e-9)), "same function");
+        for opts in [exact(), closure()] {
+            let base = gaussian::similarity(&a, &b, &opts).unwrap().similarity;
+            let moved = gaussian::similarity(&a, &b2, &opts).unwrap().similarity;
+            prop_assert!((base - moved).abs() < 1e-9, "{:?}: {base} vs {moved}", opts.mode);
+            prop_assert!((gaussian::similarity(&b, &b2, &opts).unwrap().similarity - 1.0).abs() < 1e-9);
+        }
     }
 }
 

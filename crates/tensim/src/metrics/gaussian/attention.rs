@@ -163,8 +163,7 @@ struct Gram {
 }
 
 impl Gram {
-    /// `G[(p,r),(p',r')] = (Π_x[p] C[p,p'] Π_y[p']ᵀ)[r,r']`. `within` (one side with itself):
-    /// only the legs, all that pairs inside one combination touch.
+    /// `G[(p,r),(p',r')] = (Π_x[p] C[p,p'] Π_y[p']ᵀ)[r,r']`; `within`: one side with itself.
     fn new(x: &Side, cov: &Tensor, y: &Side, within: bool) -> Gram {
         let n = x.n;
         let (sx, sy) = (x.stride(), y.stride());
@@ -179,14 +178,21 @@ impl Gram {
                     .any(|ij| cov.data[((p * x.w + ij / y.w) * n + q) * y.w + ij % y.w] != 0.0)
             })
             .collect();
-        // Within one side only legs pair (no raw coordinates).
-        let block = if within {
-            [x.w, sx - x.w, y.w, sy - y.w]
+        // Blocks (rows, columns) computed: everything, or within one side only the legs of
+        // one head against the same head's (all that pairs inside one combination touch).
+        let blocks: Vec<[usize; 4]> = if within {
+            let (a, b) = (ROLES * x.h, ROLES * y.h);
+            (0..x.heads)
+                .map(|hd| [x.w + hd * a, a, y.w + hd * b, b])
+                .collect()
         } else {
-            [0, sx, 0, sy]
+            vec![[0, sx, 0, sy]]
         };
+        let (c0, cn) = (
+            blocks[0][2],
+            blocks[blocks.len() - 1][2] + blocks[0][3] - blocks[0][2],
+        );
         // One band of rows (position p) per task; block (p, q) = Π_x[p] · (C[p,q] · Π_y[q]ᵀ).
-        let [r0, rn, c0, cn] = block;
         data.par_chunks_mut(sx * cols)
             .enumerate()
             .for_each(|(p, band)| {
@@ -194,11 +200,18 @@ impl Gram {
                     let c =
                         Mat::from_fn(x.w, y.w, |i, j| cov.data[((p * x.w + i) * n + q) * y.w + j]);
                     let b = mul(c.as_ref(), pq.subrows(c0, cn).transpose(), Par::Seq);
-                    // Dᵀ column-major is D row-major: row a of the block is column a.
-                    let dt = mul(b.transpose(), px[p].subrows(r0, rn).transpose(), Par::Seq);
-                    for a in 0..rn {
-                        let col = dt.col(a).try_as_col_major().expect("contiguous column");
-                        band[(r0 + a) * cols + q * sy + c0..][..cn].copy_from_slice(col.as_slice());
+                    for &[r0, rn, b0, bn] in &blocks {
+                        // Dᵀ column-major is D row-major: row a of the block is column a.
+                        let dt = mul(
+                            b.subcols(b0 - c0, bn).transpose(),
+                            px[p].subrows(r0, rn).transpose(),
+                            Par::Seq,
+                        );
+                        for a in 0..rn {
+                            let col = dt.col(a).try_as_col_major().expect("contiguous column");
+                            band[(r0 + a) * cols + q * sy + b0..][..bn]
+                                .copy_from_slice(col.as_slice());
+                        }
                     }
                 }
             });

@@ -48,17 +48,21 @@ fn side_terms(node: &PaddedBilinear, c: &Tensor, mu: &Tensor) -> Vec<(Vec<f64>, 
         .collect()
 }
 
-/// `Σ'[t, o, t', o']` of the left node against the right one.
-pub fn moment(l: &PaddedBilinear, r: &PaddedBilinear, m: &Moments<'_>) -> Tensor {
+/// `Σ'[t, o, t', o']` of the left node against the right one. `symmetric`: the same node and
+/// input on both sides (a self moment), where only blocks `t ≤ t'` are computed.
+pub fn moment(l: &PaddedBilinear, r: &PaddedBilinear, m: &Moments<'_>, symmetric: bool) -> Tensor {
     let (n, wl, wr) = (m.mu[0].shape[0], l.d.nrows(), r.d.nrows());
     let (sl, sr) = (
         side_terms(l, m.cov[0], m.mu[0]),
         side_terms(r, m.cov[2], m.mu[1]),
     );
-    let blocks: Vec<Mat<f64>> = (0..n * n)
-        .into_par_iter()
-        .map(|x| {
-            let (t, t2) = (x / n, x % n);
+    let pairs: Vec<(usize, usize)> = (0..n * n)
+        .map(|x| (x / n, x % n))
+        .filter(|&(t, t2)| !symmetric || t <= t2)
+        .collect();
+    let blocks: Vec<Mat<f64>> = pairs
+        .par_iter()
+        .map(|&(t, t2)| {
             let s = second(m.cov[1], m.mu[0], m.mu[1], t, t2);
             let (ls, rs) = (
                 mul(l.l.as_ref(), s.as_ref(), Par::Seq),
@@ -85,11 +89,13 @@ pub fn moment(l: &PaddedBilinear, r: &PaddedBilinear, m: &Moments<'_>) -> Tensor
         })
         .collect();
     let mut out = Tensor::zeros(vec![n, wl, n, wr]);
-    for (x, b) in blocks.iter().enumerate() {
-        let (t, t2) = (x / n, x % n);
+    for (&(t, t2), b) in pairs.iter().zip(&blocks) {
         for o in 0..wl {
             for o2 in 0..wr {
                 out.data[((t * wl + o) * n + t2) * wr + o2] = b[(o, o2)];
+                if symmetric {
+                    out.data[((t2 * wr + o2) * n + t) * wl + o] = b[(o, o2)];
+                }
             }
         }
     }
@@ -167,16 +173,25 @@ mod tests {
             &crate::wick::diagonal(&cov[0]),
             &crate::wick::diagonal(&cov[2]),
         ];
-        let slow =
-            crate::wick::pair_moment(&l.term(), &r.term(), &m, diag, &crate::wick::configs(4))
-                .unwrap();
-        let fast = moment(&l, &r, &m);
-        let scale = slow.data.iter().fold(0.0f64, |a, v| a.max(v.abs()));
-        let err = fast
-            .data
-            .iter()
-            .zip(&slow.data)
-            .fold(0.0f64, |a, (x, y)| a.max((x - y).abs()));
-        assert!(scale > 1e-3 && err <= 1e-12 * scale, "{err} vs {scale}");
+        let close = |fast: &Tensor, slow: &Tensor| {
+            let scale = slow.data.iter().fold(0.0f64, |a, v| a.max(v.abs()));
+            let err = fast
+                .data
+                .iter()
+                .zip(&slow.data)
+                .fold(0.0f64, |a, (x, y)| a.max((x - y).abs()));
+            assert!(scale > 1e-3 && err <= 1e-12 * scale, "{err} vs {scale}");
+        };
+        let all = crate::wick::configs(4);
+        let slow = crate::wick::pair_moment(&l.term(), &r.term(), &m, diag, &all).unwrap();
+        close(&moment(&l, &r, &m, false), &slow);
+        // A self moment, computed on blocks t ≤ t' and mirrored.
+        let sm = Moments {
+            mu: [&ma, &ma],
+            cov: [&cov[0], &cov[0], &cov[0]],
+        };
+        let sd = [diag[0], diag[0]];
+        let slow = crate::wick::pair_moment(&l.term(), &l.term(), &sm, sd, &all).unwrap();
+        close(&moment(&l, &l, &sm, true), &slow);
     }
 }

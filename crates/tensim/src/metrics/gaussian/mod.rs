@@ -197,7 +197,8 @@ fn step_parts(
             attention::moments(&a.network(n), &b.network(n), m, symmetric)
         }
         (Step::Layer(Layer::Bilinear(a), _), Step::Layer(Layer::Bilinear(b), _)) => {
-            Ok(vec![(2, 2, bilinear::moment(&a.padded(), &b.padded(), m))])
+            let (a, b) = (a.padded(), b.padded());
+            Ok(vec![(2, 2, bilinear::moment(&a, &b, m, symmetric))])
         }
         _ => {
             let terms = |s: Step<'_>| match s {
