@@ -125,34 +125,6 @@ pub fn configs(k: usize) -> Vec<Config> {
     out
 }
 
-/// The configurations pairing every left leg with a right leg (`k!` of them for `k` legs each
-/// side, none when the counts differ): the inner product of the two terms symmetrised over
-/// their legs, times `k!`.
-pub fn cross_configs(kl: usize, kr: usize) -> Vec<Config> {
-    if kl != kr {
-        return vec![];
-    }
-    let mut out = vec![];
-    let mut perm: Vec<usize> = (0..kr).collect();
-    // Heap's algorithm over the right legs.
-    fn heap(k: usize, perm: &mut Vec<usize>, kl: usize, out: &mut Vec<Config>) {
-        if k <= 1 {
-            out.push(Config {
-                means: vec![],
-                pairs: perm.iter().enumerate().map(|(i, &p)| (i, kl + p)).collect(),
-            });
-            return;
-        }
-        for i in 0..k {
-            heap(k - 1, perm, kl, out);
-            let j = if k % 2 == 0 { i } else { 0 };
-            perm.swap(j, k - 1);
-        }
-    }
-    heap(kr, &mut perm, kl, &mut out);
-    out
-}
-
 /// Telephone number `T(k)` (number of [`configs`]), saturating.
 pub fn n_configs(k: usize) -> u128 {
     let (mut a, mut b) = (1u128, 1u128); // T(0), T(1)

@@ -182,8 +182,7 @@ fn identity_gram(n: usize, w: usize) -> Tensor {
 /// (terms of different leg counts are orthogonal). Both models need the same layer kinds in the
 /// same order and the same `n_ctx`.
 pub fn network_similarity(a: &Model, b: &Model) -> Result<Comparison> {
-    use crate::metrics::gaussian::{data_trace, normalised, update, Moment};
-    use crate::wick::{cross_configs, Moments, Term};
+    use crate::metrics::gaussian::{combine, data_trace, normalised, symmetrised_parts, Moment};
     let kinds = |m: &Model| m.layers().iter().map(|l| l.kind()).collect::<Vec<_>>();
     if kinds(a) != kinds(b) || a.input().n_ctx != b.input().n_ctx {
         return Err(Error::Incompatible(format!(
@@ -197,32 +196,30 @@ pub fn network_similarity(a: &Model, b: &Model) -> Result<Comparison> {
         )));
     }
     let n = a.input().n_ctx;
-    let symmetrised = |l: &Term, r: &Term| {
-        let k = l.legs.len();
-        (
-            cross_configs(k, r.legs.len()),
-            1.0 / (1..=k).map(|x| x as f64).product::<f64>(),
-        )
-    };
     let start = Moment {
         m: identity_gram(n, a.in_dim() + 1),
         scale: 0.0,
     };
     let (mut ga, mut gb, mut gab) = (start.clone(), start.clone(), start.m.clone());
-    let step = |g: &Moment, cross: &Tensor, ta: &[Term], tb: &[Term], scales, shift| {
-        let m = Moments {
-            mu: [cross, cross], // unused: no configuration takes a mean
-            cov: [&g.m, cross, &g.m],
-        };
-        update(ta, tb, &m, [cross, cross], scales, shift, &symmetrised)
-    };
     for (la, lb) in a.layers().iter().zip(b.layers()) {
-        let (ta, tb) = (la.terms(n), lb.terms(n));
-        let (va, sa) = step(&ga, &ga.m, &ta, &ta, (ga.scale, ga.scale), None)?;
-        let (vb, sb) = step(&gb, &gb.m, &tb, &tb, (gb.scale, gb.scale), None)?;
+        let (va, sa) = combine(
+            symmetrised_parts(la, la, n, &ga.m)?,
+            (ga.scale, ga.scale),
+            None,
+        );
+        let (vb, sb) = combine(
+            symmetrised_parts(lb, lb, n, &gb.m)?,
+            (gb.scale, gb.scale),
+            None,
+        );
         let (na, nb) = (normalised(va, sa), normalised(vb, sb));
         let shift = Some(0.5 * (na.scale + nb.scale));
-        gab = step(&ga, &gab, &ta, &tb, (ga.scale, gb.scale), shift)?.0;
+        gab = combine(
+            symmetrised_parts(la, lb, n, &gab)?,
+            (ga.scale, gb.scale),
+            shift,
+        )
+        .0;
         (ga, gb) = (na, nb);
     }
     let (ab, aa, bb) = (data_trace(&gab), data_trace(&ga.m), data_trace(&gb.m));

@@ -105,31 +105,21 @@ pub(crate) fn data_trace(s: &Tensor) -> f64 {
         .sum()
 }
 
-/// Which Wick configurations a term pair sums, and their common weight.
-pub(crate) type Pairing = dyn Fn(&Term, &Term) -> (Vec<wick::Config>, f64);
-
-/// Every configuration of the joint legs, weight 1 (the Gaussian moment).
-fn all_configs(l: &Term, r: &Term) -> (Vec<wick::Config>, f64) {
-    (wick::configs(l.legs.len() + r.legs.len()), 1.0)
-}
-
 /// `(k_l, k_r, moment)` of every term pair (legs of each term, and its Wick sum).
-type Parts = Vec<(usize, usize, Tensor)>;
+pub(crate) type Parts = Vec<(usize, usize, Tensor)>;
 
-/// `w · Σ_configs contract(l ⊗ r)` for every term pair, configurations by `pairing`.
+/// `Σ_configs contract(l ⊗ r)` over every Wick configuration, for every term pair.
 fn term_moments(
     left: &[Term],
     right: &[Term],
     m: &Moments<'_>,
     diag: [&Tensor; 2],
-    pairing: &Pairing,
 ) -> Result<Parts> {
     let mut out = vec![];
     for l in left {
         for r in right {
-            let (configs, weight) = pairing(l, r);
-            let mut v = wick::pair_moment(l, r, m, diag, &configs)?;
-            v.data.iter_mut().for_each(|x| *x *= weight);
+            let configs = wick::configs(l.legs.len() + r.legs.len());
+            let v = wick::pair_moment(l, r, m, diag, &configs)?;
             out.push((l.legs.len(), r.legs.len(), v));
         }
     }
@@ -138,7 +128,7 @@ fn term_moments(
 
 /// `Σ_{parts} e^{(k_l s_l + k_r s_r)/2 − shift} · moment`, and the shift (default: the largest
 /// exponent).
-fn combine(parts: Parts, scales: (f64, f64), shift: Option<f64>) -> (Tensor, f64) {
+pub(crate) fn combine(parts: Parts, scales: (f64, f64), shift: Option<f64>) -> (Tensor, f64) {
     let exponent = |kl: usize, kr: usize| 0.5 * (kl as f64 * scales.0 + kr as f64 * scales.1);
     let top = parts
         .iter()
@@ -155,23 +145,6 @@ fn combine(parts: Parts, scales: (f64, f64), shift: Option<f64>) -> (Tensor, f64
         }
     }
     (total.expect("every layer has a term"), shift)
-}
-
-/// `Σ_{l,r} e^{(k_l s_l + k_r s_r)/2 − shift} · w · Σ_configs contract(l ⊗ r)`, and the shift.
-pub(crate) fn update(
-    left: &[Term],
-    right: &[Term],
-    m: &Moments<'_>,
-    diag: [&Tensor; 2],
-    scales: (f64, f64),
-    shift: Option<f64>,
-    pairing: &Pairing,
-) -> Result<(Tensor, f64)> {
-    Ok(combine(
-        term_moments(left, right, m, diag, pairing)?,
-        scales,
-        shift,
-    ))
 }
 
 /// What one propagation step goes through: a layer at `n` positions (closure), or a whole
@@ -205,9 +178,51 @@ fn step_parts(
                 Step::Layer(layer, n) => layer.terms(n),
                 Step::Terms(t) => t.to_vec(),
             };
-            term_moments(&terms(left), &terms(right), m, diag, &all_configs)
+            term_moments(&terms(left), &terms(right), m, diag)
         }
     }
+}
+
+/// The tensor metric's layer step (MATH.md §8): for every term pair, `1/k!` times the sum over
+/// bijections of the `k` legs of `l` onto those of `r` with `cross` on every pair (zero for
+/// different leg counts). It is the Wick sum with zero means and no covariance within a side,
+/// so it runs through the same moments.
+pub(crate) fn symmetrised_parts(
+    left: &Layer,
+    right: &Layer,
+    n: usize,
+    cross: &Tensor,
+) -> Result<Parts> {
+    let (wl, wr) = (cross.shape[1], cross.shape[3]);
+    let (zl, zr) = (Tensor::zeros(vec![n, wl]), Tensor::zeros(vec![n, wr]));
+    let (cl, cr) = (
+        Tensor::zeros(vec![n, wl, n, wl]),
+        Tensor::zeros(vec![n, wr, n, wr]),
+    );
+    let m = Moments {
+        mu: [&zl, &zr],
+        cov: [&cl, cross, &cr],
+    };
+    let (dl, dr) = (wick::diagonal(&cl), wick::diagonal(&cr));
+    let parts = step_parts(
+        Step::Layer(left, n),
+        Step::Layer(right, n),
+        &m,
+        [&dl, &dr],
+        false,
+    )?;
+    Ok(parts
+        .into_iter()
+        .map(|(kl, kr, mut v)| {
+            let w = if kl == kr {
+                1.0 / (1..=kl).map(|x| x as f64).product::<f64>()
+            } else {
+                0.0
+            };
+            v.data.iter_mut().for_each(|x| *x *= w);
+            (kl, kr, v)
+        })
+        .collect())
 }
 
 /// Normalise a self moment by its largest entry.
