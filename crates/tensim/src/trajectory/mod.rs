@@ -361,15 +361,23 @@ impl Plan<'_> {
             | Plan::Full { .. }
             | Plan::Gaussian { .. }
             | Plan::Network { .. } => {
+                // Pairs in parallel; on a diagonal tile each unordered pair once (the metrics
+                // are symmetric), mirrored.
+                let diagonal = ci == cj;
+                let pairs: Vec<(usize, usize)> = (0..ni)
+                    .flat_map(|i| (0..nj).map(move |j| (i, j)))
+                    .filter(|&(i, j)| !diagonal || j >= i)
+                    .collect();
+                let values = pairs
+                    .par_iter()
+                    .map(|&(i, j)| self.pair(ci.start + i, cj.start + j, planes))
+                    .collect::<Result<Vec<_>>>()?;
                 let mut out = vec![0.0; planes * ni * nj];
-                for i in 0..ni {
-                    for j in 0..nj {
-                        for (p, v) in self
-                            .pair(ci.start + i, cj.start + j, planes)?
-                            .into_iter()
-                            .enumerate()
-                        {
-                            out[(p * ni + i) * nj + j] = v;
+                for (&(i, j), v) in pairs.iter().zip(values) {
+                    for (p, x) in v.into_iter().enumerate() {
+                        out[(p * ni + i) * nj + j] = x;
+                        if diagonal {
+                            out[(p * nj + j) * ni + i] = x;
                         }
                     }
                 }

@@ -510,7 +510,10 @@ pub fn similarity(a: &Model, b: &Model, opts: &GaussOptions) -> Result<Compariso
     let (mode, exact) = resolve(a, b, opts)?;
     let t = match mode {
         Mode::Exact => exact_traces(a, b)?,
-        Mode::Closure => closure_traces(a, b, &self_chain(a)?, &self_chain(b)?)?,
+        Mode::Closure => {
+            let (ca, cb) = rayon::join(|| self_chain(a), || self_chain(b));
+            closure_traces(a, b, &ca?, &cb?)?
+        }
     };
     comparison(&t, exact)
 }
