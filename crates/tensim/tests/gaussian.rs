@@ -463,3 +463,67 @@ fn the_exact_cost_of_deep_transformers_is_estimated_without_enumerating() {
         .to_string();
     assert!(e.contains("Wick configurations"), "{e}");
 }
+
+#[test]
+fn per_output_values_are_the_similarities_of_the_single_output_models() {
+    // A transformer with a 3-output head: output o's value equals the metric of the two models
+    // with the head cut to its row o (gaussian, both modes, and the tensor metric).
+    let head = |rng: &mut rand::rngs::StdRng| Linear {
+        weight: mat(rng, 3, 4, 0.7),
+        bias: Some(vecr(rng, 3)),
+    };
+    let with = |m: &Model, h: &Linear| {
+        let mut layers = m.layers().to_vec();
+        layers.push(Layer::Linear(h.clone()));
+        Model::new(4, 2, layers).unwrap()
+    };
+    let row = |h: &Linear, o: usize| Linear {
+        weight: Mat::from_fn(1, 4, |_, j| h.weight[(o, j)]),
+        bias: h.bias.as_ref().map(|b| vec![b[o]]),
+    };
+    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+    let (ha, hb) = (head(&mut rng), head(&mut rng));
+    let ((a, att_a, _), (b, att_b, _)) = (small_pair(3), small_pair(4));
+    let single = |l: Layer| Model::new(4, 2, vec![l]).unwrap();
+    // Attention + bilinear (closure) and attention alone (exact: one non-linear layer).
+    let cases = [
+        (a.clone(), b.clone(), closure()),
+        (single(att_a), single(att_b), GaussOptions::default()),
+    ];
+    for (a, b, opts) in cases {
+        let (fa, fb) = (with(&a, &ha), with(&b, &hb));
+        let o = tensim::metrics::Options {
+            per_output: true,
+            gaussian: opts.clone(),
+            ..Default::default()
+        };
+        let r = tensim::metrics::compare(&fa, &fb, tensim::metrics::Metric::Gaussian, None, &o)
+            .unwrap();
+        let per = r.per_output.unwrap();
+        assert_eq!(per.len(), 3);
+        for (k, v) in per.iter().enumerate() {
+            let (sa, sb) = (with(&a, &row(&ha, k)), with(&b, &row(&hb, k)));
+            let one = gaussian::similarity(&sa, &sb, &opts).unwrap().similarity;
+            assert!(
+                (v.unwrap() - one).abs() < 1e-10,
+                "output {k}: {v:?} vs {one}"
+            );
+        }
+    }
+    let (fa, fb) = (with(&a, &ha), with(&b, &hb));
+    let o = tensim::metrics::Options {
+        per_output: true,
+        ..Default::default()
+    };
+    let r = tensim::metrics::compare(&fa, &fb, tensim::metrics::Metric::Tensor, None, &o).unwrap();
+    for (k, v) in r.per_output.unwrap().iter().enumerate() {
+        let (sa, sb) = (with(&a, &row(&ha, k)), with(&b, &row(&hb, k)));
+        let one = tensim::metrics::tensor::similarity(&sa, &sb, &Default::default())
+            .unwrap()
+            .similarity;
+        assert!(
+            (v.unwrap() - one).abs() < 1e-10,
+            "tensor output {k}: {v:?} vs {one}"
+        );
+    }
+}

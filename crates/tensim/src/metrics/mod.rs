@@ -139,7 +139,12 @@ pub fn compare(
         Metric::Matrix => matrix::similarity(a, b, opts),
         Metric::Behavioral => behavioral::similarity(a, b, need()?, opts),
         Metric::Cka => cka::similarity(a, b, need()?, opts),
-        Metric::Gaussian => gaussian::similarity(a, b, &opts.gaussian),
+        Metric::Gaussian => gaussian::similarity(a, b, &opts.gaussian).map(|mut r| {
+            if !opts.per_output {
+                r.per_output = None;
+            }
+            r
+        }),
     }
 }
 

@@ -132,12 +132,11 @@ pub fn cosine_of(ab: (f64, f64), aa: (f64, f64), bb: (f64, f64)) -> Result<f64> 
 pub fn similarity(a: &Model, b: &Model, opts: &Options) -> Result<Comparison> {
     crate::metrics::check_io(a, b)?;
     if a.first_attention().is_some() || b.first_attention().is_some() {
-        if opts.per_output {
-            return Err(Error::Invalid(
-                "--per-output of the tensor metric covers models without attention".into(),
-            ));
+        let mut r = network_similarity(a, b)?;
+        if !opts.per_output {
+            r.per_output = None;
         }
-        return network_similarity(a, b);
+        return Ok(r);
     }
     let (gab, gaa, gbb) = grams(a, b, opts.par)?;
     let (dab, daa, dbb) = (
@@ -182,7 +181,9 @@ fn identity_gram(n: usize, w: usize) -> Tensor {
 /// (terms of different leg counts are orthogonal). Both models need the same layer kinds in the
 /// same order and the same `n_ctx`.
 pub fn network_similarity(a: &Model, b: &Model) -> Result<Comparison> {
-    use crate::metrics::gaussian::{combine, data_trace, normalised, symmetrised_parts, Moment};
+    use crate::metrics::gaussian::{
+        combine, data_trace, normalised, per_output, symmetrised_parts, Moment,
+    };
     let kinds = |m: &Model| m.layers().iter().map(|l| l.kind()).collect::<Vec<_>>();
     if kinds(a) != kinds(b) || a.input().n_ctx != b.input().n_ctx {
         return Err(Error::Incompatible(format!(
@@ -229,6 +230,7 @@ pub fn network_similarity(a: &Model, b: &Model) -> Result<Comparison> {
         inner: ab * (0.5 * (ga.scale + gb.scale)).exp(),
         norm2_a: aa * ga.scale.exp(),
         norm2_b: bb * gb.scale.exp(),
+        per_output: Some(per_output(&gab, &ga.m, &gb.m)),
         ..Default::default()
     })
 }

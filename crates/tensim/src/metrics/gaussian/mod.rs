@@ -98,11 +98,20 @@ fn centred(s: &Tensor, mx: &Tensor, my: &Tensor) -> Tensor {
 
 /// `Σ_t Σ_{o≥1} Σ[t, o, t, o]` (the expected inner product of the data outputs).
 pub(crate) fn data_trace(s: &Tensor) -> f64 {
+    data_diagonal(s).iter().sum()
+}
+
+/// `Σ_t Σ[t, o, t, o]` for each data output `o ≥ 1` (per-output inner products).
+pub(crate) fn data_diagonal(s: &Tensor) -> Vec<f64> {
     let (n, w) = (s.shape[0], s.shape[1]);
-    (0..n)
-        .flat_map(|t| (1..w).map(move |o| (t, o)))
-        .map(|(t, o)| s.data[((t * w + o) * n + t) * w + o])
-        .sum()
+    (1..w)
+        .map(|o| (0..n).map(|t| s.data[((t * w + o) * n + t) * w + o]).sum())
+        .collect()
+}
+
+/// Cosine per output coordinate from the final second moments (scales cancel).
+pub(crate) fn per_output(ab: &Tensor, aa: &Tensor, bb: &Tensor) -> Vec<Option<f64>> {
+    crate::metrics::cosines(&data_diagonal(ab), &data_diagonal(aa), &data_diagonal(bb))
 }
 
 /// `(k_l, k_r, moment)` of every term pair (legs of each term, and its Wick sum).
@@ -421,6 +430,7 @@ struct Traces {
     bb: f64,
     sa: f64,
     sb: f64,
+    per_output: Vec<Option<f64>>,
 }
 
 impl Traces {
@@ -431,6 +441,7 @@ impl Traces {
             bb: data_trace(&eb.m),
             sa: ea.scale,
             sb: eb.scale,
+            per_output: per_output(sab, &ea.m, &eb.m),
         }
     }
 }
@@ -527,6 +538,7 @@ fn comparison(t: &Traces, exact: bool) -> Result<Comparison> {
         norm2_a: t.aa * t.sa.exp(),
         norm2_b: t.bb * t.sb.exp(),
         mode: Some(if exact { "exact" } else { "closure" }),
+        per_output: Some(t.per_output.clone()),
         ..Default::default()
     })
 }
