@@ -193,9 +193,9 @@ def _plain(tmp_path, sd):
 
 
 def test_the_gil_is_released_during_a_long_matrix(rng):
-    shape = dict(d_in=16, d=64, h=128, d_out=4, depth=2)
+    shape = dict(d_in=16, d=64, h=256, d_out=4, depth=2)
     a = arch(**shape)
-    models = [tensim.Model.from_state_dict(state_dict(rng, **shape), a) for _ in range(12)]
+    models = [tensim.Model.from_state_dict(state_dict(rng, **shape), a) for _ in range(24)]
     done = threading.Event()
     result = {}
 
