@@ -159,7 +159,9 @@ struct Combo {
 struct Gram {
     data: Vec<f64>,
     cols: usize,
+    /// `live[p·n + p']`.
     live: Vec<bool>,
+    n: usize,
 }
 
 impl Gram {
@@ -215,7 +217,12 @@ impl Gram {
                     }
                 }
             });
-        Gram { data, cols, live }
+        Gram {
+            data,
+            cols,
+            live,
+            n,
+        }
     }
 
     /// `Gᵀ` (the covariances of the other side's rows with this side's).
@@ -235,7 +242,7 @@ impl Gram {
                     }
                 }
             });
-        let n = (self.live.len() as f64).sqrt() as usize;
+        let n = self.n;
         let live = (0..n * n)
             .map(|pq| self.live[pq % n * n + pq / n])
             .collect();
@@ -243,6 +250,7 @@ impl Gram {
             data,
             cols: rows,
             live,
+            n,
         }
     }
 }
@@ -253,9 +261,8 @@ struct Pair<'a> {
     g: [&'a Gram; 4],
     mu: [&'a [f64]; 2],
     h: [usize; 2],
-    /// Rows per position of each side, and the positions.
+    /// Rows per position of each side.
     stride: [usize; 2],
-    n: usize,
 }
 
 /// `acc + x·y`, fused where the CPU has FMA.
@@ -396,9 +403,11 @@ fn cycle_orders(nj: usize) -> Vec<(usize, Vec<usize>, f64)> {
     out
 }
 
-/// Buffers of one worker, reused from one pair of combinations to the next.
+/// Buffers of one worker, reused from one pair of combinations to the next, and the cycle
+/// orders of its term pair's scores ([`cycle_orders`]).
 #[derive(Default)]
 struct Scratch {
+    cycles: Vec<(usize, Vec<usize>, f64)>,
     am: Vec<f64>,
     fm: Vec<f64>,
     chain: Vec<f64>,
@@ -434,8 +443,12 @@ impl Pair<'_> {
 
     /// Whether the covariances of rows `x` and `y` can be non-zero (their positions' block).
     fn live(&self, sx: usize, x: usize, sy: usize, y: usize) -> bool {
-        let (p, q) = (x / self.stride[sx], y / self.stride[sy]);
-        self.g[2 * sx + sy].live[p * self.n + q]
+        let (p, q, g) = (
+            x / self.stride[sx],
+            y / self.stride[sy],
+            self.g[2 * sx + sy],
+        );
+        g.live[p * g.n + q]
     }
 
     /// `E[v_L v_Rᵀ Π s]` (`dl × dr`, row-major) for one left and one right combination.
@@ -562,9 +575,9 @@ impl Pair<'_> {
                         .sum::<f64>();
             }
         }
-        for (u, order, weight) in cycle_orders(nj) {
-            let t = self.cycle_trace::<M>(&order, &hj, &step, &live, (&mut ws.chain, &mut ws.next));
-            kappa[u] += weight * t;
+        for (u, order, weight) in &ws.cycles {
+            let t = self.cycle_trace::<M>(order, &hj, &step, &live, (&mut ws.chain, &mut ws.next));
+            kappa[*u] += weight * t;
         }
         let mut sc = vec![0.0; full + 1];
         sc[0] = 1.0;
@@ -739,14 +752,20 @@ fn term_pair(
     let parts: Vec<Vec<(usize, Vec<f64>)>> = lc
         .par_iter()
         .enumerate()
-        .map_init(Scratch::default, |ws, (ci, l)| {
-            let start = if symmetric { ci } else { 0 };
-            rc[start..]
-                .iter()
-                .enumerate()
-                .map(|(k, r)| (start + k, pair.moment(l, r, (dl, dr), ws)))
-                .collect()
-        })
+        .map_init(
+            || Scratch {
+                cycles: cycle_orders(lc[0].scores.len() + rc[0].scores.len()),
+                ..Default::default()
+            },
+            |ws, (ci, l)| {
+                let start = if symmetric { ci } else { 0 };
+                rc[start..]
+                    .iter()
+                    .enumerate()
+                    .map(|(k, r)| (start + k, pair.moment(l, r, (dl, dr), ws)))
+                    .collect()
+            },
+        )
         .collect();
     let mut z = vec![0.0; rows * cols];
     for (ci, row) in parts.iter().enumerate() {
@@ -823,7 +842,6 @@ pub fn moments(
         mu: [&mu_l, &mu_r],
         h: [ls.h, rs.h],
         stride: [ls.stride(), rs.stride()],
-        n: ls.n,
     };
     let legs = |active: bool| if active { 5 } else { 1 };
     let mut out: Vec<(usize, usize, Tensor)> = vec![];
@@ -941,20 +959,14 @@ mod tests {
         )
     }
 
+    /// The configuration-by-configuration sum of every term pair.
     fn generic(l: &Network, r: &Network, m: &Moments<'_>) -> Vec<Tensor> {
         let diag = [
             &crate::wick::diagonal(m.cov[0]),
             &crate::wick::diagonal(m.cov[2]),
         ];
-        let (tl, tr) = (l.terms(), r.terms());
-        let mut out = vec![];
-        for a in &tl {
-            for b in &tr {
-                let configs = crate::wick::configs(a.legs.len() + b.legs.len());
-                out.push(crate::wick::pair_moment(a, b, m, diag, &configs).unwrap());
-            }
-        }
-        out
+        let parts = super::super::term_moments(&l.terms(), &r.terms(), m, diag).unwrap();
+        parts.into_iter().map(|(_, _, t)| t).collect()
     }
 
     fn close(what: &str, fast: &[(usize, usize, Tensor)], slow: &[Tensor]) {
@@ -975,7 +987,7 @@ mod tests {
     #[test]
     fn connected_pieces_equal_the_configuration_sum() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(7);
-        // Cross moment: different widths of heads, causal against no mask (and diag below).
+        // Cross moment: different widths of heads, causal against no mask (and against diag).
         let (l, r) = (
             attention(&mut rng, 4, 2, Mask::Causal),
             attention(&mut rng, 4, 1, Mask::None),
@@ -987,7 +999,7 @@ mod tests {
             cov: [&cov[0], &cov[1], &cov[2]],
         };
         close(
-            "diag × causal",
+            "causal × diag",
             &super::moments(&l, &d, &m, false).unwrap(),
             &generic(&l, &d, &m),
         );
