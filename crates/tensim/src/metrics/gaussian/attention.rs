@@ -3,23 +3,13 @@
 //!
 //! For head `η`, query `t` and key `u`, the active term is a product of atoms: the value
 //! `v = V̂_η x̂_u` (a vector) and the scores `s_c = (ρ_tQ̂c_η x̂_t)·(ρ_uK̂c_η x̂_u)` (two legs joined
-//! by `Σ_e`); the identity term is the vector `x̂_t` alone. For one such combination on each side
-//! with scores `J`, every Wick configuration splits into the path from the left vector (ending
-//! at the right vector or at a mean leg), the path from the right vector, and closed pieces
-//! among the other scores:
-//!
-//! ```text
-//! E[v_L v_Rᵀ Π_J s] = Σ_U P_LR(U)·Sc(J∖U) + Σ_{U₁∩U₂=∅} P_L(U₁)·P_R(U₂)ᵀ·Sc(J∖U₁∖U₂)
-//! ```
-//!
-//! `P_LR(U)`: paths `v_L →` every score of `U` (any order, either orientation) `→ v_R`; `P_L(U)`:
-//! paths `v_L → U →` a mean leg; `Sc(U) = E[Π_U s]` from cumulants `κ(B)` (mean-ended paths and
-//! cycles through `B`). A path is a product of transfer matrices
-//! `X_jk[(ℓ,e),(ℓ',e')] = C[leg ℓ of j, leg ¬ℓ' of k]` (state: the leg a score is left through,
-//! and its coordinate), summed over orders by dynamic programming over subsets of `J`.
+//! by `Σ_e`); the identity term is the vector `x̂_t` alone. This file lays out the legs of every
+//! such combination, their covariances block by block ([`Gram`]), and sums the moments of all
+//! pairs of combinations into the output blocks; `pieces.rs` computes the moment of one pair.
 
 use rayon::prelude::*;
 
+use super::pieces::{Pair, Scratch};
 use crate::einsum::Tensor;
 use crate::error::Result;
 use crate::layers::attention::Network;
@@ -35,7 +25,8 @@ const K2: usize = 3;
 const V: usize = 4;
 
 /// One side's network and the layout of its projected rows: per position, the `w` raw padded
-/// coordinates, then per head the `h` rows of `Q₁, K₁, Q₂, K₂, V`.
+/// coordinates, then per head the `h` rows of `Q₁, K₁, Q₂, K₂, V`. A group of rows is the raw
+/// coordinates or one leg at one position.
 struct Side<'a> {
     net: &'a Network,
     n: usize,
@@ -55,16 +46,40 @@ impl<'a> Side<'a> {
         }
     }
 
+    /// Rows per position.
     fn stride(&self) -> usize {
         self.w + ROLES * self.heads * self.h
     }
 
-    fn raw(&self, p: usize) -> usize {
-        p * self.stride()
+    /// Groups per position.
+    fn per(&self) -> usize {
+        1 + ROLES * self.heads
     }
 
-    fn leg(&self, p: usize, head: usize, role: usize) -> usize {
-        p * self.stride() + self.w + (head * ROLES + role) * self.h
+    fn raw(&self, p: usize) -> Leg {
+        Leg {
+            row: p * self.stride(),
+            group: p * self.per(),
+            size: self.w,
+        }
+    }
+
+    fn leg(&self, p: usize, head: usize, role: usize) -> Leg {
+        let g = head * ROLES + role;
+        Leg {
+            row: p * self.stride() + self.w + g * self.h,
+            group: p * self.per() + 1 + g,
+            size: self.h,
+        }
+    }
+
+    /// Size of group `g`.
+    fn size(&self, g: usize) -> usize {
+        if g % self.per() == 0 {
+            self.w
+        } else {
+            self.h
+        }
     }
 
     /// `Π[p]`: the rows above as maps of the padded input at position `p`.
@@ -144,594 +159,189 @@ impl<'a> Side<'a> {
     }
 }
 
-/// One term at one (head, query, key): its vector's first row, its scores' leg rows, its weight
-/// and output block.
-struct Combo {
-    vector: usize,
-    scores: Vec<[usize; 2]>,
-    weight: f64,
-    block: usize,
+/// A group of rows of one side: its first row, its index and its size.
+#[derive(Clone, Copy, Default)]
+pub(super) struct Leg {
+    pub row: usize,
+    pub group: usize,
+    pub size: usize,
 }
 
-/// A row-major matrix of covariances between the rows of two sides, and which position pairs
-/// `(p, p')` have any non-zero covariance (inputs at different positions are independent before
-/// the first layer that mixes positions).
-struct Gram {
-    data: Vec<f64>,
-    cols: usize,
-    /// `live[p·n + p']`.
-    live: Vec<bool>,
-    n: usize,
+/// One term at one (head, query, key): its vector, its scores' legs, its weight and output
+/// block.
+pub(super) struct Combo {
+    pub vector: Leg,
+    pub scores: Vec<[Leg; 2]>,
+    pub weight: f64,
+    pub block: usize,
 }
+
+/// Covariances between the row groups of two sides, `(Π_x[p] C[p,p'] Π_y[p']ᵀ)` cut into
+/// blocks (row group × column group), each contiguous and row-major: the unit the small
+/// products of `pieces.rs` read. Blocks that are zero (positions whose inputs are independent,
+/// as before the first layer that mixes positions) or never read are not stored.
+pub(super) struct Gram {
+    data: Vec<f64>,
+    /// Offset of block `(gx, gy)` at `gx · cols + gy`; [`ABSENT`] where it is not stored.
+    at: Vec<usize>,
+    cols: usize,
+    /// The stored blocks `(gx, gy, offset)` in storage order.
+    blocks: Vec<(usize, usize, usize)>,
+    /// Where each position pair's blocks end in `data` (for splitting work).
+    ends: Vec<usize>,
+}
+
+const ABSENT: usize = usize::MAX;
 
 impl Gram {
-    /// `G[(p,r),(p',r')] = (Π_x[p] C[p,p'] Π_y[p']ᵀ)[r,r']`; `within`: one side with itself.
+    /// The block of row group `x` against column group `y` (row stride `y.size`), or `None`
+    /// where it is zero.
+    pub(super) fn block(&self, x: Leg, y: Leg) -> Option<&[f64]> {
+        let o = self.at[x.group * self.cols + y.group];
+        (o != ABSENT).then(|| &self.data[o..o + x.size * y.size])
+    }
+
+    /// `within`: one side with itself, where only the legs of one head against the same
+    /// head's are stored (all that pairs inside one combination touch).
     fn new(x: &Side, cov: &Tensor, y: &Side, within: bool) -> Gram {
         let n = x.n;
-        let (sx, sy) = (x.stride(), y.stride());
         let (px, py): (Vec<Mat<f64>>, Vec<Mat<f64>>) =
             (0..n).map(|p| (x.projection(p), y.projection(p))).unzip();
-        let cols = n * sy;
-        let mut data = vec![0.0; n * sx * cols];
-        let live = (0..n * n)
-            .map(|pq| {
-                let (p, q) = (pq / n, pq % n);
-                (0..x.w * y.w)
-                    .any(|ij| cov.data[((p * x.w + ij / y.w) * n + q) * y.w + ij % y.w] != 0.0)
-            })
-            .collect();
-        // Blocks (rows, columns) computed: everything, or within one side only the legs of
-        // one head against the same head's (all that pairs inside one combination touch).
-        let blocks: Vec<[usize; 4]> = if within {
+        let live = |p: usize, q: usize| {
+            (0..x.w * y.w)
+                .any(|ij| cov.data[((p * x.w + ij / y.w) * n + q) * y.w + ij % y.w] != 0.0)
+        };
+        // Panels of projected rows computed per position pair: `(first row, rows, first
+        // column, columns)`, each a run of whole groups.
+        let panels: Vec<[usize; 4]> = if within {
             let (a, b) = (ROLES * x.h, ROLES * y.h);
             (0..x.heads)
                 .map(|hd| [x.w + hd * a, a, y.w + hd * b, b])
                 .collect()
         } else {
-            vec![[0, sx, 0, sy]]
+            vec![[0, x.stride(), 0, y.stride()]]
         };
-        let (c0, cn) = (
-            blocks[0][2],
-            blocks[blocks.len() - 1][2] + blocks[0][3] - blocks[0][2],
-        );
-        // One band of rows (position p) per task; block (p, q) = Π_x[p] · (C[p,q] · Π_y[q]ᵀ).
-        data.par_chunks_mut(sx * cols)
-            .enumerate()
-            .for_each(|(p, band)| {
-                for (q, pq) in py.iter().enumerate() {
-                    let c =
-                        Mat::from_fn(x.w, y.w, |i, j| cov.data[((p * x.w + i) * n + q) * y.w + j]);
-                    let b = mul(c.as_ref(), pq.subrows(c0, cn).transpose(), Par::Seq);
-                    for &[r0, rn, b0, bn] in &blocks {
-                        // Dᵀ column-major is D row-major: row a of the block is column a.
-                        let dt = mul(
-                            b.subcols(b0 - c0, bn).transpose(),
-                            px[p].subrows(r0, rn).transpose(),
-                            Par::Seq,
-                        );
-                        for a in 0..rn {
-                            let col = dt.col(a).try_as_col_major().expect("contiguous column");
-                            band[(r0 + a) * cols + q * sy + b0..][..bn]
-                                .copy_from_slice(col.as_slice());
-                        }
-                    }
-                }
-            });
-        Gram {
-            data,
+        // Group (within a position) of a projected row.
+        let group = |s: &Side, r: usize| if r < s.w { 0 } else { 1 + (r - s.w) / s.h };
+        let cols = n * y.per();
+        let mut g = Gram {
+            data: vec![],
+            at: vec![ABSENT; n * x.per() * cols],
             cols,
-            live,
-            n,
+            blocks: vec![],
+            ends: vec![],
+        };
+        // Storage order: position pairs, panels, row groups, column groups.
+        let mut len = 0;
+        let mut work = vec![];
+        for (p, q) in (0..n * n).map(|pq| (pq / n, pq % n)) {
+            if !live(p, q) {
+                continue;
+            }
+            for &[r0, rn, c0, cn] in &panels {
+                let mut r = r0;
+                while r < r0 + rn {
+                    let gx = group(x, r);
+                    let hx = x.size(gx);
+                    let mut c = c0;
+                    while c < c0 + cn {
+                        let gy = group(y, c);
+                        let (gx, gy) = (p * x.per() + gx, q * y.per() + gy);
+                        g.at[gx * cols + gy] = len;
+                        g.blocks.push((gx, gy, len));
+                        len += hx * y.size(gy);
+                        c += y.size(gy);
+                    }
+                    r += hx;
+                }
+            }
+            g.ends.push(len);
+            work.push((p, q));
         }
-    }
-
-    /// `Gᵀ` (the covariances of the other side's rows with this side's).
-    fn transposed(&self) -> Gram {
-        let rows = self.data.len() / self.cols;
-        let mut data = vec![0.0; self.data.len()];
-        // Bands of 64 output rows, each read as 64-column strips of the source.
-        data.par_chunks_mut(64 * rows)
-            .enumerate()
-            .for_each(|(band, out)| {
-                let c0 = band * 64;
-                let width = out.len() / rows;
-                for r in 0..rows {
-                    let src = &self.data[r * self.cols + c0..][..width];
-                    for (c, &v) in src.iter().enumerate() {
-                        out[c * rows + r] = v;
+        let mut data = vec![0.0; len];
+        // One position pair per task: Dᵀ = (Π_y[q] C[p,q]ᵀ) Π_x[p]ᵀ panel by panel (column `a`
+        // of Dᵀ is row `a` of D, contiguous), cut into the blocks in storage order.
+        let mut rest: &mut [f64] = &mut data;
+        let mut regions = vec![];
+        let mut start = 0;
+        for &end in &g.ends {
+            let (head, tail) = rest.split_at_mut(end - start);
+            regions.push(head);
+            rest = tail;
+            start = end;
+        }
+        regions
+            .into_par_iter()
+            .zip(&work)
+            .for_each(|(out, &(p, q))| {
+                let c = Mat::from_fn(y.w, x.w, |j, i| cov.data[((p * x.w + i) * n + q) * y.w + j]);
+                let mut o = 0;
+                for &[r0, rn, c0, cn] in &panels {
+                    let b = mul(py[q].subrows(c0, cn), c.as_ref(), Par::Seq);
+                    let dt = mul(b.as_ref(), px[p].subrows(r0, rn).transpose(), Par::Seq);
+                    let mut r = r0;
+                    while r < r0 + rn {
+                        let hx = x.size(group(x, r));
+                        let mut cc = c0;
+                        while cc < c0 + cn {
+                            let hy = y.size(group(y, cc));
+                            for a in 0..hx {
+                                let col =
+                                    dt.col(r - r0 + a).try_as_col_major().expect("contiguous");
+                                out[o + a * hy..][..hy]
+                                    .copy_from_slice(&col.as_slice()[cc - c0..][..hy]);
+                            }
+                            o += hx * hy;
+                            cc += hy;
+                        }
+                        r += hx;
                     }
                 }
             });
-        let n = self.n;
-        let live = (0..n * n)
-            .map(|pq| self.live[pq % n * n + pq / n])
-            .collect();
+        g.data = data;
+        g
+    }
+
+    /// `Gᵀ` (the covariances of the other side's rows with this side's): every block
+    /// transposed in place of its mirror.
+    fn transposed(&self, x: &Side, y: &Side) -> Gram {
+        let rows = self.at.len() / self.cols;
+        let mut at = vec![ABSENT; self.at.len()];
+        for &(gx, gy, o) in &self.blocks {
+            at[gy * rows + gx] = o;
+        }
+        let mut data = vec![0.0; self.data.len()];
+        let mut rest: &mut [f64] = &mut data;
+        let (mut regions, mut start, mut b) = (vec![], 0, 0);
+        for &end in &self.ends {
+            let (head, tail) = rest.split_at_mut(end - start);
+            let first = b;
+            while b < self.blocks.len() && self.blocks[b].2 < end {
+                b += 1;
+            }
+            regions.push((head, start, &self.blocks[first..b]));
+            rest = tail;
+            start = end;
+        }
+        regions.into_par_iter().for_each(|(out, start, blocks)| {
+            for &(gx, gy, o) in blocks {
+                let (hx, hy) = (x.size(gx), y.size(gy));
+                let src = &self.data[o..o + hx * hy];
+                let dst = &mut out[o - start..][..hx * hy];
+                for a in 0..hx {
+                    for e in 0..hy {
+                        dst[e * hx + a] = src[a * hy + e];
+                    }
+                }
+            }
+        });
         Gram {
             data,
+            at,
             cols: rows,
-            live,
-            n,
+            blocks: self.blocks.iter().map(|&(gx, gy, o)| (gy, gx, o)).collect(),
+            ends: self.ends.clone(),
         }
-    }
-}
-
-/// Everything a pair of combinations reads: covariances `G_xy` (`x, y ∈ {L, R}`, indexed
-/// `2x + y`), the rows' means and the score sizes `h` of both sides.
-struct Pair<'a> {
-    g: [&'a Gram; 4],
-    mu: [&'a [f64]; 2],
-    h: [usize; 2],
-    /// Rows per position of each side.
-    stride: [usize; 2],
-}
-
-/// `acc + x·y`, fused where the CPU has FMA.
-trait MulAdd {
-    fn mul_add(acc: f64, x: f64, y: f64) -> f64;
-}
-
-struct Fused;
-struct Plain;
-
-impl MulAdd for Fused {
-    #[inline(always)]
-    fn mul_add(acc: f64, x: f64, y: f64) -> f64 {
-        x.mul_add(y, acc)
-    }
-}
-
-impl MulAdd for Plain {
-    #[inline(always)]
-    fn mul_add(acc: f64, x: f64, y: f64) -> f64 {
-        acc + x * y
-    }
-}
-
-/// `c (m×n) += a (m×k, row stride lda) · b (k×n, row stride ldb)`; `c` contiguous.
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn gemm<M: MulAdd>(
-    m: usize,
-    k: usize,
-    n: usize,
-    a: &[f64],
-    lda: usize,
-    b: &[f64],
-    ldb: usize,
-    c: &mut [f64],
-) {
-    let mut i = 0;
-    while i + 4 <= m {
-        rows::<4, M>(i, k, n, a, lda, b, ldb, c);
-        i += 4;
-    }
-    for i in i..m {
-        rows::<1, M>(i, k, n, a, lda, b, ldb, c);
-    }
-}
-
-/// Rows `i..i+R` of [`gemm`]: an `R × 8` tile of `c` held in registers over the inner dimension.
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn rows<const R: usize, M: MulAdd>(
-    i: usize,
-    k: usize,
-    n: usize,
-    a: &[f64],
-    lda: usize,
-    b: &[f64],
-    ldb: usize,
-    c: &mut [f64],
-) {
-    let mut j = 0;
-    while j + 8 <= n {
-        let mut acc = [[0.0f64; 8]; R];
-        for (r, t) in acc.iter_mut().enumerate() {
-            t.copy_from_slice(&c[(i + r) * n + j..][..8]);
-        }
-        for p in 0..k {
-            let bp: &[f64; 8] = b[p * ldb + j..][..8].try_into().expect("eight");
-            for (r, t) in acc.iter_mut().enumerate() {
-                let x = a[(i + r) * lda + p];
-                for q in 0..8 {
-                    t[q] = M::mul_add(t[q], x, bp[q]);
-                }
-            }
-        }
-        for (r, t) in acc.iter().enumerate() {
-            c[(i + r) * n + j..][..8].copy_from_slice(t);
-        }
-        j += 8;
-    }
-    for r in 0..R {
-        for jj in j..n {
-            let s = (0..k).fold(0.0, |s, p| {
-                M::mul_add(s, a[(i + r) * lda + p], b[p * ldb + jj])
-            });
-            c[(i + r) * n + jj] += s;
-        }
-    }
-}
-
-#[inline(always)]
-fn dot(a: &[f64], b: &[f64]) -> f64 {
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
-}
-
-/// Indices of the set bits of `u`.
-fn members(u: usize) -> impl Iterator<Item = usize> {
-    (0..usize::BITS as usize).filter(move |&j| u >> j & 1 == 1)
-}
-
-/// Permutations of `items` (Heap's algorithm).
-fn permutations(items: &[usize]) -> Vec<Vec<usize>> {
-    fn heap(k: usize, v: &mut Vec<usize>, out: &mut Vec<Vec<usize>>) {
-        if k <= 1 {
-            out.push(v.clone());
-            return;
-        }
-        for i in 0..k {
-            heap(k - 1, v, out);
-            let j = if k % 2 == 0 { i } else { 0 };
-            v.swap(j, k - 1);
-        }
-    }
-    let mut out = vec![];
-    heap(items.len(), &mut items.to_vec(), &mut out);
-    out
-}
-
-/// The cycles through every subset of `nj` scores: `(subset, order from its first score)`, one
-/// order per cycle of ≥ 3 scores (its reverse has the same trace), with weight ½ for two.
-fn cycle_orders(nj: usize) -> Vec<(usize, Vec<usize>, f64)> {
-    let mut out = vec![];
-    for u in 1..1usize << nj {
-        let js: Vec<usize> = members(u).collect();
-        if js.len() < 2 {
-            continue;
-        }
-        for order in permutations(&js[1..]) {
-            let last = order[order.len() - 1];
-            if order.len() >= 2 && order[0] > last {
-                continue;
-            }
-            let mut o = vec![js[0]];
-            o.extend(order.iter().copied());
-            out.push((u, o, if js.len() == 2 { 0.5 } else { 1.0 }));
-        }
-    }
-    out
-}
-
-/// Buffers of one worker, reused from one pair of combinations to the next, and the cycle
-/// orders of its term pair's scores ([`cycle_orders`]).
-#[derive(Default)]
-struct Scratch {
-    cycles: Vec<(usize, Vec<usize>, f64)>,
-    am: Vec<f64>,
-    fm: Vec<f64>,
-    chain: Vec<f64>,
-    next: Vec<f64>,
-    aw: Vec<f64>,
-    pl: Vec<f64>,
-    pr: Vec<f64>,
-}
-
-/// `v[..len]`, grown as needed.
-fn sized(v: &mut Vec<f64>, len: usize) -> &mut [f64] {
-    if v.len() < len {
-        v.resize(len, 0.0);
-    }
-    &mut v[..len]
-}
-
-/// `tr(A·B)` for `A (m×k, stride lda)`, `B (k×m, stride ldb)`.
-#[inline(always)]
-fn trace_prod(m: usize, k: usize, a: &[f64], lda: usize, b: &[f64], ldb: usize) -> f64 {
-    (0..m)
-        .map(|i| (0..k).map(|c| a[i * lda + c] * b[c * ldb + i]).sum::<f64>())
-        .sum()
-}
-
-impl Pair<'_> {
-    /// Covariances of rows `x..` (side `sx`) with rows `y..` (side `sy`): a row-major view and
-    /// its row stride.
-    fn blk(&self, sx: usize, x: usize, sy: usize, y: usize) -> (&[f64], usize) {
-        let g = self.g[2 * sx + sy];
-        (&g.data[x * g.cols + y..], g.cols)
-    }
-
-    /// Whether the covariances of rows `x` and `y` can be non-zero (their positions' block).
-    fn live(&self, sx: usize, x: usize, sy: usize, y: usize) -> bool {
-        let (p, q, g) = (
-            x / self.stride[sx],
-            y / self.stride[sy],
-            self.g[2 * sx + sy],
-        );
-        g.live[p * g.n + q]
-    }
-
-    /// `E[v_L v_Rᵀ Π s]` (`dl × dr`, row-major) for one left and one right combination.
-    fn moment(&self, l: &Combo, r: &Combo, dims: (usize, usize), ws: &mut Scratch) -> Vec<f64> {
-        #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
-            // SAFETY: the CPU has the features this copy is compiled for.
-            return unsafe { self.moment_avx2(l, r, dims, ws) };
-        }
-        self.moment_any::<Plain>(l, r, dims, ws)
-    }
-
-    /// [`Pair::moment`] compiled for AVX2 (its small products vectorise 4 wide).
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,fma")]
-    fn moment_avx2(
-        &self,
-        l: &Combo,
-        r: &Combo,
-        dims: (usize, usize),
-        ws: &mut Scratch,
-    ) -> Vec<f64> {
-        self.moment_any::<Fused>(l, r, dims, ws)
-    }
-
-    #[inline(always)]
-    fn moment_any<M: MulAdd>(
-        &self,
-        l: &Combo,
-        r: &Combo,
-        (dl, dr): (usize, usize),
-        ws: &mut Scratch,
-    ) -> Vec<f64> {
-        // Scores: left ones first (side 0), then right ones (side 1). A state is a score j with
-        // the leg ℓ it is left through; `leg(j, ℓ)` is that leg's first row.
-        let atoms: Vec<(usize, [usize; 2])> = (l.scores.iter().map(|&s| (0, s)))
-            .chain(r.scores.iter().map(|&s| (1, s)))
-            .collect();
-        let nj = atoms.len();
-        let side = |j: usize| atoms[j].0;
-        let hj = |j: usize| self.h[atoms[j].0];
-        let leg = |j: usize, lg: usize| atoms[j].1[lg];
-        let hmax = self.h[0].max(self.h[1]);
-        let full = (1usize << nj) - 1;
-        // Transfer from state (k, ℓ') into state (j, ℓ): C[leg ℓ' of k, leg ¬ℓ of j].
-        let step = |k: usize, lk: usize, j: usize, lg: usize| {
-            self.blk(side(k), leg(k, lk), side(j), leg(j, 1 - lg))
-        };
-        let live = |k: usize, lk: usize, j: usize, lg: usize| {
-            self.live(side(k), leg(k, lk), side(j), leg(j, 1 - lg))
-        };
-        // Means of the legs; paths into (j, ℓ) from v_L (entering through ¬ℓ) or from a mean.
-        let mean = |j: usize, lg: usize| &self.mu[side(j)][leg(j, lg)..][..hj(j)];
-        let from_v = |j: usize, lg: usize| self.blk(0, l.vector, side(j), leg(j, 1 - lg));
-
-        // Forward over subsets U (sources precede targets in memory): states (j, ℓ) after
-        // visiting U, from v_L (am, dl × h_j) and from a mean leg (fm, h_j). Single-score
-        // bases are read in place.
-        let slot = |u: usize, j: usize, lg: usize| (u * nj + j) * 2 + lg;
-        let am = sized(&mut ws.am, (full + 1) * nj * 2 * dl * hmax);
-        let fm = sized(&mut ws.fm, (full + 1) * nj * 2 * hmax);
-        for u in 1..=full {
-            for j in members(u) {
-                let rest = u & !(1 << j);
-                if rest == 0 {
-                    continue;
-                }
-                let a = hj(j);
-                for lg in 0..2 {
-                    let o = slot(u, j, lg);
-                    let (src_a, dst_a) = am.split_at_mut(o * dl * hmax);
-                    let dst_a = &mut dst_a[..dl * a];
-                    dst_a.fill(0.0);
-                    let (src_f, dst_f) = fm.split_at_mut(o * hmax);
-                    let dst_f = &mut dst_f[..a];
-                    dst_f.fill(0.0);
-                    for k in members(rest) {
-                        let b = hj(k);
-                        for lk in 0..2 {
-                            if !live(k, lk, j, lg) {
-                                continue;
-                            }
-                            let (x, ldx) = step(k, lk, j, lg);
-                            if rest == 1 << k {
-                                if self.live(0, l.vector, side(k), leg(k, 1 - lk)) {
-                                    let (v, ldv) = from_v(k, lk);
-                                    gemm::<M>(dl, b, a, v, ldv, x, ldx, dst_a);
-                                }
-                                gemm::<M>(1, b, a, mean(k, 1 - lk), b, x, ldx, dst_f);
-                            } else {
-                                let from = slot(rest, k, lk);
-                                gemm::<M>(dl, b, a, &src_a[from * dl * hmax..], b, x, ldx, dst_a);
-                                gemm::<M>(1, b, a, &src_f[from * hmax..], b, x, ldx, dst_f);
-                            }
-                        }
-                    }
-                }
-            }
-        }
-        let (am, fm): (&[f64], &[f64]) = (am, fm);
-        let fm_at = |u: usize, j: usize, lg: usize| -> &[f64] {
-            if u == 1 << j {
-                mean(j, 1 - lg)
-            } else {
-                &fm[slot(u, j, lg) * hmax..][..hj(j)]
-            }
-        };
-
-        // Cumulants κ(B): a score alone E[s] = tr C_ab + μ_a·μ_b; otherwise mean-ended paths
-        // ½ Σ_{j,ℓ} μ(j,ℓ)·fm(B,j,ℓ) plus cycles. Then moments Sc(U) = Σ_{B∋min U} κ(B) Sc(U∖B).
-        let mut kappa = vec![0.0; full + 1];
-        for (u, kap) in kappa.iter_mut().enumerate().skip(1) {
-            if u.count_ones() == 1 {
-                let j = u.trailing_zeros() as usize;
-                let (g, ld) = self.blk(side(j), leg(j, 0), side(j), leg(j, 1));
-                let tr: f64 = (0..hj(j)).map(|e| g[e * ld + e]).sum();
-                *kap = tr + dot(mean(j, 0), mean(j, 1));
-            } else {
-                *kap = 0.5
-                    * members(u)
-                        .flat_map(|j| (0..2).map(move |lg| (j, lg)))
-                        .map(|(j, lg)| dot(mean(j, lg), fm_at(u, j, lg)))
-                        .sum::<f64>();
-            }
-        }
-        for (u, order, weight) in &ws.cycles {
-            let t = self.cycle_trace::<M>(order, &hj, &step, &live, (&mut ws.chain, &mut ws.next));
-            kappa[*u] += weight * t;
-        }
-        let mut sc = vec![0.0; full + 1];
-        sc[0] = 1.0;
-        for u in 1..=full {
-            let low = u & u.wrapping_neg();
-            let rest = u ^ low;
-            let mut sub = rest;
-            loop {
-                let b = low | sub;
-                sc[u] += kappa[b] * sc[u & !b];
-                if sub == 0 {
-                    break;
-                }
-                sub = (sub - 1) & rest;
-            }
-        }
-
-        // Connected: Sc(J)·C_LR + Σ_{j,ℓ} (Σ_{U∋j} Sc(J∖U) am(U,j,ℓ)) · C[leg ℓ of j, v_R].
-        let mut out = vec![0.0; dl * dr];
-        let (c, ldc) = self.blk(0, l.vector, 1, r.vector);
-        for i in 0..dl {
-            for (jj, o) in out[i * dr..][..dr].iter_mut().enumerate() {
-                *o = sc[full] * c[i * ldc + jj];
-            }
-        }
-        for j in 0..nj {
-            let a = hj(j);
-            for lg in 0..2 {
-                let aw = sized(&mut ws.aw, dl * a);
-                let (f, (v, ldv)) = (sc[full & !(1 << j)], from_v(j, lg));
-                for i in 0..dl {
-                    for e in 0..a {
-                        aw[i * a + e] = f * v[i * ldv + e];
-                    }
-                }
-                for u in (1..=full).filter(|&u| u >> j & 1 == 1 && u != 1 << j) {
-                    let f = sc[full & !u];
-                    aw.iter_mut()
-                        .zip(&am[slot(u, j, lg) * dl * hmax..][..dl * a])
-                        .for_each(|(x, y)| *x += f * y);
-                }
-                if self.live(side(j), leg(j, lg), 1, r.vector) {
-                    let (w, ldw) = self.blk(side(j), leg(j, lg), 1, r.vector);
-                    gemm::<M>(dl, a, dr, aw, a, w, ldw, &mut out);
-                }
-            }
-        }
-        // Disconnected: P_L(U₁) ⊗ Σ_{U₂} P_R(U₂)·Sc(J∖U₁∖U₂), where P_L(U) sums
-        // fm(U,j,ℓ)ᵀ C[leg ℓ of j, v_L] and P_R(U) sums fm(U,j,ℓ)ᵀ C[leg ℓ of j, v_R].
-        let pl = sized(&mut ws.pl, (full + 1) * dl);
-        pl.fill(0.0);
-        pl[..dl].copy_from_slice(&self.mu[0][l.vector..][..dl]);
-        let pr = sized(&mut ws.pr, (full + 1) * dr);
-        pr.fill(0.0);
-        pr[..dr].copy_from_slice(&self.mu[1][r.vector..][..dr]);
-        for u in 1..=full {
-            for j in members(u) {
-                let a = hj(j);
-                for lg in 0..2 {
-                    let f = fm_at(u, j, lg);
-                    if self.live(side(j), leg(j, lg), 0, l.vector) {
-                        let (vt, ldv) = self.blk(side(j), leg(j, lg), 0, l.vector);
-                        gemm::<M>(1, a, dl, f, a, vt, ldv, &mut pl[u * dl..][..dl]);
-                    }
-                    if self.live(side(j), leg(j, lg), 1, r.vector) {
-                        let (w, ldw) = self.blk(side(j), leg(j, lg), 1, r.vector);
-                        gemm::<M>(1, a, dr, f, a, w, ldw, &mut pr[u * dr..][..dr]);
-                    }
-                }
-            }
-        }
-        let mut y = vec![0.0; dr];
-        for u1 in 0..=full {
-            let free = full & !u1;
-            y.fill(0.0);
-            let mut u2 = free;
-            loop {
-                let f = sc[free & !u2];
-                y.iter_mut()
-                    .zip(&pr[u2 * dr..][..dr])
-                    .for_each(|(a, b)| *a += f * b);
-                if u2 == 0 {
-                    break;
-                }
-                u2 = (u2 - 1) & free;
-            }
-            gemm::<M>(dl, 1, dr, &pl[u1 * dl..], 1, &y, dr, &mut out);
-        }
-        out
-    }
-
-    /// `tr(X_{o₀o₁} X_{o₁o₂} ⋯ X_{o_k o₀})` over states (score, leg left through).
-    #[inline(always)]
-    fn cycle_trace<'s, M: MulAdd>(
-        &'s self,
-        order: &[usize],
-        hj: &dyn Fn(usize) -> usize,
-        step: &dyn Fn(usize, usize, usize, usize) -> (&'s [f64], usize),
-        live: &dyn Fn(usize, usize, usize, usize) -> bool,
-        (chain, next): (&mut Vec<f64>, &mut Vec<f64>),
-    ) -> f64 {
-        let (first, last) = (order[0], order[order.len() - 1]);
-        let (hf, hmax) = (hj(first), self.h[0].max(self.h[1]));
-        let mut total = 0.0;
-        for l0 in 0..2 {
-            if order.len() == 2 {
-                for l1 in
-                    (0..2).filter(|&l1| live(first, l0, last, l1) && live(last, l1, first, l0))
-                {
-                    let (a, lda) = step(first, l0, last, l1);
-                    let (b, ldb) = step(last, l1, first, l0);
-                    total += trace_prod(hf, hj(last), a, lda, b, ldb);
-                }
-                continue;
-            }
-            // chain[ℓ]: products from state (first, l0) to state (current score, ℓ).
-            let c = sized(chain, 2 * hf * hmax);
-            c.fill(0.0);
-            let (o1, o2) = (order[1], order[2]);
-            for l2 in 0..2 {
-                for l1 in (0..2).filter(|&l1| live(first, l0, o1, l1) && live(o1, l1, o2, l2)) {
-                    let (a, lda) = step(first, l0, o1, l1);
-                    let (b, ldb) = step(o1, l1, o2, l2);
-                    let dst = &mut c[l2 * hf * hmax..][..hf * hj(o2)];
-                    gemm::<M>(hf, hj(o1), hj(o2), a, lda, b, ldb, dst);
-                }
-            }
-            for w in order[2..].windows(2) {
-                let (cur, nxt) = (w[0], w[1]);
-                sized(next, 2 * hf * hmax).fill(0.0);
-                for ln in 0..2 {
-                    for lc in (0..2).filter(|&lc| live(cur, lc, nxt, ln)) {
-                        let (b, ldb) = step(cur, lc, nxt, ln);
-                        let dst = &mut next[ln * hf * hmax..][..hf * hj(nxt)];
-                        gemm::<M>(
-                            hf,
-                            hj(cur),
-                            hj(nxt),
-                            &chain[lc * hf * hmax..],
-                            hj(cur),
-                            b,
-                            ldb,
-                            dst,
-                        );
-                    }
-                }
-                std::mem::swap(chain, next);
-            }
-            for ll in (0..2).filter(|&ll| live(last, ll, first, l0)) {
-                let (b, ldb) = step(last, ll, first, l0);
-                total += trace_prod(hf, hj(last), &chain[ll * hf * hmax..], hj(last), b, ldb);
-            }
-        }
-        total
     }
 }
 
@@ -753,10 +363,7 @@ fn term_pair(
         .par_iter()
         .enumerate()
         .map_init(
-            || Scratch {
-                cycles: cycle_orders(lc[0].scores.len() + rc[0].scores.len()),
-                ..Default::default()
-            },
+            || Scratch::new(lc[0].scores.len() + rc[0].scores.len()),
             |ws, (ci, l)| {
                 let start = if symmetric { ci } else { 0 };
                 rc[start..]
@@ -833,15 +440,13 @@ pub fn moments(
     } else {
         gl = Gram::new(&ls, m.cov[0], &ls, true);
         gr = Gram::new(&rs, m.cov[2], &rs, true);
-        back = cross.transposed();
+        back = cross.transposed(&ls, &rs);
         [&gl, &cross, &back, &gr]
     };
     let (mu_l, mu_r) = (ls.means(m.mu[0]), rs.means(m.mu[1]));
     let pair = Pair {
         g,
         mu: [&mu_l, &mu_r],
-        h: [ls.h, rs.h],
-        stride: [ls.stride(), rs.stride()],
     };
     let legs = |active: bool| if active { 5 } else { 1 };
     let mut out: Vec<(usize, usize, Tensor)> = vec![];

@@ -60,25 +60,34 @@ pub fn moment(l: &PaddedBilinear, r: &PaddedBilinear, m: &Moments<'_>, symmetric
         .map(|x| (x / n, x % n))
         .filter(|&(t, t2)| !symmetric || t <= t2)
         .collect();
+    // `[L̂; R̂]` of each side: one product gives all four `S_ab`-type blocks.
+    let stack = |x: &PaddedBilinear| {
+        let k = x.l.nrows();
+        Mat::from_fn(2 * k, x.l.ncols(), |i, j| {
+            if i < k {
+                x.l[(i, j)]
+            } else {
+                x.r[(i - k, j)]
+            }
+        })
+    };
+    let (lx, rx) = (stack(l), stack(r));
+    let (kl, kr) = (l.l.nrows(), r.l.nrows());
     let blocks: Vec<Mat<f64>> = pairs
         .par_iter()
         .map(|&(t, t2)| {
             let s = second(m.cov[1], m.mu[0], m.mu[1], t, t2);
-            let (ls, rs) = (
-                mul(l.l.as_ref(), s.as_ref(), Par::Seq),
-                mul(l.r.as_ref(), s.as_ref(), Par::Seq),
-            );
-            let (aa, ab) = (
-                mul_t(ls.as_ref(), r.l.as_ref(), Par::Seq),
-                mul_t(ls.as_ref(), r.r.as_ref(), Par::Seq),
-            );
-            let (ba, bb) = (
-                mul_t(rs.as_ref(), r.l.as_ref(), Par::Seq),
-                mul_t(rs.as_ref(), r.r.as_ref(), Par::Seq),
+            // q = [L̂; R̂] S [L̂'; R̂']ᵀ = [[aa, ab], [ba, bb]].
+            let q = mul_t(
+                mul(lx.as_ref(), s.as_ref(), Par::Seq).as_ref(),
+                rx.as_ref(),
+                Par::Seq,
             );
             let ((ml, ul), (mr, ur)) = (&sl[t], &sr[t2]);
-            let e = Mat::from_fn(aa.nrows(), aa.ncols(), |k, k2| {
-                ul[k] * ur[k2] + aa[(k, k2)] * bb[(k, k2)] + ab[(k, k2)] * ba[(k, k2)]
+            let e = Mat::from_fn(kl, kr, |k, k2| {
+                ul[k] * ur[k2]
+                    + q[(k, k2)] * q[(kl + k, kr + k2)]
+                    + q[(k, kr + k2)] * q[(kl + k, k2)]
                     - 2.0 * ml[k] * mr[k2]
             });
             mul_t(

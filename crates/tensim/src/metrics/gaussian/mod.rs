@@ -14,12 +14,14 @@
 //! States are kept scaled: `Σ_xx = e^{s_x} Σ̃_xx`, `Σ_ab = e^{(s_a+s_b)/2} Σ̃_ab`; a term pair with
 //! `k_l`, `k_r` legs picks up `e^{(k_l s_l + k_r s_r)/2}`.
 //!
-//! A step's Wick sums: attention against attention by connected pieces (`attention.rs`), bilinear
+//! A step's Wick sums: attention against attention by connected pieces (`attention.rs`: layout and
+//! covariance blocks; `pieces.rs`: one pair of combinations), bilinear
 //! against bilinear in closed form (`bilinear.rs`), anything else configuration by configuration
 //! ([`wick::pair_moment`], also the reference the two are tested against).
 
 mod attention;
 mod bilinear;
+mod pieces;
 
 use crate::arch::ResidualMode;
 use crate::einsum::Tensor;
