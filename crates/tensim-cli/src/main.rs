@@ -460,6 +460,11 @@ struct InputArgs {
     seed: u64,
 }
 
+/// mimalloc: large buffers (the attention covariance blocks, moment tensors) are reused
+/// from step to step instead of being returned to the system and faulted in again.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     // Die quietly on a closed pipe (`tensim inspect … | head`) like other command-line tools.
     #[cfg(unix)]

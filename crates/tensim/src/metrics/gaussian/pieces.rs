@@ -191,7 +191,7 @@ impl Pair<'_> {
             // SAFETY: the CPU has the features this copy is compiled for.
             return unsafe { self.moment_avx2(l, r, dims, ws) };
         }
-        self.moment_any::<Plain>(l, r, dims, ws)
+        self.moment_any::<Portable>(l, r, dims, ws)
     }
 
     /// [`Pair::moment`] compiled for AVX2 (its small products vectorise 4 wide).
@@ -204,11 +204,11 @@ impl Pair<'_> {
         dims: (usize, usize),
         ws: &mut Scratch,
     ) -> Vec<f64> {
-        self.moment_any::<Fused>(l, r, dims, ws)
+        self.moment_any::<Avx2>(l, r, dims, ws)
     }
 
     #[inline(always)]
-    fn moment_any<M: MulAdd>(
+    fn moment_any<M: Kernel>(
         &self,
         l: &Combo,
         r: &Combo,
@@ -283,7 +283,7 @@ impl Pair<'_> {
                             }
                         }
                     }
-                    gemm_sum::<M>(rows, h, &terms[..nt], &mut dst[..rows * h]);
+                    M::gemm_sum(rows, h, &terms[..nt], &mut dst[..rows * h]);
                 }
             }
         }
@@ -368,7 +368,7 @@ impl Pair<'_> {
                 }
                 if let Some(w) = to_r {
                     let p = sized(prod, (dl + sets.len()) * dr);
-                    gemm_sum::<M>(dl + sets.len(), dr, &[(st, h, w)], p);
+                    M::gemm_sum(dl + sets.len(), dr, &[(st, h, w)], p);
                     out.iter_mut().zip(&p[..dl * dr]).for_each(|(o, x)| *o += x);
                     for (i, &u) in sets.iter().enumerate() {
                         let src = &p[(dl + i) * dr..][..dr];
@@ -380,7 +380,7 @@ impl Pair<'_> {
                 }
                 if let Some(v) = to_l {
                     let p = sized(prod, sets.len() * dl);
-                    gemm_sum::<M>(sets.len(), dl, &[(&st[dl * h..], h, v)], p);
+                    M::gemm_sum(sets.len(), dl, &[(&st[dl * h..], h, v)], p);
                     for (i, &u) in sets.iter().enumerate() {
                         let src = &p[i * dl..][..dl];
                         pl[u * dl..][..dl]
@@ -419,7 +419,7 @@ impl Pair<'_> {
 
     /// `tr(X_{o₀o₁} X_{o₁o₂} ⋯ X_{o_k o₀})` over states (score, leg left through).
     #[inline(always)]
-    fn cycle_trace<M: MulAdd>(
+    fn cycle_trace<M: Kernel>(
         &self,
         order: &[usize],
         atoms: &[Atom],
@@ -454,7 +454,7 @@ impl Pair<'_> {
                         nt += 1;
                     }
                 }
-                gemm_sum::<M>(
+                M::gemm_sum(
                     hf,
                     atoms[o2].h(),
                     &terms[..nt],
@@ -474,7 +474,7 @@ impl Pair<'_> {
                             nt += 1;
                         }
                     }
-                    gemm_sum::<M>(hf, hn, &terms[..nt], &mut n[ln * hf * hmax..][..hf * hn]);
+                    M::gemm_sum(hf, hn, &terms[..nt], &mut n[ln * hf * hmax..][..hf * hn]);
                 }
                 std::mem::swap(chain, next);
             }
@@ -489,98 +489,138 @@ impl Pair<'_> {
     }
 }
 
-/// `acc + x·y`, fused where the CPU has FMA.
-trait MulAdd {
+/// The small products of [`Pair::moment`]: portable, or AVX2 + FMA.
+trait Kernel {
     fn mul_add(acc: f64, x: f64, y: f64) -> f64;
+
+    /// `c (m×n) = Σ_t a_t (m×k_t) · b_t (k_t×n)` over terms `(a_t, k_t, b_t)`, every matrix
+    /// contiguous and row-major; zero for no terms.
+    fn gemm_sum(m: usize, n: usize, terms: &[(&[f64], usize, &[f64])], c: &mut [f64]);
 }
 
-struct Fused;
-struct Plain;
+struct Portable;
 
-impl MulAdd for Fused {
-    #[inline(always)]
-    fn mul_add(acc: f64, x: f64, y: f64) -> f64 {
-        x.mul_add(y, acc)
-    }
-}
-
-impl MulAdd for Plain {
+impl Kernel for Portable {
     #[inline(always)]
     fn mul_add(acc: f64, x: f64, y: f64) -> f64 {
         acc + x * y
     }
-}
 
-/// `c (m×n) = Σ_t a_t (m×k_t) · b_t (k_t×n)` over terms `(a_t, k_t, b_t)`, every matrix
-/// contiguous and row-major; zero for no terms. Panels of 16 columns in 2-row tiles, of 8 in 4-row
-/// tiles (each tile's accumulators fill the vector registers), then single columns.
-#[inline(always)]
-fn gemm_sum<M: MulAdd>(m: usize, n: usize, terms: &[(&[f64], usize, &[f64])], c: &mut [f64]) {
-    let mut j = 0;
-    while j + 16 <= n {
-        panel::<2, 16, M>(j, (m, n), terms, c);
-        j += 16;
-    }
-    while j + 8 <= n {
-        panel::<4, 8, M>(j, (m, n), terms, c);
-        j += 8;
-    }
-    for jj in j..n {
-        for i in 0..m {
-            let mut s = 0.0;
-            for &(a, k, b) in terms {
-                for p in 0..k {
-                    s = M::mul_add(s, a[i * k + p], b[p * n + jj]);
-                }
-            }
-            c[i * n + jj] = s;
-        }
+    #[inline(always)]
+    fn gemm_sum(m: usize, n: usize, terms: &[(&[f64], usize, &[f64])], c: &mut [f64]) {
+        columns::<Self>(0, m, n, terms, c);
     }
 }
 
-/// Columns `j..j+W` of [`gemm_sum`] in `R × W` tiles (single rows at the end).
+/// Columns `j0..n` of [`Kernel::gemm_sum`], one dot product per entry.
 #[inline(always)]
-fn panel<const R: usize, const W: usize, M: MulAdd>(
-    j: usize,
-    (m, n): (usize, usize),
-    terms: &[(&[f64], usize, &[f64])],
-    c: &mut [f64],
-) {
-    let mut i = 0;
-    while i + R <= m {
-        tile::<R, W, M>(i, j, n, terms, c);
-        i += R;
-    }
-    while i < m {
-        tile::<1, W, M>(i, j, n, terms, c);
-        i += 1;
-    }
-}
-
-/// Rows `i..i+R`, columns `j..j+W` of [`gemm_sum`], accumulated in registers over every term.
-#[inline(always)]
-fn tile<const R: usize, const W: usize, M: MulAdd>(
-    i: usize,
-    j: usize,
+fn columns<K: Kernel>(
+    j0: usize,
+    m: usize,
     n: usize,
     terms: &[(&[f64], usize, &[f64])],
     c: &mut [f64],
 ) {
-    let mut acc = [[0.0f64; W]; R];
-    for &(a, k, b) in terms {
-        let rows: [&[f64]; R] = std::array::from_fn(|r| &a[(i + r) * k..][..k]);
-        for p in 0..k {
-            let bp: &[f64; W] = b[p * n + j..][..W].try_into().expect("W columns");
-            for (t, row) in acc.iter_mut().zip(&rows) {
-                let x = row[p];
-                for q in 0..W {
-                    t[q] = M::mul_add(t[q], x, bp[q]);
+    for j in j0..n {
+        for i in 0..m {
+            let mut s = 0.0;
+            for &(a, k, b) in terms {
+                for p in 0..k {
+                    s = K::mul_add(s, a[i * k + p], b[p * n + j]);
+                }
+            }
+            c[i * n + j] = s;
+        }
+    }
+}
+
+/// Only used inside [`Pair::moment_avx2`], on a CPU with AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+struct Avx2;
+
+#[cfg(target_arch = "x86_64")]
+impl Kernel for Avx2 {
+    #[inline(always)]
+    fn mul_add(acc: f64, x: f64, y: f64) -> f64 {
+        x.mul_add(y, acc)
+    }
+
+    /// Panels of 16 columns in 2-row tiles, of 8 in 4-row tiles (each tile's accumulators
+    /// fill the vector registers), then single columns.
+    #[inline(always)]
+    fn gemm_sum(m: usize, n: usize, terms: &[(&[f64], usize, &[f64])], c: &mut [f64]) {
+        let mut j = 0;
+        // SAFETY: the CPU has AVX2 and FMA (see the type).
+        unsafe {
+            while j + 16 <= n {
+                avx2::panel::<2, 4>(j, (m, n), terms, c);
+                j += 16;
+            }
+            while j + 8 <= n {
+                avx2::panel::<4, 2>(j, (m, n), terms, c);
+                j += 8;
+            }
+        }
+        columns::<Self>(j, m, n, terms, c);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::{__m256d, _mm256_fmadd_pd, _mm256_loadu_pd, _mm256_set1_pd};
+    use std::arch::x86_64::{_mm256_setzero_pd, _mm256_storeu_pd};
+
+    /// Columns `j..j+4Q` of `gemm_sum` in `R × 4Q` tiles (single rows at the end).
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) fn panel<const R: usize, const Q: usize>(
+        j: usize,
+        (m, n): (usize, usize),
+        terms: &[(&[f64], usize, &[f64])],
+        c: &mut [f64],
+    ) {
+        let mut i = 0;
+        while i + R <= m {
+            tile::<R, Q>(i, j, n, terms, c);
+            i += R;
+        }
+        while i < m {
+            tile::<1, Q>(i, j, n, terms, c);
+            i += 1;
+        }
+    }
+
+    /// Rows `i..i+R`, columns `j..j+4Q`, accumulated in registers over every term.
+    #[target_feature(enable = "avx2,fma")]
+    fn tile<const R: usize, const Q: usize>(
+        i: usize,
+        j: usize,
+        n: usize,
+        terms: &[(&[f64], usize, &[f64])],
+        c: &mut [f64],
+    ) {
+        let mut acc = [[_mm256_setzero_pd(); Q]; R];
+        for &(a, k, b) in terms {
+            assert!(a.len() >= (i + R) * k && b.len() >= k * n && j + 4 * Q <= n);
+            for p in 0..k {
+                // SAFETY: the reads stay inside `a` and `b` (asserted above).
+                let bv: [__m256d; Q] = std::array::from_fn(|q| unsafe {
+                    _mm256_loadu_pd(b.as_ptr().add(p * n + j + 4 * q))
+                });
+                for (r, row) in acc.iter_mut().enumerate() {
+                    let x = _mm256_set1_pd(unsafe { *a.get_unchecked((i + r) * k + p) });
+                    for (t, &y) in row.iter_mut().zip(&bv) {
+                        *t = _mm256_fmadd_pd(x, y, *t);
+                    }
                 }
             }
         }
-    }
-    for (r, t) in acc.iter().enumerate() {
-        c[(i + r) * n + j..][..W].copy_from_slice(t);
+        assert!(c.len() >= (i + R - 1) * n + j + 4 * Q);
+        for (r, row) in acc.iter().enumerate() {
+            for (q, t) in row.iter().enumerate() {
+                // SAFETY: inside `c` (asserted above).
+                unsafe { _mm256_storeu_pd(c.as_mut_ptr().add((i + r) * n + j + 4 * q), *t) };
+            }
+        }
     }
 }
 
