@@ -261,16 +261,7 @@ impl Gram {
         let mut data = vec![0.0; len];
         // One position pair per task: Dᵀ = (Π_y[q] C[p,q]ᵀ) Π_x[p]ᵀ panel by panel (column `a`
         // of Dᵀ is row `a` of D, contiguous), cut into the blocks in storage order.
-        let mut rest: &mut [f64] = &mut data;
-        let mut regions = vec![];
-        let mut start = 0;
-        for &end in &g.ends {
-            let (head, tail) = rest.split_at_mut(end - start);
-            regions.push(head);
-            rest = tail;
-            start = end;
-        }
-        regions
+        regions(&mut data, &g.ends)
             .into_par_iter()
             .zip(&work)
             .for_each(|(out, &(p, q))| {
@@ -311,30 +302,22 @@ impl Gram {
             at[gy * rows + gx] = o;
         }
         let mut data = vec![0.0; self.data.len()];
-        let mut rest: &mut [f64] = &mut data;
-        let (mut regions, mut start, mut b) = (vec![], 0, 0);
-        for &end in &self.ends {
-            let (head, tail) = rest.split_at_mut(end - start);
-            let first = b;
-            while b < self.blocks.len() && self.blocks[b].2 < end {
-                b += 1;
-            }
-            regions.push((head, start, &self.blocks[first..b]));
-            rest = tail;
-            start = end;
-        }
-        regions.into_par_iter().for_each(|(out, start, blocks)| {
-            for &(gx, gy, o) in blocks {
-                let (hx, hy) = (x.size(gx), y.size(gy));
-                let src = &self.data[o..o + hx * hy];
-                let dst = &mut out[o - start..][..hx * hy];
-                for a in 0..hx {
-                    for e in 0..hy {
-                        dst[e * hx + a] = src[a * hy + e];
+        regions(&mut data, &self.ends)
+            .into_par_iter()
+            .enumerate()
+            .for_each(|(r, out)| {
+                let span = if r == 0 { 0 } else { self.ends[r - 1] }..self.ends[r];
+                for &(gx, gy, o) in self.blocks.iter().filter(|b| span.contains(&b.2)) {
+                    let (hx, hy) = (x.size(gx), y.size(gy));
+                    let src = &self.data[o..o + hx * hy];
+                    let dst = &mut out[o - span.start..][..hx * hy];
+                    for a in 0..hx {
+                        for e in 0..hy {
+                            dst[e * hx + a] = src[a * hy + e];
+                        }
                     }
                 }
-            }
-        });
+            });
         Gram {
             data,
             at,
@@ -343,6 +326,19 @@ impl Gram {
             ends: self.ends.clone(),
         }
     }
+}
+
+/// `data` cut at `ends`.
+fn regions<'d>(mut data: &'d mut [f64], ends: &[usize]) -> Vec<&'d mut [f64]> {
+    let mut start = 0;
+    ends.iter()
+        .map(|&end| {
+            let (head, tail) = std::mem::take(&mut data).split_at_mut(end - start);
+            data = tail;
+            start = end;
+            head
+        })
+        .collect()
 }
 
 /// `Σ_{combination pairs} w_l w_r E[v_L v_Rᵀ Π s]` summed into output blocks, then mapped to
