@@ -360,33 +360,22 @@ impl Pair<'_> {
                 for (i, &u) in sets.iter().enumerate() {
                     let s = &states[slot(u, j, lg)..][..rows * h];
                     let f = sc[full & !u];
-                    st[..dl * h]
-                        .iter_mut()
-                        .zip(s)
-                        .for_each(|(x, y)| *x += f * y);
+                    axpy(&mut st[..dl * h], f, s);
                     st[(dl + i) * h..][..h].copy_from_slice(&s[dl * h..]);
                 }
                 if let Some(w) = to_r {
                     let p = sized(prod, (dl + sets.len()) * dr);
                     M::gemm_sum(dl + sets.len(), dr, &[(st, h, w)], p);
-                    out.iter_mut().zip(&p[..dl * dr]).for_each(|(o, x)| *o += x);
+                    axpy(&mut out, 1.0, &p[..dl * dr]);
                     for (i, &u) in sets.iter().enumerate() {
-                        let src = &p[(dl + i) * dr..][..dr];
-                        pr[u * dr..][..dr]
-                            .iter_mut()
-                            .zip(src)
-                            .for_each(|(o, x)| *o += x);
+                        axpy(&mut pr[u * dr..][..dr], 1.0, &p[(dl + i) * dr..]);
                     }
                 }
                 if let Some(v) = to_l {
                     let p = sized(prod, sets.len() * dl);
                     M::gemm_sum(sets.len(), dl, &[(&st[dl * h..], h, v)], p);
                     for (i, &u) in sets.iter().enumerate() {
-                        let src = &p[i * dl..][..dl];
-                        pl[u * dl..][..dl]
-                            .iter_mut()
-                            .zip(src)
-                            .for_each(|(o, x)| *o += x);
+                        axpy(&mut pl[u * dl..][..dl], 1.0, &p[i * dl..]);
                     }
                 }
             }
@@ -398,20 +387,14 @@ impl Pair<'_> {
             y.fill(0.0);
             let mut u2 = free;
             loop {
-                let f = sc[free & !u2];
-                y.iter_mut()
-                    .zip(&pr[u2 * dr..][..dr])
-                    .for_each(|(a, b)| *a += f * b);
+                axpy(y, sc[free & !u2], &pr[u2 * dr..]);
                 if u2 == 0 {
                     break;
                 }
                 u2 = (u2 - 1) & free;
             }
             for (i, &x) in pl[u1 * dl..][..dl].iter().enumerate() {
-                out[i * dr..][..dr]
-                    .iter_mut()
-                    .zip(y.iter())
-                    .for_each(|(o, b)| *o = M::mul_add(*o, x, *b));
+                axpy(&mut out[i * dr..][..dr], x, y);
             }
         }
         out
@@ -624,6 +607,12 @@ mod avx2 {
     }
 }
 
+/// `y += a·x` (over `y`'s length).
+#[inline(always)]
+fn axpy(y: &mut [f64], a: f64, x: &[f64]) {
+    y.iter_mut().zip(x).for_each(|(y, x)| *y += a * x);
+}
+
 #[inline(always)]
 fn dot(a: &[f64], b: &[f64]) -> f64 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
@@ -635,4 +624,58 @@ fn trace_prod(m: usize, k: usize, a: &[f64], b: &[f64]) -> f64 {
     (0..m)
         .map(|i| (0..k).map(|c| a[i * k + c] * b[c * m + i]).sum::<f64>())
         .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use rand::{RngExt, SeedableRng};
+
+    use super::*;
+
+    /// Both kernels against the plain triple loop, on shapes that hit every tile and edge.
+    #[test]
+    fn kernels_equal_the_plain_sum() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+        for (m, n, ks) in [
+            (17, 16, vec![16, 16]),
+            (5, 27, vec![3, 8, 1]),
+            (2, 8, vec![]),
+        ] {
+            let mats: Vec<(Vec<f64>, usize, Vec<f64>)> = ks
+                .iter()
+                .map(|&k| {
+                    let mut r =
+                        |len: usize| (0..len).map(|_| rng.random_range(-1.0..1.0)).collect();
+                    (r(m * k), k, r(k * n))
+                })
+                .collect();
+            let terms: Vec<(&[f64], usize, &[f64])> =
+                mats.iter().map(|(a, k, b)| (&a[..], *k, &b[..])).collect();
+            let want: Vec<f64> = (0..m * n)
+                .map(|ij| {
+                    let (i, j) = (ij / n, ij % n);
+                    terms
+                        .iter()
+                        .map(|&(a, k, b)| (0..k).map(|p| a[i * k + p] * b[p * n + j]).sum::<f64>())
+                        .sum()
+                })
+                .collect();
+            let check = |got: &[f64], what: &str| {
+                for (g, w) in got.iter().zip(&want) {
+                    assert!((g - w).abs() <= 1e-13, "{what} {m}×{n}: {g} vs {w}");
+                }
+            };
+            let mut c = vec![f64::NAN; m * n];
+            Portable::gemm_sum(m, n, &terms, &mut c);
+            check(&c, "portable");
+            #[cfg(target_arch = "x86_64")]
+            if std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
+                let mut c = vec![f64::NAN; m * n];
+                Avx2::gemm_sum(m, n, &terms, &mut c);
+                check(&c, "avx2");
+            }
+        }
+    }
 }
