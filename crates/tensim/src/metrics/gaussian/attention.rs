@@ -7,6 +7,8 @@
 //! such combination, their covariances block by block ([`Gram`]), and sums the moments of all
 //! pairs of combinations into the output blocks; `pieces.rs` computes the moment of one pair.
 
+use std::ops::Range;
+
 use rayon::prelude::*;
 
 use super::pieces::{Pair, Scratch};
@@ -80,6 +82,21 @@ impl<'a> Side<'a> {
         } else {
             self.h
         }
+    }
+
+    /// First projected row of group `g` within its position.
+    fn first_row(&self, g: usize) -> usize {
+        match g % self.per() {
+            0 => 0,
+            l => self.w + (l - 1) * self.h,
+        }
+    }
+
+    /// First row and number of rows of a run of groups (numbered within a position).
+    fn rows(&self, gs: &Range<usize>) -> (usize, usize) {
+        let first = self.first_row(gs.start);
+        let last = gs.end - 1;
+        (first, self.first_row(last) + self.size(last) - first)
     }
 
     /// `Π[p]`: the rows above as maps of the padded input at position `p`.
@@ -187,8 +204,17 @@ pub(super) struct Gram {
     cols: usize,
     /// The stored blocks `(gx, gy, offset)` in storage order.
     blocks: Vec<(usize, usize, usize)>,
-    /// Where each position pair's blocks end in `data` (for splitting work).
-    ends: Vec<usize>,
+    /// One position pair's stored blocks.
+    parts: Vec<Part>,
+}
+
+/// The blocks of one position pair `(p, q)`: their range in `data` and in `blocks`.
+#[derive(Clone)]
+struct Part {
+    p: usize,
+    q: usize,
+    data: Range<usize>,
+    blocks: Range<usize>,
 }
 
 const ABSENT: usize = usize::MAX;
@@ -211,81 +237,71 @@ impl Gram {
             (0..x.w * y.w)
                 .any(|ij| cov.data[((p * x.w + ij / y.w) * n + q) * y.w + ij % y.w] != 0.0)
         };
-        // Panels of projected rows computed per position pair: `(first row, rows, first
-        // column, columns)`, each a run of whole groups.
-        let panels: Vec<[usize; 4]> = if within {
-            let (a, b) = (ROLES * x.h, ROLES * y.h);
+        // Panels computed per position pair: runs of row groups × runs of column groups
+        // (groups numbered within a position).
+        let panels: Vec<[Range<usize>; 2]> = if within {
             (0..x.heads)
-                .map(|hd| [x.w + hd * a, a, y.w + hd * b, b])
+                .map(|hd| {
+                    let g = 1 + hd * ROLES..1 + (hd + 1) * ROLES;
+                    [g.clone(), g]
+                })
                 .collect()
         } else {
-            vec![[0, x.stride(), 0, y.stride()]]
+            vec![[0..x.per(), 0..y.per()]]
         };
-        // Group (within a position) of a projected row.
-        let group = |s: &Side, r: usize| if r < s.w { 0 } else { 1 + (r - s.w) / s.h };
         let cols = n * y.per();
         let mut g = Gram {
             data: vec![],
             at: vec![ABSENT; n * x.per() * cols],
             cols,
             blocks: vec![],
-            ends: vec![],
+            parts: vec![],
         };
         // Storage order: position pairs, panels, row groups, column groups.
         let mut len = 0;
-        let mut work = vec![];
         for (p, q) in (0..n * n).map(|pq| (pq / n, pq % n)) {
             if !live(p, q) {
                 continue;
             }
-            for &[r0, rn, c0, cn] in &panels {
-                let mut r = r0;
-                while r < r0 + rn {
-                    let gx = group(x, r);
-                    let hx = x.size(gx);
-                    let mut c = c0;
-                    while c < c0 + cn {
-                        let gy = group(y, c);
-                        let (gx, gy) = (p * x.per() + gx, q * y.per() + gy);
+            let (d0, b0) = (len, g.blocks.len());
+            for [gxs, gys] in &panels {
+                for gx in gxs.clone().map(|gx| p * x.per() + gx) {
+                    for gy in gys.clone().map(|gy| q * y.per() + gy) {
                         g.at[gx * cols + gy] = len;
                         g.blocks.push((gx, gy, len));
-                        len += hx * y.size(gy);
-                        c += y.size(gy);
+                        len += x.size(gx) * y.size(gy);
                     }
-                    r += hx;
                 }
             }
-            g.ends.push(len);
-            work.push((p, q));
+            g.parts.push(Part {
+                p,
+                q,
+                data: d0..len,
+                blocks: b0..g.blocks.len(),
+            });
         }
         let mut data = vec![0.0; len];
         // One position pair per task: Dᵀ = (Π_y[q] C[p,q]ᵀ) Π_x[p]ᵀ panel by panel (column `a`
-        // of Dᵀ is row `a` of D, contiguous), cut into the blocks in storage order.
-        regions(&mut data, &g.ends)
+        // of Dᵀ is row `a` of D, contiguous), cut into its blocks.
+        regions(&mut data, &g.parts)
             .into_par_iter()
-            .zip(&work)
-            .for_each(|(out, &(p, q))| {
+            .zip(&g.parts)
+            .for_each(|(out, part)| {
+                let (p, q) = (part.p, part.q);
                 let c = Mat::from_fn(y.w, x.w, |j, i| cov.data[((p * x.w + i) * n + q) * y.w + j]);
-                let mut o = 0;
-                for &[r0, rn, c0, cn] in &panels {
+                let mut blocks = g.blocks[part.blocks.clone()].iter();
+                for [gxs, gys] in &panels {
+                    let ((r0, rn), (c0, cn)) = (x.rows(gxs), y.rows(gys));
                     let b = mul(py[q].subrows(c0, cn), c.as_ref(), Par::Seq);
                     let dt = mul(b.as_ref(), px[p].subrows(r0, rn).transpose(), Par::Seq);
-                    let mut r = r0;
-                    while r < r0 + rn {
-                        let hx = x.size(group(x, r));
-                        let mut cc = c0;
-                        while cc < c0 + cn {
-                            let hy = y.size(group(y, cc));
-                            for a in 0..hx {
-                                let col =
-                                    dt.col(r - r0 + a).try_as_col_major().expect("contiguous");
-                                out[o + a * hy..][..hy]
-                                    .copy_from_slice(&col.as_slice()[cc - c0..][..hy]);
-                            }
-                            o += hx * hy;
-                            cc += hy;
+                    for &(gx, gy, o) in blocks.by_ref().take(gxs.len() * gys.len()) {
+                        let (hx, hy) = (x.size(gx), y.size(gy));
+                        let (r, cc) = (x.first_row(gx) - r0, y.first_row(gy) - c0);
+                        let dst = &mut out[o - part.data.start..][..hx * hy];
+                        for a in 0..hx {
+                            let col = dt.col(r + a).try_as_col_major().expect("contiguous");
+                            dst[a * hy..][..hy].copy_from_slice(&col.as_slice()[cc..][..hy]);
                         }
-                        r += hx;
                     }
                 }
             });
@@ -302,15 +318,14 @@ impl Gram {
             at[gy * rows + gx] = o;
         }
         let mut data = vec![0.0; self.data.len()];
-        regions(&mut data, &self.ends)
+        regions(&mut data, &self.parts)
             .into_par_iter()
-            .enumerate()
-            .for_each(|(r, out)| {
-                let span = if r == 0 { 0 } else { self.ends[r - 1] }..self.ends[r];
-                for &(gx, gy, o) in self.blocks.iter().filter(|b| span.contains(&b.2)) {
+            .zip(&self.parts)
+            .for_each(|(out, part)| {
+                for &(gx, gy, o) in &self.blocks[part.blocks.clone()] {
                     let (hx, hy) = (x.size(gx), y.size(gy));
                     let src = &self.data[o..o + hx * hy];
-                    let dst = &mut out[o - span.start..][..hx * hy];
+                    let dst = &mut out[o - part.data.start..][..hx * hy];
                     for a in 0..hx {
                         for e in 0..hy {
                             dst[e * hx + a] = src[a * hy + e];
@@ -323,19 +338,18 @@ impl Gram {
             at,
             cols: rows,
             blocks: self.blocks.iter().map(|&(gx, gy, o)| (gy, gx, o)).collect(),
-            ends: self.ends.clone(),
+            parts: self.parts.clone(),
         }
     }
 }
 
-/// `data` cut at `ends`.
-fn regions<'d>(mut data: &'d mut [f64], ends: &[usize]) -> Vec<&'d mut [f64]> {
-    let mut start = 0;
-    ends.iter()
-        .map(|&end| {
-            let (head, tail) = std::mem::take(&mut data).split_at_mut(end - start);
+/// `data` cut into the parts' ranges (consecutive, from 0).
+fn regions<'d>(mut data: &'d mut [f64], parts: &[Part]) -> Vec<&'d mut [f64]> {
+    parts
+        .iter()
+        .map(|part| {
+            let (head, tail) = std::mem::take(&mut data).split_at_mut(part.data.len());
             data = tail;
-            start = end;
             head
         })
         .collect()
