@@ -2,9 +2,10 @@
 //! single comparisons use all cores inside the GEMM; batch work parallelises over pairs and
 //! passes `Par::Seq`.
 
-pub use faer::{Mat, MatRef, Par};
+pub use faer::{Mat, MatMut, MatRef, Par};
 
 use faer::linalg::matmul::matmul;
+use faer::reborrow::IntoConst;
 use faer::Accum;
 
 /// `A · B`.
@@ -12,6 +13,27 @@ pub fn mul(a: MatRef<'_, f64>, b: MatRef<'_, f64>, par: Par) -> Mat<f64> {
     let mut out = Mat::zeros(a.nrows(), b.ncols());
     matmul(out.as_mut(), Accum::Replace, a, b, 1.0, par);
     out
+}
+
+/// `out = A · B` into a buffer sized to fit (grown as needed, its old contents ignored): for
+/// products repeated in a loop, without a fresh zeroed matrix each time.
+pub fn mul_into<'o>(
+    out: &'o mut Mat<f64>,
+    a: MatRef<'_, f64>,
+    b: MatRef<'_, f64>,
+    par: Par,
+) -> MatRef<'o, f64> {
+    let mut view = scratch(out, a.nrows(), b.ncols());
+    matmul(view.as_mut(), Accum::Replace, a, b, 1.0, par);
+    view.into_const()
+}
+
+/// The leading `m × n` block of a buffer grown as needed (contents unspecified).
+pub fn scratch(out: &mut Mat<f64>, m: usize, n: usize) -> MatMut<'_, f64> {
+    if out.nrows() < m || out.ncols() < n {
+        *out = Mat::zeros(m.max(out.nrows()), n.max(out.ncols()));
+    }
+    out.as_mut().submatrix_mut(0, 0, m, n)
 }
 
 /// `A · Bᵀ`.

@@ -15,7 +15,7 @@ use super::pieces::{Pair, Scratch};
 use crate::einsum::Tensor;
 use crate::error::Result;
 use crate::layers::attention::Network;
-use crate::linalg::{mul, Mat, Par};
+use crate::linalg::{mul, mul_into, Mat, Par};
 use crate::wick::Moments;
 
 /// Legs per head, in this order in the projected rows.
@@ -35,17 +35,22 @@ struct Side<'a> {
     w: usize,
     h: usize,
     heads: usize,
+    /// `Π[p]` of every position (see [`Side::projection`]).
+    proj: Vec<Mat<f64>>,
 }
 
 impl<'a> Side<'a> {
     fn new(net: &'a Network) -> Side<'a> {
-        Side {
+        let mut side = Side {
             net,
             n: net.mask.shape[0],
             w: net.gamma.len(),
             h: net.heads[0].v.shape[0],
             heads: net.heads.len(),
-        }
+            proj: vec![],
+        };
+        side.proj = (0..side.n).map(|p| side.projection(p)).collect();
+        side
     }
 
     /// Rows per position.
@@ -123,7 +128,7 @@ impl<'a> Side<'a> {
         (0..self.n)
             .flat_map(|p| {
                 let x = Mat::from_fn(self.w, 1, |i, _| mu.data[p * self.w + i]);
-                let y = mul(self.projection(p).as_ref(), x.as_ref(), Par::Seq);
+                let y = mul(self.proj[p].as_ref(), x.as_ref(), Par::Seq);
                 (0..y.nrows()).map(move |r| y[(r, 0)])
             })
             .collect()
@@ -230,9 +235,7 @@ impl Gram {
     /// `within`: one side with itself, where only the legs of one head against the same
     /// head's are stored (all that pairs inside one combination touch).
     fn new(x: &Side, cov: &Tensor, y: &Side, within: bool) -> Gram {
-        let n = x.n;
-        let (px, py): (Vec<Mat<f64>>, Vec<Mat<f64>>) =
-            (0..n).map(|p| (x.projection(p), y.projection(p))).unzip();
+        let (n, px, py) = (x.n, &x.proj, &y.proj);
         let live = |p: usize, q: usize| {
             (0..x.w * y.w)
                 .any(|ij| cov.data[((p * x.w + ij / y.w) * n + q) * y.w + ij % y.w] != 0.0)
@@ -286,25 +289,29 @@ impl Gram {
         regions(&mut data, &g.parts)
             .into_par_iter()
             .zip(&g.parts)
-            .for_each(|(out, part)| {
-                let (p, q) = (part.p, part.q);
-                let c = Mat::from_fn(y.w, x.w, |j, i| cov.data[((p * x.w + i) * n + q) * y.w + j]);
-                let mut blocks = g.blocks[part.blocks.clone()].iter();
-                for [gxs, gys] in &panels {
-                    let ((r0, rn), (c0, cn)) = (x.rows(gxs), y.rows(gys));
-                    let b = mul(py[q].subrows(c0, cn), c.as_ref(), Par::Seq);
-                    let dt = mul(b.as_ref(), px[p].subrows(r0, rn).transpose(), Par::Seq);
-                    for &(gx, gy, o) in blocks.by_ref().take(gxs.len() * gys.len()) {
-                        let (hx, hy) = (x.size(gx), y.size(gy));
-                        let (r, cc) = (x.first_row(gx) - r0, y.first_row(gy) - c0);
-                        let dst = &mut out[o - part.data.start..][..hx * hy];
-                        for a in 0..hx {
-                            let col = dt.col(r + a).try_as_col_major().expect("contiguous");
-                            dst[a * hy..][..hy].copy_from_slice(&col.as_slice()[cc..][..hy]);
+            .for_each_init(
+                || (Mat::new(), Mat::new()),
+                |(b, dt), (out, part)| {
+                    let (p, q) = (part.p, part.q);
+                    let c =
+                        Mat::from_fn(y.w, x.w, |j, i| cov.data[((p * x.w + i) * n + q) * y.w + j]);
+                    let mut blocks = g.blocks[part.blocks.clone()].iter();
+                    for [gxs, gys] in &panels {
+                        let ((r0, rn), (c0, cn)) = (x.rows(gxs), y.rows(gys));
+                        let b = mul_into(b, py[q].subrows(c0, cn), c.as_ref(), Par::Seq);
+                        let dt = mul_into(dt, b, px[p].subrows(r0, rn).transpose(), Par::Seq);
+                        for &(gx, gy, o) in blocks.by_ref().take(gxs.len() * gys.len()) {
+                            let (hx, hy) = (x.size(gx), y.size(gy));
+                            let (r, cc) = (x.first_row(gx) - r0, y.first_row(gy) - c0);
+                            let dst = &mut out[o - part.data.start..][..hx * hy];
+                            for a in 0..hx {
+                                let col = dt.col(r + a).try_as_col_major().expect("contiguous");
+                                dst[a * hy..][..hy].copy_from_slice(&col.as_slice()[cc..][..hy]);
+                            }
                         }
                     }
-                }
-            });
+                },
+            );
         g.data = data;
         g
     }

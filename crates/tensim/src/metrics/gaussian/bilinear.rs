@@ -16,7 +16,7 @@ use rayon::prelude::*;
 
 use crate::einsum::Tensor;
 use crate::layers::PaddedBilinear;
-use crate::linalg::{mul, mul_t, Mat, Par};
+use crate::linalg::{mul, mul_into, mul_t, scratch, Mat, Par};
 use crate::wick::Moments;
 
 /// `S[t, :, t', :]` of `C + μ_x μ_yᵀ` as a `(w_x × w_y)` matrix.
@@ -73,29 +73,35 @@ pub fn moment(l: &PaddedBilinear, r: &PaddedBilinear, m: &Moments<'_>, symmetric
     };
     let (lx, rx) = (stack(l), stack(r));
     let (kl, kr) = (l.l.nrows(), r.l.nrows());
+    // Per worker: X S, q, E and D̂ E, reused from one position pair to the next.
     let blocks: Vec<Mat<f64>> = pairs
         .par_iter()
-        .map(|&(t, t2)| {
-            let s = second(m.cov[1], m.mu[0], m.mu[1], t, t2);
-            // q = [L̂; R̂] S [L̂'; R̂']ᵀ = [[aa, ab], [ba, bb]].
-            let q = mul_t(
-                mul(lx.as_ref(), s.as_ref(), Par::Seq).as_ref(),
-                rx.as_ref(),
-                Par::Seq,
-            );
-            let ((ml, ul), (mr, ur)) = (&sl[t], &sr[t2]);
-            let e = Mat::from_fn(kl, kr, |k, k2| {
-                ul[k] * ur[k2]
-                    + q[(k, k2)] * q[(kl + k, kr + k2)]
-                    + q[(k, kr + k2)] * q[(kl + k, k2)]
-                    - 2.0 * ml[k] * mr[k2]
-            });
-            mul_t(
-                mul(l.d.as_ref(), e.as_ref(), Par::Seq).as_ref(),
-                r.d.as_ref(),
-                Par::Seq,
-            )
-        })
+        .map_init(
+            || std::array::from_fn::<Mat<f64>, 4, _>(|_| Mat::new()),
+            |[xs, q, e, de], &(t, t2)| {
+                let s = second(m.cov[1], m.mu[0], m.mu[1], t, t2);
+                // q = [L̂; R̂] S [L̂'; R̂']ᵀ = [[aa, ab], [ba, bb]].
+                let xs = mul_into(xs, lx.as_ref(), s.as_ref(), Par::Seq);
+                let q = mul_into(q, xs, rx.transpose(), Par::Seq);
+                let ((ml, ul), (mr, ur)) = (&sl[t], &sr[t2]);
+                // Column k' of E from columns k' (a') and k_r + k' (b') of q.
+                let col = |j: usize| q.col(j).try_as_col_major().expect("contiguous").as_slice();
+                let mut e = scratch(e, kl, kr);
+                for k2 in 0..kr {
+                    let ((aa, ba), (ab, bb)) = (col(k2).split_at(kl), col(kr + k2).split_at(kl));
+                    let dst = e
+                        .as_mut()
+                        .col_mut(k2)
+                        .try_as_col_major_mut()
+                        .expect("contiguous");
+                    for (k, x) in dst.as_slice_mut().iter_mut().enumerate() {
+                        *x = ul[k] * ur[k2] + aa[k] * bb[k] + ab[k] * ba[k] - 2.0 * ml[k] * mr[k2];
+                    }
+                }
+                let de = mul_into(de, l.d.as_ref(), e.as_ref(), Par::Seq);
+                mul_t(de, r.d.as_ref(), Par::Seq)
+            },
+        )
         .collect();
     let mut out = Tensor::zeros(vec![n, wl, n, wr]);
     for (&(t, t2), b) in pairs.iter().zip(&blocks) {

@@ -43,7 +43,7 @@ impl Atom {
 }
 
 /// Buffers of one worker, reused from one pair of combinations to the next, and what depends
-/// only on the number of scores `nj`.
+/// only on the number of scores `nj`. One `Scratch` serves one [`Pair`] (its covariances).
 pub(super) struct Scratch {
     nj: usize,
     /// Members of every subset.
@@ -53,17 +53,23 @@ pub(super) struct Scratch {
     /// Index of the states `(U, j, ·)` at `U · nj + j`, subsets in increasing order (a
     /// state's sources come before it).
     index: Vec<usize>,
-    cycles: Vec<(usize, Vec<usize>, f64)>,
+    cycles: Cycles,
     states: Vec<f64>,
     kappa: Vec<f64>,
     sc: Vec<f64>,
-    chain: Vec<f64>,
-    next: Vec<f64>,
+    walks: Vec<f64>,
     stack: Vec<f64>,
     prod: Vec<f64>,
     pl: Vec<f64>,
     pr: Vec<f64>,
     y: Vec<f64>,
+    /// States entering a right score from paths through left scores only, which depend on the
+    /// left combination and the right leg entered alone: kept per (right leg, left subset)
+    /// while the left combination (`left`, its groups) stays, valid where `stamp` is `epoch`.
+    entries: Vec<f64>,
+    stamp: Vec<u64>,
+    epoch: u64,
+    left: Vec<usize>,
 }
 
 impl Scratch {
@@ -87,17 +93,30 @@ impl Scratch {
             members,
             containing,
             index,
-            cycles: cycle_orders(nj),
+            cycles: Cycles::new(nj),
             states: vec![],
             kappa: vec![],
             sc: vec![],
-            chain: vec![],
-            next: vec![],
+            walks: vec![],
             stack: vec![],
             prod: vec![],
             pl: vec![],
             pr: vec![],
             y: vec![],
+            entries: vec![],
+            stamp: vec![],
+            epoch: 0,
+            left: vec![],
+        }
+    }
+
+    /// Keep the states kept so far only if they belong to the left combination `l`.
+    fn keep_for(&mut self, l: &Combo) {
+        let groups =
+            std::iter::once(l.vector.group).chain(l.scores.iter().flatten().map(|g| g.group));
+        if !groups.clone().eq(self.left.iter().copied()) {
+            self.left = groups.collect();
+            self.epoch += 1;
         }
     }
 }
@@ -107,44 +126,62 @@ fn bits(u: usize) -> impl Iterator<Item = usize> {
     (0..usize::BITS as usize).filter(move |&j| u >> j & 1 == 1)
 }
 
-/// Permutations of `items` (Heap's algorithm).
-fn permutations(items: &[usize]) -> Vec<Vec<usize>> {
-    fn heap(k: usize, v: &mut Vec<usize>, out: &mut Vec<Vec<usize>>) {
-        if k <= 1 {
-            out.push(v.clone());
-            return;
-        }
-        for i in 0..k {
-            heap(k - 1, v, out);
-            let j = if k % 2 == 0 { i } else { 0 };
-            v.swap(j, k - 1);
-        }
-    }
-    let mut out = vec![];
-    heap(items.len(), &mut items.to_vec(), &mut out);
-    out
+/// The closed pieces without a mean leg: cycles through ≥ 2 scores. A cycle through `B` is
+/// the trace of the transfers around it, summed over the legs each score is left through;
+/// one per undirected cycle (a cycle and its reverse have the same trace), ½ for two scores.
+///
+/// Three or four scores: with the walk `W(x,y,z) = Σ_ℓy X_{x,y} X_{y,z}` (two transfers), a
+/// triangle is `tr(W(x,y,z) X_{z,x})` and a 4-cycle `tr(W(x,y,z) W(z,v,x))`. The six walks
+/// below give the three 4-cycles through `{a,b,c,d}` (`a b c d`, `a b d c`, `a c b d`) as three
+/// such pairs, and every triangle closes one of them.
+struct Cycles {
+    /// Pairs of scores (2-cycles).
+    pairs: Vec<[usize; 2]>,
+    /// Walks `[x, y, z]`; `true`: stored transposed (blocks `[ℓz, ℓx]`), so that a 4-cycle
+    /// is the plain dot product of a walk and a transposed walk.
+    walks: Vec<([usize; 3], bool)>,
+    /// Triangles: (subset, the walk closing it).
+    triangles: Vec<(usize, usize)>,
+    /// 4-cycles: a walk `x → z` and a transposed walk `z → x`.
+    squares: Vec<[usize; 2]>,
 }
 
-/// The cycles through every subset of `nj` scores: `(subset, order from its first score)`, one
-/// order per cycle of ≥ 3 scores (its reverse has the same trace), with weight ½ for two.
-fn cycle_orders(nj: usize) -> Vec<(usize, Vec<usize>, f64)> {
-    let mut out = vec![];
-    for u in 1..1usize << nj {
-        let js: Vec<usize> = bits(u).collect();
-        if js.len() < 2 {
-            continue;
-        }
-        for order in permutations(&js[1..]) {
-            let last = order[order.len() - 1];
-            if order.len() >= 2 && order[0] > last {
-                continue;
-            }
-            let mut o = vec![js[0]];
-            o.extend(order.iter().copied());
-            out.push((u, o, if js.len() == 2 { 0.5 } else { 1.0 }));
+impl Cycles {
+    fn new(nj: usize) -> Cycles {
+        let (a, b, c, d) = (0, 1, 2, 3);
+        let walks = match nj {
+            3 => vec![([a, b, c], false)],
+            4 => vec![
+                ([b, c, d], false),
+                ([d, a, b], true),
+                ([a, b, d], false),
+                ([d, c, a], true),
+                ([a, c, b], false),
+                ([b, d, a], true),
+            ],
+            _ => vec![],
+        };
+        let set = |js: &[usize]| js.iter().fold(0usize, |u, &j| u | 1 << j);
+        let triangles = (0..1usize << nj)
+            .filter(|u| u.count_ones() == 3)
+            .map(|u| {
+                let w = walks.iter().position(|(js, _)| set(js) == u);
+                (u, w.expect("every triangle closes a walk"))
+            })
+            .collect();
+        Cycles {
+            pairs: (0..nj)
+                .flat_map(|x| (x + 1..nj).map(move |y| [x, y]))
+                .collect(),
+            squares: if nj == 4 {
+                vec![[0, 1], [2, 3], [4, 5]]
+            } else {
+                vec![]
+            },
+            walks,
+            triangles,
         }
     }
-    out
 }
 
 /// `v[..len]`, grown as needed.
@@ -224,7 +261,8 @@ impl Pair<'_> {
             atoms[j] = Atom { side, legs };
         }
         let atoms = &atoms[..nj];
-        let full = (1usize << nj) - 1;
+        let (nl, full) = (l.scores.len(), (1usize << nj) - 1);
+        ws.keep_for(l);
         let rows = dl + 1;
         let size = rows * atoms.iter().map(Atom::h).max().unwrap_or(0);
         let Scratch {
@@ -235,13 +273,15 @@ impl Pair<'_> {
             states,
             kappa,
             sc,
-            chain,
-            next,
+            walks,
             stack,
             prod,
             pl,
             pr,
             y,
+            entries,
+            stamp,
+            epoch,
             ..
         } = ws;
         let slot = |u: usize, j: usize, lg: usize| (index[u * nj + j] * 2 + lg) * size;
@@ -269,8 +309,24 @@ impl Pair<'_> {
             for &j in &members[u] {
                 let rest = u & !(1 << j);
                 let h = atoms[j].h();
+                // Right score j after left scores only: kept per (entered leg, rest).
+                let kept = j >= nl && rest >> nl == 0;
                 for lg in 0..2 {
                     let (src, dst) = states.split_at_mut(slot(u, j, lg));
+                    let key = if kept {
+                        let key = atoms[j].legs[1 - lg].group << nl | rest;
+                        if key >= stamp.len() {
+                            stamp.resize(key + 1, 0);
+                        }
+                        let e = sized(entries, stamp.len() * size);
+                        if stamp[key] == *epoch {
+                            dst[..rows * h].copy_from_slice(&e[key * size..][..rows * h]);
+                            continue;
+                        }
+                        Some(key)
+                    } else {
+                        None
+                    };
                     let mut terms: [(&[f64], usize, &[f64]); 2 * MAX_SCORES] =
                         [(&[], 0, &[]); 2 * MAX_SCORES];
                     let mut nt = 0;
@@ -284,6 +340,10 @@ impl Pair<'_> {
                         }
                     }
                     M::gemm_sum(rows, h, &terms[..nt], &mut dst[..rows * h]);
+                    if let Some(key) = key {
+                        entries[key * size..][..rows * h].copy_from_slice(&dst[..rows * h]);
+                        stamp[key] = *epoch;
+                    }
                 }
             }
         }
@@ -313,9 +373,7 @@ impl Pair<'_> {
                         .sum::<f64>();
             }
         }
-        for (u, order, weight) in cycles.iter() {
-            kappa[*u] += weight * self.cycle_trace::<M>(order, atoms, (chain, next));
-        }
+        self.cycles::<M>(cycles, atoms, kappa, walks);
         let sc = sized(sc, full + 1);
         sc.fill(0.0);
         sc[0] = 1.0;
@@ -400,75 +458,103 @@ impl Pair<'_> {
         out
     }
 
-    /// `tr(X_{o₀o₁} X_{o₁o₂} ⋯ X_{o_k o₀})` over states (score, leg left through).
-    #[inline(always)]
-    fn cycle_trace<M: Kernel>(
+    /// `X_{(k,ℓ'),(j,ℓ)}ᵀ`, row-major (the mirrored block).
+    fn mirror(
         &self,
-        order: &[usize],
         atoms: &[Atom],
-        (chain, next): (&mut Vec<f64>, &mut Vec<f64>),
-    ) -> f64 {
-        let (first, last) = (order[0], order[order.len() - 1]);
-        let hf = atoms[first].h();
-        let hmax = atoms.iter().map(Atom::h).max().unwrap_or(0);
-        let mut total = 0.0;
-        for l0 in 0..2 {
-            if order.len() == 2 {
-                for l1 in 0..2 {
-                    let there = self.step(atoms, (first, l0), (last, l1));
-                    let back = self.step(atoms, (last, l1), (first, l0));
-                    if let (Some(a), Some(b)) = (there, back) {
-                        total += trace_prod(hf, atoms[last].h(), a, b);
-                    }
+        (k, lk): (usize, usize),
+        (j, lg): (usize, usize),
+    ) -> Option<&[f64]> {
+        let (a, b) = (atoms[k], atoms[j]);
+        self.blk(b.side, b.legs[1 - lg], a.side, a.legs[lk])
+    }
+
+    /// `κ(B) += ` every cycle through `B` (see [`Cycles`]); `tr(P Q) = ⟨P, Qᵀ⟩` throughout.
+    #[inline(always)]
+    fn cycles<M: Kernel>(
+        &self,
+        plan: &Cycles,
+        atoms: &[Atom],
+        kappa: &mut [f64],
+        buf: &mut Vec<f64>,
+    ) {
+        let hm = atoms.iter().map(Atom::h).max().unwrap_or(0);
+        let block = 4 * hm * hm;
+        let dot_opt = |p: &[f64], q: Option<&[f64]>| q.map_or(0.0, |q| dot(p, q));
+        for &[x, y] in &plan.pairs {
+            let mut t = 0.0;
+            for (lx, ly) in [(0, 0), (0, 1), (1, 0), (1, 1)] {
+                if let Some(p) = self.step(atoms, (x, lx), (y, ly)) {
+                    t += dot_opt(p, self.mirror(atoms, (y, ly), (x, lx)));
                 }
-                continue;
             }
-            // chain[ℓ]: products from state (first, l0) to state (current score, ℓ).
-            let (o1, o2) = (order[1], order[2]);
-            let c = sized(chain, 2 * hf * hmax);
-            for l2 in 0..2 {
+            kappa[1 << x | 1 << y] += 0.5 * t;
+        }
+        // Block (ℓ₁, ℓ₂) of walk `w` (its first and last state's legs, swapped if transposed).
+        let at = |w: usize, l1: usize, l2: usize| (w * 4 + 2 * l1 + l2) * hm * hm;
+        let buf = sized(buf, plan.walks.len() * block);
+        for (w, &([x, y, z], transposed)) in plan.walks.iter().enumerate() {
+            let (hx, hy, hz) = (atoms[x].h(), atoms[y].h(), atoms[z].h());
+            for (lx, lz) in [(0, 0), (0, 1), (1, 0), (1, 1)] {
                 let mut terms: [(&[f64], usize, &[f64]); 2] = [(&[], 0, &[]); 2];
                 let mut nt = 0;
-                for l1 in 0..2 {
-                    let a = self.step(atoms, (first, l0), (o1, l1));
-                    let b = self.step(atoms, (o1, l1), (o2, l2));
+                for ly in 0..2 {
+                    let (a, b) = if transposed {
+                        (
+                            self.mirror(atoms, (y, ly), (z, lz)),
+                            self.mirror(atoms, (x, lx), (y, ly)),
+                        )
+                    } else {
+                        (
+                            self.step(atoms, (x, lx), (y, ly)),
+                            self.step(atoms, (y, ly), (z, lz)),
+                        )
+                    };
                     if let (Some(a), Some(b)) = (a, b) {
-                        terms[nt] = (a, atoms[o1].h(), b);
+                        terms[nt] = (a, hy, b);
                         nt += 1;
                     }
                 }
-                M::gemm_sum(
-                    hf,
-                    atoms[o2].h(),
-                    &terms[..nt],
-                    &mut c[l2 * hf * hmax..][..hf * atoms[o2].h()],
-                );
-            }
-            for w in order[2..].windows(2) {
-                let (cur, nxt) = (w[0], w[1]);
-                let (hc, hn) = (atoms[cur].h(), atoms[nxt].h());
-                let n = sized(next, 2 * hf * hmax);
-                for ln in 0..2 {
-                    let mut terms: [(&[f64], usize, &[f64]); 2] = [(&[], 0, &[]); 2];
-                    let mut nt = 0;
-                    for lc in 0..2 {
-                        if let Some(b) = self.step(atoms, (cur, lc), (nxt, ln)) {
-                            terms[nt] = (&chain[lc * hf * hmax..][..hf * hc], hc, b);
-                            nt += 1;
-                        }
-                    }
-                    M::gemm_sum(hf, hn, &terms[..nt], &mut n[ln * hf * hmax..][..hf * hn]);
-                }
-                std::mem::swap(chain, next);
-            }
-            for ll in 0..2 {
-                if let Some(b) = self.step(atoms, (last, ll), (first, l0)) {
-                    let hl = atoms[last].h();
-                    total += trace_prod(hf, hl, &chain[ll * hf * hmax..][..hf * hl], b);
-                }
+                let (o, (m, n)) = if transposed {
+                    (at(w, lz, lx), (hz, hx))
+                } else {
+                    (at(w, lx, lz), (hx, hz))
+                };
+                M::gemm_sum(m, n, &terms[..nt], &mut buf[o..][..m * n]);
             }
         }
-        total
+        for &(u, w) in &plan.triangles {
+            let ([x, _, z], transposed) = plan.walks[w];
+            let size = atoms[x].h() * atoms[z].h();
+            let mut t = 0.0;
+            for (lx, lz) in [(0, 0), (0, 1), (1, 0), (1, 1)] {
+                // tr(W[ℓx,ℓz] X_{(z,ℓz),(x,ℓx)}).
+                t += if transposed {
+                    dot_opt(
+                        &buf[at(w, lz, lx)..][..size],
+                        self.step(atoms, (z, lz), (x, lx)),
+                    )
+                } else {
+                    dot_opt(
+                        &buf[at(w, lx, lz)..][..size],
+                        self.mirror(atoms, (z, lz), (x, lx)),
+                    )
+                };
+            }
+            kappa[u] += t;
+        }
+        for &[w1, w2] in &plan.squares {
+            let ([x, _, z], _) = plan.walks[w1];
+            let size = atoms[x].h() * atoms[z].h();
+            kappa[kappa.len() - 1] += (0..4)
+                .map(|l| {
+                    dot(
+                        &buf[at(w1, l / 2, l % 2)..][..size],
+                        &buf[at(w2, l / 2, l % 2)..][..size],
+                    )
+                })
+                .sum::<f64>();
+        }
     }
 }
 
@@ -616,14 +702,6 @@ fn axpy(y: &mut [f64], a: f64, x: &[f64]) {
 #[inline(always)]
 fn dot(a: &[f64], b: &[f64]) -> f64 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
-}
-
-/// `tr(A·B)` for `A (m×k)`, `B (k×m)`, contiguous.
-#[inline(always)]
-fn trace_prod(m: usize, k: usize, a: &[f64], b: &[f64]) -> f64 {
-    (0..m)
-        .map(|i| (0..k).map(|c| a[i * k + c] * b[c * m + i]).sum::<f64>())
-        .sum()
 }
 
 #[cfg(test)]
