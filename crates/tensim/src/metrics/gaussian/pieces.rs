@@ -203,15 +203,27 @@ impl Pair<'_> {
         &self.mu[side][x.row..][..x.size]
     }
 
-    /// Transfer from state `(k, ℓ')` into state `(j, ℓ)`: `C[leg ℓ' of k, leg ¬ℓ of j]`.
-    fn step(
+    /// Transfer from state `(k, ℓ')` into state `(j, ℓ)`: `C[leg ℓ' of k, leg ¬ℓ of j]`, or its
+    /// transpose (the mirrored block, also row-major).
+    fn transfer(
         &self,
         atoms: &[Atom],
         (k, lk): (usize, usize),
         (j, lg): (usize, usize),
+        transposed: bool,
     ) -> Option<&[f64]> {
         let (a, b) = (atoms[k], atoms[j]);
-        self.blk(a.side, a.legs[lk], b.side, b.legs[1 - lg])
+        let (x, y) = ((a.side, a.legs[lk]), (b.side, b.legs[1 - lg]));
+        let (x, y) = if transposed { (y, x) } else { (x, y) };
+        self.blk(x.0, x.1, y.0, y.1)
+    }
+
+    fn step(&self, atoms: &[Atom], from: (usize, usize), to: (usize, usize)) -> Option<&[f64]> {
+        self.transfer(atoms, from, to, false)
+    }
+
+    fn mirror(&self, atoms: &[Atom], from: (usize, usize), to: (usize, usize)) -> Option<&[f64]> {
+        self.transfer(atoms, from, to, true)
     }
 
     /// `E[v_L v_Rᵀ Π s]` (`dl × dr`, row-major) for one left and one right combination.
@@ -456,17 +468,6 @@ impl Pair<'_> {
             }
         }
         out
-    }
-
-    /// `X_{(k,ℓ'),(j,ℓ)}ᵀ`, row-major (the mirrored block).
-    fn mirror(
-        &self,
-        atoms: &[Atom],
-        (k, lk): (usize, usize),
-        (j, lg): (usize, usize),
-    ) -> Option<&[f64]> {
-        let (a, b) = (atoms[k], atoms[j]);
-        self.blk(b.side, b.legs[1 - lg], a.side, a.legs[lk])
     }
 
     /// `κ(B) += ` every cycle through `B` (see [`Cycles`]); `tr(P Q) = ⟨P, Qᵀ⟩` throughout.
