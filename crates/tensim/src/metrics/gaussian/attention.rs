@@ -233,12 +233,14 @@ impl Gram {
     }
 
     /// `within`: one side with itself, where only the legs of one head against the same
-    /// head's are stored (all that pairs inside one combination touch).
-    fn new(x: &Side, cov: &Tensor, y: &Side, within: bool) -> Gram {
+    /// head's are stored (all that pairs inside one combination touch). `independent`: the
+    /// covariances across positions are zero (whatever rounding left in `cov`).
+    fn new(x: &Side, cov: &Tensor, y: &Side, within: bool, independent: bool) -> Gram {
         let (n, px, py) = (x.n, &x.proj, &y.proj);
         let live = |p: usize, q: usize| {
-            (0..x.w * y.w)
-                .any(|ij| cov.data[((p * x.w + ij / y.w) * n + q) * y.w + ij % y.w] != 0.0)
+            (p == q || !independent)
+                && (0..x.w * y.w)
+                    .any(|ij| cov.data[((p * x.w + ij / y.w) * n + q) * y.w + ij % y.w] != 0.0)
         };
         // Panels computed per position pair: runs of row groups × runs of column groups
         // (groups numbered within a position).
@@ -436,12 +438,14 @@ fn term_pair(
 
 /// `(k_l, k_r, moment)` of the four term pairs (identity: 1 leg, active: 5 legs) of two
 /// attention layers whose inputs have the moments `m`. `symmetric`: the same layer and input on
-/// both sides (a self moment), where pairs of combinations are visited once.
+/// both sides (a self moment), where pairs of combinations are visited once. `independent`:
+/// the input positions are independent (covariances across positions are zero).
 pub fn moments(
     left: &Network,
     right: &Network,
     m: &Moments<'_>,
     symmetric: bool,
+    independent: bool,
 ) -> Result<Vec<(usize, usize, Tensor)>> {
     let (ls, rs) = (Side::new(left), Side::new(right));
     // Four covariance matrices between the sides' rows (one when symmetric).
@@ -450,13 +454,13 @@ pub fn moments(
         "the attention layers' projected covariances",
         4.0 * rows[0] as f64 * rows[1] as f64,
     )?;
-    let cross = Gram::new(&ls, m.cov[1], &rs, false);
+    let cross = Gram::new(&ls, m.cov[1], &rs, false, independent);
     let (gl, gr, back);
     let g = if symmetric {
         [&cross; 4]
     } else {
-        gl = Gram::new(&ls, m.cov[0], &ls, true);
-        gr = Gram::new(&rs, m.cov[2], &rs, true);
+        gl = Gram::new(&ls, m.cov[0], &ls, true, independent);
+        gr = Gram::new(&rs, m.cov[2], &rs, true, independent);
         back = cross.transposed(&ls, &rs);
         [&gl, &cross, &back, &gr]
     };
@@ -622,7 +626,7 @@ mod tests {
         };
         close(
             "causal × diag",
-            &super::moments(&l, &d, &m, false).unwrap(),
+            &super::moments(&l, &d, &m, false, false).unwrap(),
             &generic(&l, &d, &m),
         );
         for independent in [false, true] {
@@ -633,7 +637,7 @@ mod tests {
             };
             close(
                 &format!("cross {independent}"),
-                &super::moments(&l, &r, &m, false).unwrap(),
+                &super::moments(&l, &r, &m, false, independent).unwrap(),
                 &generic(&l, &r, &m),
             );
             // Self moment: one side, one input.
@@ -643,7 +647,7 @@ mod tests {
             };
             close(
                 &format!("self {independent}"),
-                &super::moments(&l, &l, &sm, true).unwrap(),
+                &super::moments(&l, &l, &sm, true, independent).unwrap(),
                 &generic(&l, &l, &sm),
             );
         }

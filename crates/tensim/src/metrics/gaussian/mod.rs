@@ -163,11 +163,17 @@ pub(crate) fn combine(parts: Parts, scales: (f64, f64), shift: Option<f64>) -> (
 }
 
 /// What one propagation step goes through: a layer at `n` positions (closure), or a whole
-/// model composed into terms (exact).
+/// model composed into terms (exact). A layer's `bool`: its input positions are independent
+/// (no layer before it mixes positions), so covariances across positions are exactly zero.
 #[derive(Clone, Copy)]
 enum Step<'a> {
-    Layer(&'a Layer, usize),
+    Layer(&'a Layer, usize, bool),
     Terms(&'a [Term]),
+}
+
+/// Whether the input positions of layer `k` are independent: no layer before it mixes them.
+fn independent_before(layers: &[Layer], k: usize) -> bool {
+    !layers[..k].iter().any(|l| matches!(l, Layer::Attention(_)))
 }
 
 /// The parts of a step: attention against attention by connected pieces
@@ -181,16 +187,17 @@ fn step_parts(
     symmetric: bool,
 ) -> Result<Parts> {
     match (left, right) {
-        (Step::Layer(Layer::Attention(a), n), Step::Layer(Layer::Attention(b), _)) => {
-            attention::moments(&a.network(n), &b.network(n), m, symmetric)
-        }
-        (Step::Layer(Layer::Bilinear(a), _), Step::Layer(Layer::Bilinear(b), _)) => {
+        (
+            Step::Layer(Layer::Attention(a), n, independent),
+            Step::Layer(Layer::Attention(b), _, _),
+        ) => attention::moments(&a.network(n), &b.network(n), m, symmetric, independent),
+        (Step::Layer(Layer::Bilinear(a), ..), Step::Layer(Layer::Bilinear(b), ..)) => {
             let (a, b) = (a.padded(), b.padded());
             Ok(vec![(2, 2, bilinear::moment(&a, &b, m, symmetric))])
         }
         _ => {
             let terms = |s: Step<'_>| match s {
-                Step::Layer(layer, n) => layer.terms(n),
+                Step::Layer(layer, n, _) => layer.terms(n),
                 Step::Terms(t) => t.to_vec(),
             };
             term_moments(&terms(left), &terms(right), m, diag)
@@ -220,8 +227,8 @@ pub(crate) fn symmetrised_parts(
     };
     let (dl, dr) = (wick::diagonal(&cl), wick::diagonal(&cr));
     let parts = step_parts(
-        Step::Layer(left, n),
-        Step::Layer(right, n),
+        Step::Layer(left, n, false),
+        Step::Layer(right, n, false),
         &m,
         [&dl, &dr],
         false,
@@ -327,8 +334,10 @@ pub fn self_chain(model: &Model) -> Result<Vec<Moment>> {
         m: initial(n, model.in_dim()),
         scale: 0.0,
     }];
-    for layer in model.layers() {
-        let next = self_step(chain.last().unwrap(), Step::Layer(layer, n))?;
+    let layers = model.layers();
+    for (k, layer) in layers.iter().enumerate() {
+        let step = Step::Layer(layer, n, independent_before(layers, k));
+        let next = self_step(chain.last().unwrap(), step)?;
         chain.push(next);
     }
     Ok(chain)
@@ -459,12 +468,16 @@ fn closure_traces(a: &Model, b: &Model, ca: &[Moment], cb: &[Moment]) -> Result<
     let at = |c: &[Moment], k: usize| c[k.min(c.len() - 1)].clone();
     let mut sab = initial(n, a.in_dim());
     for k in 0..la.len() {
+        let independent = independent_before(&la, k) && independent_before(&lb, k);
         let (sa, sb) = (at(ca, k), at(cb, k));
         let (na, nb) = (at(ca, k + 1), at(cb, k + 1));
         sab = cross_step(
             &sab,
             (&sa, &sb),
-            (Step::Layer(&la[k], n), Step::Layer(&lb[k], n)),
+            (
+                Step::Layer(&la[k], n, independent),
+                Step::Layer(&lb[k], n, independent),
+            ),
             (na.scale, nb.scale),
         )?;
     }
@@ -553,4 +566,84 @@ fn comparison(t: &Traces, exact: bool) -> Result<Comparison> {
 pub fn similarity_cached(a: &Model, b: &Model, ca: &[Moment], cb: &[Moment]) -> Result<f64> {
     let t = closure_traces(a, b, ca, cb)?;
     crate::metrics::cosine(t.ab, t.aa, t.bb, crate::metrics::Metric::Gaussian)
+}
+
+#[cfg(test)]
+mod tests {
+    use rand::{RngExt, SeedableRng};
+
+    use super::*;
+    use crate::arch::{Mask, Residual};
+    use crate::layers::Attention;
+
+    fn attention(rng: &mut rand::rngs::StdRng, d: usize, mask: Mask) -> Layer {
+        let mut m = || Mat::from_fn(d, d, |_, _| rng.random_range(-0.6..0.6));
+        let (q1, k1, q2, k2, v, o) = (m(), m(), m(), m(), m(), m());
+        let mut b = || Some((0..d).map(|_| rng.random_range(-0.5..0.5)).collect());
+        Layer::Attention(Box::new(Attention {
+            n_head: 1,
+            q1,
+            k1,
+            q2,
+            k2,
+            v,
+            o,
+            q1_bias: b(),
+            k1_bias: None,
+            q2_bias: b(),
+            k2_bias: b(),
+            mask,
+            rotary: Some(10.0),
+            residual: Some(Residual {
+                mode: ResidualMode::Lerp,
+                scale: 0.6,
+            }),
+        }))
+    }
+
+    /// One closure step by the configuration-by-configuration sum alone.
+    fn generic_step(s: &Moment, layer: &Layer, n: usize) -> Moment {
+        let mu = mean(&s.m);
+        let c = centred(&s.m, &mu, &mu);
+        let d = wick::diagonal(&c);
+        let m = Moments {
+            mu: [&mu, &mu],
+            cov: [&c, &c, &c],
+        };
+        let terms = layer.terms(n);
+        let parts = term_moments(&terms, &terms, &m, [&d, &d]).unwrap();
+        let (v, shift) = combine(parts, (s.scale, s.scale), None);
+        normalised(v, shift)
+    }
+
+    /// The first attention layer reads independent positions (their covariances only rounding
+    /// away from zero, which it drops), the second mixed ones: the self chain equals the
+    /// generic sum at every step.
+    #[test]
+    fn the_self_chain_equals_the_configuration_sum_before_and_after_mixing() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(9);
+        let embed = Layer::Linear(Linear {
+            weight: Mat::from_fn(4, 2, |_, _| rng.random_range(-1.0..1.0)),
+            bias: Some(vec![0.4, -0.3, 0.2, 0.1]),
+        });
+        let layers = vec![
+            embed,
+            attention(&mut rng, 4, Mask::Causal),
+            attention(&mut rng, 4, Mask::None),
+        ];
+        let model = Model::new(2, 2, layers.clone()).unwrap();
+        let fast = self_chain(&model).unwrap();
+        let mut slow = fast[0].clone();
+        for (k, layer) in layers.iter().enumerate() {
+            slow = generic_step(&slow, layer, 2);
+            let f = &fast[k + 1];
+            let err =
+                f.m.data
+                    .iter()
+                    .zip(&slow.m.data)
+                    .fold(0.0f64, |a, (x, y)| a.max((x - y).abs()));
+            assert!(err < 1e-11, "step {k}: {err}");
+            assert!((f.scale - slow.scale).abs() < 1e-11, "step {k}");
+        }
+    }
 }

@@ -375,13 +375,13 @@ impl Pair<'_> {
                 let tr = self
                     .blk(a.side, a.legs[0], a.side, a.legs[1])
                     .map_or(0.0, |g| (0..h).map(|e| g[e * h + e]).sum());
-                *kap = tr + dot(mean(j, 0), mean(j, 1));
+                *kap = tr + dot::<M>(mean(j, 0), mean(j, 1));
             } else {
                 *kap = 0.5
                     * members[u]
                         .iter()
                         .flat_map(|&j| (0..2).map(move |lg| (j, lg)))
-                        .map(|(j, lg)| dot(mean(j, lg), fm(u, j, lg)))
+                        .map(|(j, lg)| dot::<M>(mean(j, lg), fm(u, j, lg)))
                         .sum::<f64>();
             }
         }
@@ -481,7 +481,7 @@ impl Pair<'_> {
     ) {
         let hm = atoms.iter().map(Atom::h).max().unwrap_or(0);
         let block = 4 * hm * hm;
-        let dot_opt = |p: &[f64], q: Option<&[f64]>| q.map_or(0.0, |q| dot(p, q));
+        let dot_opt = |p: &[f64], q: Option<&[f64]>| q.map_or(0.0, |q| dot::<M>(p, q));
         for &[x, y] in &plan.pairs {
             let mut t = 0.0;
             for (lx, ly) in [(0, 0), (0, 1), (1, 0), (1, 1)] {
@@ -549,7 +549,7 @@ impl Pair<'_> {
             let size = atoms[x].h() * atoms[z].h();
             kappa[kappa.len() - 1] += (0..4)
                 .map(|l| {
-                    dot(
+                    dot::<M>(
                         &buf[at(w1, l / 2, l % 2)..][..size],
                         &buf[at(w2, l / 2, l % 2)..][..size],
                     )
@@ -566,6 +566,9 @@ trait Kernel {
     /// `c (m×n) = Σ_t a_t (m×k_t) · b_t (k_t×n)` over terms `(a_t, k_t, b_t)`, every matrix
     /// contiguous and row-major; zero for no terms.
     fn gemm_sum(m: usize, n: usize, terms: &[(&[f64], usize, &[f64])], c: &mut [f64]);
+
+    /// `a·b` for slices of equal length.
+    fn dot(a: &[f64], b: &[f64]) -> f64;
 }
 
 struct Portable;
@@ -579,6 +582,11 @@ impl Kernel for Portable {
     #[inline(always)]
     fn gemm_sum(m: usize, n: usize, terms: &[(&[f64], usize, &[f64])], c: &mut [f64]) {
         columns::<Self>(0, m, n, terms, c);
+    }
+
+    #[inline(always)]
+    fn dot(a: &[f64], b: &[f64]) -> f64 {
+        a.iter().zip(b).map(|(x, y)| x * y).sum()
     }
 }
 
@@ -633,12 +641,45 @@ impl Kernel for Avx2 {
         }
         columns::<Self>(j, m, n, terms, c);
     }
+
+    #[inline(always)]
+    fn dot(a: &[f64], b: &[f64]) -> f64 {
+        // SAFETY: the CPU has AVX2 and FMA (see the type).
+        unsafe { avx2::dot(a, b) }
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use std::arch::x86_64::{__m256d, _mm256_fmadd_pd, _mm256_loadu_pd, _mm256_set1_pd};
-    use std::arch::x86_64::{_mm256_setzero_pd, _mm256_storeu_pd};
+    use std::arch::x86_64::{_mm256_add_pd, _mm256_setzero_pd, _mm256_storeu_pd};
+
+    /// `a·b` in four vector accumulators (sixteen independent partial sums).
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) fn dot(a: &[f64], b: &[f64]) -> f64 {
+        assert_eq!(a.len(), b.len());
+        let mut acc = [_mm256_setzero_pd(); 4];
+        let mut i = 0;
+        while i + 16 <= a.len() {
+            for (q, t) in acc.iter_mut().enumerate() {
+                // SAFETY: `i + 16 ≤ len` for both slices.
+                let (x, y) = unsafe {
+                    (
+                        _mm256_loadu_pd(a.as_ptr().add(i + 4 * q)),
+                        _mm256_loadu_pd(b.as_ptr().add(i + 4 * q)),
+                    )
+                };
+                *t = _mm256_fmadd_pd(x, y, *t);
+            }
+            i += 16;
+        }
+        let v = _mm256_add_pd(_mm256_add_pd(acc[0], acc[1]), _mm256_add_pd(acc[2], acc[3]));
+        let mut lanes = [0.0; 4];
+        // SAFETY: four lanes into a four-element array.
+        unsafe { _mm256_storeu_pd(lanes.as_mut_ptr(), v) };
+        let tail: f64 = a[i..].iter().zip(&b[i..]).map(|(x, y)| x * y).sum();
+        lanes.iter().sum::<f64>() + tail
+    }
 
     /// Columns `j..j+4Q` of `gemm_sum` in `R × 4Q` tiles (single rows at the end).
     #[target_feature(enable = "avx2,fma")]
@@ -700,9 +741,11 @@ fn axpy(y: &mut [f64], a: f64, x: &[f64]) {
     y.iter_mut().zip(x).for_each(|(y, x)| *y += a * x);
 }
 
+/// `a·b` (over the shorter length).
 #[inline(always)]
-fn dot(a: &[f64], b: &[f64]) -> f64 {
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
+fn dot<M: Kernel>(a: &[f64], b: &[f64]) -> f64 {
+    let len = a.len().min(b.len());
+    M::dot(&a[..len], &b[..len])
 }
 
 #[cfg(test)]
@@ -754,6 +797,22 @@ mod tests {
                 let mut c = vec![f64::NAN; m * n];
                 Avx2::gemm_sum(m, n, &terms, &mut c);
                 check(&c, "avx2");
+            }
+        }
+        // Dot products: lengths below, at and past the vector blocks.
+        for len in [0, 3, 16, 37, 256] {
+            let mut r = || -> Vec<f64> { (0..len).map(|_| rng.random_range(-1.0..1.0)).collect() };
+            let (a, b) = (r(), r());
+            let want: f64 = (0..len).map(|i| a[i] * b[i]).sum();
+            assert!(
+                (Portable::dot(&a, &b) - want).abs() <= 1e-13,
+                "portable dot {len}"
+            );
+            #[cfg(target_arch = "x86_64")]
+            if std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
+                assert!((Avx2::dot(&a, &b) - want).abs() <= 1e-13, "avx2 dot {len}");
             }
         }
     }
