@@ -274,14 +274,13 @@ fn self_step(s: &Moment, step: Step<'_>) -> Result<Moment> {
     Ok(normalised(v, shift))
 }
 
-/// One closure step of the cross moment, given both self moments before the step and their
-/// scales after it.
+/// One closure step of the cross moment, given both self moments before the step: the
+/// moment `e^{shift}·m` as `(m, shift)`.
 fn cross_step(
     sab: &Tensor,
     (sa, sb): (&Moment, &Moment),
     (ta, tb): (Step<'_>, Step<'_>),
-    (scale_a, scale_b): (f64, f64),
-) -> Result<Tensor> {
+) -> Result<(Tensor, f64)> {
     let (ma, mb) = (mean(&sa.m), mean(&sb.m));
     let (caa, cbb, cab) = (
         centred(&sa.m, &ma, &ma),
@@ -293,9 +292,16 @@ fn cross_step(
         mu: [&ma, &mb],
         cov: [&caa, &cab, &cbb],
     };
-    let shift = 0.5 * (scale_a + scale_b);
     let parts = step_parts(ta, tb, &m, [&da, &db], false)?;
-    Ok(combine(parts, (sa.scale, sb.scale), Some(shift)).0)
+    Ok(combine(parts, (sa.scale, sb.scale), None))
+}
+
+/// `Σ̃_ab` of a cross moment `e^{shift}·m` next to self moments of scales `s_a`, `s_b`:
+/// `e^{shift − (s_a+s_b)/2}·m`.
+fn matched((mut m, shift): (Tensor, f64), sa: &Moment, sb: &Moment) -> Tensor {
+    let f = (shift - 0.5 * (sa.scale + sb.scale)).exp();
+    m.data.iter_mut().for_each(|x| *x *= f);
+    m
 }
 
 /// Whether a layer is non-linear in its input (a residual of scale 0 makes a layer the identity).
@@ -461,27 +467,42 @@ impl Traces {
     }
 }
 
-fn closure_traces(a: &Model, b: &Model, ca: &[Moment], cb: &[Moment]) -> Result<Traces> {
+/// The closure, step by step. The self steps and the cross step of one layer read only the
+/// moments before it, so the three run side by side; `cached`: both self chains computed
+/// before (all-pairs matrices).
+fn closure_traces(a: &Model, b: &Model, cached: Option<(&[Moment], &[Moment])>) -> Result<Traces> {
     let (la, lb) = aligned(a, b);
     let n = a.input().n_ctx;
-    // Self chains of the aligned stacks: identity layers repeat the last moment.
-    let at = |c: &[Moment], k: usize| c[k.min(c.len() - 1)].clone();
-    let mut sab = initial(n, a.in_dim());
+    let start = Moment {
+        m: initial(n, a.in_dim()),
+        scale: 0.0,
+    };
+    let (mut sa, mut sb, mut sab) = (start.clone(), start.clone(), start.m);
     for k in 0..la.len() {
         let independent = independent_before(&la, k) && independent_before(&lb, k);
-        let (sa, sb) = (at(ca, k), at(cb, k));
-        let (na, nb) = (at(ca, k + 1), at(cb, k + 1));
-        sab = cross_step(
-            &sab,
-            (&sa, &sb),
-            (
-                Step::Layer(&la[k], n, independent),
-                Step::Layer(&lb[k], n, independent),
-            ),
-            (na.scale, nb.scale),
-        )?;
+        let steps = (
+            Step::Layer(&la[k], n, independent),
+            Step::Layer(&lb[k], n, independent),
+        );
+        // A self step past a model's own layers (an identity pad) keeps its moment.
+        let next = |m: &Model, s: &Moment, step: Step<'_>, chain: Option<&[Moment]>| match chain {
+            Some(c) => Ok(c[(k + 1).min(c.len() - 1)].clone()),
+            None if k < m.layers().len() => self_step(s, step),
+            None => Ok(s.clone()),
+        };
+        let ((na, nb), ab) = rayon::join(
+            || {
+                rayon::join(
+                    || next(a, &sa, steps.0, cached.map(|c| c.0)),
+                    || next(b, &sb, steps.1, cached.map(|c| c.1)),
+                )
+            },
+            || cross_step(&sab, (&sa, &sb), steps),
+        );
+        (sa, sb) = (na?, nb?);
+        sab = matched(ab?, &sa, &sb);
     }
-    Ok(Traces::new(&sab, ca.last().unwrap(), cb.last().unwrap()))
+    Ok(Traces::new(&sab, &sa, &sb))
 }
 
 fn exact_traces(a: &Model, b: &Model) -> Result<Traces> {
@@ -495,13 +516,8 @@ fn exact_traces(a: &Model, b: &Model) -> Result<Traces> {
         self_step(&s0, Step::Terms(&ta))?,
         self_step(&s0, Step::Terms(&tb))?,
     );
-    let sab = cross_step(
-        &s0.m,
-        (&s0, &s0),
-        (Step::Terms(&ta), Step::Terms(&tb)),
-        (ea.scale, eb.scale),
-    )?;
-    Ok(Traces::new(&sab, &ea, &eb))
+    let sab = cross_step(&s0.m, (&s0, &s0), (Step::Terms(&ta), Step::Terms(&tb)))?;
+    Ok(Traces::new(&matched(sab, &ea, &eb), &ea, &eb))
 }
 
 /// Which mode a request resolves to, and whether the result is exact.
@@ -540,10 +556,7 @@ pub fn similarity(a: &Model, b: &Model, opts: &GaussOptions) -> Result<Compariso
     let (mode, exact) = resolve(a, b, opts)?;
     let t = match mode {
         Mode::Exact => exact_traces(a, b)?,
-        Mode::Closure => {
-            let (ca, cb) = rayon::join(|| self_chain(a), || self_chain(b));
-            closure_traces(a, b, &ca?, &cb?)?
-        }
+        Mode::Closure => closure_traces(a, b, None)?,
     };
     comparison(&t, exact)
 }
@@ -564,7 +577,7 @@ fn comparison(t: &Traces, exact: bool) -> Result<Comparison> {
 
 /// Similarity from cached self chains (closure), for all-pairs matrices.
 pub fn similarity_cached(a: &Model, b: &Model, ca: &[Moment], cb: &[Moment]) -> Result<f64> {
-    let t = closure_traces(a, b, ca, cb)?;
+    let t = closure_traces(a, b, Some((ca, cb)))?;
     crate::metrics::cosine(t.ab, t.aa, t.bb, crate::metrics::Metric::Gaussian)
 }
 
