@@ -63,9 +63,9 @@ pub(super) struct Scratch {
     pl: Vec<f64>,
     pr: Vec<f64>,
     y: Vec<f64>,
-    /// States entering a right score from paths through left scores only, which depend on the
-    /// left combination and the right leg entered alone: kept per (right leg, left subset)
-    /// while the left combination (`left`, its groups) stays, valid where `stamp` is `epoch`.
+    /// States entering a score from paths through left scores only, which depend on the left
+    /// combination and the leg entered alone: kept per (leg, left subset) while the left
+    /// combination (`left`, its groups) stays, valid where `stamp` is `epoch`.
     entries: Vec<f64>,
     stamp: Vec<u64>,
     epoch: u64,
@@ -321,12 +321,13 @@ impl Pair<'_> {
             for &j in &members[u] {
                 let rest = u & !(1 << j);
                 let h = atoms[j].h();
-                // Right score j after left scores only: kept per (entered leg, rest).
-                let kept = j >= nl && rest >> nl == 0;
+                // Any score j after left scores only: kept per (entered leg and its side, rest).
+                let kept = rest >> nl == 0;
                 for lg in 0..2 {
                     let (src, dst) = states.split_at_mut(slot(u, j, lg));
                     let key = if kept {
-                        let key = atoms[j].legs[1 - lg].group << nl | rest;
+                        let leg = atoms[j].legs[1 - lg].group << 1 | atoms[j].side;
+                        let key = leg << nl | rest;
                         if key >= stamp.len() {
                             stamp.resize(key + 1, 0);
                         }
