@@ -240,18 +240,20 @@ enum Row {
     Unit(usize),
 }
 
+/// `Some(j)` where row `k` of `m` is the unit row `e_jᵀ`.
+pub(crate) fn unit_row(m: &Mat<f64>, k: usize) -> Option<usize> {
+    let mut nz = (0..m.ncols()).filter(|&j| m[(k, j)] != 0.0);
+    match (nz.next(), nz.next()) {
+        (Some(j), None) if m[(k, j)] == 1.0 => Some(j),
+        _ => None,
+    }
+}
+
 impl SplitRows {
     fn new(m: &Mat<f64>) -> SplitRows {
-        let unit = |k: usize| {
-            let mut nz = (0..m.ncols()).filter(|&j| m[(k, j)] != 0.0);
-            match (nz.next(), nz.next()) {
-                (Some(j), None) if m[(k, j)] == 1.0 => Some(j),
-                _ => None,
-            }
-        };
         let mut dense_rows = vec![];
         let rows = (0..m.nrows())
-            .map(|k| match unit(k) {
+            .map(|k| match unit_row(m, k) {
                 Some(j) => Row::Unit(j),
                 None => {
                     dense_rows.push(k);

@@ -15,8 +15,9 @@
 use rayon::prelude::*;
 
 use crate::einsum::Tensor;
+use crate::layers::bilinear::unit_row;
 use crate::layers::PaddedBilinear;
-use crate::linalg::{mul, mul_into, mul_t, scratch, Mat, Par};
+use crate::linalg::{mul, mul_into, mul_t, scratch, Mat, MatRef, Par};
 use crate::wick::Moments;
 
 /// `S[t, :, t', :]` of `C + μ_x μ_yᵀ` as a `(w_x × w_y)` matrix.
@@ -48,58 +49,121 @@ fn side_terms(node: &PaddedBilinear, c: &Tensor, mu: &Tensor) -> Vec<(Vec<f64>, 
         .collect()
 }
 
+/// Column `j` of a column-major matrix.
+fn col(x: MatRef<'_, f64>, j: usize) -> &[f64] {
+    x.col(j).try_as_col_major().expect("contiguous").as_slice()
+}
+
+/// A node with its hidden units reordered dense first (the order of the units does not
+/// change the moment): units `k < dense` have general rows; the others have unit rows
+/// `e_i` in `L̂` and `e_j` in `R̂` (unit slot, residual units), kept as `(i, j)`, whose
+/// entries of `q` are entries of `X S` or `S` instead of products.
+struct Split {
+    node: PaddedBilinear,
+    dense: usize,
+    select: Vec<(usize, usize)>,
+    /// `[L̂_d; R̂_d]`: the dense units' rows.
+    stack: Mat<f64>,
+}
+
+impl Split {
+    fn new(x: &PaddedBilinear) -> Split {
+        let units = x.l.nrows();
+        let unit = |k: usize| unit_row(&x.l, k).zip(unit_row(&x.r, k));
+        let (dense, select): (Vec<usize>, Vec<usize>) =
+            (0..units).partition(|&k| unit(k).is_none());
+        let order: Vec<usize> = dense.iter().chain(&select).copied().collect();
+        let rows = |m: &Mat<f64>| Mat::from_fn(units, m.ncols(), |k, j| m[(order[k], j)]);
+        let node = PaddedBilinear {
+            l: rows(&x.l),
+            r: rows(&x.r),
+            d: Mat::from_fn(x.d.nrows(), units, |o, k| x.d[(o, order[k])]),
+        };
+        let nd = dense.len();
+        let stack = Mat::from_fn(2 * nd, x.l.ncols(), |i, j| {
+            if i < nd {
+                node.l[(i, j)]
+            } else {
+                node.r[(i - nd, j)]
+            }
+        });
+        Split {
+            select: select
+                .iter()
+                .map(|&k| unit(k).expect("a selector"))
+                .collect(),
+            dense: nd,
+            node,
+            stack,
+        }
+    }
+}
+
 /// `Σ'[t, o, t', o']` of the left node against the right one. `symmetric`: the same node and
 /// input on both sides (a self moment), where only blocks `t ≤ t'` are computed.
+///
+/// Per block, `q = X S Yᵀ` with `X = [L̂; R̂]` is a product of the dense rows only
+/// (`q_d = X_d S Y_dᵀ`); a unit row `e_i` of `X` reads row `i` of `S Y_dᵀ` (or of `S`),
+/// one of `Y` column `i` of `X_d S` (or of `S`).
 pub fn moment(l: &PaddedBilinear, r: &PaddedBilinear, m: &Moments<'_>, symmetric: bool) -> Tensor {
-    let (n, wl, wr) = (m.mu[0].shape[0], l.d.nrows(), r.d.nrows());
+    let (l, r) = (Split::new(l), Split::new(r));
+    let (n, wl, wr) = (m.mu[0].shape[0], l.node.d.nrows(), r.node.d.nrows());
     let (sl, sr) = (
-        side_terms(l, m.cov[0], m.mu[0]),
-        side_terms(r, m.cov[2], m.mu[1]),
+        side_terms(&l.node, m.cov[0], m.mu[0]),
+        side_terms(&r.node, m.cov[2], m.mu[1]),
     );
     let pairs: Vec<(usize, usize)> = (0..n * n)
         .map(|x| (x / n, x % n))
         .filter(|&(t, t2)| !symmetric || t <= t2)
         .collect();
-    // `[L̂; R̂]` of each side: one product gives all four `S_ab`-type blocks.
-    let stack = |x: &PaddedBilinear| {
-        let k = x.l.nrows();
-        Mat::from_fn(2 * k, x.l.ncols(), |i, j| {
-            if i < k {
-                x.l[(i, j)]
-            } else {
-                x.r[(i - k, j)]
-            }
-        })
-    };
-    let (lx, rx) = (stack(l), stack(r));
-    let (kl, kr) = (l.l.nrows(), r.l.nrows());
-    // Per worker: X S, q, E and D̂ E, reused from one position pair to the next.
+    let (kl, kr) = (l.node.l.nrows(), r.node.l.nrows());
+    let (hl, hr) = (l.dense, r.dense);
+    // Per worker: X_d S, q_d, S Y_dᵀ, E and D̂ E, reused from one position pair to the next.
     let blocks: Vec<Mat<f64>> = pairs
         .par_iter()
         .map_init(
-            || std::array::from_fn::<Mat<f64>, 4, _>(|_| Mat::new()),
-            |[xs, q, e, de], &(t, t2)| {
+            || std::array::from_fn::<Mat<f64>, 5, _>(|_| Mat::new()),
+            |[xs, q, sy, e, de], &(t, t2)| {
                 let s = second(m.cov[1], m.mu[0], m.mu[1], t, t2);
-                // q = [L̂; R̂] S [L̂'; R̂']ᵀ = [[aa, ab], [ba, bb]].
-                let xs = mul_into(xs, lx.as_ref(), s.as_ref(), Par::Seq);
-                let q = mul_into(q, xs, rx.transpose(), Par::Seq);
+                let xs = mul_into(xs, l.stack.as_ref(), s.as_ref(), Par::Seq);
+                let q = mul_into(q, xs, r.stack.transpose(), Par::Seq);
+                let sy = mul_into(sy, s.as_ref(), r.stack.transpose(), Par::Seq);
                 let ((ml, ul), (mr, ur)) = (&sl[t], &sr[t2]);
-                // Column k' of E from columns k' (a') and k_r + k' (b') of q.
-                let col = |j: usize| q.col(j).try_as_col_major().expect("contiguous").as_slice();
                 let mut e = scratch(e, kl, kr);
                 for k2 in 0..kr {
-                    let ((aa, ba), (ab, bb)) = (col(k2).split_at(kl), col(kr + k2).split_at(kl));
+                    // Column k2 of E from the columns of q for L̂' and R̂' row k2: their
+                    // dense-row parts (`[a; b]`-stacked) and unit-row parts (indexed by i).
+                    let ((ad, asel), (bd, bsel)) = if k2 < hr {
+                        (
+                            (col(q, k2), col(sy, k2)),
+                            (col(q, hr + k2), col(sy, hr + k2)),
+                        )
+                    } else {
+                        let (i, j) = r.select[k2 - hr];
+                        (
+                            (col(xs, i), col(s.as_ref(), i)),
+                            (col(xs, j), col(s.as_ref(), j)),
+                        )
+                    };
                     let dst = e
                         .as_mut()
                         .col_mut(k2)
                         .try_as_col_major_mut()
-                        .expect("contiguous");
-                    for (k, x) in dst.as_slice_mut().iter_mut().enumerate() {
-                        *x = ul[k] * ur[k2] + aa[k] * bb[k] + ab[k] * ba[k] - 2.0 * ml[k] * mr[k2];
+                        .expect("contiguous")
+                        .as_slice_mut();
+                    let (dd, ds) = dst.split_at_mut(hl);
+                    let fixed = |k: usize| ul[k] * ur[k2] - 2.0 * ml[k] * mr[k2];
+                    let (aa, ba) = ad.split_at(hl);
+                    let (ab, bb) = bd.split_at(hl);
+                    for (k, x) in dd.iter_mut().enumerate() {
+                        *x = fixed(k) + aa[k] * bb[k] + ab[k] * ba[k];
+                    }
+                    for (s, (x, &(i, j))) in ds.iter_mut().zip(&l.select).enumerate() {
+                        *x = fixed(hl + s) + asel[i] * bsel[j] + bsel[i] * asel[j];
                     }
                 }
-                let de = mul_into(de, l.d.as_ref(), e.as_ref(), Par::Seq);
-                mul_t(de, r.d.as_ref(), Par::Seq)
+                let de = mul_into(de, l.node.d.as_ref(), e.as_ref(), Par::Seq);
+                mul_t(de, r.node.d.as_ref(), Par::Seq)
             },
         )
         .collect();
