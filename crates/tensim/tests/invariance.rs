@@ -160,8 +160,10 @@ proptest! {
         let (a, b) = (random_model(spec, seed), random_model(spec, seed ^ 4));
         prop_assume!(well_conditioned(&a) && well_conditioned(&b));
         let ab = ts(&a, &b);
-        prop_assert!(close(ab, ts(&b, &a), 1e-12));
-        prop_assert!(close(ts(&a, &a), 1.0, 1e-12));
+        // Rounding grows with the cancellation inside the norms.
+        let tol = (1e-14 * cancellation(&a).max(cancellation(&b))).max(1e-12);
+        prop_assert!(close(ab, ts(&b, &a), tol));
+        prop_assert!(close(ts(&a, &a), 1.0, tol), "{} vs 1 (tolerance {tol:e})", ts(&a, &a));
         prop_assert!((-1.0..=1.0).contains(&ab));
         // Global rescaling of b's output: the head (and its bias) times `scale`.
         let mut layers = b.layers().to_vec();

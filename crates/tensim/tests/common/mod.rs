@@ -287,9 +287,9 @@ pub fn abs_model(m: &Model) -> Model {
     Model::new(m.in_dim(), m.input().n_ctx, layers).unwrap()
 }
 
-/// Whether `m`'s tensor norm is within a factor 10⁴ of its cancellation-free bound: models whose
-/// output cancels to less than that measure rounding, not the laws under test.
-pub fn well_conditioned(m: &Model) -> bool {
+/// `‖|m|‖² / ‖m‖²` (tensor norms): how far `m`'s output cancels below the bound of the model
+/// with every weight replaced by its absolute value (1 without cancellation).
+pub fn cancellation(m: &Model) -> f64 {
     use tensim::metrics::{tensor, Options};
     let opts = Options {
         per_output: false,
@@ -301,7 +301,13 @@ pub fn well_conditioned(m: &Model) -> bool {
             .map(|r| r.norm2_a)
             .unwrap_or(0.0)
     };
-    norm(&abs_model(m)) < 1e8 * norm(m)
+    norm(&abs_model(m)) / norm(m)
+}
+
+/// Whether `m`'s tensor norm is within a factor 10⁴ of its cancellation-free bound: models whose
+/// output cancels to less than that measure rounding, not the laws under test.
+pub fn well_conditioned(m: &Model) -> bool {
+    cancellation(m) < 1e8
 }
 
 pub fn m(rows: &[&[f64]]) -> Mat<f64> {
