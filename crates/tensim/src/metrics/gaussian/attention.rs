@@ -378,6 +378,16 @@ fn term_pair(
     let per = |s: &Side, active: bool| if active { s.heads } else { 1 };
     let (bl, br) = (per(ls, la), per(rs, ra));
     let (rows, cols) = (ls.n * bl * dl, rs.n * br * dr);
+    // Each combination's mean, for the pairs without a covariance between them.
+    let means = |pair: &Pair<'_>, cs: &[Combo], d: usize| -> Vec<Vec<f64>> {
+        cs.par_iter()
+            .map_init(
+                || Scratch::new(cs[0].scores.len()),
+                |ws, c| pair.moment(c, None, (d, 1), ws),
+            )
+            .collect()
+    };
+    let (el, er) = (means(pair, &lc, dl), means(&pair.mirrored(), &rc, dr));
     let parts: Vec<Vec<(usize, Vec<f64>)>> = lc
         .par_iter()
         .enumerate()
@@ -388,7 +398,17 @@ fn term_pair(
                 rc[start..]
                     .iter()
                     .enumerate()
-                    .map(|(k, r)| (start + k, pair.moment(l, r, (dl, dr), ws)))
+                    .map(|(k, r)| {
+                        let e = if pair.connected(l, r) {
+                            pair.moment(l, Some(r), (dl, dr), ws)
+                        } else {
+                            let (a, b) = (&el[ci], &er[start + k]);
+                            a.iter()
+                                .flat_map(|x| b.iter().map(move |y| x * y))
+                                .collect()
+                        };
+                        (start + k, e)
+                    })
                     .collect()
             },
         )

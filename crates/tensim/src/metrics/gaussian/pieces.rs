@@ -226,11 +226,31 @@ impl Pair<'_> {
         self.transfer(atoms, from, to, true)
     }
 
-    /// `E[v_L v_Rᵀ Π s]` (`dl × dr`, row-major) for one left and one right combination.
+    /// The same covariances and means with the sides swapped.
+    pub(super) fn mirrored(&self) -> Pair<'_> {
+        let g = self.g;
+        Pair {
+            g: [g[3], g[2], g[1], g[0]],
+            mu: [self.mu[1], self.mu[0]],
+        }
+    }
+
+    /// Whether any leg of `l` has a covariance with any leg of `r` (else the moment of the pair
+    /// is the product of their means).
+    pub(super) fn connected(&self, l: &Combo, r: &Combo) -> bool {
+        let legs = |c: &Combo| {
+            let scores: Vec<Leg> = c.scores.iter().flatten().copied().collect();
+            std::iter::once(c.vector).chain(scores)
+        };
+        legs(l).any(|x| legs(r).any(|y| self.blk(0, x, 1, y).is_some()))
+    }
+
+    /// `E[v_L v_Rᵀ Π s]` (`dl × dr`, row-major) for one left and one right combination; with
+    /// no right one, the left one's mean `E[v_L Π s]` (`dl × 1`).
     pub(super) fn moment(
         &self,
         l: &Combo,
-        r: &Combo,
+        r: Option<&Combo>,
         dims: (usize, usize),
         ws: &mut Scratch,
     ) -> Vec<f64> {
@@ -249,7 +269,7 @@ impl Pair<'_> {
     fn moment_avx2(
         &self,
         l: &Combo,
-        r: &Combo,
+        r: Option<&Combo>,
         dims: (usize, usize),
         ws: &mut Scratch,
     ) -> Vec<f64> {
@@ -260,15 +280,19 @@ impl Pair<'_> {
     fn moment_any<M: Kernel>(
         &self,
         l: &Combo,
-        r: &Combo,
+        r: Option<&Combo>,
         (dl, dr): (usize, usize),
         ws: &mut Scratch,
     ) -> Vec<f64> {
+        // The right vector: a group of side 1, or the constant 1 (no covariances, mean 1).
+        let rv = r.map(|r| r.vector);
+        let to_rv = |side: usize, x: Leg| rv.and_then(|v| self.blk(side, x, 1, v));
+        let right_scores = r.map_or(&[][..], |r| &r.scores[..]);
         // Scores: left ones first (side 0), then right ones (side 1).
         let nj = ws.nj;
-        debug_assert_eq!(nj, l.scores.len() + r.scores.len());
+        debug_assert_eq!(nj, l.scores.len() + right_scores.len());
         let mut atoms = [Atom::default(); MAX_SCORES];
-        let scores = (l.scores.iter().map(|&s| (0, s))).chain(r.scores.iter().map(|&s| (1, s)));
+        let scores = (l.scores.iter().map(|&s| (0, s))).chain(right_scores.iter().map(|&s| (1, s)));
         for (j, (side, legs)) in scores.enumerate() {
             atoms[j] = Atom { side, legs };
         }
@@ -408,7 +432,7 @@ impl Pair<'_> {
         // with them P_R(U) = Σ fm(U,j,ℓ)ᵀ C[leg ℓ of j, v_R] and P_L(U) = Σ fm(U,j,ℓ)ᵀ C[leg ℓ
         // of j, v_L] (P(∅): the vectors' means).
         let mut out = vec![0.0; dl * dr];
-        if let Some(c) = self.blk(0, l.vector, 1, r.vector) {
+        if let Some(c) = to_rv(0, l.vector) {
             out.iter_mut().zip(c).for_each(|(o, c)| *o = sc[full] * c);
         }
         let pl = sized(pl, (full + 1) * dl);
@@ -416,11 +440,14 @@ impl Pair<'_> {
         pl[..dl].copy_from_slice(self.mean(0, l.vector));
         let pr = sized(pr, (full + 1) * dr);
         pr.fill(0.0);
-        pr[..dr].copy_from_slice(self.mean(1, r.vector));
+        match rv {
+            Some(v) => pr[..dr].copy_from_slice(self.mean(1, v)),
+            None => pr[0] = 1.0,
+        }
         for (j, a) in atoms.iter().enumerate() {
             let (h, sets) = (a.h(), &containing[j]);
             for lg in 0..2 {
-                let to_r = self.blk(a.side, a.legs[lg], 1, r.vector);
+                let to_r = to_rv(a.side, a.legs[lg]);
                 let to_l = self.blk(a.side, a.legs[lg], 0, l.vector);
                 if to_r.is_none() && to_l.is_none() {
                     continue;
