@@ -234,8 +234,16 @@ impl Gram {
 
     /// `within`: one side with itself, where only the legs of one head against the same
     /// head's are stored (all that pairs inside one combination touch). `independent`: the
-    /// covariances across positions are zero (whatever rounding left in `cov`).
-    fn new(x: &Side, cov: &Tensor, y: &Side, within: bool, independent: bool) -> Gram {
+    /// covariances across positions are zero (whatever rounding left in `cov`). `mirror`:
+    /// also `Gᵀ` (the covariances of `y`'s rows with `x`'s), written in the same pass.
+    fn new(
+        x: &Side,
+        cov: &Tensor,
+        y: &Side,
+        within: bool,
+        independent: bool,
+        mirror: bool,
+    ) -> (Gram, Option<Gram>) {
         let (n, px, py) = (x.n, &x.proj, &y.proj);
         let live = |p: usize, q: usize| {
             (p == q || !independent)
@@ -286,14 +294,21 @@ impl Gram {
             });
         }
         let mut data = vec![0.0; len];
+        let mut back = vec![0.0; if mirror { len } else { 0 }];
+        let backs: Vec<&mut [f64]> = if mirror {
+            regions(&mut back, &g.parts)
+        } else {
+            g.parts.iter().map(|_| &mut [][..]).collect()
+        };
         // One position pair per task: Dᵀ = (Π_y[q] C[p,q]ᵀ) Π_x[p]ᵀ panel by panel (column `a`
-        // of Dᵀ is row `a` of D, contiguous), cut into its blocks.
+        // of Dᵀ is row `a` of D, contiguous), cut into its blocks (and their transposes).
         regions(&mut data, &g.parts)
             .into_par_iter()
+            .zip(backs)
             .zip(&g.parts)
             .for_each_init(
                 || (Mat::new(), Mat::new()),
-                |(b, dt), (out, part)| {
+                |(b, dt), ((out, back), part)| {
                     let (p, q) = (part.p, part.q);
                     let c =
                         Mat::from_fn(y.w, x.w, |j, i| cov.data[((p * x.w + i) * n + q) * y.w + j]);
@@ -305,43 +320,35 @@ impl Gram {
                         for &(gx, gy, o) in blocks.by_ref().take(gxs.len() * gys.len()) {
                             let (hx, hy) = (x.size(gx), y.size(gy));
                             let (r, cc) = (x.first_row(gx) - r0, y.first_row(gy) - c0);
-                            let dst = &mut out[o - part.data.start..][..hx * hy];
+                            let at = o - part.data.start..o - part.data.start + hx * hy;
+                            let dst = &mut out[at.clone()];
                             for a in 0..hx {
                                 let col = dt.col(r + a).try_as_col_major().expect("contiguous");
-                                dst[a * hy..][..hy].copy_from_slice(&col.as_slice()[cc..][..hy]);
+                                let row = &col.as_slice()[cc..][..hy];
+                                dst[a * hy..][..hy].copy_from_slice(row);
+                                if mirror {
+                                    let dst = &mut back[at.clone()];
+                                    row.iter()
+                                        .enumerate()
+                                        .for_each(|(e, &v)| dst[e * hx + a] = v);
+                                }
                             }
                         }
                     }
                 },
             );
         g.data = data;
-        g
+        let back = mirror.then(|| g.mirrored(back));
+        (g, back)
     }
 
-    /// `Gᵀ` (the covariances of the other side's rows with this side's): every block
-    /// transposed in place of its mirror.
-    fn transposed(&self, x: &Side, y: &Side) -> Gram {
+    /// `Gᵀ` with its blocks (each transposed) in `data`, at the offsets of their mirrors.
+    fn mirrored(&self, data: Vec<f64>) -> Gram {
         let rows = self.at.len() / self.cols;
         let mut at = vec![ABSENT; self.at.len()];
         for &(gx, gy, o) in &self.blocks {
             at[gy * rows + gx] = o;
         }
-        let mut data = vec![0.0; self.data.len()];
-        regions(&mut data, &self.parts)
-            .into_par_iter()
-            .zip(&self.parts)
-            .for_each(|(out, part)| {
-                for &(gx, gy, o) in &self.blocks[part.blocks.clone()] {
-                    let (hx, hy) = (x.size(gx), y.size(gy));
-                    let src = &self.data[o..o + hx * hy];
-                    let dst = &mut out[o - part.data.start..][..hx * hy];
-                    for a in 0..hx {
-                        for e in 0..hy {
-                            dst[e * hx + a] = src[a * hy + e];
-                        }
-                    }
-                }
-            });
         Gram {
             data,
             at,
@@ -474,15 +481,15 @@ pub fn moments(
         "the attention layers' projected covariances",
         4.0 * rows[0] as f64 * rows[1] as f64,
     )?;
-    let cross = Gram::new(&ls, m.cov[1], &rs, false, independent);
-    let (gl, gr, back);
-    let g = if symmetric {
-        [&cross; 4]
-    } else {
-        gl = Gram::new(&ls, m.cov[0], &ls, true, independent);
-        gr = Gram::new(&rs, m.cov[2], &rs, true, independent);
-        back = cross.transposed(&ls, &rs);
-        [&gl, &cross, &back, &gr]
+    let (cross, back) = Gram::new(&ls, m.cov[1], &rs, false, independent, !symmetric);
+    let (gl, gr);
+    let g = match &back {
+        None => [&cross; 4],
+        Some(back) => {
+            gl = Gram::new(&ls, m.cov[0], &ls, true, independent, false).0;
+            gr = Gram::new(&rs, m.cov[2], &rs, true, independent, false).0;
+            [&gl, &cross, back, &gr]
+        }
     };
     let (mu_l, mu_r) = (ls.means(m.mu[0]), rs.means(m.mu[1]));
     let pair = Pair {
