@@ -614,21 +614,6 @@ mod tests {
         }))
     }
 
-    /// One closure step by the configuration-by-configuration sum alone.
-    fn generic_step(s: &Moment, layer: &Layer, n: usize) -> Moment {
-        let mu = mean(&s.m);
-        let c = centred(&s.m, &mu, &mu);
-        let d = wick::diagonal(&c);
-        let m = Moments {
-            mu: [&mu, &mu],
-            cov: [&c, &c, &c],
-        };
-        let terms = layer.terms(n);
-        let parts = term_moments(&terms, &terms, &m, [&d, &d]).unwrap();
-        let (v, shift) = combine(parts, (s.scale, s.scale), None);
-        normalised(v, shift)
-    }
-
     /// The first attention layer reads independent positions (their covariances only rounding
     /// away from zero, which it drops), the second mixed ones: the self chain equals the
     /// generic sum at every step.
@@ -648,7 +633,8 @@ mod tests {
         let fast = self_chain(&model).unwrap();
         let mut slow = fast[0].clone();
         for (k, layer) in layers.iter().enumerate() {
-            slow = generic_step(&slow, layer, 2);
+            // The layer's terms, configuration by configuration.
+            slow = self_step(&slow, Step::Terms(&layer.terms(2))).unwrap();
             let f = &fast[k + 1];
             let err =
                 f.m.data
