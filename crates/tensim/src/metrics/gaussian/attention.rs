@@ -198,6 +198,13 @@ pub(super) struct Combo {
     pub block: usize,
 }
 
+impl Combo {
+    /// The vector, then both legs of every score.
+    pub(super) fn legs(&self) -> impl Iterator<Item = Leg> + Clone + '_ {
+        std::iter::once(self.vector).chain(self.scores.iter().flatten().copied())
+    }
+}
+
 /// Covariances between the row groups of two sides, `(Π_x[p] C[p,p'] Π_y[p']ᵀ)` cut into
 /// blocks (row group × column group), each contiguous and row-major: the unit the small
 /// products of `pieces.rs` read. Blocks that are zero (positions whose inputs are independent,

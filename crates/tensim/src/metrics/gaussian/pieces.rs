@@ -112,8 +112,7 @@ impl Scratch {
 
     /// Keep the states kept so far only if they belong to the left combination `l`.
     fn keep_for(&mut self, l: &Combo) {
-        let groups =
-            std::iter::once(l.vector.group).chain(l.scores.iter().flatten().map(|g| g.group));
+        let groups = l.legs().map(|g| g.group);
         if !groups.clone().eq(self.left.iter().copied()) {
             self.left = groups.collect();
             self.epoch += 1;
@@ -238,11 +237,8 @@ impl Pair<'_> {
     /// Whether any leg of `l` has a covariance with any leg of `r` (else the moment of the pair
     /// is the product of their means).
     pub(super) fn connected(&self, l: &Combo, r: &Combo) -> bool {
-        let legs = |c: &Combo| {
-            let scores: Vec<Leg> = c.scores.iter().flatten().copied().collect();
-            std::iter::once(c.vector).chain(scores)
-        };
-        legs(l).any(|x| legs(r).any(|y| self.blk(0, x, 1, y).is_some()))
+        l.legs()
+            .any(|x| r.legs().any(|y| self.blk(0, x, 1, y).is_some()))
     }
 
     /// `E[v_L v_Rᵀ Π s]` (`dl × dr`, row-major) for one left and one right combination; with
