@@ -401,7 +401,12 @@ fn term_pair(
             )
             .collect()
     };
-    let (el, er) = (means(pair, &lc, dl), means(&pair.mirrored(), &rc, dr));
+    let el = means(pair, &lc, dl);
+    let er = if symmetric {
+        el.clone()
+    } else {
+        means(&pair.mirrored(), &rc, dr)
+    };
     let parts: Vec<Vec<(usize, Vec<f64>)>> = lc
         .par_iter()
         .enumerate()

@@ -479,22 +479,27 @@ fn closure_traces(a: &Model, b: &Model, cached: Option<(&[Moment], &[Moment])>) 
     };
     let (mut sa, mut sb, mut sab) = (start.clone(), start.clone(), start.m);
     for k in 0..la.len() {
+        // The cross step assumes independent positions only where both inputs have them; a
+        // self step reads its own model alone, as in `self_chain`.
         let independent = independent_before(&la, k) && independent_before(&lb, k);
         let steps = (
             Step::Layer(&la[k], n, independent),
             Step::Layer(&lb[k], n, independent),
         );
         // A self step past a model's own layers (an identity pad) keeps its moment.
-        let next = |m: &Model, s: &Moment, step: Step<'_>, chain: Option<&[Moment]>| match chain {
+        let next = |m: &Model, s: &Moment, chain: Option<&[Moment]>| match chain {
             Some(c) => Ok(c[(k + 1).min(c.len() - 1)].clone()),
-            None if k < m.layers().len() => self_step(s, step),
+            None if k < m.layers().len() => {
+                let step = Step::Layer(&m.layers()[k], n, independent_before(m.layers(), k));
+                self_step(s, step)
+            }
             None => Ok(s.clone()),
         };
         let ((na, nb), ab) = rayon::join(
             || {
                 rayon::join(
-                    || next(a, &sa, steps.0, cached.map(|c| c.0)),
-                    || next(b, &sb, steps.1, cached.map(|c| c.1)),
+                    || next(a, &sa, cached.map(|c| c.0)),
+                    || next(b, &sb, cached.map(|c| c.1)),
                 )
             },
             || cross_step(&sab, (&sa, &sb), steps),
