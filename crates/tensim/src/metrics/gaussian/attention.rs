@@ -12,6 +12,7 @@ use std::ops::Range;
 use rayon::prelude::*;
 
 use super::pieces::{Pair, Scratch};
+use super::Positions;
 use crate::einsum::Tensor;
 use crate::error::Result;
 use crate::layers::attention::Network;
@@ -143,6 +144,7 @@ impl<'a> Side<'a> {
                     vector: self.raw(t),
                     scores: vec![],
                     weight: 1.0,
+                    query: t,
                     block: t,
                 })
                 .collect();
@@ -160,6 +162,7 @@ impl<'a> Side<'a> {
                                 [self.leg(t, head, Q2), self.leg(u, head, K2)],
                             ],
                             weight,
+                            query: t,
                             block: t * self.heads + head,
                         });
                     }
@@ -189,12 +192,13 @@ pub(super) struct Leg {
     pub size: usize,
 }
 
-/// One term at one (head, query, key): its vector, its scores' legs, its weight and output
-/// block.
+/// One term at one (head, query, key): its vector, its scores' legs, its weight, its output
+/// position (the query) and block.
 pub(super) struct Combo {
     pub vector: Leg,
     pub scores: Vec<[Leg; 2]>,
     pub weight: f64,
+    pub query: usize,
     pub block: usize,
 }
 
@@ -379,12 +383,14 @@ fn regions<'d>(mut data: &'d mut [f64], parts: &[Part]) -> Vec<&'d mut [f64]> {
 }
 
 /// `Σ_{combination pairs} w_l w_r E[v_L v_Rᵀ Π s]` summed into output blocks, then mapped to
-/// `[t, o, t', o']` by both terms' output maps.
+/// `[t, o, t', o']` by both terms' output maps. `local`: only blocks `t = t'` (pairs of
+/// combinations with one query position); the others stay zero.
 fn term_pair(
     pair: &Pair<'_>,
     (ls, la): (&Side, bool),
     (rs, ra): (&Side, bool),
     symmetric: bool,
+    local: bool,
 ) -> Tensor {
     let (lc, rc) = (ls.combos(la), rs.combos(ra));
     let dim = |s: &Side, active: bool| if active { s.h } else { s.w };
@@ -417,6 +423,7 @@ fn term_pair(
                 rc[start..]
                     .iter()
                     .enumerate()
+                    .filter(|(_, r)| !local || r.query == l.query)
                     .map(|(k, r)| {
                         let e = if pair.connected(l, r) {
                             pair.moment(l, Some(r), (dl, dr), ws)
@@ -458,7 +465,7 @@ fn term_pair(
     let mut out = Tensor::zeros(vec![n, wl, n, wr]);
     let (kl, kr) = (bl * dl, br * dr);
     for t in 0..n {
-        for t2 in 0..n {
+        for t2 in (0..n).filter(|&t2| !local || t2 == t) {
             let blk = Mat::from_fn(kl, kr, |i, j| z[(t * kl + i) * cols + t2 * kr + j]);
             let y = mul(
                 mul(ml.as_ref(), blk.as_ref(), Par::Seq).as_ref(),
@@ -477,15 +484,17 @@ fn term_pair(
 
 /// `(k_l, k_r, moment)` of the four term pairs (identity: 1 leg, active: 5 legs) of two
 /// attention layers whose inputs have the moments `m`. `symmetric`: the same layer and input on
-/// both sides (a self moment), where pairs of combinations are visited once. `independent`:
-/// the input positions are independent (covariances across positions are zero).
+/// both sides (a self moment), where pairs of combinations are visited once. `positions`: the
+/// input positions are independent (covariances across positions are zero); only the output's
+/// same-position blocks are wanted.
 pub fn moments(
     left: &Network,
     right: &Network,
     m: &Moments<'_>,
     symmetric: bool,
-    independent: bool,
+    positions: Positions,
 ) -> Result<Vec<(usize, usize, Tensor)>> {
+    let (independent, local) = (positions.independent, positions.local);
     let (ls, rs) = (Side::new(left), Side::new(right));
     // Four covariance matrices between the sides' rows (one when symmetric).
     let rows = [ls.n * ls.stride(), rs.n * rs.stride()];
@@ -516,7 +525,7 @@ pub fn moments(
                 // The (active, identity) moment is the transpose of (identity, active).
                 transpose(&out[1].2)
             } else {
-                term_pair(&pair, (&ls, la), (&rs, ra), symmetric && la == ra)
+                term_pair(&pair, (&ls, la), (&rs, ra), symmetric && la == ra, local)
             };
             out.push((legs(la), legs(ra), moment));
         }
@@ -634,14 +643,16 @@ mod tests {
         parts.into_iter().map(|(_, _, t)| t).collect()
     }
 
-    fn close(what: &str, fast: &[(usize, usize, Tensor)], slow: &[Tensor]) {
+    /// `fast` against `slow`; `local`: `fast` holds the same-position blocks alone.
+    fn close(what: &str, fast: &[(usize, usize, Tensor)], slow: &[Tensor], local: bool) {
         for ((kl, kr, f), s) in fast.iter().zip(slow) {
+            let s = &if local {
+                super::super::same_position(s.clone())
+            } else {
+                s.clone()
+            };
             let scale = s.data.iter().fold(0.0f64, |a, v| a.max(v.abs()));
-            let err = f
-                .data
-                .iter()
-                .zip(&s.data)
-                .fold(0.0f64, |a, (x, y)| a.max((x - y).abs()));
+            let err = super::super::max_diff(&f.data, &s.data);
             assert!(
                 err <= 1e-12 * scale.max(1.0),
                 "{what} ({kl},{kr}): {err} vs scale {scale}"
@@ -665,19 +676,22 @@ mod tests {
         };
         close(
             "causal × diag",
-            &super::moments(&l, &d, &m, false, false).unwrap(),
+            &super::moments(&l, &d, &m, false, Positions::default()).unwrap(),
             &generic(&l, &d, &m),
+            false,
         );
-        for independent in [false, true] {
+        for (independent, local) in [(false, false), (true, false), (false, true)] {
+            let positions = Positions { independent, local };
             let (mu, cov) = moments(&mut rng, 3, [5, 5], independent);
             let m = Moments {
                 mu: [&mu[0], &mu[1]],
                 cov: [&cov[0], &cov[1], &cov[2]],
             };
             close(
-                &format!("cross {independent}"),
-                &super::moments(&l, &r, &m, false, independent).unwrap(),
+                &format!("cross {independent} {local}"),
+                &super::moments(&l, &r, &m, false, positions).unwrap(),
                 &generic(&l, &r, &m),
+                local,
             );
             // Self moment: one side, one input.
             let sm = Moments {
@@ -685,9 +699,10 @@ mod tests {
                 cov: [&cov[0], &cov[0], &cov[0]],
             };
             close(
-                &format!("self {independent}"),
-                &super::moments(&l, &l, &sm, true, independent).unwrap(),
+                &format!("self {independent} {local}"),
+                &super::moments(&l, &l, &sm, true, positions).unwrap(),
                 &generic(&l, &l, &sm),
+                local,
             );
         }
     }

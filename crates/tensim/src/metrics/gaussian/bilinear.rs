@@ -100,12 +100,19 @@ impl Split {
 }
 
 /// `Σ'[t, o, t', o']` of the left node against the right one. `symmetric`: the same node and
-/// input on both sides (a self moment), where only blocks `t ≤ t'` are computed.
+/// input on both sides (a self moment), where only blocks `t ≤ t'` are computed. `local`: only
+/// blocks `t = t'`; the others stay zero.
 ///
 /// Per block, `q = X S Yᵀ` with `X = [L̂; R̂]` is a product of the dense rows only
 /// (`q_d = X_d S Y_dᵀ`); a unit row `e_i` of `X` reads row `i` of `S Y_dᵀ` (or of `S`),
 /// one of `Y` column `i` of `X_d S` (or of `S`).
-pub fn moment(l: &PaddedBilinear, r: &PaddedBilinear, m: &Moments<'_>, symmetric: bool) -> Tensor {
+pub fn moment(
+    l: &PaddedBilinear,
+    r: &PaddedBilinear,
+    m: &Moments<'_>,
+    symmetric: bool,
+    local: bool,
+) -> Tensor {
     let (l, r) = (Split::new(l), Split::new(r));
     let (n, wl, wr) = (m.mu[0].shape[0], l.node.d.nrows(), r.node.d.nrows());
     let (sl, sr) = (
@@ -114,7 +121,7 @@ pub fn moment(l: &PaddedBilinear, r: &PaddedBilinear, m: &Moments<'_>, symmetric
     );
     let pairs: Vec<(usize, usize)> = (0..n * n)
         .map(|x| (x / n, x % n))
-        .filter(|&(t, t2)| !symmetric || t <= t2)
+        .filter(|&(t, t2)| (!symmetric || t <= t2) && (!local || t == t2))
         .collect();
     let (kl, kr) = (l.node.l.nrows(), r.node.l.nrows());
     let (hl, hr) = (l.dense, r.dense);
@@ -252,18 +259,22 @@ mod tests {
             &crate::wick::diagonal(&cov[0]),
             &crate::wick::diagonal(&cov[2]),
         ];
-        let close = |fast: &Tensor, slow: &Tensor| {
+        // `local`: the fast moment holds the same-position blocks alone.
+        let close = |fast: &Tensor, slow: &Tensor, local: bool| {
+            let slow = &if local {
+                super::super::same_position(slow.clone())
+            } else {
+                slow.clone()
+            };
             let scale = slow.data.iter().fold(0.0f64, |a, v| a.max(v.abs()));
-            let err = fast
-                .data
-                .iter()
-                .zip(&slow.data)
-                .fold(0.0f64, |a, (x, y)| a.max((x - y).abs()));
+            let err = super::super::max_diff(&fast.data, &slow.data);
             assert!(scale > 1e-3 && err <= 1e-12 * scale, "{err} vs {scale}");
         };
         let all = crate::wick::configs(4);
         let slow = crate::wick::pair_moment(&l.term(), &r.term(), &m, diag, &all).unwrap();
-        close(&moment(&l, &r, &m, false), &slow);
+        for local in [false, true] {
+            close(&moment(&l, &r, &m, false, local), &slow, local);
+        }
         // A self moment, computed on blocks t ≤ t' and mirrored.
         let sm = Moments {
             mu: [&ma, &ma],
@@ -271,6 +282,8 @@ mod tests {
         };
         let sd = [diag[0], diag[0]];
         let slow = crate::wick::pair_moment(&l.term(), &l.term(), &sm, sd, &all).unwrap();
-        close(&moment(&l, &l, &sm, true), &slow);
+        for local in [false, true] {
+            close(&moment(&l, &l, &sm, true, local), &slow, local);
+        }
     }
 }

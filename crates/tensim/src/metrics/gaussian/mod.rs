@@ -11,6 +11,10 @@
 //! * `exact`: each model's layers composed into one network (a sum of terms) and its Wick sum
 //!   enumerated at the input: exact, for small total degree.
 //!
+//! Past the last layer that mixes positions (attention), only the same-position blocks
+//! `Σ[t, ·, t, ·]` are computed: position-wise layers map block `(t, t')` to block `(t, t')`
+//! and the traces read `t = t'` alone (`Positions::local`).
+//!
 //! States are kept scaled: `Σ_xx = e^{s_x} Σ̃_xx`, `Σ_ab = e^{(s_a+s_b)/2} Σ̃_ab`; a term pair with
 //! `k_l`, `k_r` legs picks up `e^{(k_l s_l + k_r s_r)/2}`.
 //!
@@ -81,13 +85,16 @@ fn initial(n: usize, d: usize) -> Tensor {
     s
 }
 
-/// `μ = Σ[:, :, 0, 0] / √Σ[0, 0, 0, 0]` of a self moment, `(n, w)`.
+/// `μ[t, i] = Σ[t, i, t, 0] / √Σ[t, 0, t, 0]` of a self moment, `(n, w)` (the unit slot is 1
+/// at every position; read from the same-position block, which every step computes).
 fn mean(s: &Tensor) -> Tensor {
     let (n, w) = (s.shape[0], s.shape[1]);
-    let norm = s.data[0].sqrt();
+    let at = |t: usize, i: usize| s.data[((t * w + i) * n + t) * w];
     Tensor::new(
         vec![n, w],
-        (0..n * w).map(|k| s.data[k * n * w] / norm).collect(),
+        (0..n * w)
+            .map(|k| at(k / w, k % w) / at(k / w, 0).sqrt())
+            .collect(),
     )
 }
 
@@ -163,17 +170,60 @@ pub(crate) fn combine(parts: Parts, scales: (f64, f64), shift: Option<f64>) -> (
 }
 
 /// What one propagation step goes through: a layer at `n` positions (closure), or a whole
-/// model composed into terms (exact). A layer's `bool`: its input positions are independent
-/// (no layer before it mixes positions), so covariances across positions are exactly zero.
+/// model composed into terms (exact).
 #[derive(Clone, Copy)]
 enum Step<'a> {
-    Layer(&'a Layer, usize, bool),
+    Layer(&'a Layer, usize, Positions),
     Terms(&'a [Term]),
 }
 
-/// Whether the input positions of layer `k` are independent: no layer before it mixes them.
-fn independent_before(layers: &[Layer], k: usize) -> bool {
-    !layers[..k].iter().any(|l| matches!(l, Layer::Attention(_)))
+/// What a layer step knows of positions. `independent`: no layer before it mixes positions,
+/// so its input covariances across positions are exactly zero. `local`: no layer after it
+/// mixes positions, so only its output's same-position blocks `Σ[t, ·, t, ·]` are ever read
+/// (by position-wise layers and the traces); the others are not computed and are left zero.
+#[derive(Clone, Copy, Default)]
+pub(crate) struct Positions {
+    pub independent: bool,
+    pub local: bool,
+}
+
+impl Positions {
+    /// Layer `k` of `layers`.
+    fn of(layers: &[Layer], k: usize) -> Positions {
+        let mixes = |l: &Layer| matches!(l, Layer::Attention(_));
+        Positions {
+            independent: !layers[..k].iter().any(mixes),
+            local: !layers[k + 1..].iter().any(mixes),
+        }
+    }
+
+    /// What holds for both of two layers (a cross step).
+    fn and(self, other: Positions) -> Positions {
+        Positions {
+            independent: self.independent && other.independent,
+            local: self.local && other.local,
+        }
+    }
+}
+
+/// A step's output: its blocks across positions set to zero where the step is local (parts
+/// computed configuration by configuration have them).
+fn localised(m: Tensor, step: Step<'_>) -> Tensor {
+    match step {
+        Step::Layer(_, _, p) if p.local => same_position(m),
+        _ => m,
+    }
+}
+
+/// `m` with its blocks across positions set to zero.
+fn same_position(mut m: Tensor) -> Tensor {
+    let (n, w, w2) = (m.shape[0], m.shape[1], m.shape[3]);
+    for (k, x) in m.data.iter_mut().enumerate() {
+        if k / (w * n * w2) != k / w2 % n {
+            *x = 0.0;
+        }
+    }
+    m
 }
 
 /// The parts of a step: attention against attention by connected pieces
@@ -187,13 +237,13 @@ fn step_parts(
     symmetric: bool,
 ) -> Result<Parts> {
     match (left, right) {
-        (
-            Step::Layer(Layer::Attention(a), n, independent),
-            Step::Layer(Layer::Attention(b), _, _),
-        ) => attention::moments(&a.network(n), &b.network(n), m, symmetric, independent),
-        (Step::Layer(Layer::Bilinear(a), ..), Step::Layer(Layer::Bilinear(b), ..)) => {
+        (Step::Layer(Layer::Attention(a), n, positions), Step::Layer(Layer::Attention(b), ..)) => {
+            attention::moments(&a.network(n), &b.network(n), m, symmetric, positions)
+        }
+        (Step::Layer(Layer::Bilinear(a), _, positions), Step::Layer(Layer::Bilinear(b), ..)) => {
             let (a, b) = (a.padded(), b.padded());
-            Ok(vec![(2, 2, bilinear::moment(&a, &b, m, symmetric))])
+            let local = positions.local;
+            Ok(vec![(2, 2, bilinear::moment(&a, &b, m, symmetric, local))])
         }
         _ => {
             let terms = |s: Step<'_>| match s {
@@ -227,8 +277,8 @@ pub(crate) fn symmetrised_parts(
     };
     let (dl, dr) = (wick::diagonal(&cl), wick::diagonal(&cr));
     let parts = step_parts(
-        Step::Layer(left, n, false),
-        Step::Layer(right, n, false),
+        Step::Layer(left, n, Positions::default()),
+        Step::Layer(right, n, Positions::default()),
         &m,
         [&dl, &dr],
         false,
@@ -271,7 +321,7 @@ fn self_step(s: &Moment, step: Step<'_>) -> Result<Moment> {
     };
     let parts = step_parts(step, step, &m, [&d, &d], true)?;
     let (v, shift) = combine(parts, (s.scale, s.scale), None);
-    Ok(normalised(v, shift))
+    Ok(normalised(localised(v, step), shift))
 }
 
 /// One closure step of the cross moment, given both self moments before the step: the
@@ -293,7 +343,8 @@ fn cross_step(
         cov: [&caa, &cab, &cbb],
     };
     let parts = step_parts(ta, tb, &m, [&da, &db], false)?;
-    Ok(combine(parts, (sa.scale, sb.scale), None))
+    let (v, shift) = combine(parts, (sa.scale, sb.scale), None);
+    Ok((localised(v, ta), shift))
 }
 
 /// `Σ̃_ab` of a cross moment `e^{shift}·m` next to self moments of scales `s_a`, `s_b`:
@@ -342,7 +393,7 @@ pub fn self_chain(model: &Model) -> Result<Vec<Moment>> {
     }];
     let layers = model.layers();
     for (k, layer) in layers.iter().enumerate() {
-        let step = Step::Layer(layer, n, independent_before(layers, k));
+        let step = Step::Layer(layer, n, Positions::of(layers, k));
         let next = self_step(chain.last().unwrap(), step)?;
         chain.push(next);
     }
@@ -479,18 +530,18 @@ fn closure_traces(a: &Model, b: &Model, cached: Option<(&[Moment], &[Moment])>) 
     };
     let (mut sa, mut sb, mut sab) = (start.clone(), start.clone(), start.m);
     for k in 0..la.len() {
-        // The cross step assumes independent positions only where both inputs have them; a
-        // self step reads its own model alone, as in `self_chain`.
-        let independent = independent_before(&la, k) && independent_before(&lb, k);
+        // The cross step assumes of positions what holds for both models; a self step reads
+        // its own model alone, as in `self_chain`.
+        let positions = Positions::of(&la, k).and(Positions::of(&lb, k));
         let steps = (
-            Step::Layer(&la[k], n, independent),
-            Step::Layer(&lb[k], n, independent),
+            Step::Layer(&la[k], n, positions),
+            Step::Layer(&lb[k], n, positions),
         );
         // A self step past a model's own layers (an identity pad) keeps its moment.
         let next = |m: &Model, s: &Moment, chain: Option<&[Moment]>| match chain {
             Some(c) => Ok(c[(k + 1).min(c.len() - 1)].clone()),
             None if k < m.layers().len() => {
-                let step = Step::Layer(&m.layers()[k], n, independent_before(m.layers(), k));
+                let step = Step::Layer(&m.layers()[k], n, Positions::of(m.layers(), k));
                 self_step(s, step)
             }
             None => Ok(s.clone()),
@@ -586,6 +637,19 @@ pub fn similarity_cached(a: &Model, b: &Model, ca: &[Moment], cb: &[Moment]) -> 
     crate::metrics::cosine(t.ab, t.aa, t.bb, crate::metrics::Metric::Gaussian)
 }
 
+/// `max |x − y|`, infinite where a difference is not a number (`f64::max` would skip it).
+#[cfg(test)]
+fn max_diff(x: &[f64], y: &[f64]) -> f64 {
+    x.iter().zip(y).fold(0.0f64, |a, (x, y)| {
+        let d = (x - y).abs();
+        if d.is_nan() {
+            f64::INFINITY
+        } else {
+            a.max(d)
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use rand::{RngExt, SeedableRng};
@@ -619,35 +683,124 @@ mod tests {
         }))
     }
 
+    fn bilinear(rng: &mut rand::rngs::StdRng, d: usize, h: usize) -> Layer {
+        let mut m = |r: usize, c: usize| Mat::from_fn(r, c, |_, _| rng.random_range(-0.6..0.6));
+        Layer::Bilinear(crate::layers::Bilinear {
+            left: m(h, d),
+            right: m(h, d),
+            down: Some(m(d, h)),
+            left_bias: Some(vec![0.3; h]),
+            right_bias: None,
+            down_bias: Some(vec![-0.2; d]),
+            residual: Some(Residual {
+                mode: ResidualMode::Lerp,
+                scale: 0.5,
+            }),
+        })
+    }
+
+    fn linear(rng: &mut rand::rngs::StdRng, out: usize, inp: usize) -> Layer {
+        Layer::Linear(Linear {
+            weight: Mat::from_fn(out, inp, |_, _| rng.random_range(-1.0..1.0)),
+            bias: Some((0..out).map(|_| rng.random_range(-0.5..0.5)).collect()),
+        })
+    }
+
+    /// `e^s·m` (the moment a scaled moment stands for).
+    fn unscaled(s: &Moment) -> Vec<f64> {
+        s.m.data.iter().map(|v| v * s.scale.exp()).collect()
+    }
+
     /// The first attention layer reads independent positions (their covariances only rounding
-    /// away from zero, which it drops), the second mixed ones: the self chain equals the
-    /// generic sum at every step.
+    /// away from zero, which it drops), the second mixed ones, and the bilinear layer after it
+    /// (like the second attention layer, the last to mix positions) is wanted on same-position
+    /// blocks alone: the self chain equals the configuration sum at every step, on the blocks
+    /// each step computes.
     #[test]
     fn the_self_chain_equals_the_configuration_sum_before_and_after_mixing() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(9);
-        let embed = Layer::Linear(Linear {
-            weight: Mat::from_fn(4, 2, |_, _| rng.random_range(-1.0..1.0)),
-            bias: Some(vec![0.4, -0.3, 0.2, 0.1]),
-        });
         let layers = vec![
-            embed,
+            linear(&mut rng, 4, 2),
             attention(&mut rng, 4, Mask::Causal),
             attention(&mut rng, 4, Mask::None),
+            bilinear(&mut rng, 4, 3),
         ];
         let model = Model::new(2, 2, layers.clone()).unwrap();
         let fast = self_chain(&model).unwrap();
         let mut slow = fast[0].clone();
         for (k, layer) in layers.iter().enumerate() {
-            // The layer's terms, configuration by configuration.
+            // The layer's terms, configuration by configuration, on every block.
             slow = self_step(&slow, Step::Terms(&layer.terms(2))).unwrap();
-            let f = &fast[k + 1];
-            let err =
-                f.m.data
-                    .iter()
-                    .zip(&slow.m.data)
-                    .fold(0.0f64, |a, (x, y)| a.max((x - y).abs()));
-            assert!(err < 1e-11, "step {k}: {err}");
-            assert!((f.scale - slow.scale).abs() < 1e-11, "step {k}");
+            let want = Moment {
+                m: match Positions::of(&layers, k).local {
+                    true => same_position(slow.m.clone()),
+                    false => slow.m.clone(),
+                },
+                scale: slow.scale,
+            };
+            let (f, w) = (unscaled(&fast[k + 1]), unscaled(&want));
+            let scale = w.iter().fold(0.0f64, |a, v| a.max(v.abs()));
+            let err = max_diff(&f, &w);
+            assert!(err < 1e-11 * scale, "step {k}: {err} (scale {scale})");
+        }
+    }
+
+    /// The closure of a pair, step by step over every block, configuration by configuration
+    /// (no shortcut of independent or local positions).
+    fn reference(a: &Model, b: &Model) -> Comparison {
+        let (la, lb) = aligned(a, b);
+        let n = a.input().n_ctx;
+        let start = Moment {
+            m: initial(n, a.in_dim()),
+            scale: 0.0,
+        };
+        let (mut sa, mut sb, mut sab) = (start.clone(), start.clone(), start.m);
+        for (x, y) in la.iter().zip(&lb) {
+            let (tx, ty) = (x.terms(n), y.terms(n));
+            let ab = cross_step(&sab, (&sa, &sb), (Step::Terms(&tx), Step::Terms(&ty))).unwrap();
+            sa = self_step(&sa, Step::Terms(&tx)).unwrap();
+            sb = self_step(&sb, Step::Terms(&ty)).unwrap();
+            sab = matched(ab, &sa, &sb);
+        }
+        comparison(&Traces::new(&sab, &sa, &sb), false).unwrap()
+    }
+
+    /// Pairs whose layers mix positions at different depths: a cross step is local only where
+    /// both models are, and a model's local self moment still serves the cross steps after
+    /// it (the pair and the cached-chain path both equal the reference).
+    #[test]
+    fn pairs_equal_the_configuration_sum_where_models_stop_mixing_at_different_depths() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(21);
+        let model = |mix: [bool; 2], rng: &mut rand::rngs::StdRng| {
+            let mut layers = vec![linear(rng, 4, 2), attention(rng, 4, Mask::Causal)];
+            for m in mix {
+                layers.push(match m {
+                    true => attention(rng, 4, Mask::None),
+                    false => bilinear(rng, 4, 3),
+                });
+            }
+            layers.push(linear(rng, 2, 4));
+            Model::new(2, 2, layers).unwrap()
+        };
+        let early = model([false, false], &mut rng);
+        let late = model([true, false], &mut rng);
+        let last = model([false, true], &mut rng);
+        for (a, b) in [(&early, &late), (&late, &last), (&last, &early)] {
+            let want = reference(a, b);
+            let got = comparison(&closure_traces(a, b, None).unwrap(), false).unwrap();
+            let (ca, cb) = (self_chain(a).unwrap(), self_chain(b).unwrap());
+            let cached = similarity_cached(a, b, &ca, &cb).unwrap();
+            let rel = |x: f64, y: f64| (x - y).abs() / y.abs().max(1e-300);
+            assert!(
+                rel(got.inner, want.inner) < 1e-10
+                    && rel(got.norm2_a, want.norm2_a) < 1e-10
+                    && rel(got.norm2_b, want.norm2_b) < 1e-10,
+                "{got:?} vs {want:?}"
+            );
+            assert!(
+                (cached - want.similarity).abs() < 1e-10,
+                "{cached} vs {want:?}"
+            );
         }
     }
 }
