@@ -20,13 +20,7 @@ use crate::layers::PaddedBilinear;
 use crate::linalg::{mul, mul_into, mul_t, scratch, Mat, MatRef, Par};
 use crate::wick::Moments;
 
-/// `S[t, :, t', :]` of `C + μ_x μ_yᵀ` as a `(w_x × w_y)` matrix.
-fn second(c: &Tensor, mx: &Tensor, my: &Tensor, t: usize, t2: usize) -> Mat<f64> {
-    let (n, wx, wy) = (c.shape[0], c.shape[1], c.shape[3]);
-    Mat::from_fn(wx, wy, |i, j| {
-        c.data[((t * wx + i) * n + t2) * wy + j] + mx.data[t * wx + i] * my.data[t2 * wy + j]
-    })
-}
+use super::second;
 
 /// Per position `t`: `μ_a ∘ μ_b` and `diag(S_ab)` of one side's node.
 fn side_terms(node: &PaddedBilinear, c: &Tensor, mu: &Tensor) -> Vec<(Vec<f64>, Vec<f64>)> {

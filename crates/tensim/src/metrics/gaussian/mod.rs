@@ -20,11 +20,13 @@
 //!
 //! A step's Wick sums: attention against attention by connected pieces (`attention.rs`: layout and
 //! covariance blocks; `pieces.rs`: one pair of combinations), bilinear
-//! against bilinear in closed form (`bilinear.rs`), anything else configuration by configuration
-//! ([`wick::pair_moment`], also the reference the two are tested against).
+//! against bilinear and linear against linear in closed form (`bilinear.rs`, `linear.rs`),
+//! anything else configuration by configuration
+//! ([`wick::pair_moment`], also the reference they are tested against).
 
 mod attention;
 mod bilinear;
+mod linear;
 mod pieces;
 
 use crate::arch::ResidualMode;
@@ -107,6 +109,14 @@ fn centred(s: &Tensor, mx: &Tensor, my: &Tensor) -> Tensor {
             .map(|k| s.data[k] - mx.data[k / ny] * my.data[k % ny])
             .collect(),
     )
+}
+
+/// `S[t, :, t', :]` of `C + μ_x μ_yᵀ` as a `(w_x × w_y)` matrix.
+fn second(c: &Tensor, mx: &Tensor, my: &Tensor, t: usize, t2: usize) -> Mat<f64> {
+    let (n, wx, wy) = (c.shape[0], c.shape[1], c.shape[3]);
+    Mat::from_fn(wx, wy, |i, j| {
+        c.data[((t * wx + i) * n + t2) * wy + j] + mx.data[t * wx + i] * my.data[t2 * wy + j]
+    })
 }
 
 /// `Σ_t Σ_{o≥1} Σ[t, o, t, o]` (the expected inner product of the data outputs).
@@ -227,8 +237,9 @@ fn same_position(mut m: Tensor) -> Tensor {
 }
 
 /// The parts of a step: attention against attention by connected pieces
-/// ([`attention::moments`]), bilinear against bilinear in closed form ([`bilinear::moment`]),
-/// everything else configuration by configuration.
+/// ([`attention::moments`]), bilinear against bilinear and linear against linear in closed
+/// form ([`bilinear::moment`], [`linear::moment`]), everything else configuration by
+/// configuration.
 fn step_parts(
     left: Step<'_>,
     right: Step<'_>,
@@ -239,6 +250,10 @@ fn step_parts(
     match (left, right) {
         (Step::Layer(Layer::Attention(a), n, positions), Step::Layer(Layer::Attention(b), ..)) => {
             attention::moments(&a.network(n), &b.network(n), m, symmetric, positions)
+        }
+        (Step::Layer(Layer::Linear(a), _, positions), Step::Layer(Layer::Linear(b), ..)) => {
+            let (a, b) = (a.padded(), b.padded());
+            Ok(vec![(1, 1, linear::moment(&a, &b, m, positions.local))])
         }
         (Step::Layer(Layer::Bilinear(a), _, positions), Step::Layer(Layer::Bilinear(b), ..)) => {
             let (a, b) = (a.padded(), b.padded());
