@@ -152,15 +152,19 @@ pub fn moment(
                         .try_as_col_major_mut()
                         .expect("contiguous")
                         .as_slice_mut();
+                    // E[k, k2] = S_ab S_a'b' − 2 μ_a μ_b μ_a' μ_b' + q_aa' q_bb' + q_ab' q_ba'.
+                    let (u2, m2) = (ur[k2], -2.0 * mr[k2]);
+                    let fixed = ul.iter().zip(ml).map(|(u, m)| u * u2 + m * m2);
                     let (dd, ds) = dst.split_at_mut(hl);
-                    let fixed = |k: usize| ul[k] * ur[k2] - 2.0 * ml[k] * mr[k2];
                     let (aa, ba) = ad.split_at(hl);
                     let (ab, bb) = bd.split_at(hl);
-                    for (k, x) in dd.iter_mut().enumerate() {
-                        *x = fixed(k) + aa[k] * bb[k] + ab[k] * ba[k];
+                    let dense = aa.iter().zip(bb).zip(ab.iter().zip(ba));
+                    for ((x, f), ((a, b), (c, d))) in dd.iter_mut().zip(fixed.clone()).zip(dense) {
+                        *x = f + a * b + c * d;
                     }
-                    for (s, (x, &(i, j))) in ds.iter_mut().zip(&l.select).enumerate() {
-                        *x = fixed(hl + s) + asel[i] * bsel[j] + bsel[i] * asel[j];
+                    let fixed = fixed.skip(hl);
+                    for ((x, f), &(i, j)) in ds.iter_mut().zip(fixed).zip(&l.select) {
+                        *x = f + asel[i] * bsel[j] + bsel[i] * asel[j];
                     }
                 }
                 let de = mul_into(de, l.node.d.as_ref(), e.as_ref(), Par::Seq);
