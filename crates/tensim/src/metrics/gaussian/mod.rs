@@ -72,6 +72,16 @@ pub struct Moment {
     pub scale: f64,
 }
 
+impl Moment {
+    /// `Σ⁰` of a model's input (scale 0).
+    fn initial(model: &Model) -> Moment {
+        Moment {
+            m: initial(model.input().n_ctx, model.in_dim()),
+            scale: 0.0,
+        }
+    }
+}
+
 /// `Σ⁰` at `n` positions of size `d`.
 fn initial(n: usize, d: usize) -> Tensor {
     let w = d + 1;
@@ -402,10 +412,7 @@ fn aligned(a: &Model, b: &Model) -> (Vec<Layer>, Vec<Layer>) {
 /// A model's self chain: `Σ_aa` before every layer and after the last (closure).
 pub fn self_chain(model: &Model) -> Result<Vec<Moment>> {
     let n = model.input().n_ctx;
-    let mut chain = vec![Moment {
-        m: initial(n, model.in_dim()),
-        scale: 0.0,
-    }];
+    let mut chain = vec![Moment::initial(model)];
     let layers = model.layers();
     for (k, layer) in layers.iter().enumerate() {
         let step = Step::Layer(layer, n, Positions::of(layers, k));
@@ -539,10 +546,7 @@ impl Traces {
 fn closure_traces(a: &Model, b: &Model, cached: Option<(&[Moment], &[Moment])>) -> Result<Traces> {
     let (la, lb) = aligned(a, b);
     let n = a.input().n_ctx;
-    let start = Moment {
-        m: initial(n, a.in_dim()),
-        scale: 0.0,
-    };
+    let start = Moment::initial(a);
     let (mut sa, mut sb, mut sab) = (start.clone(), start.clone(), start.m);
     for k in 0..la.len() {
         // The cross step assumes of positions what holds for both models; a self step reads
@@ -577,11 +581,7 @@ fn closure_traces(a: &Model, b: &Model, cached: Option<(&[Moment], &[Moment])>) 
 }
 
 fn exact_traces(a: &Model, b: &Model) -> Result<Traces> {
-    let n = a.input().n_ctx;
-    let s0 = Moment {
-        m: initial(n, a.in_dim()),
-        scale: 0.0,
-    };
+    let s0 = Moment::initial(a);
     let (ta, tb) = (composed(a), composed(b));
     let (ea, eb) = (
         self_step(&s0, Step::Terms(&ta))?,
@@ -765,10 +765,7 @@ mod tests {
     fn reference(a: &Model, b: &Model) -> Comparison {
         let (la, lb) = aligned(a, b);
         let n = a.input().n_ctx;
-        let start = Moment {
-            m: initial(n, a.in_dim()),
-            scale: 0.0,
-        };
+        let start = Moment::initial(a);
         let (mut sa, mut sb, mut sab) = (start.clone(), start.clone(), start.m);
         for (x, y) in la.iter().zip(&lb) {
             let (tx, ty) = (x.terms(n), y.terms(n));
