@@ -779,7 +779,8 @@ mod tests {
 
     /// Pairs whose layers mix positions at different depths: a cross step is local only where
     /// both models are, and a model's local self moment still serves the cross steps after
-    /// it (the pair and the cached-chain path both equal the reference).
+    /// it; and a pair whose last attention layers are both local (the pair and the
+    /// cached-chain path equal the reference throughout).
     #[test]
     fn pairs_equal_the_configuration_sum_where_models_stop_mixing_at_different_depths() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(21);
@@ -797,7 +798,14 @@ mod tests {
         let early = model([false, false], &mut rng);
         let late = model([true, false], &mut rng);
         let last = model([false, true], &mut rng);
-        for (a, b) in [(&early, &late), (&late, &last), (&last, &early)] {
+        // Two models of one shape: their last attention layers meet in a local cross step.
+        let other = model([false, true], &mut rng);
+        for (a, b) in [
+            (&early, &late),
+            (&late, &last),
+            (&last, &early),
+            (&last, &other),
+        ] {
             let want = reference(a, b);
             let got = comparison(&closure_traces(a, b, None).unwrap(), false).unwrap();
             let (ca, cb) = (self_chain(a).unwrap(), self_chain(b).unwrap());
