@@ -62,6 +62,51 @@ pub struct Report {
     pub transformers: Vec<GaussCase>,
 }
 
+/// The tables `tensim bench` prints.
+impl std::fmt::Display for Report {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let g = &self.gemm;
+        writeln!(f, "GEMM {0}×{0}×{0}: f64 {1:.1} GFLOP/s on one thread, {2:.1} GFLOP/s on {3} cores; f32 {4:.1} GFLOP/s on {3} cores", g.n, g.f64_single_gflops, g.f64_all_cores_gflops, self.threads, g.f32_all_cores_gflops)?;
+        writeln!(f, "\nall-pairs tensor similarity (stacked GEMMs, f64):")?;
+        writeln!(
+            f,
+            "  {:<44} {:>6} {:>9} {:>10} {:>9} {:>9}",
+            "shape", "ckpts", "seconds", "pairs/s", "GFLOP/s", "of GEMM"
+        )?;
+        for c in &self.cases {
+            writeln!(
+                f,
+                "  {:<44} {:>6} {:>9.3} {:>10.0} {:>9.1} {:>8.0}%",
+                c.name,
+                c.checkpoints,
+                c.seconds,
+                c.pairs_per_second,
+                c.gflops,
+                100.0 * c.ratio_to_gemm
+            )?;
+        }
+        writeln!(f, "\ngaussian similarity of tensor transformers (f64):")?;
+        writeln!(
+            f,
+            "  {:<52} {:>8} {:>9} {:>9} {:>6} {:>10}",
+            "shape", "params", "cold s", "warm s", "ckpts", "matrix s"
+        )?;
+        for c in &self.transformers {
+            writeln!(
+                f,
+                "  {:<52} {:>8} {:>9.3} {:>9.3} {:>6} {:>10.2}",
+                c.name,
+                c.parameters,
+                c.pair_cold_seconds,
+                c.pair_warm_seconds,
+                c.matrix_checkpoints,
+                c.matrix_seconds
+            )?;
+        }
+        Ok(())
+    }
+}
+
 fn best_of<T>(reps: usize, mut f: impl FnMut() -> T) -> f64 {
     (0..reps)
         .map(|_| {

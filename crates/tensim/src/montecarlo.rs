@@ -60,6 +60,61 @@ pub struct Verification {
     pub functional_mc: Triple,
 }
 
+/// The text `tensim verify` prints: exact against estimated tensor inner products, then the
+/// functional estimate.
+impl std::fmt::Display for Verification {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (t, mc) = (&self.tensor_exact, &self.tensor_mc);
+        writeln!(
+            f,
+            "Monte Carlo with {} samples (seed {})",
+            self.samples, self.seed
+        )?;
+        writeln!(f)?;
+        writeln!(
+            f,
+            "tensor inner products: exact vs independent-Gaussian-legs estimate (MATH.md §4.3 (i))"
+        )?;
+        writeln!(
+            f,
+            "  {:<10} {:>18} {:>18} {:>14} {:>8}",
+            "", "exact", "monte carlo", "std. error", "z"
+        )?;
+        for (name, exact, est) in [
+            ("inner", t.inner, mc.inner),
+            ("norm2_a", t.norm2_a, mc.norm2_a),
+            ("norm2_b", t.norm2_b, mc.norm2_b),
+        ] {
+            writeln!(
+                f,
+                "  {name:<10} {exact:>18.10e} {:>18.10e} {:>14.3e} {:>8.2}",
+                est.mean,
+                est.stderr,
+                est.z(exact)
+            )?;
+        }
+        writeln!(
+            f,
+            "  {:<10} {:>18.10} {:>18.10}",
+            "similarity", t.similarity, mc.similarity
+        )?;
+        writeln!(f)?;
+        writeln!(
+            f,
+            "Gaussian functional inner product E<f_a(x), f_b(x)>, x ~ N(0, I) (monte carlo)"
+        )?;
+        let fm = &self.functional_mc;
+        for (name, est) in [
+            ("inner", fm.inner),
+            ("norm2_a", fm.norm2_a),
+            ("norm2_b", fm.norm2_b),
+        ] {
+            writeln!(f, "  {name:<10} {:>18.10e} ± {:.3e}", est.mean, est.stderr)?;
+        }
+        writeln!(f, "  {:<10} {:>18.10}", "cosine", fm.similarity)
+    }
+}
+
 /// Run both Monte-Carlo estimates with `samples` draws from `seed`.
 pub fn verify(a: &Model, b: &Model, samples: usize, seed: u64, par: Par) -> Result<Verification> {
     if samples < 2 {

@@ -456,7 +456,7 @@ fn the_exact_cost_of_deep_transformers_is_estimated_without_enumerating() {
         .collect();
     let m = Model::new(2, 2, layers).unwrap();
     let t = std::time::Instant::now();
-    assert_eq!(gaussian::exact_cost(&m, &m), u128::MAX);
+    assert_eq!(tensim::propagate::exact_cost(&m, &m), u128::MAX);
     assert!(t.elapsed().as_secs_f64() < 1.0);
     let e = gaussian::similarity(&m, &m, &exact())
         .unwrap_err()

@@ -1,6 +1,13 @@
-//! Components of a tensor-network model. Each layer kind owns its padded (homogenised) node
-//! form, its forward pass and its Gram update; `attention` (bilinear quadratic-score attention)
-//! owns its forward pass over sequences and its tensor-network form.
+//! Components of a tensor-network model, one folder per kind. Each owns its forward pass, its
+//! padded (homogenised) node or tensor-network form, its Gram update (`gram.rs`, tensor
+//! similarity) and its Gaussian moment update (`moment.rs` or `moment/`); the engine that chains
+//! the moment updates is `propagate.rs`.
+//!
+//! | kind | forward, padded form | Gram update | moment update |
+//! |---|---|---|---|
+//! | linear | `linear/mod.rs` | `linear/gram.rs` | `linear/moment.rs` |
+//! | bilinear | `bilinear/mod.rs` | `bilinear/gram.rs` | `bilinear/moment.rs` |
+//! | attention | `attention/mod.rs`, `attention/network.rs` | — (symmetrised moment step) | `attention/moment/` |
 
 pub mod attention;
 pub mod bilinear;

@@ -102,6 +102,47 @@ pub struct Comparison {
     pub by_degree: Option<Vec<Option<f64>>>,
 }
 
+/// The text `tensim compare` prints: one `name  value` line per field, then the per-degree and
+/// per-output values.
+impl std::fmt::Display for Comparison {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "metric      {}", self.metric)?;
+        writeln!(f, "similarity  {:.12}", self.similarity)?;
+        writeln!(f, "inner       {:.12e}", self.inner)?;
+        writeln!(f, "norm2_a     {:.12e}", self.norm2_a)?;
+        writeln!(f, "norm2_b     {:.12e}", self.norm2_b)?;
+        if let Some(src) = &self.inputs {
+            writeln!(f, "inputs      {src} ({} rows)", self.samples.unwrap_or(0))?;
+        }
+        match (self.symmetrize, self.mode) {
+            (Some(sym), Some(mode)) => writeln!(f, "symmetrize  {sym} ({mode})")?,
+            (None, Some(mode)) => writeln!(f, "mode        {mode}")?,
+            _ => {}
+        }
+        if let Some(se) = self.stderr {
+            let n = self.samples.unwrap_or(0);
+            writeln!(f, "std. error  {se:.3e} (of inner, {n} samples)")?;
+        }
+        let list = |f: &mut std::fmt::Formatter<'_>, title, values: &[Option<f64>], zero| {
+            writeln!(f, "{title}:")?;
+            for (i, s) in values.iter().enumerate() {
+                match s {
+                    Some(s) => writeln!(f, "  {i:>4}  {s:.12}")?,
+                    None => writeln!(f, "  {i:>4}  undefined ({zero})")?,
+                }
+            }
+            Ok(())
+        };
+        if let Some(deg) = &self.by_degree {
+            list(f, "by degree", deg, "zero part")?;
+        }
+        if let Some(per) = &self.per_output {
+            list(f, "per output", per, "zero slice")?;
+        }
+        Ok(())
+    }
+}
+
 /// Options shared by the metrics.
 #[derive(Clone, Debug)]
 pub struct Options {

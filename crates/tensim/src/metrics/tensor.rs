@@ -181,9 +181,8 @@ fn identity_gram(n: usize, w: usize) -> Tensor {
 /// (terms of different leg counts are orthogonal). Both models need the same layer kinds in the
 /// same order and the same `n_ctx`.
 pub fn network_similarity(a: &Model, b: &Model) -> Result<Comparison> {
-    use crate::metrics::gaussian::{
-        combine, data_trace, normalised, per_output, symmetrised_parts, Moment,
-    };
+    use crate::moment::{combine, data_diagonal, data_trace, Moment};
+    use crate::propagate::symmetrised_parts;
     let kinds = |m: &Model| m.layers().iter().map(|l| l.kind()).collect::<Vec<_>>();
     if kinds(a) != kinds(b) || a.input().n_ctx != b.input().n_ctx {
         return Err(Error::Incompatible(format!(
@@ -213,7 +212,7 @@ pub fn network_similarity(a: &Model, b: &Model) -> Result<Comparison> {
             (gb.scale, gb.scale),
             None,
         );
-        let (na, nb) = (normalised(va, sa), normalised(vb, sb));
+        let (na, nb) = (Moment::normalised(va, sa), Moment::normalised(vb, sb));
         let shift = Some(0.5 * (na.scale + nb.scale));
         gab = combine(
             symmetrised_parts(la, lb, n, &gab)?,
@@ -230,7 +229,11 @@ pub fn network_similarity(a: &Model, b: &Model) -> Result<Comparison> {
         inner: ab * (0.5 * (ga.scale + gb.scale)).exp(),
         norm2_a: aa * ga.scale.exp(),
         norm2_b: bb * gb.scale.exp(),
-        per_output: Some(per_output(&gab, &ga.m, &gb.m)),
+        per_output: Some(cosines(
+            &data_diagonal(&gab),
+            &data_diagonal(&ga.m),
+            &data_diagonal(&gb.m),
+        )),
         ..Default::default()
     })
 }

@@ -17,6 +17,7 @@
 //! checkpoints of `H` hidden rows per tile side — estimated before starting.
 
 pub mod checkpoints;
+mod output;
 pub mod tiles;
 
 use rayon::prelude::*;
@@ -203,7 +204,7 @@ enum Plan<'a> {
     /// where the default mode asks for it).
     Gaussian {
         models: &'a [Model],
-        chains: Vec<Vec<gaussian::Moment>>,
+        chains: Vec<Vec<crate::moment::Moment>>,
     },
     /// Tensor similarity of models with attention (general network recursion), pair by pair.
     Network { models: &'a [Model] },
@@ -735,7 +736,7 @@ fn plan<'a>(
             // One self chain per model; a pair then costs its cross chain only.
             chains: models
                 .par_iter()
-                .map(gaussian::self_chain)
+                .map(crate::propagate::self_chain)
                 .collect::<Result<Vec<_>>>()?,
         }),
         Metric::Cka => Err(Error::Invalid(

@@ -1,6 +1,9 @@
 //! Thin helpers over faer's GEMM. Parallelism is an argument of every call (faer's `Par`):
 //! single comparisons use all cores inside the GEMM; batch work parallelises over pairs and
-//! passes `Par::Seq`.
+//! passes `Par::Seq`. `kernels`: hand-tiled small products where a GEMM call costs more than
+//! the product.
+
+pub(crate) mod kernels;
 
 pub use faer::{Mat, MatMut, MatRef, Par};
 

@@ -1,10 +1,13 @@
 //! Linear layer `y = W x + b` (PyTorch `nn.Linear` layout, `W ∈ ℝ^{m×d}`).
 //!
 //! Padded form (MATH.md §2.1): `ŷ = Ŵ x̂` with `Ŵ = [[1, 0ᵀ], [b, W]] ∈ ℝ^{(m+1)×(d+1)}`;
-//! one input leg.
+//! one input leg. `gram.rs`: its Gram updates (tensor similarity, one side at a time);
+//! `moment.rs`: the Gaussian moment update of a pair.
 
-use crate::gram::Gram;
-use crate::linalg::{add_bias, mul, mul_t, Mat, MatRef, Par};
+pub mod gram;
+pub mod moment;
+
+use crate::linalg::{add_bias, mul_t, Mat, MatRef, Par};
 
 /// A linear (affine) layer.
 #[derive(Clone, Debug, PartialEq)]
@@ -52,22 +55,6 @@ impl PaddedLinear {
     /// Tensor-network evaluation on padded inputs (rows): `X̂ Ŵᵀ`.
     pub fn apply(&self, x: MatRef<'_, f64>, par: Par) -> Mat<f64> {
         mul_t(x, self.w.as_ref(), par)
-    }
-
-    /// Gram update on the left (model a) side: `G ← Ŵ_a G`.
-    pub fn gram_left(&self, g: &Gram, par: Par) -> Gram {
-        g.map(|m| match m {
-            None => self.w.clone(),
-            Some(m) => mul(self.w.as_ref(), m, par),
-        })
-    }
-
-    /// Gram update on the right (model b) side: `G ← G Ŵ_bᵀ`.
-    pub fn gram_right(&self, g: &Gram, par: Par) -> Gram {
-        g.map(|m| match m {
-            None => self.w.transpose().to_owned(),
-            Some(m) => mul_t(m, self.w.as_ref(), par),
-        })
     }
 }
 

@@ -14,13 +14,11 @@
 
 use rayon::prelude::*;
 
+use super::{unit_row, PaddedBilinear};
 use crate::einsum::Tensor;
-use crate::layers::bilinear::unit_row;
-use crate::layers::PaddedBilinear;
 use crate::linalg::{mul, mul_into, mul_t, scratch, Mat, MatRef, Par};
+use crate::moment::second;
 use crate::wick::Moments;
-
-use super::second;
 
 /// Per position `t`: `μ_a ∘ μ_b` and `diag(S_ab)` of one side's node.
 fn side_terms(node: &PaddedBilinear, c: &Tensor, mu: &Tensor) -> Vec<(Vec<f64>, Vec<f64>)> {
@@ -260,12 +258,12 @@ mod tests {
         // `local`: the fast moment holds the same-position blocks alone.
         let close = |fast: &Tensor, slow: &Tensor, local: bool| {
             let slow = &if local {
-                super::super::same_position(slow.clone())
+                crate::moment::same_position(slow.clone())
             } else {
                 slow.clone()
             };
             let scale = slow.data.iter().fold(0.0f64, |a, v| a.max(v.abs()));
-            let err = super::super::max_diff(&fast.data, &slow.data);
+            let err = crate::moment::max_diff(&fast.data, &slow.data);
             assert!(scale > 1e-3 && err <= 1e-12 * scale, "{err} vs {scale}");
         };
         let all = crate::wick::configs(4);

@@ -1,157 +1,36 @@
-//! Gaussian functional similarity (MATH.md §4–5): `E_x[f_a(x)·f_b(x)] / √(E|f_a|² E|f_b|²)` with
-//! every input position i.i.d. `N(0, I)`, from the weights.
-//!
-//! State: the second moments `Σ_aa, Σ_ab, Σ_bb` of the padded activations, `[t, i, t', i']`,
-//! initialised to `Σ⁰ = C + μμᵀ` (`μ[(t,0)] = 1`, `C = I_n ⊗ diag(0, I_d)`). A layer update is
+//! The moment engine (MATH.md §5.6): second moments `Σ_aa, Σ_ab, Σ_bb` of the padded
+//! activations ([`Moment`]) carried through the layers of two models. A layer update is
 //! `Σ'_xy = Σ_{l ∈ terms(x), r ∈ terms(y)} Σ_{S, m} contract(l ⊗ r; μ on S, C-bridges on m)`
-//! with `μ_x = Σ_xx[:,(0,0)]/√Σ_xx[(0,0),(0,0)]` and centred `C_xy = Σ_xy − μ_xμ_yᵀ` (§5.6):
-//! exact for one layer. Modes:
-//! * `closure`: the update layer after layer, each layer's input treated as Gaussian with the
-//!   propagated moments (approximate past the first non-linear layer);
-//! * `exact`: each model's layers composed into one network (a sum of terms) and its Wick sum
-//!   enumerated at the input: exact, for small total degree.
+//! with `μ_x = Σ_xx[:,(0,0)]/√Σ_xx[(0,0),(0,0)]` and centred `C_xy = Σ_xy − μ_xμ_yᵀ`: exact
+//! for one layer. Two ways through a network:
+//! * closure ([`closure_traces`]): the update layer after layer, each layer's input treated as
+//!   Gaussian with the propagated moments (approximate past the first non-linear layer);
+//! * exact ([`exact_traces`]): each model's layers composed into one network (a sum of terms)
+//!   and its Wick sum enumerated at the input: exact, for small total degree.
 //!
 //! Past the last layer that mixes positions (attention), only the same-position blocks
 //! `Σ[t, ·, t, ·]` are computed: position-wise layers map block `(t, t')` to block `(t, t')`
-//! and the traces read `t = t'` alone (`Positions::local`).
+//! and the traces read `t = t'` alone ([`Positions::local`]).
 //!
-//! States are kept scaled: `Σ_xx = e^{s_x} Σ̃_xx`, `Σ_ab = e^{(s_a+s_b)/2} Σ̃_ab`; a term pair with
-//! `k_l`, `k_r` legs picks up `e^{(k_l s_l + k_r s_r)/2}`.
-//!
-//! A step's Wick sums: attention against attention by connected pieces (`attention.rs`: layout and
-//! covariance blocks; `pieces.rs`: one pair of combinations), bilinear
-//! against bilinear and linear against linear in closed form (`bilinear.rs`, `linear.rs`),
-//! anything else configuration by configuration
-//! ([`wick::pair_moment`], also the reference they are tested against).
-
-mod attention;
-mod bilinear;
-mod linear;
-mod pieces;
+//! A step's Wick sums: a pair of layers of one kind by that kind's own moment update
+//! (`layers/attention/moment/` by connected pieces, `layers/bilinear/moment.rs` and
+//! `layers/linear/moment.rs` in closed form), anything else configuration by configuration
+//! ([`wick::pair_moment`], also the reference they are tested against). The gaussian metric
+//! (`metrics/gaussian.rs`) and the transformer tensor metric (`metrics/tensor.rs`) run on it.
 
 use crate::arch::ResidualMode;
 use crate::einsum::Tensor;
-use crate::error::{Error, Result};
-use crate::layers::{Layer, Linear};
+use crate::error::Result;
+use crate::layers::{attention, bilinear, linear, Layer, Linear};
 use crate::linalg::Mat;
-use crate::metrics::Comparison;
 use crate::model::Model;
+use crate::moment::{
+    centred, combine, data_diagonal, mean, same_position, Moment, Parts, Positions,
+};
 use crate::wick::{self, Moments, Term};
 
-/// How the expectation is computed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Mode {
-    /// Enumerate the Wick sum of the whole network.
-    Exact,
-    /// Propagate second moments layer by layer (Gaussian closure between layers).
-    Closure,
-}
-
-/// Options of the gaussian metric.
-#[derive(Clone, Debug)]
-pub struct GaussOptions {
-    /// `None`: exact when affordable, else closure.
-    pub mode: Option<Mode>,
-    /// Most Wick configurations `--exact` enumerates before refusing.
-    pub max_configs: u128,
-}
-
-impl Default for GaussOptions {
-    fn default() -> GaussOptions {
-        GaussOptions {
-            mode: None,
-            max_configs: 200_000,
-        }
-    }
-}
-
-/// A scaled second moment `e^{scale}·m`.
-#[derive(Clone, Debug)]
-pub struct Moment {
-    pub m: Tensor,
-    pub scale: f64,
-}
-
-impl Moment {
-    /// `Σ⁰` of a model's input (scale 0).
-    fn initial(model: &Model) -> Moment {
-        Moment {
-            m: initial(model.input().n_ctx, model.in_dim()),
-            scale: 0.0,
-        }
-    }
-}
-
-/// `Σ⁰` at `n` positions of size `d`.
-fn initial(n: usize, d: usize) -> Tensor {
-    let w = d + 1;
-    let mut s = Tensor::zeros(vec![n, w, n, w]);
-    for t in 0..n {
-        for u in 0..n {
-            s.data[((t * w) * n + u) * w] = 1.0;
-        }
-        for i in 1..w {
-            s.data[((t * w + i) * n + t) * w + i] = 1.0;
-        }
-    }
-    s
-}
-
-/// `μ[t, i] = Σ[t, i, t, 0] / √Σ[t, 0, t, 0]` of a self moment, `(n, w)` (the unit slot is 1
-/// at every position; read from the same-position block, which every step computes).
-fn mean(s: &Tensor) -> Tensor {
-    let (n, w) = (s.shape[0], s.shape[1]);
-    let at = |t: usize, i: usize| s.data[((t * w + i) * n + t) * w];
-    Tensor::new(
-        vec![n, w],
-        (0..n * w)
-            .map(|k| at(k / w, k % w) / at(k / w, 0).sqrt())
-            .collect(),
-    )
-}
-
-/// `Σ − μ_x ⊗ μ_y`.
-fn centred(s: &Tensor, mx: &Tensor, my: &Tensor) -> Tensor {
-    let (nx, ny) = (mx.data.len(), my.data.len());
-    Tensor::new(
-        s.shape.clone(),
-        (0..nx * ny)
-            .map(|k| s.data[k] - mx.data[k / ny] * my.data[k % ny])
-            .collect(),
-    )
-}
-
-/// `S[t, :, t', :]` of `C + μ_x μ_yᵀ` as a `(w_x × w_y)` matrix.
-fn second(c: &Tensor, mx: &Tensor, my: &Tensor, t: usize, t2: usize) -> Mat<f64> {
-    let (n, wx, wy) = (c.shape[0], c.shape[1], c.shape[3]);
-    Mat::from_fn(wx, wy, |i, j| {
-        c.data[((t * wx + i) * n + t2) * wy + j] + mx.data[t * wx + i] * my.data[t2 * wy + j]
-    })
-}
-
-/// `Σ_t Σ_{o≥1} Σ[t, o, t, o]` (the expected inner product of the data outputs).
-pub(crate) fn data_trace(s: &Tensor) -> f64 {
-    data_diagonal(s).iter().sum()
-}
-
-/// `Σ_t Σ[t, o, t, o]` for each data output `o ≥ 1` (per-output inner products).
-pub(crate) fn data_diagonal(s: &Tensor) -> Vec<f64> {
-    let (n, w) = (s.shape[0], s.shape[1]);
-    (1..w)
-        .map(|o| (0..n).map(|t| s.data[((t * w + o) * n + t) * w + o]).sum())
-        .collect()
-}
-
-/// Cosine per output coordinate from the final second moments (scales cancel).
-pub(crate) fn per_output(ab: &Tensor, aa: &Tensor, bb: &Tensor) -> Vec<Option<f64>> {
-    crate::metrics::cosines(&data_diagonal(ab), &data_diagonal(aa), &data_diagonal(bb))
-}
-
-/// `(k_l, k_r, moment)` of every term pair (legs of each term, and its Wick sum).
-pub(crate) type Parts = Vec<(usize, usize, Tensor)>;
-
 /// `Σ_configs contract(l ⊗ r)` over every Wick configuration, for every term pair.
-fn term_moments(
+pub(crate) fn term_moments(
     left: &[Term],
     right: &[Term],
     m: &Moments<'_>,
@@ -168,27 +47,6 @@ fn term_moments(
     Ok(out)
 }
 
-/// `Σ_{parts} e^{(k_l s_l + k_r s_r)/2 − shift} · moment`, and the shift (default: the largest
-/// exponent).
-pub(crate) fn combine(parts: Parts, scales: (f64, f64), shift: Option<f64>) -> (Tensor, f64) {
-    let exponent = |kl: usize, kr: usize| 0.5 * (kl as f64 * scales.0 + kr as f64 * scales.1);
-    let top = parts
-        .iter()
-        .map(|(kl, kr, _)| exponent(*kl, *kr))
-        .fold(f64::NEG_INFINITY, f64::max);
-    let shift = shift.unwrap_or(top);
-    let mut total: Option<Tensor> = None;
-    for (kl, kr, mut v) in parts {
-        let f = (exponent(kl, kr) - shift).exp();
-        v.data.iter_mut().for_each(|x| *x *= f);
-        match &mut total {
-            None => total = Some(v),
-            Some(t) => t.data.iter_mut().zip(&v.data).for_each(|(a, b)| *a += b),
-        }
-    }
-    (total.expect("every layer has a term"), shift)
-}
-
 /// What one propagation step goes through: a layer at `n` positions (closure), or a whole
 /// model composed into terms (exact).
 #[derive(Clone, Copy)]
@@ -197,32 +55,12 @@ enum Step<'a> {
     Terms(&'a [Term]),
 }
 
-/// What a layer step knows of positions. `independent`: no layer before it mixes positions,
-/// so its input covariances across positions are exactly zero. `local`: no layer after it
-/// mixes positions, so only its output's same-position blocks `Σ[t, ·, t, ·]` are ever read
-/// (by position-wise layers and the traces); the others are not computed and are left zero.
-#[derive(Clone, Copy, Default)]
-pub(crate) struct Positions {
-    pub independent: bool,
-    pub local: bool,
-}
-
-impl Positions {
-    /// Layer `k` of `layers`.
-    fn of(layers: &[Layer], k: usize) -> Positions {
-        let mixes = |l: &Layer| matches!(l, Layer::Attention(_));
-        Positions {
-            independent: !layers[..k].iter().any(mixes),
-            local: !layers[k + 1..].iter().any(mixes),
-        }
-    }
-
-    /// What holds for both of two layers (a cross step).
-    fn and(self, other: Positions) -> Positions {
-        Positions {
-            independent: self.independent && other.independent,
-            local: self.local && other.local,
-        }
+/// What layer `k` of `layers` knows of positions (see [`Positions`]).
+fn positions(layers: &[Layer], k: usize) -> Positions {
+    let mixes = |l: &Layer| matches!(l, Layer::Attention(_));
+    Positions {
+        independent: !layers[..k].iter().any(mixes),
+        local: !layers[k + 1..].iter().any(mixes),
     }
 }
 
@@ -235,21 +73,10 @@ fn localised(m: Tensor, step: Step<'_>) -> Tensor {
     }
 }
 
-/// `m` with its blocks across positions set to zero.
-fn same_position(mut m: Tensor) -> Tensor {
-    let (n, w, w2) = (m.shape[0], m.shape[1], m.shape[3]);
-    for (k, x) in m.data.iter_mut().enumerate() {
-        if k / (w * n * w2) != k / w2 % n {
-            *x = 0.0;
-        }
-    }
-    m
-}
-
 /// The parts of a step: attention against attention by connected pieces
-/// ([`attention::moments`]), bilinear against bilinear and linear against linear in closed
-/// form ([`bilinear::moment`], [`linear::moment`]), everything else configuration by
-/// configuration.
+/// ([`attention::moment::moments`]), bilinear against bilinear and linear against linear in
+/// closed form ([`bilinear::moment::moment`], [`linear::moment::moment`]), everything else
+/// configuration by configuration.
 fn step_parts(
     left: Step<'_>,
     right: Step<'_>,
@@ -259,16 +86,24 @@ fn step_parts(
 ) -> Result<Parts> {
     match (left, right) {
         (Step::Layer(Layer::Attention(a), n, positions), Step::Layer(Layer::Attention(b), ..)) => {
-            attention::moments(&a.network(n), &b.network(n), m, symmetric, positions)
+            attention::moment::moments(&a.network(n), &b.network(n), m, symmetric, positions)
         }
         (Step::Layer(Layer::Linear(a), _, positions), Step::Layer(Layer::Linear(b), ..)) => {
             let (a, b) = (a.padded(), b.padded());
-            Ok(vec![(1, 1, linear::moment(&a, &b, m, positions.local))])
+            Ok(vec![(
+                1,
+                1,
+                linear::moment::moment(&a, &b, m, positions.local),
+            )])
         }
         (Step::Layer(Layer::Bilinear(a), _, positions), Step::Layer(Layer::Bilinear(b), ..)) => {
             let (a, b) = (a.padded(), b.padded());
             let local = positions.local;
-            Ok(vec![(2, 2, bilinear::moment(&a, &b, m, symmetric, local))])
+            Ok(vec![(
+                2,
+                2,
+                bilinear::moment::moment(&a, &b, m, symmetric, local),
+            )])
         }
         _ => {
             let terms = |s: Step<'_>| match s {
@@ -322,19 +157,6 @@ pub(crate) fn symmetrised_parts(
         .collect())
 }
 
-/// Normalise a self moment by its largest entry.
-pub(crate) fn normalised(m: Tensor, scale: f64) -> Moment {
-    let alpha = m.data.iter().fold(0.0f64, |a, v| a.max(v.abs()));
-    if alpha > 0.0 && alpha.is_finite() {
-        Moment {
-            m: Tensor::new(m.shape.clone(), m.data.iter().map(|v| v / alpha).collect()),
-            scale: scale + alpha.ln(),
-        }
-    } else {
-        Moment { m, scale }
-    }
-}
-
 /// One step of a self moment.
 fn self_step(s: &Moment, step: Step<'_>) -> Result<Moment> {
     let mu = mean(&s.m);
@@ -346,7 +168,7 @@ fn self_step(s: &Moment, step: Step<'_>) -> Result<Moment> {
     };
     let parts = step_parts(step, step, &m, [&d, &d], true)?;
     let (v, shift) = combine(parts, (s.scale, s.scale), None);
-    Ok(normalised(localised(v, step), shift))
+    Ok(Moment::normalised(localised(v, step), shift))
 }
 
 /// One closure step of the cross moment, given both self moments before the step: the
@@ -412,10 +234,10 @@ fn aligned(a: &Model, b: &Model) -> (Vec<Layer>, Vec<Layer>) {
 /// A model's self chain: `Σ_aa` before every layer and after the last (closure).
 pub fn self_chain(model: &Model) -> Result<Vec<Moment>> {
     let n = model.input().n_ctx;
-    let mut chain = vec![Moment::initial(model)];
+    let mut chain = vec![Moment::initial(model.input().n_ctx, model.in_dim())];
     let layers = model.layers();
     for (k, layer) in layers.iter().enumerate() {
-        let step = Step::Layer(layer, n, Positions::of(layers, k));
+        let step = Step::Layer(layer, n, positions(layers, k));
         let next = self_step(chain.last().unwrap(), step)?;
         chain.push(next);
     }
@@ -517,50 +339,66 @@ pub fn closure_is_exact(a: &Model, b: &Model) -> bool {
     steps.len() <= 1
 }
 
-/// `(E⟨f_a,f_b⟩, E|f_a|², E|f_b|²)` in scaled form: `(tr*Σ̃_ab, tr*Σ̃_aa, tr*Σ̃_bb, s_a, s_b)`.
-struct Traces {
-    ab: f64,
-    aa: f64,
-    bb: f64,
-    sa: f64,
-    sb: f64,
-    per_output: Vec<Option<f64>>,
+/// What the final moments give: the scaled data diagonals `Σ_t Σ̃[t, o, t, o]` (`o ≥ 1`) of
+/// `Σ̃_ab`, `Σ̃_aa`, `Σ̃_bb` and the self scales `s_a`, `s_b`.
+pub struct Traces {
+    pub ab: Vec<f64>,
+    pub aa: Vec<f64>,
+    pub bb: Vec<f64>,
+    pub sa: f64,
+    pub sb: f64,
 }
 
 impl Traces {
     fn new(sab: &Tensor, ea: &Moment, eb: &Moment) -> Traces {
         Traces {
-            ab: data_trace(sab),
-            aa: data_trace(&ea.m),
-            bb: data_trace(&eb.m),
+            ab: data_diagonal(sab),
+            aa: data_diagonal(&ea.m),
+            bb: data_diagonal(&eb.m),
             sa: ea.scale,
             sb: eb.scale,
-            per_output: per_output(sab, &ea.m, &eb.m),
         }
+    }
+
+    /// The scaled traces `(tr Σ̃_ab, tr Σ̃_aa, tr Σ̃_bb)` (scales cancel in the cosine).
+    pub fn scaled(&self) -> (f64, f64, f64) {
+        let sum = |v: &[f64]| v.iter().sum::<f64>();
+        (sum(&self.ab), sum(&self.aa), sum(&self.bb))
+    }
+
+    /// `(E⟨f_a,f_b⟩, E|f_a|², E|f_b|²)`.
+    pub fn unscaled(&self) -> (f64, f64, f64) {
+        let (ab, aa, bb) = self.scaled();
+        (
+            ab * (0.5 * (self.sa + self.sb)).exp(),
+            aa * self.sa.exp(),
+            bb * self.sb.exp(),
+        )
     }
 }
 
 /// The closure, step by step. The self steps and the cross step of one layer read only the
 /// moments before it, so the three run side by side; `cached`: both self chains computed
 /// before (all-pairs matrices).
-fn closure_traces(a: &Model, b: &Model, cached: Option<(&[Moment], &[Moment])>) -> Result<Traces> {
+pub fn closure_traces(
+    a: &Model,
+    b: &Model,
+    cached: Option<(&[Moment], &[Moment])>,
+) -> Result<Traces> {
     let (la, lb) = aligned(a, b);
     let n = a.input().n_ctx;
-    let start = Moment::initial(a);
+    let start = Moment::initial(a.input().n_ctx, a.in_dim());
     let (mut sa, mut sb, mut sab) = (start.clone(), start.clone(), start.m);
     for k in 0..la.len() {
         // The cross step assumes of positions what holds for both models; a self step reads
         // its own model alone, as in `self_chain`.
-        let positions = Positions::of(&la, k).and(Positions::of(&lb, k));
-        let steps = (
-            Step::Layer(&la[k], n, positions),
-            Step::Layer(&lb[k], n, positions),
-        );
+        let both = positions(&la, k).and(positions(&lb, k));
+        let steps = (Step::Layer(&la[k], n, both), Step::Layer(&lb[k], n, both));
         // A self step past a model's own layers (an identity pad) keeps its moment.
         let next = |m: &Model, s: &Moment, chain: Option<&[Moment]>| match chain {
             Some(c) => Ok(c[(k + 1).min(c.len() - 1)].clone()),
             None if k < m.layers().len() => {
-                let step = Step::Layer(&m.layers()[k], n, Positions::of(m.layers(), k));
+                let step = Step::Layer(&m.layers()[k], n, positions(m.layers(), k));
                 self_step(s, step)
             }
             None => Ok(s.clone()),
@@ -580,8 +418,9 @@ fn closure_traces(a: &Model, b: &Model, cached: Option<(&[Moment], &[Moment])>) 
     Ok(Traces::new(&sab, &sa, &sb))
 }
 
-fn exact_traces(a: &Model, b: &Model) -> Result<Traces> {
-    let s0 = Moment::initial(a);
+/// The exact Wick sum of both models composed into one network each.
+pub fn exact_traces(a: &Model, b: &Model) -> Result<Traces> {
+    let s0 = Moment::initial(a.input().n_ctx, a.in_dim());
     let (ta, tb) = (composed(a), composed(b));
     let (ea, eb) = (
         self_step(&s0, Step::Terms(&ta))?,
@@ -591,80 +430,6 @@ fn exact_traces(a: &Model, b: &Model) -> Result<Traces> {
     Ok(Traces::new(&matched(sab, &ea, &eb), &ea, &eb))
 }
 
-/// Which mode a request resolves to, and whether the result is exact.
-pub fn resolve(a: &Model, b: &Model, opts: &GaussOptions) -> Result<(Mode, bool)> {
-    let cheap_exact = closure_is_exact(a, b);
-    let cost = exact_cost(a, b);
-    match opts.mode {
-        Some(Mode::Closure) => Ok((Mode::Closure, cheap_exact)),
-        _ if cheap_exact => Ok((Mode::Closure, true)),
-        Some(Mode::Exact) if cost > opts.max_configs => Err(Error::Invalid(format!(
-            "--exact would enumerate {} Wick configurations (more than {}); the models' total \
-             degree is too large: use --closure",
-            if cost == u128::MAX {
-                "astronomically many".to_string()
-            } else {
-                cost.to_string()
-            },
-            opts.max_configs
-        ))),
-        Some(Mode::Exact) => Ok((Mode::Exact, true)),
-        None if cost <= opts.max_configs => Ok((Mode::Exact, true)),
-        None => Ok((Mode::Closure, false)),
-    }
-}
-
-/// The gaussian similarity of two models.
-pub fn similarity(a: &Model, b: &Model, opts: &GaussOptions) -> Result<Comparison> {
-    crate::metrics::check_io(a, b)?;
-    if a.input().n_ctx != b.input().n_ctx {
-        return Err(Error::Incompatible(format!(
-            "n_ctx differs: {} vs {}",
-            a.input().n_ctx,
-            b.input().n_ctx
-        )));
-    }
-    let (mode, exact) = resolve(a, b, opts)?;
-    let t = match mode {
-        Mode::Exact => exact_traces(a, b)?,
-        Mode::Closure => closure_traces(a, b, None)?,
-    };
-    comparison(&t, exact)
-}
-
-fn comparison(t: &Traces, exact: bool) -> Result<Comparison> {
-    let similarity = crate::metrics::cosine(t.ab, t.aa, t.bb, crate::metrics::Metric::Gaussian)?;
-    Ok(Comparison {
-        metric: "gaussian",
-        similarity,
-        inner: t.ab * (0.5 * (t.sa + t.sb)).exp(),
-        norm2_a: t.aa * t.sa.exp(),
-        norm2_b: t.bb * t.sb.exp(),
-        mode: Some(if exact { "exact" } else { "closure" }),
-        per_output: Some(t.per_output.clone()),
-        ..Default::default()
-    })
-}
-
-/// Similarity from cached self chains (closure), for all-pairs matrices.
-pub fn similarity_cached(a: &Model, b: &Model, ca: &[Moment], cb: &[Moment]) -> Result<f64> {
-    let t = closure_traces(a, b, Some((ca, cb)))?;
-    crate::metrics::cosine(t.ab, t.aa, t.bb, crate::metrics::Metric::Gaussian)
-}
-
-/// `max |x − y|`, infinite where a difference is not a number (`f64::max` would skip it).
-#[cfg(test)]
-fn max_diff(x: &[f64], y: &[f64]) -> f64 {
-    x.iter().zip(y).fold(0.0f64, |a, (x, y)| {
-        let d = (x - y).abs();
-        if d.is_nan() {
-            f64::INFINITY
-        } else {
-            a.max(d)
-        }
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use rand::{RngExt, SeedableRng};
@@ -672,6 +437,8 @@ mod tests {
     use super::*;
     use crate::arch::{Mask, Residual};
     use crate::layers::Attention;
+    use crate::metrics::gaussian::similarity_cached;
+    use crate::moment::max_diff;
 
     fn attention(rng: &mut rand::rngs::StdRng, d: usize, mask: Mask) -> Layer {
         let mut m = || Mat::from_fn(d, d, |_, _| rng.random_range(-0.6..0.6));
@@ -747,7 +514,7 @@ mod tests {
             // The layer's terms, configuration by configuration, on every block.
             slow = self_step(&slow, Step::Terms(&layer.terms(2))).unwrap();
             let want = Moment {
-                m: match Positions::of(&layers, k).local {
+                m: match positions(&layers, k).local {
                     true => same_position(slow.m.clone()),
                     false => slow.m.clone(),
                 },
@@ -762,10 +529,10 @@ mod tests {
 
     /// The closure of a pair, step by step over every block, configuration by configuration
     /// (no shortcut of independent or local positions).
-    fn reference(a: &Model, b: &Model) -> Comparison {
+    fn reference(a: &Model, b: &Model) -> Traces {
         let (la, lb) = aligned(a, b);
         let n = a.input().n_ctx;
-        let start = Moment::initial(a);
+        let start = Moment::initial(a.input().n_ctx, a.in_dim());
         let (mut sa, mut sb, mut sab) = (start.clone(), start.clone(), start.m);
         for (x, y) in la.iter().zip(&lb) {
             let (tx, ty) = (x.terms(n), y.terms(n));
@@ -774,7 +541,7 @@ mod tests {
             sb = self_step(&sb, Step::Terms(&ty)).unwrap();
             sab = matched(ab, &sa, &sb);
         }
-        comparison(&Traces::new(&sab, &sa, &sb), false).unwrap()
+        Traces::new(&sab, &sa, &sb)
     }
 
     /// Pairs whose layers mix positions at different depths: a cross step is local only where
@@ -806,21 +573,19 @@ mod tests {
             (&last, &early),
             (&last, &other),
         ] {
-            let want = reference(a, b);
-            let got = comparison(&closure_traces(a, b, None).unwrap(), false).unwrap();
+            let want = reference(a, b).unscaled();
+            let got = closure_traces(a, b, None).unwrap().unscaled();
             let (ca, cb) = (self_chain(a).unwrap(), self_chain(b).unwrap());
             let cached = similarity_cached(a, b, &ca, &cb).unwrap();
             let rel = |x: f64, y: f64| (x - y).abs() / y.abs().max(1e-300);
             assert!(
-                rel(got.inner, want.inner) < 1e-10
-                    && rel(got.norm2_a, want.norm2_a) < 1e-10
-                    && rel(got.norm2_b, want.norm2_b) < 1e-10,
+                rel(got.0, want.0) < 1e-10
+                    && rel(got.1, want.1) < 1e-10
+                    && rel(got.2, want.2) < 1e-10,
                 "{got:?} vs {want:?}"
             );
-            assert!(
-                (cached - want.similarity).abs() < 1e-10,
-                "{cached} vs {want:?}"
-            );
+            let cosine = want.0 / (want.1 * want.2).sqrt();
+            assert!((cached - cosine).abs() < 1e-10, "{cached} vs {cosine}");
         }
     }
 }

@@ -2,10 +2,10 @@
 //! Wick sum is the second moment itself, `Σ'[t, ·, t', ·] = Ŵ S[t, t'] Ŵ'ᵀ` with
 //! `S = C + μ_x μ_yᵀ`.
 
-use super::second;
 use crate::einsum::Tensor;
 use crate::layers::PaddedLinear;
 use crate::linalg::{mul, mul_t, Par};
+use crate::moment::second;
 use crate::wick::Moments;
 
 /// `Σ'[t, o, t', o']` of the left node against the right one; `local`: blocks `t = t'` only

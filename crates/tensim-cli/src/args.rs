@@ -1,0 +1,149 @@
+//! Argument groups shared by several commands, and what they load or draw.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Result};
+use clap::Args;
+use tensim::metrics::fullsym::FullOptions;
+use tensim::metrics::gaussian::{GaussOptions, Mode};
+use tensim::metrics::Inputs;
+use tensim::{io, Model};
+
+#[derive(Args)]
+pub struct ArchArgs {
+    /// Architecture JSON for both models (otherwise each file's embedded metadata).
+    #[arg(long, conflicts_with_all = ["arch_a", "arch_b"])]
+    pub arch: Option<PathBuf>,
+    /// Architecture JSON for model A.
+    #[arg(long)]
+    pub arch_a: Option<PathBuf>,
+    /// Architecture JSON for model B.
+    #[arg(long)]
+    pub arch_b: Option<PathBuf>,
+}
+
+impl ArchArgs {
+    /// Both models, each with its own description or the shared one.
+    pub fn load_pair(&self, a: &Path, b: &Path) -> Result<(Model, Model)> {
+        let shared = self.arch.as_deref();
+        Ok((
+            io::load(a, self.arch_a.as_deref().or(shared))?,
+            io::load(b, self.arch_b.as_deref().or(shared))?,
+        ))
+    }
+}
+
+#[derive(Args)]
+pub struct InputArgs {
+    /// Inputs for behavioral/cka: .npy of shape (rows, dim) or (rows, n_ctx, dim).
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Number of Gaussian inputs for behavioral/cka when no --data is given, or of Monte-Carlo
+    /// samples for --symmetrize full beyond two bilinear layers.
+    #[arg(long, default_value_t = 10_000)]
+    pub samples: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+impl InputArgs {
+    /// The inputs `model` is evaluated on: `--data`, or `--samples` Gaussian rows.
+    pub fn inputs(&self, model: &Model) -> Result<Inputs> {
+        let (n_ctx, dim) = (model.input().n_ctx, model.in_dim());
+        Ok(match &self.data {
+            Some(p) => Inputs::from_npy(p, n_ctx, dim)?,
+            None => Inputs::gaussian(self.samples, n_ctx, dim, self.seed)?,
+        })
+    }
+}
+
+#[derive(Args)]
+pub struct SymArgs {
+    /// Tensor metric: `layer` symmetrises each bilinear node (the paper's metric); `full`
+    /// symmetrises over all leg permutations, so identical functions score 1 whatever the
+    /// architecture. Full is exact up to two bilinear layers (cost ≈ 16·h₂h₁³ flops per pair) and
+    /// a complex-Gaussian Monte-Carlo estimate beyond (--samples, reports its standard error).
+    #[arg(long, default_value = "layer", value_parser = ["layer", "full"])]
+    pub symmetrize: String,
+    /// With --symmetrize full: the similarity of the constant, linear, quadratic, … parts.
+    #[arg(long)]
+    pub by_degree: bool,
+}
+
+impl SymArgs {
+    /// The options of full symmetrisation, if asked for.
+    pub fn full(&self, inputs: &InputArgs) -> Result<Option<FullOptions>> {
+        if self.by_degree && self.symmetrize != "full" {
+            bail!("--by-degree needs --symmetrize full");
+        }
+        Ok((self.symmetrize == "full").then_some(FullOptions {
+            samples: inputs.samples,
+            seed: inputs.seed,
+            by_degree: self.by_degree,
+        }))
+    }
+}
+
+/// Mode of the gaussian metric.
+#[derive(Args)]
+pub struct GaussArgs {
+    /// gaussian: enumerate the Wick sum of the whole network (exact; refused when too large).
+    #[arg(long, conflicts_with = "closure")]
+    pub exact: bool,
+    /// gaussian: propagate second moments layer by layer, each layer's input treated as
+    /// Gaussian (approximate past the first non-linear layer). Default: exact when affordable.
+    #[arg(long)]
+    pub closure: bool,
+}
+
+impl GaussArgs {
+    pub fn options(&self) -> GaussOptions {
+        GaussOptions {
+            mode: match (self.exact, self.closure) {
+                (true, _) => Some(Mode::Exact),
+                (_, true) => Some(Mode::Closure),
+                _ => None,
+            },
+            ..Default::default()
+        }
+    }
+}
+
+#[derive(Args)]
+pub struct PlotArgs {
+    /// Heat-map of the matrix (.png or .svg).
+    #[arg(long)]
+    pub plot: Option<PathBuf>,
+    /// Place checkpoints on a log(step + 1) axis (needs step numbers in the names).
+    #[arg(long)]
+    pub log_steps: bool,
+    /// Outline the K optimal phases (see `tensim phases`) on the heat-map.
+    #[arg(long)]
+    pub phases: Option<usize>,
+}
+
+/// A heat-map of `sim` at `path`, the optimal `phases` outlined.
+pub fn draw_heatmap(
+    sim: &tensim::linalg::Mat<f64>,
+    path: &Path,
+    title: String,
+    labels: Vec<String>,
+    steps: Option<Vec<f64>>,
+    log_steps: bool,
+    phases: Option<usize>,
+) -> Result<()> {
+    let boundaries = match phases {
+        Some(k) => tensim::phases::segment(sim, k)?.boundaries(),
+        None => vec![],
+    };
+    let opts = tensim::plot::HeatmapOptions {
+        title,
+        labels,
+        steps,
+        log_steps,
+        boundaries,
+    };
+    tensim::plot::heatmap(sim, path, &opts)?;
+    eprintln!("wrote {}", path.display());
+    Ok(())
+}

@@ -1,0 +1,125 @@
+//! `tensim inspect FILE`: a model's layers, size, degree and stored tensors.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::Args;
+use serde_json::json;
+use tensim::io;
+
+#[derive(Args)]
+pub struct InspectArgs {
+    file: PathBuf,
+    /// Architecture JSON (otherwise the file's embedded "tensim" metadata).
+    #[arg(long)]
+    arch: Option<PathBuf>,
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(args: InspectArgs) -> Result<()> {
+    let (file, arch, json) = (args.file.as_path(), args.arch.as_deref(), args.json);
+    let tf = io::TensorFile::open(file)?;
+    let stored = tf.tensors()?;
+    let description = io::resolve_arch(&tf, arch)?;
+    let model = tf.model(&description)?;
+    let used = used_names(&description);
+    let unused: Vec<&str> = stored
+        .iter()
+        .map(|t| t.name.as_str())
+        .filter(|n| !used.iter().any(|u| u == n))
+        .collect();
+    if json {
+        let tensors: Vec<_> = stored
+            .iter()
+            .map(|t| json!({"name": t.name, "dtype": t.dtype, "shape": t.shape, "used": used.contains(&t.name)}))
+            .collect();
+        let v = json!({
+            "file": file.display().to_string(),
+            "architecture": serde_json::to_value(&description)?,
+            "parameters": model.param_count(),
+            "degree": model.degree(),
+            "input_dim": model.in_dim(),
+            "output_dim": model.out_dim(),
+            "tensors": tensors,
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    println!("file        {}", file.display());
+    println!(
+        "input       dim {}, n_ctx {}",
+        model.in_dim(),
+        model.input().n_ctx
+    );
+    println!("output      dim {}", model.out_dim());
+    println!("parameters  {}", model.param_count());
+    println!(
+        "degree      {} (polynomial degree in the input)",
+        model.degree()
+    );
+    println!("layers:");
+    let residual = |r: Option<tensim::arch::Residual>| {
+        r.map(|r| format!(", residual {:?} scale {}", r.mode, r.scale).to_lowercase())
+            .unwrap_or_default()
+    };
+    for (i, layer) in model.layers().iter().enumerate() {
+        let extra = match layer {
+            tensim::Layer::Bilinear(b) => format!(
+                " hidden {}{}{}",
+                b.hidden(),
+                if b.down.is_none() { ", no down" } else { "" },
+                residual(b.residual)
+            ),
+            tensim::Layer::Attention(a) => format!(
+                " {} heads, mask {:?}{}{}",
+                a.n_head,
+                a.mask,
+                a.rotary
+                    .map(|b| format!(", rotary base {b}"))
+                    .unwrap_or_default(),
+                residual(a.residual)
+            )
+            .to_lowercase(),
+            tensim::Layer::Linear(_) => String::new(),
+        };
+        println!(
+            "  {i:>3}  {:<9} {} → {}{extra}",
+            layer.kind(),
+            layer.in_dim(),
+            layer.out_dim()
+        );
+    }
+    println!("tensors:");
+    for t in &stored {
+        let mark = if used.contains(&t.name) {
+            ""
+        } else {
+            "   (not used by the architecture)"
+        };
+        println!("  {:<40} {:<5} {:?}{mark}", t.name, t.dtype, t.shape);
+    }
+    if !unused.is_empty() {
+        println!(
+            "{} stored tensor(s) are not used by the architecture",
+            unused.len()
+        );
+    }
+    Ok(())
+}
+
+/// Every tensor name the description refers to.
+fn used_names(arch: &tensim::Arch) -> Vec<String> {
+    let v = serde_json::to_value(arch).expect("serialisable");
+    let mut names = Vec::new();
+    for layer in v["layers"].as_array().into_iter().flatten() {
+        for (key, val) in layer.as_object().into_iter().flatten() {
+            if key != "kind" && key != "mask" {
+                if let Some(s) = val.as_str() {
+                    names.push(s.to_string());
+                }
+            }
+        }
+    }
+    names
+}

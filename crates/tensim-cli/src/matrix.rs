@@ -1,0 +1,151 @@
+//! `tensim matrix CHECKPOINTS…`: the all-pairs similarity matrix of a training run.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::Args;
+use tensim::metrics::Metric;
+use tensim::trajectory::{self, checkpoints, tiles::TileStore, MatrixOptions};
+
+use crate::args::{draw_heatmap, InputArgs, PlotArgs, SymArgs};
+
+#[derive(Args)]
+pub struct MatrixArgs {
+    #[arg(required = true)]
+    checkpoints: Vec<PathBuf>,
+    /// Architecture JSON for every checkpoint (otherwise each file's embedded metadata).
+    #[arg(long)]
+    arch: Option<PathBuf>,
+    /// tensor | matrix | behavioral
+    #[arg(long, default_value = "tensor")]
+    metric: String,
+    /// Also one matrix per output coordinate (per-class similarity, as `compare --per-output`),
+    /// written to OUT with `.per-output.npy` as an array (outputs, N, N); NaN where a slice is zero.
+    #[arg(long)]
+    per_output: bool,
+    #[command(flatten)]
+    sym: SymArgs,
+    /// Labels, one per line, in checkpoint order.
+    #[arg(long, conflicts_with = "labels_from_names")]
+    labels: Option<PathBuf>,
+    /// Label checkpoints by file name (default: by step number where every name has one).
+    #[arg(long)]
+    labels_from_names: bool,
+    /// Keep the order given instead of sorting by step number.
+    #[arg(long)]
+    no_sort: bool,
+    /// The matrix as .npy (default tensim-METRIC.npy).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// The matrix as CSV with labelled rows and columns.
+    #[arg(long)]
+    csv: Option<PathBuf>,
+    /// Print the labels and matrix as JSON.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    plot: PlotArgs,
+    /// Checkpoints per tile side (default: about 1024 stacked hidden rows).
+    #[arg(long, default_value_t = 0)]
+    tile: usize,
+    /// Neither read nor write finished tiles.
+    #[arg(long)]
+    no_resume: bool,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+    #[command(flatten)]
+    inputs: InputArgs,
+}
+
+pub fn run(args: MatrixArgs) -> Result<()> {
+    let metric: Metric = args.metric.parse()?;
+    let full = args.sym.full(&args.inputs)?;
+    let mut paths = checkpoints::expand(&args.checkpoints)?;
+    if !args.no_sort {
+        checkpoints::natural_sort(&mut paths);
+    }
+    let (cks, models) = checkpoints::load_all(&paths, args.arch.as_deref())?;
+    let labels = checkpoints::labels(&cks, args.labels.as_deref(), args.labels_from_names)?;
+    let out = args
+        .out
+        .unwrap_or_else(|| PathBuf::from(format!("tensim-{}.npy", metric.name())));
+    let names: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+    let hashes: Vec<String> = cks.iter().map(|c| c.hash.clone()).collect();
+    let store = if args.no_resume {
+        None
+    } else {
+        let dir = PathBuf::from(format!("{}.tiles", out.display()));
+        let entries: Vec<(String, String)> =
+            names.iter().cloned().zip(hashes.iter().cloned()).collect();
+        Some(TileStore::open(&dir, metric.name(), &entries)?)
+    };
+    let data = metric
+        .needs_inputs()
+        .then(|| args.inputs.inputs(&models[0]))
+        .transpose()?;
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} {bar:40} {pos}/{len} pairs  {elapsed} elapsed, ETA {eta}",
+        )
+        .expect("valid template"),
+    );
+    if args.quiet {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    let started = std::time::Instant::now();
+    let result = trajectory::similarity_matrix(
+        &models,
+        &names,
+        &hashes,
+        metric,
+        &MatrixOptions {
+            tile: args.tile,
+            store: store.as_ref(),
+            inputs: data.as_ref(),
+            per_output: args.per_output,
+            full: full.as_ref(),
+            flops: None,
+        },
+        &|done, total| {
+            bar.set_length(total);
+            bar.inc(done);
+        },
+    )?;
+    bar.finish_and_clear();
+    let n = models.len();
+    result.write_npy(&out)?;
+    if let Some(csv) = &args.csv {
+        result.write_csv(csv, &labels)?;
+    }
+    if let Some(path) = &args.plot.plot {
+        let steps: Option<Vec<f64>> = cks.iter().map(|c| c.step.map(|s| s as f64)).collect();
+        let title = format!("{} similarity, {n} checkpoints", metric.name());
+        let (log_steps, phases) = (args.plot.log_steps, args.plot.phases);
+        draw_heatmap(
+            &result.similarity,
+            path,
+            title,
+            labels.clone(),
+            steps,
+            log_steps,
+            phases,
+        )?;
+    }
+    if args.json {
+        let v = result.to_json(metric.name(), &labels, &names);
+        println!("{}", serde_json::to_string(&v)?);
+    } else if !args.quiet {
+        eprintln!(
+            "{n}×{n} {} similarity matrix in {:.2} s → {}{}",
+            metric.name(),
+            started.elapsed().as_secs_f64(),
+            out.display(),
+            args.csv
+                .map(|c| format!(", {}", c.display()))
+                .unwrap_or_default()
+        );
+    }
+    Ok(())
+}

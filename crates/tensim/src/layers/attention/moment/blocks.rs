@@ -1,0 +1,374 @@
+//! The layout of an attention moment: the legs of every (head, query, key) combination as
+//! rows of the projected input (`Side`), and their covariances between two sides cut into
+//! contiguous blocks (`Gram`), the unit the small products of `pieces.rs` read.
+
+use std::ops::Range;
+
+use rayon::prelude::*;
+
+use crate::einsum::Tensor;
+use crate::layers::attention::Network;
+use crate::linalg::{mul, mul_into, Mat, Par};
+
+/// Legs per head, in this order in the projected rows.
+const ROLES: usize = 5;
+const Q1: usize = 0;
+const K1: usize = 1;
+const Q2: usize = 2;
+const K2: usize = 3;
+const V: usize = 4;
+
+/// One side's network and the layout of its projected rows: per position, the `w` raw padded
+/// coordinates, then per head the `h` rows of `Q₁, K₁, Q₂, K₂, V`. A group of rows is the raw
+/// coordinates or one leg at one position.
+pub(super) struct Side<'a> {
+    net: &'a Network,
+    pub n: usize,
+    pub w: usize,
+    pub h: usize,
+    pub heads: usize,
+    /// `Π[p]` of every position (see [`Side::projection`]).
+    proj: Vec<Mat<f64>>,
+}
+
+impl<'a> Side<'a> {
+    pub(super) fn new(net: &'a Network) -> Side<'a> {
+        let mut side = Side {
+            net,
+            n: net.mask.shape[0],
+            w: net.gamma.len(),
+            h: net.heads[0].v.shape[0],
+            heads: net.heads.len(),
+            proj: vec![],
+        };
+        side.proj = (0..side.n).map(|p| side.projection(p)).collect();
+        side
+    }
+
+    /// Rows per position.
+    pub(super) fn stride(&self) -> usize {
+        self.w + ROLES * self.heads * self.h
+    }
+
+    /// Groups per position.
+    fn per(&self) -> usize {
+        1 + ROLES * self.heads
+    }
+
+    fn raw(&self, p: usize) -> Leg {
+        Leg {
+            row: p * self.stride(),
+            group: p * self.per(),
+            size: self.w,
+        }
+    }
+
+    fn leg(&self, p: usize, head: usize, role: usize) -> Leg {
+        let g = head * ROLES + role;
+        Leg {
+            row: p * self.stride() + self.w + g * self.h,
+            group: p * self.per() + 1 + g,
+            size: self.h,
+        }
+    }
+
+    /// Size of group `g`.
+    fn size(&self, g: usize) -> usize {
+        if g % self.per() == 0 {
+            self.w
+        } else {
+            self.h
+        }
+    }
+
+    /// First projected row of group `g` within its position.
+    fn first_row(&self, g: usize) -> usize {
+        match g % self.per() {
+            0 => 0,
+            l => self.w + (l - 1) * self.h,
+        }
+    }
+
+    /// First row and number of rows of a run of groups (numbered within a position).
+    fn rows(&self, gs: &Range<usize>) -> (usize, usize) {
+        let first = self.first_row(gs.start);
+        let last = gs.end - 1;
+        (first, self.first_row(last) + self.size(last) - first)
+    }
+
+    /// `Π[p]`: the rows above as maps of the padded input at position `p`.
+    fn projection(&self, p: usize) -> Mat<f64> {
+        let (w, h) = (self.w, self.h);
+        Mat::from_fn(self.stride(), w, |r, i| {
+            if r < w {
+                return f64::from(u8::from(r == i));
+            }
+            let (head, role, e) = ((r - w) / (ROLES * h), (r - w) / h % ROLES, (r - w) % h);
+            let f = &self.net.heads[head];
+            match role {
+                V => f.v.data[e * w + i],
+                _ => {
+                    let t = [&f.q[0], &f.k[0], &f.q[1], &f.k[1]][role];
+                    t.data[(p * h + e) * w + i]
+                }
+            }
+        })
+    }
+
+    /// `Π μ`: the mean of every row.
+    pub(super) fn means(&self, mu: &Tensor) -> Vec<f64> {
+        (0..self.n)
+            .flat_map(|p| {
+                let x = Mat::from_fn(self.w, 1, |i, _| mu.data[p * self.w + i]);
+                let y = mul(self.proj[p].as_ref(), x.as_ref(), Par::Seq);
+                (0..y.nrows()).map(move |r| y[(r, 0)])
+            })
+            .collect()
+    }
+
+    /// The combinations of a term: identity (`x̂_t`, block `t`) or active (`v` at `(u, η)`,
+    /// scores at `(t, u, η)`, block `(t, η)`, weight `M[t, u]`).
+    pub(super) fn combos(&self, active: bool) -> Vec<Combo> {
+        if !active {
+            return (0..self.n)
+                .map(|t| Combo {
+                    vector: self.raw(t),
+                    scores: vec![],
+                    weight: 1.0,
+                    query: t,
+                    block: t,
+                })
+                .collect();
+        }
+        let mut out = vec![];
+        for t in 0..self.n {
+            for head in 0..self.heads {
+                for u in 0..self.n {
+                    let weight = self.net.mask.data[t * self.n + u];
+                    if weight != 0.0 {
+                        out.push(Combo {
+                            vector: self.leg(u, head, V),
+                            scores: vec![
+                                [self.leg(t, head, Q1), self.leg(u, head, K1)],
+                                [self.leg(t, head, Q2), self.leg(u, head, K2)],
+                            ],
+                            weight,
+                            query: t,
+                            block: t * self.heads + head,
+                        });
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Output map of a term at position `t`: `diag(γ)` (identity) or `[O_1 | … | O_H]` (active).
+    pub(super) fn output_map(&self, active: bool) -> Mat<f64> {
+        let w = self.w;
+        if !active {
+            return Mat::from_fn(w, w, |o, i| if o == i { self.net.gamma[o] } else { 0.0 });
+        }
+        Mat::from_fn(w, self.heads * self.h, |o, c| {
+            self.net.heads[c / self.h].o.data[o * self.h + c % self.h]
+        })
+    }
+}
+
+/// A group of rows of one side: its first row, its index and its size.
+#[derive(Clone, Copy, Default)]
+pub(super) struct Leg {
+    pub row: usize,
+    pub group: usize,
+    pub size: usize,
+}
+
+/// One term at one (head, query, key): its vector, its scores' legs, its weight, its output
+/// position (the query) and block.
+pub(super) struct Combo {
+    pub vector: Leg,
+    pub scores: Vec<[Leg; 2]>,
+    pub weight: f64,
+    pub query: usize,
+    pub block: usize,
+}
+
+impl Combo {
+    /// The vector, then both legs of every score.
+    pub(super) fn legs(&self) -> impl Iterator<Item = Leg> + Clone + '_ {
+        std::iter::once(self.vector).chain(self.scores.iter().flatten().copied())
+    }
+}
+
+/// Covariances between the row groups of two sides, `(Π_x[p] C[p,p'] Π_y[p']ᵀ)` cut into
+/// blocks (row group × column group), each contiguous and row-major: the unit the small
+/// products of `pieces.rs` read. Blocks that are zero (positions whose inputs are independent,
+/// as before the first layer that mixes positions) or never read are not stored.
+pub(super) struct Gram {
+    data: Vec<f64>,
+    /// Offset of block `(gx, gy)` at `gx · cols + gy`; [`ABSENT`] where it is not stored.
+    at: Vec<usize>,
+    cols: usize,
+    /// The stored blocks `(gx, gy, offset)` in storage order.
+    blocks: Vec<(usize, usize, usize)>,
+    /// One position pair's stored blocks.
+    parts: Vec<Part>,
+}
+
+/// The blocks of one position pair `(p, q)`: their range in `data` and in `blocks`.
+#[derive(Clone)]
+struct Part {
+    p: usize,
+    q: usize,
+    data: Range<usize>,
+    blocks: Range<usize>,
+}
+
+const ABSENT: usize = usize::MAX;
+
+impl Gram {
+    /// The block of row group `x` against column group `y` (row stride `y.size`), or `None`
+    /// where it is zero.
+    pub(super) fn block(&self, x: Leg, y: Leg) -> Option<&[f64]> {
+        let o = self.at[x.group * self.cols + y.group];
+        (o != ABSENT).then(|| &self.data[o..o + x.size * y.size])
+    }
+
+    /// `within`: one side with itself, where only the legs of one head against the same
+    /// head's are stored (all that pairs inside one combination touch). `independent`: the
+    /// covariances across positions are zero (whatever rounding left in `cov`). `mirror`:
+    /// also `Gᵀ` (the covariances of `y`'s rows with `x`'s), written in the same pass.
+    pub(super) fn new(
+        x: &Side,
+        cov: &Tensor,
+        y: &Side,
+        within: bool,
+        independent: bool,
+        mirror: bool,
+    ) -> (Gram, Option<Gram>) {
+        let (n, px, py) = (x.n, &x.proj, &y.proj);
+        let live = |p: usize, q: usize| {
+            (p == q || !independent)
+                && (0..x.w * y.w)
+                    .any(|ij| cov.data[((p * x.w + ij / y.w) * n + q) * y.w + ij % y.w] != 0.0)
+        };
+        // Panels computed per position pair: runs of row groups × runs of column groups
+        // (groups numbered within a position).
+        let panels: Vec<[Range<usize>; 2]> = if within {
+            (0..x.heads)
+                .map(|hd| {
+                    let g = 1 + hd * ROLES..1 + (hd + 1) * ROLES;
+                    [g.clone(), g]
+                })
+                .collect()
+        } else {
+            vec![[0..x.per(), 0..y.per()]]
+        };
+        let cols = n * y.per();
+        let mut g = Gram {
+            data: vec![],
+            at: vec![ABSENT; n * x.per() * cols],
+            cols,
+            blocks: vec![],
+            parts: vec![],
+        };
+        // Storage order: position pairs, panels, row groups, column groups.
+        let mut len = 0;
+        for (p, q) in (0..n * n).map(|pq| (pq / n, pq % n)) {
+            if !live(p, q) {
+                continue;
+            }
+            let (d0, b0) = (len, g.blocks.len());
+            for [gxs, gys] in &panels {
+                for gx in gxs.clone().map(|gx| p * x.per() + gx) {
+                    for gy in gys.clone().map(|gy| q * y.per() + gy) {
+                        g.at[gx * cols + gy] = len;
+                        g.blocks.push((gx, gy, len));
+                        len += x.size(gx) * y.size(gy);
+                    }
+                }
+            }
+            g.parts.push(Part {
+                p,
+                q,
+                data: d0..len,
+                blocks: b0..g.blocks.len(),
+            });
+        }
+        let mut data = vec![0.0; len];
+        let mut back = vec![0.0; if mirror { len } else { 0 }];
+        let backs: Vec<&mut [f64]> = if mirror {
+            regions(&mut back, &g.parts)
+        } else {
+            g.parts.iter().map(|_| &mut [][..]).collect()
+        };
+        // One position pair per task: Dᵀ = (Π_y[q] C[p,q]ᵀ) Π_x[p]ᵀ panel by panel (column `a`
+        // of Dᵀ is row `a` of D, contiguous), cut into its blocks (and their transposes).
+        regions(&mut data, &g.parts)
+            .into_par_iter()
+            .zip(backs)
+            .zip(&g.parts)
+            .for_each_init(
+                || (Mat::new(), Mat::new()),
+                |(b, dt), ((out, back), part)| {
+                    let (p, q) = (part.p, part.q);
+                    let c =
+                        Mat::from_fn(y.w, x.w, |j, i| cov.data[((p * x.w + i) * n + q) * y.w + j]);
+                    let mut blocks = g.blocks[part.blocks.clone()].iter();
+                    for [gxs, gys] in &panels {
+                        let ((r0, rn), (c0, cn)) = (x.rows(gxs), y.rows(gys));
+                        let b = mul_into(b, py[q].subrows(c0, cn), c.as_ref(), Par::Seq);
+                        let dt = mul_into(dt, b, px[p].subrows(r0, rn).transpose(), Par::Seq);
+                        for &(gx, gy, o) in blocks.by_ref().take(gxs.len() * gys.len()) {
+                            let (hx, hy) = (x.size(gx), y.size(gy));
+                            let (r, cc) = (x.first_row(gx) - r0, y.first_row(gy) - c0);
+                            let at = o - part.data.start..o - part.data.start + hx * hy;
+                            let dst = &mut out[at.clone()];
+                            for a in 0..hx {
+                                let col = dt.col(r + a).try_as_col_major().expect("contiguous");
+                                let row = &col.as_slice()[cc..][..hy];
+                                dst[a * hy..][..hy].copy_from_slice(row);
+                                if mirror {
+                                    let dst = &mut back[at.clone()];
+                                    row.iter()
+                                        .enumerate()
+                                        .for_each(|(e, &v)| dst[e * hx + a] = v);
+                                }
+                            }
+                        }
+                    }
+                },
+            );
+        g.data = data;
+        let back = mirror.then(|| g.mirrored(back));
+        (g, back)
+    }
+
+    /// `Gᵀ` with its blocks (each transposed) in `data`, at the offsets of their mirrors.
+    fn mirrored(&self, data: Vec<f64>) -> Gram {
+        let rows = self.at.len() / self.cols;
+        let mut at = vec![ABSENT; self.at.len()];
+        for &(gx, gy, o) in &self.blocks {
+            at[gy * rows + gx] = o;
+        }
+        Gram {
+            data,
+            at,
+            cols: rows,
+            blocks: self.blocks.iter().map(|&(gx, gy, o)| (gy, gx, o)).collect(),
+            parts: self.parts.clone(),
+        }
+    }
+}
+
+/// `data` cut into the parts' ranges (consecutive, from 0).
+fn regions<'d>(mut data: &'d mut [f64], parts: &[Part]) -> Vec<&'d mut [f64]> {
+    parts
+        .iter()
+        .map(|part| {
+            let (head, tail) = std::mem::take(&mut data).split_at_mut(part.data.len());
+            data = tail;
+            head
+        })
+        .collect()
+}

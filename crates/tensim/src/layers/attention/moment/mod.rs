@@ -1,0 +1,349 @@
+//! The Gaussian moment of two attention layers' outputs (MATH.md §2.5, §5.6), the Wick sum
+//! organised by connected pieces instead of visited configuration by configuration.
+//!
+//! For head `η`, query `t` and key `u`, the active term is a product of atoms: the value
+//! `v = V̂_η x̂_u` (a vector) and the scores `s_c = (ρ_tQ̂c_η x̂_t)·(ρ_uK̂c_η x̂_u)` (two legs joined
+//! by `Σ_e`); the identity term is the vector `x̂_t` alone. `blocks.rs` lays out the legs of
+//! every such combination and their covariances block by block ([`Gram`]); `pieces.rs` computes
+//! the moment of one pair of combinations; this file sums them into the output blocks.
+
+mod blocks;
+mod pieces;
+
+use rayon::prelude::*;
+
+use blocks::{Combo, Gram, Side};
+use pieces::{Pair, Scratch};
+
+use crate::einsum::Tensor;
+use crate::error::Result;
+use crate::layers::attention::Network;
+use crate::linalg::{mul, Mat, Par};
+use crate::moment::Positions;
+use crate::wick::Moments;
+
+/// `Σ_{combination pairs} w_l w_r E[v_L v_Rᵀ Π s]` summed into output blocks, then mapped to
+/// `[t, o, t', o']` by both terms' output maps. `local`: only blocks `t = t'` (pairs of
+/// combinations with one query position); the others stay zero.
+fn term_pair(
+    pair: &Pair<'_>,
+    (ls, la): (&Side, bool),
+    (rs, ra): (&Side, bool),
+    symmetric: bool,
+    local: bool,
+) -> Tensor {
+    let (lc, rc) = (ls.combos(la), rs.combos(ra));
+    let dim = |s: &Side, active: bool| if active { s.h } else { s.w };
+    let (dl, dr) = (dim(ls, la), dim(rs, ra));
+    let per = |s: &Side, active: bool| if active { s.heads } else { 1 };
+    let (bl, br) = (per(ls, la), per(rs, ra));
+    let (rows, cols) = (ls.n * bl * dl, rs.n * br * dr);
+    // Each combination's mean, for the pairs without a covariance between them.
+    let means = |pair: &Pair<'_>, cs: &[Combo], d: usize| -> Vec<Vec<f64>> {
+        cs.par_iter()
+            .map_init(
+                || Scratch::new(cs[0].scores.len()),
+                |ws, c| pair.moment(c, None, (d, 1), ws),
+            )
+            .collect()
+    };
+    let el = means(pair, &lc, dl);
+    let er = if symmetric {
+        el.clone()
+    } else {
+        means(&pair.mirrored(), &rc, dr)
+    };
+    let parts: Vec<Vec<(usize, Vec<f64>)>> = lc
+        .par_iter()
+        .enumerate()
+        .map_init(
+            || Scratch::new(lc[0].scores.len() + rc[0].scores.len()),
+            |ws, (ci, l)| {
+                let start = if symmetric { ci } else { 0 };
+                rc[start..]
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, r)| !local || r.query == l.query)
+                    .map(|(k, r)| {
+                        let e = if pair.connected(l, r) {
+                            pair.moment(l, Some(r), (dl, dr), ws)
+                        } else {
+                            let (a, b) = (&el[ci], &er[start + k]);
+                            a.iter()
+                                .flat_map(|x| b.iter().map(move |y| x * y))
+                                .collect()
+                        };
+                        (start + k, e)
+                    })
+                    .collect()
+            },
+        )
+        .collect();
+    let mut z = vec![0.0; rows * cols];
+    for (ci, row) in parts.iter().enumerate() {
+        let l = &lc[ci];
+        for (ck, e) in row {
+            let r = &rc[*ck];
+            let f = l.weight * r.weight;
+            for i in 0..dl {
+                let zr = &mut z[(l.block * dl + i) * cols + r.block * dr..][..dr];
+                zr.iter_mut()
+                    .zip(&e[i * dr..][..dr])
+                    .for_each(|(a, b)| *a += f * b);
+            }
+            if symmetric && *ck != ci {
+                for i in 0..dl {
+                    for j in 0..dr {
+                        z[(r.block * dr + j) * cols + l.block * dl + i] += f * e[i * dr + j];
+                    }
+                }
+            }
+        }
+    }
+    let (ml, mr) = (ls.output_map(la), rs.output_map(ra));
+    let (wl, wr, n) = (ls.w, rs.w, ls.n);
+    let mut out = Tensor::zeros(vec![n, wl, n, wr]);
+    let (kl, kr) = (bl * dl, br * dr);
+    for t in 0..n {
+        for t2 in (0..n).filter(|&t2| !local || t2 == t) {
+            let blk = Mat::from_fn(kl, kr, |i, j| z[(t * kl + i) * cols + t2 * kr + j]);
+            let y = mul(
+                mul(ml.as_ref(), blk.as_ref(), Par::Seq).as_ref(),
+                mr.transpose(),
+                Par::Seq,
+            );
+            for o in 0..wl {
+                for o2 in 0..wr {
+                    out.data[((t * wl + o) * n + t2) * wr + o2] = y[(o, o2)];
+                }
+            }
+        }
+    }
+    out
+}
+
+/// `(k_l, k_r, moment)` of the four term pairs (identity: 1 leg, active: 5 legs) of two
+/// attention layers whose inputs have the moments `m`. `symmetric`: the same layer and input on
+/// both sides (a self moment), where pairs of combinations are visited once. `positions`: the
+/// input positions are independent (covariances across positions are zero); only the output's
+/// same-position blocks are wanted.
+pub fn moments(
+    left: &Network,
+    right: &Network,
+    m: &Moments<'_>,
+    symmetric: bool,
+    positions: Positions,
+) -> Result<Vec<(usize, usize, Tensor)>> {
+    let (independent, local) = (positions.independent, positions.local);
+    let (ls, rs) = (Side::new(left), Side::new(right));
+    // Four covariance matrices between the sides' rows (one when symmetric).
+    let rows = [ls.n * ls.stride(), rs.n * rs.stride()];
+    crate::budget::check(
+        "the attention layers' projected covariances",
+        4.0 * rows[0] as f64 * rows[1] as f64,
+    )?;
+    let (cross, back) = Gram::new(&ls, m.cov[1], &rs, false, independent, !symmetric);
+    let (gl, gr);
+    let g = match &back {
+        None => [&cross; 4],
+        Some(back) => {
+            gl = Gram::new(&ls, m.cov[0], &ls, true, independent, false).0;
+            gr = Gram::new(&rs, m.cov[2], &rs, true, independent, false).0;
+            [&gl, &cross, back, &gr]
+        }
+    };
+    let (mu_l, mu_r) = (ls.means(m.mu[0]), rs.means(m.mu[1]));
+    let pair = Pair {
+        g,
+        mu: [&mu_l, &mu_r],
+    };
+    let legs = |active: bool| if active { 5 } else { 1 };
+    let mut out: Vec<(usize, usize, Tensor)> = vec![];
+    for la in [false, true] {
+        for ra in [false, true] {
+            let moment = if symmetric && la && !ra {
+                // The (active, identity) moment is the transpose of (identity, active).
+                transpose(&out[1].2)
+            } else {
+                term_pair(&pair, (&ls, la), (&rs, ra), symmetric && la == ra, local)
+            };
+            out.push((legs(la), legs(ra), moment));
+        }
+    }
+    Ok(out)
+}
+
+/// `T[t', o', t, o]` of `T[t, o, t', o']`.
+fn transpose(t: &Tensor) -> Tensor {
+    let (n, w, n2, w2) = (t.shape[0], t.shape[1], t.shape[2], t.shape[3]);
+    let mut out = Tensor::zeros(vec![n2, w2, n, w]);
+    for a in 0..n * w {
+        for b in 0..n2 * w2 {
+            out.data[b * n * w + a] = t.data[a * n2 * w2 + b];
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use rand::{RngExt, SeedableRng};
+
+    use super::*;
+    use crate::arch::{Mask, Residual, ResidualMode};
+    use crate::layers::Attention;
+
+    fn attention(rng: &mut rand::rngs::StdRng, d: usize, heads: usize, mask: Mask) -> Network {
+        let mut m = || Mat::from_fn(d, d, |_, _| rng.random_range(-0.6..0.6));
+        let (q1, k1, q2, k2, v, o) = (m(), m(), m(), m(), m(), m());
+        let mut b = || Some((0..d).map(|_| rng.random_range(-0.5..0.5)).collect());
+        Attention {
+            n_head: heads,
+            q1,
+            k1,
+            q2,
+            k2,
+            v,
+            o,
+            q1_bias: b(),
+            k1_bias: b(),
+            q2_bias: None,
+            k2_bias: b(),
+            mask,
+            rotary: Some(10_000.0),
+            residual: Some(Residual {
+                mode: ResidualMode::Lerp,
+                scale: 0.7,
+            }),
+        }
+        .network(3)
+    }
+
+    /// Random joint moments of two sides' inputs: `μ_x` and the centred covariances of
+    /// `(X_a, X_b) = (μ_a, μ_b) + A g` (unit slots fixed).
+    /// `independent`: every position its own factors (no covariance across positions).
+    fn moments(
+        rng: &mut rand::rngs::StdRng,
+        n: usize,
+        w: [usize; 2],
+        independent: bool,
+    ) -> ([Tensor; 2], [Tensor; 3]) {
+        let rank = 6;
+        let mut side = |w: usize| {
+            let a: Vec<f64> = (0..n * w * rank)
+                .map(|k| {
+                    let (row, g) = (k / rank, k % rank);
+                    if row % w == 0 || (independent && g % n != row / w) {
+                        0.0
+                    } else {
+                        rng.random_range(-0.7..0.7)
+                    }
+                })
+                .collect();
+            let mu: Vec<f64> = (0..n * w)
+                .map(|k| {
+                    if k % w == 0 {
+                        1.0
+                    } else {
+                        rng.random_range(-0.5..0.5)
+                    }
+                })
+                .collect();
+            (a, Tensor::new(vec![n, w], mu))
+        };
+        let ((aa, ma), (ab, mb)) = (side(w[0]), side(w[1]));
+        let cov = |x: &[f64], y: &[f64], wx: usize, wy: usize| {
+            let (rx, ry) = (n * wx, n * wy);
+            let data = (0..rx * ry)
+                .map(|k| {
+                    (0..rank)
+                        .map(|g| x[k / ry * rank + g] * y[k % ry * rank + g])
+                        .sum()
+                })
+                .collect();
+            Tensor::new(vec![n, wx, n, wy], data)
+        };
+        (
+            [ma, mb],
+            [
+                cov(&aa, &aa, w[0], w[0]),
+                cov(&aa, &ab, w[0], w[1]),
+                cov(&ab, &ab, w[1], w[1]),
+            ],
+        )
+    }
+
+    /// The configuration-by-configuration sum of every term pair.
+    fn generic(l: &Network, r: &Network, m: &Moments<'_>) -> Vec<Tensor> {
+        let diag = [
+            &crate::wick::diagonal(m.cov[0]),
+            &crate::wick::diagonal(m.cov[2]),
+        ];
+        let parts = crate::propagate::term_moments(&l.terms(), &r.terms(), m, diag).unwrap();
+        parts.into_iter().map(|(_, _, t)| t).collect()
+    }
+
+    /// `fast` against `slow`; `local`: `fast` holds the same-position blocks alone.
+    fn close(what: &str, fast: &[(usize, usize, Tensor)], slow: &[Tensor], local: bool) {
+        for ((kl, kr, f), s) in fast.iter().zip(slow) {
+            let s = &if local {
+                crate::moment::same_position(s.clone())
+            } else {
+                s.clone()
+            };
+            let scale = s.data.iter().fold(0.0f64, |a, v| a.max(v.abs()));
+            let err = crate::moment::max_diff(&f.data, &s.data);
+            assert!(
+                err <= 1e-12 * scale.max(1.0),
+                "{what} ({kl},{kr}): {err} vs scale {scale}"
+            );
+        }
+    }
+
+    #[test]
+    fn connected_pieces_equal_the_configuration_sum() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        // Cross moment: different widths of heads, causal against no mask (and against diag).
+        let (l, r) = (
+            attention(&mut rng, 4, 2, Mask::Causal),
+            attention(&mut rng, 4, 1, Mask::None),
+        );
+        let d = attention(&mut rng, 4, 2, Mask::Diag);
+        let (mu, cov) = moments(&mut rng, 3, [5, 5], false);
+        let m = Moments {
+            mu: [&mu[0], &mu[1]],
+            cov: [&cov[0], &cov[1], &cov[2]],
+        };
+        close(
+            "causal × diag",
+            &super::moments(&l, &d, &m, false, Positions::default()).unwrap(),
+            &generic(&l, &d, &m),
+            false,
+        );
+        for (independent, local) in [(false, false), (true, false), (false, true)] {
+            let positions = Positions { independent, local };
+            let (mu, cov) = moments(&mut rng, 3, [5, 5], independent);
+            let m = Moments {
+                mu: [&mu[0], &mu[1]],
+                cov: [&cov[0], &cov[1], &cov[2]],
+            };
+            close(
+                &format!("cross {independent} {local}"),
+                &super::moments(&l, &r, &m, false, positions).unwrap(),
+                &generic(&l, &r, &m),
+                local,
+            );
+            // Self moment: one side, one input.
+            let sm = Moments {
+                mu: [&mu[0], &mu[0]],
+                cov: [&cov[0], &cov[0], &cov[0]],
+            };
+            close(
+                &format!("self {independent} {local}"),
+                &super::moments(&l, &l, &sm, true, positions).unwrap(),
+                &generic(&l, &l, &sm),
+                local,
+            );
+        }
+    }
+}

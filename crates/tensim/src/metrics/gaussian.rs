@@ -1,0 +1,95 @@
+//! Gaussian functional similarity (MATH.md §4–5): `E_x[f_a(x)·f_b(x)] / √(E|f_a|² E|f_b|²)` with
+//! every input position i.i.d. `N(0, I)`, from the weights, by the moment engine
+//! (`propagate.rs`). Modes:
+//! * `closure`: layer by layer, each layer's input treated as Gaussian with the propagated
+//!   moments (approximate past the first non-linear layer);
+//! * `exact`: each model composed into one network and its Wick sum enumerated: exact, for small
+//!   total degree.
+
+use crate::error::{Error, Result};
+use crate::metrics::{cosine, cosines, Comparison, Metric};
+use crate::model::Model;
+use crate::moment::Moment;
+use crate::propagate::{closure_is_exact, closure_traces, exact_cost, exact_traces, Traces};
+
+/// How the expectation is computed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Enumerate the Wick sum of the whole network.
+    Exact,
+    /// Propagate second moments layer by layer (Gaussian closure between layers).
+    Closure,
+}
+
+/// Options of the gaussian metric.
+#[derive(Clone, Debug)]
+pub struct GaussOptions {
+    /// `None`: exact when affordable, else closure.
+    pub mode: Option<Mode>,
+    /// Most Wick configurations `--exact` enumerates before refusing.
+    pub max_configs: u128,
+}
+
+impl Default for GaussOptions {
+    fn default() -> GaussOptions {
+        GaussOptions {
+            mode: None,
+            max_configs: 200_000,
+        }
+    }
+}
+
+/// Which mode a request resolves to, and whether the result is exact.
+pub fn resolve(a: &Model, b: &Model, opts: &GaussOptions) -> Result<(Mode, bool)> {
+    let cheap_exact = closure_is_exact(a, b);
+    let cost = exact_cost(a, b);
+    match opts.mode {
+        Some(Mode::Closure) => Ok((Mode::Closure, cheap_exact)),
+        _ if cheap_exact => Ok((Mode::Closure, true)),
+        Some(Mode::Exact) if cost > opts.max_configs => Err(Error::Invalid(format!(
+            "--exact would enumerate {} Wick configurations (more than {}); the models' total \
+             degree is too large: use --closure",
+            if cost == u128::MAX {
+                "astronomically many".to_string()
+            } else {
+                cost.to_string()
+            },
+            opts.max_configs
+        ))),
+        Some(Mode::Exact) => Ok((Mode::Exact, true)),
+        None if cost <= opts.max_configs => Ok((Mode::Exact, true)),
+        None => Ok((Mode::Closure, false)),
+    }
+}
+
+/// The gaussian similarity of two models.
+pub fn similarity(a: &Model, b: &Model, opts: &GaussOptions) -> Result<Comparison> {
+    crate::metrics::check_io(a, b)?;
+    let (mode, exact) = resolve(a, b, opts)?;
+    let t = match mode {
+        Mode::Exact => exact_traces(a, b)?,
+        Mode::Closure => closure_traces(a, b, None)?,
+    };
+    comparison(&t, exact)
+}
+
+fn comparison(t: &Traces, exact: bool) -> Result<Comparison> {
+    let (ab, aa, bb) = t.scaled();
+    let (inner, norm2_a, norm2_b) = t.unscaled();
+    Ok(Comparison {
+        metric: "gaussian",
+        similarity: cosine(ab, aa, bb, Metric::Gaussian)?,
+        inner,
+        norm2_a,
+        norm2_b,
+        mode: Some(if exact { "exact" } else { "closure" }),
+        per_output: Some(cosines(&t.ab, &t.aa, &t.bb)),
+        ..Default::default()
+    })
+}
+
+/// Similarity from cached self chains (closure), for all-pairs matrices.
+pub fn similarity_cached(a: &Model, b: &Model, ca: &[Moment], cb: &[Moment]) -> Result<f64> {
+    let (ab, aa, bb) = closure_traces(a, b, Some((ca, cb)))?.scaled();
+    cosine(ab, aa, bb, Metric::Gaussian)
+}
