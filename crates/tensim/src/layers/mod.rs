@@ -149,3 +149,16 @@ pub enum PaddedLayer {
     Linear(PaddedLinear),
     Bilinear(PaddedBilinear),
 }
+
+/// `Ŵ_k ⋯ Ŵ_1`: the product of consecutive linear nodes (`None` for none).
+pub fn compose_linear(nodes: &[PaddedLayer]) -> Option<Mat<f64>> {
+    nodes.iter().fold(None, |acc, n| {
+        let PaddedLayer::Linear(l) = n else {
+            unreachable!("only linear nodes between bilinear ones")
+        };
+        Some(match acc {
+            None => l.w.clone(),
+            Some(m) => crate::linalg::mul(l.w.as_ref(), m.as_ref(), Par::Seq),
+        })
+    })
+}

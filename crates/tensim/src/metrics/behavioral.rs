@@ -7,6 +7,8 @@
 //! `Σ_n f_a(x_n)_o f_b(x_n)_o / √(Σ_n f_a(x_n)_o² · Σ_n f_b(x_n)_o²)` (summed over positions).
 
 use crate::error::{Error, Result};
+use crate::linalg::{Mat, Par};
+use crate::metrics::batch::Dots;
 use crate::metrics::inputs::outputs;
 use crate::metrics::{cosines, Comparison, Inputs, Metric, Options};
 use crate::model::Model;
@@ -68,5 +70,47 @@ pub fn similarity(a: &Model, b: &Model, inputs: &Inputs, opts: &Options) -> Resu
         samples: Some(inputs.rows),
         inputs: Some(inputs.source.clone()),
         ..Default::default()
+    })
+}
+
+/// The batch form: `mean_r ⟨a_r, b_r⟩ / ((‖a_r‖ + ε)(‖b_r‖ + ε))` as dot products of rows
+/// pre-divided by `‖·‖ + ε` and flattened; per output `o`, the `o`-th output over all inputs and
+/// positions.
+pub fn batch(models: &[Model], inputs: &Inputs, per_output: bool) -> Result<Dots> {
+    let outs = models
+        .iter()
+        .map(|m| outputs(m, inputs, Par::Seq))
+        .collect::<Result<Vec<_>>>()?;
+    let (r, w) = (outs[0].nrows(), outs[0].ncols());
+    let scaled: Vec<Vec<f64>> = outs
+        .iter()
+        .map(|y| {
+            (0..r)
+                .flat_map(|i| {
+                    let norm = (0..w).map(|j| y[(i, j)] * y[(i, j)]).sum::<f64>().sqrt() + EPS;
+                    (0..w).map(move |j| y[(i, j)] / norm)
+                })
+                .collect()
+        })
+        .collect();
+    let rows = Mat::from_fn(models.len(), r * w, |i, j| scaled[i][j]);
+    let out_dim = models[0].out_dim();
+    let per_output = if per_output {
+        (0..out_dim)
+            .map(|o| {
+                let cols: Vec<usize> = (o..w).step_by(out_dim).collect();
+                Mat::from_fn(models.len(), r * cols.len(), |i, k| {
+                    outs[i][(k / cols.len(), cols[k % cols.len()])]
+                })
+            })
+            .collect()
+    } else {
+        vec![]
+    };
+    Ok(Dots {
+        rows,
+        scale: 1.0 / r as f64,
+        norms: None,
+        per_output,
     })
 }

@@ -15,8 +15,9 @@
 
 use crate::budget;
 use crate::error::{Error, Result};
-use crate::layers::PaddedLayer;
+use crate::layers::{compose_linear, PaddedLayer};
 use crate::linalg::{mul, mul_t, Mat, MatRef, Par};
+use crate::metrics::batch::{Batch, PerPair};
 use crate::metrics::tensor::lifted_nodes;
 use crate::model::Model;
 
@@ -27,19 +28,6 @@ pub struct Depth2 {
     a: Mat<f64>,
     b: Mat<f64>,
     d: Mat<f64>,
-}
-
-/// Product of consecutive linear nodes (`None` for none).
-fn compose(nodes: &[PaddedLayer]) -> Option<Mat<f64>> {
-    nodes.iter().fold(None, |acc, n| {
-        let PaddedLayer::Linear(l) = n else {
-            unreachable!("only linear nodes between bilinear ones")
-        };
-        Some(match acc {
-            None => l.w.clone(),
-            Some(m) => mul(l.w.as_ref(), m.as_ref(), Par::Seq),
-        })
-    })
 }
 
 impl Depth2 {
@@ -64,9 +52,9 @@ impl Depth2 {
             by.map_or_else(|| m.clone(), |p| mul(p.as_ref(), m.as_ref(), Par::Seq))
         };
         let (embed, mid, head) = (
-            compose(&nodes[..bil[0]]),
-            compose(&nodes[bil[0] + 1..bil[1]]),
-            compose(&nodes[bil[1] + 1..]),
+            compose_linear(&nodes[..bil[0]]),
+            compose_linear(&nodes[bil[0] + 1..bil[1]]),
+            compose_linear(&nodes[bil[1] + 1..]),
         );
         let md1 = left(mid.as_ref(), &n1.d);
         let d = left(head.as_ref(), &n2.d);
@@ -306,4 +294,21 @@ pub fn similarity(
     r.mode = r.mode.or(Some("exact"));
     r.by_degree = by_degree;
     Ok(r)
+}
+
+/// The batch form: full symmetrisation pair by pair.
+pub fn batch(models: &[Model], full: FullOptions) -> impl Batch + '_ {
+    let opts = crate::metrics::Options {
+        per_output: false,
+        par: Par::Seq,
+        ..Default::default()
+    };
+    PerPair {
+        planes: 1,
+        pair: move |i: usize, j: usize| {
+            Ok(vec![
+                similarity(&models[i], &models[j], &opts, &full)?.similarity,
+            ])
+        },
+    }
 }

@@ -7,10 +7,15 @@
 //!   total degree.
 
 use crate::error::{Error, Result};
+use rayon::prelude::*;
+
+use crate::metrics::batch::{Batch, PerPair};
 use crate::metrics::{cosine, cosines, Comparison, Metric};
 use crate::model::Model;
 use crate::moment::Moment;
-use crate::propagate::{closure_is_exact, closure_traces, exact_cost, exact_traces, Traces};
+use crate::propagate::{
+    closure_is_exact, closure_traces, exact_cost, exact_traces, self_chain, Traces,
+};
 
 /// How the expectation is computed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -92,4 +97,25 @@ fn comparison(t: &Traces, exact: bool) -> Result<Comparison> {
 pub fn similarity_cached(a: &Model, b: &Model, ca: &[Moment], cb: &[Moment]) -> Result<f64> {
     let (ab, aa, bb) = closure_traces(a, b, Some((ca, cb)))?.scaled();
     cosine(ab, aa, bb, Metric::Gaussian)
+}
+
+/// The batch form: one self chain per model, then each pair's cross chain only (exact
+/// enumeration where the default mode asks for it).
+pub fn batch(models: &[Model]) -> Result<impl Batch + '_> {
+    let chains = models
+        .par_iter()
+        .map(self_chain)
+        .collect::<Result<Vec<_>>>()?;
+    Ok(PerPair {
+        planes: 1,
+        pair: move |i: usize, j: usize| {
+            let (a, b) = (&models[i], &models[j]);
+            let g = GaussOptions::default();
+            let v = match resolve(a, b, &g)?.0 {
+                Mode::Closure => similarity_cached(a, b, &chains[i], &chains[j])?,
+                Mode::Exact => similarity(a, b, &g)?.similarity,
+            };
+            Ok(vec![v])
+        },
+    })
 }

@@ -1,6 +1,7 @@
 //! Similarity metrics, one file each. Every metric returns a [`Comparison`]:
 //! `similarity = inner / √(norm2_a · norm2_b)` for the metric's own inner product.
 
+pub mod batch;
 pub mod behavioral;
 pub mod cka;
 pub mod fullsym;

@@ -15,12 +15,17 @@
 //! is unchanged; its tensor gains unit legs, which weights the lower-degree parts as the
 //! homogenised polynomial does, §3.4).
 
+mod stacked;
+
+use rayon::prelude::*;
+
 use crate::budget;
 use crate::einsum::Tensor;
 use crate::error::{Error, Result};
 use crate::gram::Gram;
 use crate::layers::{PaddedBilinear, PaddedLayer};
 use crate::linalg::{mul, Par};
+use crate::metrics::batch::{Batch, PerPair};
 use crate::metrics::{cosine, cosines, Comparison, Metric, Options};
 use crate::model::Model;
 
@@ -236,4 +241,82 @@ pub fn network_similarity(a: &Model, b: &Model) -> Result<Comparison> {
         )),
         ..Default::default()
     })
+}
+
+/// The batch form: stacked GEMMs for one-bilinear-layer models ([`stacked`]), otherwise pair by
+/// pair (the recursion, each model's self trace computed once where all have the same depth;
+/// the network recursion with attention).
+pub fn batch<'a>(
+    models: &'a [Model],
+    names: &[String],
+    per_output: bool,
+) -> Result<Box<dyn Batch + 'a>> {
+    if models.iter().any(|m| m.first_attention().is_some()) {
+        if per_output {
+            return Err(Error::Invalid(
+                "--per-output of the tensor metric covers models without attention".into(),
+            ));
+        }
+        return Ok(Box::new(PerPair {
+            planes: 1,
+            pair: |i: usize, j: usize| {
+                Ok(vec![network_similarity(&models[i], &models[j])?.similarity])
+            },
+        }));
+    }
+    if let Some(s) = stacked::Stacked::new(models, names, per_output)? {
+        return Ok(Box::new(s));
+    }
+    let depth = models[0].n_bilinear();
+    let same = models.iter().all(|m| m.n_bilinear() == depth) && !per_output;
+    let norms = same.then(|| {
+        models
+            .par_iter()
+            .map(|m| {
+                let nodes = lifted_nodes(m, depth);
+                trace(&cross_gram(&nodes, &nodes, true, Par::Seq))
+            })
+            .collect::<Vec<_>>()
+    });
+    if let Some(i) = norms
+        .as_ref()
+        .and_then(|v| v.iter().position(|t| t.0 <= 0.0))
+    {
+        return Err(Error::ZeroNorm {
+            which: names[i].clone(),
+            metric: "tensor".into(),
+        });
+    }
+    let planes = if per_output {
+        1 + models[0].out_dim()
+    } else {
+        1
+    };
+    Ok(Box::new(PerPair {
+        planes,
+        pair: move |i: usize, j: usize| match &norms {
+            Some(n) => {
+                let na = lifted_nodes(&models[i], depth);
+                let nb = lifted_nodes(&models[j], depth);
+                let ab = trace(&cross_gram(&na, &nb, false, Par::Seq));
+                Ok(vec![cosine_of(ab, n[i], n[j])?])
+            }
+            None => {
+                let opts = Options {
+                    per_output,
+                    par: Par::Seq,
+                    ..Default::default()
+                };
+                let r = similarity(&models[i], &models[j], &opts)?;
+                let mut v = vec![r.similarity];
+                v.extend(
+                    r.per_output
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|x| x.unwrap_or(f64::NAN)),
+                );
+                Ok(v)
+            }
+        },
+    }))
 }

@@ -1,0 +1,154 @@
+//! The all-pairs form of the metrics: what a metric computes once per checkpoint
+//! ([`prepare`]), then the similarities of any tile of checkpoints `I × J` ([`Batch::tile`]).
+//! `trajectory` tiles, caches, resumes and reports progress over it; each metric file builds its
+//! own batch form.
+
+use std::ops::Range;
+
+use rayon::prelude::*;
+
+use crate::error::{Error, Result};
+use crate::linalg::{mul_t, Mat, Par};
+use crate::metrics::{self, fullsym::FullOptions, Inputs, Metric};
+use crate::model::Model;
+
+/// A metric prepared for a list of checkpoints.
+pub trait Batch: Sync {
+    /// Similarities of checkpoints `I × J`, row-major `planes × |I| × |J|` (plane 0 the metric,
+    /// plane `1 + o` output `o`'s slice; `NaN` where a slice has zero norm).
+    fn tile(&self, rows: Range<usize>, cols: Range<usize>) -> Result<Vec<f64>>;
+
+    /// Stacked rows per checkpoint in a tile (sizes the tiles); 1 for pair-by-pair metrics.
+    fn rows_per_checkpoint(&self) -> usize {
+        1
+    }
+
+    /// GEMM flops of a tile (benchmarks), where the metric counts them.
+    fn tile_flops(&self, _rows: &Range<usize>, _cols: &Range<usize>) -> u64 {
+        0
+    }
+}
+
+/// The batch form of `metric` over `models` (`names` identify them in messages); `planes` is
+/// 1, or `1 + outputs` with `per_output`.
+pub fn prepare<'a>(
+    models: &'a [Model],
+    names: &[String],
+    metric: Metric,
+    inputs: Option<&Inputs>,
+    per_output: bool,
+    full: Option<&FullOptions>,
+) -> Result<Box<dyn Batch + 'a>> {
+    match (metric, full) {
+        (Metric::Tensor, Some(f)) if !per_output && !f.by_degree => {
+            Ok(Box::new(metrics::fullsym::batch(models, f.clone())))
+        }
+        (_, Some(_)) => Err(Error::Invalid(
+            "--symmetrize full in `tensim matrix` covers the tensor metric without --per-output or --by-degree".into(),
+        )),
+        (Metric::Tensor, None) => metrics::tensor::batch(models, names, per_output),
+        (Metric::Matrix, None) => {
+            Ok(Box::new(metrics::matrix::batch(models, names, per_output)?))
+        }
+        (Metric::Behavioral, None) => {
+            let inputs = inputs
+                .ok_or_else(|| Error::Invalid("the behavioral metric needs inputs".into()))?;
+            Ok(Box::new(metrics::behavioral::batch(models, inputs, per_output)?))
+        }
+        (Metric::Gaussian, None) if per_output => Err(Error::Invalid(
+            "--per-output in the all-pairs matrix covers tensor, matrix and behavioral".into(),
+        )),
+        (Metric::Gaussian, None) => Ok(Box::new(metrics::gaussian::batch(models)?)),
+        (Metric::Cka, None) => Err(Error::Invalid(
+            "the all-pairs matrix supports tensor, matrix, behavioral and gaussian".into(),
+        )),
+    }
+}
+
+/// A metric computed pair by pair: `pair(i, j)` gives one value per plane.
+pub struct PerPair<F> {
+    pub planes: usize,
+    pub pair: F,
+}
+
+impl<F: Fn(usize, usize) -> Result<Vec<f64>> + Sync> Batch for PerPair<F> {
+    /// Pairs in parallel; on a diagonal tile each unordered pair once (the metrics are
+    /// symmetric), mirrored.
+    fn tile(&self, ci: Range<usize>, cj: Range<usize>) -> Result<Vec<f64>> {
+        let (ni, nj) = (ci.len(), cj.len());
+        let diagonal = ci == cj;
+        let pairs: Vec<(usize, usize)> = (0..ni)
+            .flat_map(|i| (0..nj).map(move |j| (i, j)))
+            .filter(|&(i, j)| !diagonal || j >= i)
+            .collect();
+        let values = pairs
+            .par_iter()
+            .map(|&(i, j)| (self.pair)(ci.start + i, cj.start + j))
+            .collect::<Result<Vec<_>>>()?;
+        let mut out = vec![0.0; self.planes * ni * nj];
+        for (&(i, j), v) in pairs.iter().zip(values) {
+            for (p, x) in v.into_iter().enumerate() {
+                out[(p * ni + i) * nj + j] = x;
+                if diagonal {
+                    out[(p * nj + j) * ni + i] = x;
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Rows whose pairwise dot products, times `scale` and divided by the row norms (if given),
+/// are the similarity; `per_output[o]` holds one row per model whose cosines are plane `1 + o`.
+pub struct Dots {
+    pub rows: Mat<f64>,
+    pub scale: f64,
+    pub norms: Option<Vec<f64>>,
+    pub per_output: Vec<Mat<f64>>,
+}
+
+impl Batch for Dots {
+    fn tile(&self, ci: Range<usize>, cj: Range<usize>) -> Result<Vec<f64>> {
+        let (ni, nj) = (ci.len(), cj.len());
+        let dots = mul_t(
+            self.rows.subrows(ci.start, ni),
+            self.rows.subrows(cj.start, nj),
+            Par::Seq,
+        );
+        let norm = |i: usize| self.norms.as_ref().map_or(1.0, |n| n[i]);
+        let mut out: Vec<f64> = (0..ni * nj)
+            .map(|k| {
+                let (i, j) = (ci.start + k / nj, cj.start + k % nj);
+                (self.scale * dots[(k / nj, k % nj)] / (norm(i) * norm(j))).clamp(-1.0, 1.0)
+            })
+            .collect();
+        for r in &self.per_output {
+            out.extend(row_cosines(r, &ci, &cj));
+        }
+        Ok(out)
+    }
+}
+
+/// Cosines of the rows `I × J` of `rows` (`NaN` where a row is zero).
+fn row_cosines(rows: &Mat<f64>, ci: &Range<usize>, cj: &Range<usize>) -> Vec<f64> {
+    let dots = mul_t(
+        rows.subrows(ci.start, ci.len()),
+        rows.subrows(cj.start, cj.len()),
+        Par::Seq,
+    );
+    let norm = |i: usize| rows.row(i).norm_l2();
+    let (ni, nj) = (
+        ci.clone().map(norm).collect::<Vec<_>>(),
+        cj.clone().map(norm).collect::<Vec<_>>(),
+    );
+    (0..ci.len() * cj.len())
+        .map(|k| {
+            let (a, b) = (ni[k / cj.len()], nj[k % cj.len()]);
+            if a > 0.0 && b > 0.0 {
+                (dots[(k / cj.len(), k % cj.len())] / (a * b)).clamp(-1.0, 1.0)
+            } else {
+                f64::NAN
+            }
+        })
+        .collect()
+}
