@@ -14,7 +14,7 @@ use pyo3::exceptions::{PyException, PyFileNotFoundError};
 use pyo3::prelude::*;
 
 use tensim::linalg::{from_row_major, Mat, Par};
-use tensim::metrics::{Inputs, Metric, Options};
+use tensim::metrics::{Inputs, Kind, Metric, Options};
 use tensim::trajectory::{self, checkpoints, tiles::TileStore, MatrixOptions};
 
 create_exception!(
@@ -33,8 +33,9 @@ fn err(e: tensim::Error) -> PyErr {
     }
 }
 
+/// The metric named `name` with its default options.
 fn metric(name: &str) -> PyResult<Metric> {
-    name.parse().map_err(err)
+    name.parse::<Kind>().map(Metric::new).map_err(err)
 }
 
 /// A row-major array as a NumPy array of `shape`.
@@ -254,7 +255,7 @@ fn _compare(
     mode: Option<&str>,
 ) -> PyResult<String> {
     use tensim::metrics::gaussian::{GaussOptions, Mode};
-    let m = metric(metric_name)?;
+    let mut m = metric(metric_name)?;
     let mode = match mode {
         None => None,
         Some("exact") => Some(Mode::Exact),
@@ -269,16 +270,18 @@ fn _compare(
         .needs_inputs()
         .then(|| inputs(&a.inner, data, samples, seed))
         .transpose()?;
+    if let Metric::Gaussian(_) = m {
+        m = Metric::Gaussian(GaussOptions {
+            mode,
+            ..Default::default()
+        });
+    }
     let opts = Options {
         per_output,
         par: Par::rayon(0),
-        gaussian: GaussOptions {
-            mode,
-            ..Default::default()
-        },
     };
     let r = py
-        .detach(|| tensim::metrics::compare(&a.inner, &b.inner, m, x.as_ref(), &opts))
+        .detach(|| tensim::metrics::compare(&a.inner, &b.inner, &m, x.as_ref(), &opts))
         .map_err(err)?;
     Ok(serde_json::to_string(&r).expect("a comparison always serialises"))
 }
@@ -354,7 +357,7 @@ fn _matrix<'py>(
                 per_output,
                 ..Default::default()
             };
-            trajectory::similarity_matrix(&owned, &names, &hashes, m, &opts, &|d, t| {
+            trajectory::similarity_matrix(&owned, &names, &hashes, &m, &opts, &|d, t| {
                 progress.tick(d, t)
             })
         })
@@ -413,7 +416,7 @@ fn _tile<'py>(
             trajectory::block(
                 &models,
                 &names,
-                m,
+                &m,
                 x.as_ref(),
                 0..rows.len(),
                 cols_at..cols_at + cols.len(),
@@ -440,7 +443,7 @@ fn _tile_key(
         Some(p) => p.display().to_string(),
         None => Inputs::gaussian_source(samples, seed),
     };
-    let tag = trajectory::tile_tag(m, false, None, Some(&source));
+    let tag = trajectory::tile_tag(&m, false, Some(&source));
     let (rows, cols): (Vec<&str>, Vec<&str>) = (
         rows.iter().map(String::as_str).collect(),
         cols.iter().map(String::as_str).collect(),

@@ -6,7 +6,7 @@ use anyhow::{bail, Result};
 use clap::Args;
 use tensim::metrics::fullsym::FullOptions;
 use tensim::metrics::gaussian::{GaussOptions, Mode};
-use tensim::metrics::Inputs;
+use tensim::metrics::{Inputs, Kind, Metric, Symmetrize, Symmetry};
 use tensim::{io, Model};
 
 #[derive(Args)]
@@ -63,25 +63,33 @@ pub struct SymArgs {
     /// symmetrises over all leg permutations, so identical functions score 1 whatever the
     /// architecture. Full is exact up to two bilinear layers (cost ≈ 16·h₂h₁³ flops per pair) and
     /// a complex-Gaussian Monte-Carlo estimate beyond (--samples, reports its standard error).
-    #[arg(long, default_value = "layer", value_parser = ["layer", "full"])]
-    pub symmetrize: String,
+    #[arg(long, value_enum, default_value_t = Symmetry::Layer)]
+    pub symmetrize: Symmetry,
     /// With --symmetrize full: the similarity of the constant, linear, quadratic, … parts.
     #[arg(long)]
     pub by_degree: bool,
 }
 
-impl SymArgs {
-    /// The options of full symmetrisation, if asked for.
-    pub fn full(&self, inputs: &InputArgs) -> Result<Option<FullOptions>> {
-        if self.by_degree && self.symmetrize != "full" {
-            bail!("--by-degree needs --symmetrize full");
-        }
-        Ok((self.symmetrize == "full").then_some(FullOptions {
+/// The metric `kind` with the options the flags give it.
+pub fn metric(
+    kind: Kind,
+    sym: &SymArgs,
+    gauss: GaussOptions,
+    inputs: &InputArgs,
+) -> Result<Metric> {
+    if sym.by_degree && sym.symmetrize != Symmetry::Full {
+        bail!("--by-degree needs --symmetrize full");
+    }
+    Ok(match (kind, sym.symmetrize) {
+        (Kind::Tensor, Symmetry::Full) => Metric::Tensor(Symmetrize::Full(FullOptions {
             samples: inputs.samples,
             seed: inputs.seed,
-            by_degree: self.by_degree,
-        }))
-    }
+            by_degree: sym.by_degree,
+        })),
+        (_, Symmetry::Full) => bail!("--symmetrize full applies to the tensor metric"),
+        (Kind::Gaussian, _) => Metric::Gaussian(gauss),
+        (kind, _) => Metric::new(kind),
+    })
 }
 
 /// Mode of the gaussian metric.

@@ -2,12 +2,12 @@
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::Args;
 use tensim::linalg::Par;
-use tensim::metrics::{self, Metric, Options};
+use tensim::metrics::{self, Kind, Options};
 
-use crate::args::{ArchArgs, GaussArgs, InputArgs, SymArgs};
+use crate::args::{metric, ArchArgs, GaussArgs, InputArgs, SymArgs};
 
 #[derive(Args)]
 pub struct CompareArgs {
@@ -15,9 +15,8 @@ pub struct CompareArgs {
     b: PathBuf,
     #[command(flatten)]
     arch: ArchArgs,
-    /// tensor | matrix | behavioral | cka | gaussian
-    #[arg(long, default_value = "tensor")]
-    metric: String,
+    #[arg(long, value_enum, default_value_t = Kind::Tensor)]
+    metric: Kind,
     /// Also report the metric for each output coordinate (per-class slice similarity).
     #[arg(long)]
     per_output: bool,
@@ -33,8 +32,7 @@ pub struct CompareArgs {
 }
 
 pub fn run(args: CompareArgs) -> Result<()> {
-    let full = args.sym.full(&args.inputs)?;
-    let metric: Metric = args.metric.parse()?;
+    let metric = metric(args.metric, &args.sym, args.gauss.options(), &args.inputs)?;
     let (ma, mb) = args.arch.load_pair(&args.a, &args.b)?;
     let data = metric
         .needs_inputs()
@@ -43,14 +41,9 @@ pub fn run(args: CompareArgs) -> Result<()> {
     let opts = Options {
         per_output: args.per_output,
         par: Par::rayon(0),
-        gaussian: args.gauss.options(),
     };
-    let r = match (&full, metric) {
-        (Some(f), Metric::Tensor) => metrics::fullsym::similarity(&ma, &mb, &opts, f),
-        (Some(_), _) => bail!("--symmetrize full applies to the tensor metric"),
-        (None, _) => metrics::compare(&ma, &mb, metric, data.as_ref(), &opts),
-    }
-    .with_context(|| format!("comparing {} with {}", args.a.display(), args.b.display()))?;
+    let r = metrics::compare(&ma, &mb, &metric, data.as_ref(), &opts)
+        .with_context(|| format!("comparing {} with {}", args.a.display(), args.b.display()))?;
     if args.json {
         println!("{}", serde_json::to_string(&r)?);
     } else {

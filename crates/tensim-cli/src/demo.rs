@@ -226,7 +226,7 @@ fn demo_symmetries(out: &Path, seed: u64) -> Result<()> {
         "pair", "tensor", "matrix", "behavioral", inputs.rows
     );
     for e in &examples[1..] {
-        let cell = |m: Metric| match metrics::compare(a, &e.model, m, Some(&inputs), &opts) {
+        let cell = |m: Metric| match metrics::compare(a, &e.model, &m, Some(&inputs), &opts) {
             Ok(r) => format!("{:.6}", r.similarity),
             Err(tensim::Error::Incompatible(_)) => "n/a".to_string(),
             Err(err) => format!("error: {err}"),
@@ -234,7 +234,7 @@ fn demo_symmetries(out: &Path, seed: u64) -> Result<()> {
         println!(
             "  A-{:<2} {:>10} {:>10} {:>12}",
             e.name,
-            cell(Metric::Tensor),
+            cell(Metric::TENSOR),
             cell(Metric::Matrix),
             cell(Metric::Behavioral)
         );

@@ -4,10 +4,10 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::Args;
-use tensim::metrics::Metric;
+use tensim::metrics::Kind;
 use tensim::trajectory::{self, checkpoints, tiles::TileStore, MatrixOptions};
 
-use crate::args::{draw_heatmap, InputArgs, PlotArgs, SymArgs};
+use crate::args::{draw_heatmap, metric, InputArgs, PlotArgs, SymArgs};
 
 #[derive(Args)]
 pub struct MatrixArgs {
@@ -16,9 +16,9 @@ pub struct MatrixArgs {
     /// Architecture JSON for every checkpoint (otherwise each file's embedded metadata).
     #[arg(long)]
     arch: Option<PathBuf>,
-    /// tensor | matrix | behavioral
-    #[arg(long, default_value = "tensor")]
-    metric: String,
+    /// The metric (all but cka, which compares two models only).
+    #[arg(long, value_enum, default_value_t = Kind::Tensor)]
+    metric: Kind,
     /// Also one matrix per output coordinate (per-class similarity, as `compare --per-output`),
     /// written to OUT with `.per-output.npy` as an array (outputs, N, N); NaN where a slice is zero.
     #[arg(long)]
@@ -59,8 +59,7 @@ pub struct MatrixArgs {
 }
 
 pub fn run(args: MatrixArgs) -> Result<()> {
-    let metric: Metric = args.metric.parse()?;
-    let full = args.sym.full(&args.inputs)?;
+    let metric = metric(args.metric, &args.sym, Default::default(), &args.inputs)?;
     let mut paths = checkpoints::expand(&args.checkpoints)?;
     if !args.no_sort {
         checkpoints::natural_sort(&mut paths);
@@ -99,13 +98,12 @@ pub fn run(args: MatrixArgs) -> Result<()> {
         &models,
         &names,
         &hashes,
-        metric,
+        &metric,
         &MatrixOptions {
             tile: args.tile,
             store: store.as_ref(),
             inputs: data.as_ref(),
             per_output: args.per_output,
-            full: full.as_ref(),
             flops: None,
         },
         &|done, total| {

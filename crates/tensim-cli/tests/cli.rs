@@ -175,7 +175,7 @@ fn pack_sidecar_and_errors() {
         ),
         (
             vec!["compare", a, a, "--metric", "cosine"],
-            "unknown metric \"cosine\"",
+            "invalid value 'cosine' for '--metric",
         ),
         (
             vec![

@@ -349,7 +349,7 @@ pub(crate) fn image_inputs(rows: &[Vec<f32>], what: &str) -> Inputs {
 pub(crate) fn all_pairs(
     models: &[Model],
     names: &[String],
-    metric: Metric,
+    metric: &Metric,
     inputs: Option<&Inputs>,
     per_output: bool,
 ) -> Result<tensim::trajectory::AllPairs, TrainError> {
@@ -380,7 +380,7 @@ pub(crate) fn digit_panels(
     classes: [(usize, &str); 2],
     data: [(&Inputs, &str, &str); 2],
 ) -> Result<(Vec<PanelData>, Vec<Mat<f64>>), TrainError> {
-    let tensor = all_pairs(models, names, Metric::Tensor, None, true)?;
+    let tensor = all_pairs(models, names, &Metric::TENSOR, None, true)?;
     let per_class = tensor.per_output.expect("asked for");
     let mut panels = vec![(
         "tensor".to_string(),
@@ -397,10 +397,10 @@ pub(crate) fn digit_panels(
     panels.push((
         "matrix".into(),
         "matrix (weights)".into(),
-        all_pairs(models, names, Metric::Matrix, None, false)?.similarity,
+        all_pairs(models, names, &Metric::Matrix, None, false)?.similarity,
     ));
     for (inputs, file, title) in data {
-        let sim = all_pairs(models, names, Metric::Behavioral, Some(inputs), false)?.similarity;
+        let sim = all_pairs(models, names, &Metric::Behavioral, Some(inputs), false)?.similarity;
         panels.push((
             format!("behavioral_{file}"),
             format!("behavioural, {title}"),

@@ -230,12 +230,13 @@ pub fn run_demo(
         source: format!("all {} pairs", p * p),
     };
     let mut mats = Vec::new();
-    for metric in [Metric::Tensor, Metric::Matrix, Metric::Behavioral] {
+    for metric in [Metric::TENSOR, Metric::Matrix, Metric::Behavioral] {
         let opts = MatrixOptions {
             inputs: Some(&inputs),
             ..Default::default()
         };
-        let sim = similarity_matrix(&models, &names, &names, metric, &opts, &|_, _| {})?.similarity;
+        let sim =
+            similarity_matrix(&models, &names, &names, &metric, &opts, &|_, _| {})?.similarity;
         let values: Vec<f64> = (0..n * n).map(|k| sim[(k / n, k % n)]).collect();
         tensim::io::write_npy(
             &out.join(format!("{}.npy", metric.name())),

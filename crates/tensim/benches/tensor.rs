@@ -68,7 +68,6 @@ fn pair(c: &mut Criterion) {
             let opts = Options {
                 per_output: false,
                 par,
-                ..Default::default()
             };
             g.bench_with_input(BenchmarkId::new(name, &label), &label, |bch, _| {
                 bch.iter(|| tensor::similarity(&a, &b, &opts).unwrap())
@@ -99,7 +98,7 @@ fn all_pairs(c: &mut Criterion) {
         &models,
         &names,
         &names,
-        Metric::Tensor,
+        &Metric::TENSOR,
         &counted,
         &|_, _| {},
     )
@@ -113,7 +112,7 @@ fn all_pairs(c: &mut Criterion) {
                 &models,
                 &names,
                 &names,
-                Metric::Tensor,
+                &Metric::TENSOR,
                 &MatrixOptions::default(),
                 &|_, _| {},
             )

@@ -221,7 +221,8 @@ fn transformer_case(name: &str, shape: &StackShape, checkpoints: usize) -> Resul
         .map(|_| random_stack(shape, &mut rng))
         .collect::<Result<Vec<_>>>()?;
     let opts = crate::metrics::gaussian::GaussOptions::default();
-    let pair = || crate::metrics::gaussian::similarity(&models[0], &models[1], &opts);
+    let pair =
+        || crate::metrics::gaussian::similarity(&models[0], &models[1], &opts, Par::rayon(0));
     let t = Instant::now();
     let first = pair()?;
     let pair_cold_seconds = t.elapsed().as_secs_f64();
@@ -234,7 +235,7 @@ fn transformer_case(name: &str, shape: &StackShape, checkpoints: usize) -> Resul
         &models,
         &names,
         &names,
-        Metric::Gaussian,
+        &Metric::Gaussian(Default::default()),
         &MatrixOptions::default(),
         &|_, _| {},
     )?;
@@ -245,7 +246,7 @@ fn transformer_case(name: &str, shape: &StackShape, checkpoints: usize) -> Resul
         pair_warm_seconds,
         matrix_checkpoints: models.len(),
         matrix_seconds: t.elapsed().as_secs_f64(),
-        mode: first.mode.unwrap_or_default().to_string(),
+        mode: first.mode.map(|m| m.to_string()).unwrap_or_default(),
     })
 }
 
@@ -275,7 +276,7 @@ pub fn run(quick: bool) -> Result<Report> {
             ..Default::default()
         };
         let t = Instant::now();
-        similarity_matrix(&models, &names, &names, Metric::Tensor, &opts, &|_, _| {})?;
+        similarity_matrix(&models, &names, &names, &Metric::TENSOR, &opts, &|_, _| {})?;
         let seconds = t.elapsed().as_secs_f64();
         let gflops = flops.load(Ordering::Relaxed) as f64 / seconds / 1e9;
         cases.push(Case {

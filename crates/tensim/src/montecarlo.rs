@@ -126,7 +126,6 @@ pub fn verify(a: &Model, b: &Model, samples: usize, seed: u64, par: Par) -> Resu
         &Options {
             per_output: false,
             par,
-            ..Default::default()
         },
     )?;
     let depth = a.n_bilinear().max(b.n_bilinear());

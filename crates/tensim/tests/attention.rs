@@ -326,9 +326,8 @@ fn every_metric_covers_transformers() {
     let opts = Options {
         per_output: false,
         par: Par::Seq,
-        ..Default::default()
     };
-    for metric in [Metric::Behavioral, Metric::Matrix] {
+    for metric in [&Metric::Behavioral, &Metric::Matrix] {
         let same = metrics::compare(&a, &a, metric, Some(&inputs), &opts)
             .unwrap()
             .similarity;
@@ -339,11 +338,11 @@ fn every_metric_covers_transformers() {
         assert!(other < 0.99, "{metric:?}: {other}");
     }
     // The tensor metric: the general network recursion.
-    let t = metrics::compare(&a, &a, Metric::Tensor, None, &opts)
+    let t = metrics::compare(&a, &a, &Metric::TENSOR, None, &opts)
         .unwrap()
         .similarity;
     assert!((t - 1.0).abs() < 1e-12, "{t}");
-    let t = metrics::compare(&a, &b, Metric::Tensor, None, &opts)
+    let t = metrics::compare(&a, &b, &Metric::TENSOR, None, &opts)
         .unwrap()
         .similarity;
     assert!(t.abs() < 0.99, "{t}");

@@ -12,7 +12,6 @@ fn opts() -> Options {
     Options {
         per_output: true,
         par: Par::Seq,
-        ..Default::default()
     }
 }
 

@@ -12,7 +12,6 @@ fn opts(per_output: bool) -> Options {
     Options {
         per_output,
         par: Par::Seq,
-        ..Default::default()
     }
 }
 

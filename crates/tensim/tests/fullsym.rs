@@ -7,6 +7,7 @@ use common::*;
 use tensim::linalg::Par;
 use tensim::metrics::fullsym::{self, crossed, inner_depth2, Depth2, FullOptions};
 use tensim::metrics::tensor;
+use tensim::metrics::{Method, Symmetry};
 use tensim::Model;
 
 fn brute_nodes(m: &Model) -> Unrolled {
@@ -56,7 +57,6 @@ fn full(a: &Model, b: &Model) -> tensim::metrics::Comparison {
     let opts = tensim::metrics::Options {
         per_output: false,
         par: Par::Seq,
-        ..Default::default()
     };
     let fo = FullOptions {
         by_degree: true,
@@ -70,7 +70,10 @@ fn counterexamples_are_identical_functions_under_full_symmetrisation() {
     for (a, b) in counterexamples() {
         let r = full(&a, &b);
         assert!((r.similarity - 1.0).abs() < 1e-12, "{}", r.similarity);
-        assert_eq!((r.symmetrize, r.mode), (Some("full"), Some("exact")));
+        assert_eq!(
+            (r.symmetrize, r.mode),
+            (Some(Symmetry::Full), Some(Method::Exact))
+        );
         // Only the quartic part is non-zero, and it agrees.
         let deg = r.by_degree.unwrap();
         assert!(
@@ -192,7 +195,6 @@ fn complex_gaussian_monte_carlo_is_unbiased() {
     let opts = tensim::metrics::Options {
         per_output: false,
         par: Par::Seq,
-        ..Default::default()
     };
     let r = fullsym::similarity(
         &square(&p),
@@ -204,7 +206,7 @@ fn complex_gaussian_monte_carlo_is_unbiased() {
         },
     )
     .unwrap();
-    assert_eq!(r.mode, Some("monte-carlo"));
+    assert_eq!(r.mode, Some(Method::MonteCarlo));
     assert!(
         (r.similarity - 1.0).abs() < 1e-9,
         "identical functions: {}",
@@ -255,7 +257,6 @@ mod laws {
         let opts = tensim::metrics::Options {
             per_output: false,
             par: Par::Seq,
-            ..Default::default()
         };
         fullsym::similarity(a, b, &opts, &FullOptions::default())
             .unwrap()

@@ -13,6 +13,7 @@ use tensim::layers::{Attention, Bilinear, Layer, Linear};
 use tensim::linalg::{Mat, Par};
 use tensim::metrics::gaussian::{self, GaussOptions, Mode};
 use tensim::metrics::inputs::outputs;
+use tensim::metrics::Method;
 use tensim::metrics::{Comparison, Inputs};
 use tensim::Model;
 
@@ -146,14 +147,14 @@ fn one_linear_layer_has_the_closed_form() {
         Model::new(4, 2, vec![la]).unwrap(),
         Model::new(4, 2, vec![lb]).unwrap(),
     );
-    let r = gaussian::similarity(&a, &b, &Default::default()).unwrap();
+    let r = gaussian::similarity(&a, &b, &Default::default(), Par::rayon(0)).unwrap();
     assert!(
         (r.inner - 2.0 * want).abs() < 1e-12,
         "{} vs {}",
         r.inner,
         2.0 * want
     ); // two positions
-    assert_eq!(r.mode, Some("exact"));
+    assert_eq!(r.mode, Some(Method::Exact));
 }
 
 #[test]
@@ -188,7 +189,7 @@ fn quadratic_forms_follow_isserlis() {
         Model::new(4, 1, vec![lb]).unwrap(),
     );
     for opts in [exact(), closure()] {
-        let r = gaussian::similarity(&a, &b, &opts).unwrap();
+        let r = gaussian::similarity(&a, &b, &opts, Par::rayon(0)).unwrap();
         assert!(
             (r.inner - want).abs() < 1e-12 * want.abs().max(1.0),
             "{} vs {want}",
@@ -206,9 +207,9 @@ fn one_bilinear_layer_with_biases_and_residual_matches_monte_carlo() {
     });
     let a = Model::new(3, 1, vec![bilinear(&mut rng, 3, 4, 3, true, lerp)]).unwrap();
     let b = Model::new(3, 1, vec![bilinear(&mut rng, 3, 5, 3, true, None)]).unwrap();
-    let r = gaussian::similarity(&a, &b, &exact()).unwrap();
+    let r = gaussian::similarity(&a, &b, &exact(), Par::rayon(0)).unwrap();
     agrees(&r, &monte_carlo(&a, &b, 4, 3), "bilinear");
-    let c = gaussian::similarity(&a, &b, &closure()).unwrap();
+    let c = gaussian::similarity(&a, &b, &closure(), Par::rayon(0)).unwrap();
     assert!(
         (c.inner - r.inner).abs() < 1e-12 * r.inner.abs().max(1.0),
         "closure = exact on one layer"
@@ -231,15 +232,15 @@ fn one_attention_layer_matches_monte_carlo() {
         vec![attention(&mut rng, 2, 1, true, false, Mask::Causal, None)],
     )
     .unwrap();
-    let r = gaussian::similarity(&a, &b, &exact()).unwrap();
-    assert_eq!(r.mode, Some("exact"));
+    let r = gaussian::similarity(&a, &b, &exact(), Par::rayon(0)).unwrap();
+    assert_eq!(r.mode, Some(Method::Exact));
     agrees(&r, &monte_carlo(&a, &b, 4, 4), "attention");
-    let c = gaussian::similarity(&a, &b, &closure()).unwrap();
+    let c = gaussian::similarity(&a, &b, &closure(), Par::rayon(0)).unwrap();
     assert!(
         (c.similarity - r.similarity).abs() < 1e-12,
         "closure = exact on one layer"
     );
-    let s = gaussian::similarity(&a, &a, &Default::default()).unwrap();
+    let s = gaussian::similarity(&a, &a, &Default::default(), Par::rayon(0)).unwrap();
     assert!(
         (s.similarity - 1.0).abs() < 1e-12,
         "attention self-similarity {}",
@@ -262,11 +263,15 @@ fn two_layer_stacks_exact_matches_monte_carlo_and_the_closure_error_is_measured(
         .unwrap()
     };
     let (a, b) = (stack(&mut rng), stack(&mut rng));
-    let r = gaussian::similarity(&a, &b, &Default::default()).unwrap();
-    assert_eq!(r.mode, Some("exact"), "default: exact when affordable");
+    let r = gaussian::similarity(&a, &b, &Default::default(), Par::rayon(0)).unwrap();
+    assert_eq!(
+        r.mode,
+        Some(Method::Exact),
+        "default: exact when affordable"
+    );
     agrees(&r, &monte_carlo(&a, &b, 4, 5), "2-layer bilinear stack");
-    let c = gaussian::similarity(&a, &b, &closure()).unwrap();
-    assert_eq!(c.mode, Some("closure"));
+    let c = gaussian::similarity(&a, &b, &closure(), Par::rayon(0)).unwrap();
+    assert_eq!(c.mode, Some(Method::Closure));
     // Without residuals the closure keeps only the hierarchical pairings (MATH.md §5.5): its
     // norms fall well short of the exact ones.
     assert!(
@@ -303,7 +308,7 @@ fn embed_attention_head_exact_matches_monte_carlo_and_deep_exact_is_refused() {
         .unwrap()
     };
     let (a, b) = (model(&mut rng), model(&mut rng));
-    let r = gaussian::similarity(&a, &b, &exact()).unwrap();
+    let r = gaussian::similarity(&a, &b, &exact(), Par::rayon(0)).unwrap();
     agrees(&r, &monte_carlo(&a, &b, 4, 6), "embed + attention + head");
     // Attention followed by a bilinear layer has degree 10 per model: 20 legs, far too many.
     let deep = Model::new(
@@ -315,15 +320,15 @@ fn embed_attention_head_exact_matches_monte_carlo_and_deep_exact_is_refused() {
         ],
     )
     .unwrap();
-    let e = gaussian::similarity(&deep, &deep, &exact())
+    let e = gaussian::similarity(&deep, &deep, &exact(), Par::rayon(0))
         .unwrap_err()
         .to_string();
     assert!(
         e.contains("Wick configurations") && e.contains("--closure"),
         "{e}"
     );
-    let c = gaussian::similarity(&deep, &deep, &Default::default()).unwrap();
-    assert_eq!(c.mode, Some("closure"));
+    let c = gaussian::similarity(&deep, &deep, &Default::default(), Par::rayon(0)).unwrap();
+    assert_eq!(c.mode, Some(Method::Closure));
     assert!((c.similarity - 1.0).abs() < 1e-12);
 }
 
@@ -340,7 +345,9 @@ fn small_pair(seed: u64) -> (Model, Layer, Layer) {
 }
 
 fn closure_sim(a: &Model, b: &Model) -> f64 {
-    gaussian::similarity(a, b, &closure()).unwrap().similarity
+    gaussian::similarity(a, b, &closure(), Par::rayon(0))
+        .unwrap()
+        .similarity
 }
 
 proptest! {
@@ -405,10 +412,10 @@ proptest! {
         let (y1, y2) = (outputs(&b, &x, Par::Seq).unwrap(), outputs(&b2, &x, Par::Seq).unwrap());
         prop_assert!((0..5).all(|r| (0..4).all(|c| (y1[(r, c)] - y2[(r, c)]).abs() < 1e-9)), "same function");
         for opts in [exact(), closure()] {
-            let base = gaussian::similarity(&a, &b, &opts).unwrap().similarity;
-            let moved = gaussian::similarity(&a, &b2, &opts).unwrap().similarity;
+            let base = gaussian::similarity(&a, &b, &opts, Par::rayon(0)).unwrap().similarity;
+            let moved = gaussian::similarity(&a, &b2, &opts, Par::rayon(0)).unwrap().similarity;
             prop_assert!((base - moved).abs() < 1e-9, "{:?}: {base} vs {moved}", opts.mode);
-            prop_assert!((gaussian::similarity(&b, &b2, &opts).unwrap().similarity - 1.0).abs() < 1e-9);
+            prop_assert!((gaussian::similarity(&b, &b2, &opts, Par::rayon(0)).unwrap().similarity - 1.0).abs() < 1e-9);
         }
     }
 }
@@ -429,7 +436,7 @@ fn position_wise_models_give_the_same_similarity_at_any_number_of_positions() {
             Model::new(3, n, la.clone()).unwrap(),
             Model::new(3, n, lb.clone()).unwrap(),
         );
-        [exact(), closure()].map(|o| gaussian::similarity(&a, &b, &o).unwrap())
+        [exact(), closure()].map(|o| gaussian::similarity(&a, &b, &o, Par::rayon(0)).unwrap())
     };
     let (one, three) = (at(1), at(3));
     for (x, y) in one.iter().zip(&three) {
@@ -458,7 +465,7 @@ fn the_exact_cost_of_deep_transformers_is_estimated_without_enumerating() {
     let t = std::time::Instant::now();
     assert_eq!(tensim::propagate::exact_cost(&m, &m), u128::MAX);
     assert!(t.elapsed().as_secs_f64() < 1.0);
-    let e = gaussian::similarity(&m, &m, &exact())
+    let e = gaussian::similarity(&m, &m, &exact(), Par::rayon(0))
         .unwrap_err()
         .to_string();
     assert!(e.contains("Wick configurations"), "{e}");
@@ -494,16 +501,17 @@ fn per_output_values_are_the_similarities_of_the_single_output_models() {
         let (fa, fb) = (with(&a, &ha), with(&b, &hb));
         let o = tensim::metrics::Options {
             per_output: true,
-            gaussian: opts.clone(),
             ..Default::default()
         };
-        let r = tensim::metrics::compare(&fa, &fb, tensim::metrics::Metric::Gaussian, None, &o)
-            .unwrap();
+        let metric = tensim::metrics::Metric::Gaussian(opts.clone());
+        let r = tensim::metrics::compare(&fa, &fb, &metric, None, &o).unwrap();
         let per = r.per_output.unwrap();
         assert_eq!(per.len(), 3);
         for (k, v) in per.iter().enumerate() {
             let (sa, sb) = (with(&a, &row(&ha, k)), with(&b, &row(&hb, k)));
-            let one = gaussian::similarity(&sa, &sb, &opts).unwrap().similarity;
+            let one = gaussian::similarity(&sa, &sb, &opts, Par::rayon(0))
+                .unwrap()
+                .similarity;
             assert!(
                 (v.unwrap() - one).abs() < 1e-10,
                 "output {k}: {v:?} vs {one}"
@@ -515,7 +523,7 @@ fn per_output_values_are_the_similarities_of_the_single_output_models() {
         per_output: true,
         ..Default::default()
     };
-    let r = tensim::metrics::compare(&fa, &fb, tensim::metrics::Metric::Tensor, None, &o).unwrap();
+    let r = tensim::metrics::compare(&fa, &fb, &tensim::metrics::Metric::TENSOR, None, &o).unwrap();
     for (k, v) in r.per_output.unwrap().iter().enumerate() {
         let (sa, sb) = (with(&a, &row(&ha, k)), with(&b, &row(&hb, k)));
         let one = tensim::metrics::tensor::similarity(&sa, &sb, &Default::default())

@@ -9,6 +9,7 @@ use tensim::arch::{Mask, Residual, ResidualMode};
 use tensim::layers::{Attention, Bilinear, Layer, Linear};
 use tensim::linalg::{Mat, Par};
 use tensim::metrics::gaussian::{self, GaussOptions, Mode};
+use tensim::metrics::Method;
 use tensim::metrics::{tensor, Options};
 use tensim::Model;
 
@@ -52,7 +53,6 @@ fn opts() -> Options {
     Options {
         per_output: false,
         par: Par::Seq,
-        ..Default::default()
     }
 }
 
@@ -123,8 +123,8 @@ fn gauss(mode: Mode) -> GaussOptions {
 fn h4_h5_h6_gaussian_exact_and_closure() {
     let (a, b) = (golden_mlp(0.0, 2), golden_mlp(0.5, 2));
     // [H4] exact (enumerating the Wick sum of the whole network).
-    let r = gaussian::similarity(&a, &b, &gauss(Mode::Exact)).unwrap();
-    assert_eq!(r.mode, Some("exact"));
+    let r = gaussian::similarity(&a, &b, &gauss(Mode::Exact), Par::rayon(0)).unwrap();
+    assert_eq!(r.mode, Some(Method::Exact));
     assert!(close(r.inner, 4.291859577262e-03, 1e-11), "{}", r.inner);
     assert!(close(r.norm2_a, 4.184070301205e-03, 1e-11), "{}", r.norm2_a);
     assert!(close(r.norm2_b, 4.578895366386e-03, 1e-11), "{}", r.norm2_b);
@@ -134,8 +134,8 @@ fn h4_h5_h6_gaussian_exact_and_closure() {
         r.similarity
     );
     // [H5] closure (layer by layer; the reference's propagation is exact per MLP layer).
-    let c = gaussian::similarity(&a, &b, &gauss(Mode::Closure)).unwrap();
-    assert_eq!(c.mode, Some("closure"));
+    let c = gaussian::similarity(&a, &b, &gauss(Mode::Closure), Par::rayon(0)).unwrap();
+    assert_eq!(c.mode, Some(Method::Closure));
     assert!(close(c.inner, 4.310012734058e-03, 1e-11), "{}", c.inner);
     assert!(close(c.norm2_a, 4.201514923968e-03, 1e-11), "{}", c.norm2_a);
     assert!(close(c.norm2_b, 4.598652850768e-03, 1e-11), "{}", c.norm2_b);
@@ -147,8 +147,8 @@ fn h4_h5_h6_gaussian_exact_and_closure() {
     // [H6] one bilinear layer: every mode is exact.
     let (a1, b1) = (golden_mlp(0.0, 1), golden_mlp(0.5, 1));
     for mode in [Mode::Exact, Mode::Closure] {
-        let r = gaussian::similarity(&a1, &b1, &gauss(mode)).unwrap();
-        assert_eq!(r.mode, Some("exact"));
+        let r = gaussian::similarity(&a1, &b1, &gauss(mode), Par::rayon(0)).unwrap();
+        assert_eq!(r.mode, Some(Method::Exact));
         assert!(close(r.inner, 1.739141022972e-02, 1e-11), "{}", r.inner);
         assert!(
             (r.similarity - 0.982063711441).abs() < 1e-11,
@@ -219,8 +219,9 @@ fn h8_attention_gaussian_without_the_reference_deduplication() {
         )
         .unwrap()
     };
-    let r = gaussian::similarity(&model(0.0), &model(0.5), &Default::default()).unwrap();
-    assert_eq!(r.mode, Some("exact"));
+    let r =
+        gaussian::similarity(&model(0.0), &model(0.5), &Default::default(), Par::rayon(0)).unwrap();
+    assert_eq!(r.mode, Some(Method::Exact));
     assert!(close(r.inner, -2.388408413470e-11, 1e-10), "{}", r.inner);
     assert!(close(r.norm2_a, 2.175769862031e-10, 1e-10), "{}", r.norm2_a);
     assert!(

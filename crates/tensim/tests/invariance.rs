@@ -20,7 +20,6 @@ fn ts(a: &Model, b: &Model) -> f64 {
         &Options {
             per_output: false,
             par: Par::Seq,
-            ..Default::default()
         },
     )
     .unwrap()
@@ -194,7 +193,6 @@ fn the_weight_cosine_is_not_invariant() {
     let opts = Options {
         per_output: false,
         par: Par::Seq,
-        ..Default::default()
     };
     assert!(matrix::similarity(&b, &b2, &opts).unwrap().similarity < 0.99);
     assert!(close(ts(&b, &b2), 1.0, 1e-12));

@@ -141,7 +141,6 @@ fn half_and_single_precision_storage() {
             &Options {
                 per_output: false,
                 par: Par::Seq,
-                ..Default::default()
             },
         )
         .unwrap();
@@ -306,7 +305,6 @@ fn incomparable_and_zero_norm_models() {
     let opts = Options {
         per_output: true,
         par: Par::Seq,
-        ..Default::default()
     };
     // Different output size.
     let mut sd = state_dict();
@@ -315,7 +313,7 @@ fn incomparable_and_zero_norm_models() {
     let w3 = d.join("three.safetensors");
     write(&w3, &sd, Dtype::F64, None);
     let m3 = io::load(&w3, Some(&a)).unwrap();
-    let e = metrics::compare(&m, &m3, Metric::Tensor, None, &opts)
+    let e = metrics::compare(&m, &m3, &Metric::TENSOR, None, &opts)
         .unwrap_err()
         .to_string();
     assert!(
@@ -329,13 +327,13 @@ fn incomparable_and_zero_norm_models() {
     let wz = d.join("zero.safetensors");
     write(&wz, &sd, Dtype::F64, None);
     let z = io::load(&wz, Some(&a)).unwrap();
-    let err = metrics::compare(&m, &z, Metric::Tensor, None, &opts).unwrap_err();
+    let err = metrics::compare(&m, &z, &Metric::TENSOR, None, &opts).unwrap_err();
     assert!(
         matches!(err, Error::ZeroNorm { .. }) && err.to_string().contains("undefined"),
         "{err}"
     );
     // The per-output slices of the matrix metric are undefined (None), not NaN.
-    let r = metrics::compare(&m, &z, Metric::Matrix, None, &opts).unwrap();
+    let r = metrics::compare(&m, &z, &Metric::Matrix, None, &opts).unwrap();
     assert_eq!(r.per_output, Some(vec![None, None]));
     // Writing into a missing folder fails without creating anything.
     let e = io::save(&m, &d.join("missing/dir/m.safetensors"))

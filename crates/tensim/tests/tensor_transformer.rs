@@ -65,7 +65,6 @@ fn the_network_recursion_equals_the_gram_recursion_on_bilinear_stacks() {
     let opts = Options {
         per_output: false,
         par: Par::Seq,
-        ..Default::default()
     };
     let gram = tensor::similarity(&a, &b, &opts).unwrap();
     let net = tensor::network_similarity(&a, &b).unwrap();
@@ -241,7 +240,6 @@ fn laws_self_symmetry_head_permutation_and_score_pair_swap() {
     let opts = Options {
         per_output: false,
         par: Par::Seq,
-        ..Default::default()
     };
     assert!(
         (tensor::similarity(&ma, &other, &opts).unwrap().similarity - s(&ma, &other)).abs() < 1e-15

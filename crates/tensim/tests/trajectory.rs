@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use common::*;
 use tensim::linalg::Par;
-use tensim::metrics::{self, Inputs, Metric, Options};
+use tensim::metrics::{self, Inputs, Metric, Options, Symmetrize};
 use tensim::trajectory::checkpoints::{expand, natural_sort, step_of};
 use tensim::trajectory::tiles::TileStore;
 use tensim::trajectory::{similarity_matrix, MatrixOptions};
@@ -21,14 +21,13 @@ fn names(n: usize) -> (Vec<String>, Vec<String>) {
     )
 }
 
-fn check_against_pairs(models: &[Model], metric: Metric, inputs: Option<&Inputs>, tile: usize) {
+fn check_against_pairs(models: &[Model], metric: &Metric, inputs: Option<&Inputs>, tile: usize) {
     let (nm, hs) = names(models.len());
     let opts = MatrixOptions {
         tile,
         store: None,
         inputs,
         per_output: false,
-        full: None,
         flops: None,
     };
     let sim = similarity_matrix(models, &nm, &hs, metric, &opts, &|_, _| {})
@@ -37,7 +36,6 @@ fn check_against_pairs(models: &[Model], metric: Metric, inputs: Option<&Inputs>
     let pair_opts = Options {
         per_output: false,
         par: Par::Seq,
-        ..Default::default()
     };
     for i in 0..models.len() {
         for j in 0..models.len() {
@@ -82,7 +80,7 @@ fn stacked_tensor_matrix_equals_single_pairs() {
         ));
     }
     for tile in [1, 2, 0] {
-        check_against_pairs(&models, Metric::Tensor, None, tile);
+        check_against_pairs(&models, &Metric::TENSOR, None, tile);
     }
 }
 
@@ -99,10 +97,10 @@ fn deeper_models_pair_by_pair() {
         embed: true,
     };
     let same_depth: Vec<Model> = (0..4).map(|k| random_model(s, 10 + k)).collect();
-    check_against_pairs(&same_depth, Metric::Tensor, None, 3);
+    check_against_pairs(&same_depth, &Metric::TENSOR, None, 3);
     let mut mixed = same_depth.clone();
     mixed.push(random_model(Spec { depth: 1, ..s }, 20));
-    check_against_pairs(&mixed, Metric::Tensor, None, 2);
+    check_against_pairs(&mixed, &Metric::TENSOR, None, 2);
 }
 
 #[test]
@@ -118,9 +116,9 @@ fn matrix_and_behavioral_matrices_equal_single_pairs() {
         embed: true,
     };
     let models: Vec<Model> = (0..5).map(|k| random_model(s, 30 + k)).collect();
-    check_against_pairs(&models, Metric::Matrix, None, 2);
+    check_against_pairs(&models, &Metric::Matrix, None, 2);
     let inputs = Inputs::gaussian(50, 1, 3, 0).unwrap();
-    check_against_pairs(&models, Metric::Behavioral, Some(&inputs), 2);
+    check_against_pairs(&models, &Metric::Behavioral, Some(&inputs), 2);
 }
 
 #[test]
@@ -146,7 +144,6 @@ fn resume_reuses_tiles_and_a_changed_checkpoint_recomputes_only_its_tiles() {
         store: Some(&store),
         inputs: None,
         per_output: false,
-        full: None,
         flops: None,
     };
     let tiles = || {
@@ -162,11 +159,11 @@ fn resume_reuses_tiles_and_a_changed_checkpoint_recomputes_only_its_tiles() {
             .count()
     };
 
-    let first = similarity_matrix(&models, &nm, &hs, Metric::Tensor, &opts, &|_, _| {})
+    let first = similarity_matrix(&models, &nm, &hs, &Metric::TENSOR, &opts, &|_, _| {})
         .unwrap()
         .similarity;
     assert_eq!(tiles(), 6); // 3 blocks: 6 tiles with I ≤ J
-    let again = similarity_matrix(&models, &nm, &hs, Metric::Tensor, &opts, &|_, _| {})
+    let again = similarity_matrix(&models, &nm, &hs, &Metric::TENSOR, &opts, &|_, _| {})
         .unwrap()
         .similarity;
     assert_eq!(first, again);
@@ -175,7 +172,7 @@ fn resume_reuses_tiles_and_a_changed_checkpoint_recomputes_only_its_tiles() {
     models[5] = random_model(s, 99);
     hs[5] = "changed".into();
     let computed = AtomicU64::new(0);
-    let changed = similarity_matrix(&models, &nm, &hs, Metric::Tensor, &opts, &|d, _| {
+    let changed = similarity_matrix(&models, &nm, &hs, &Metric::TENSOR, &opts, &|d, _| {
         computed.fetch_add(d, Ordering::Relaxed);
     })
     .unwrap()
@@ -195,7 +192,7 @@ fn resume_reuses_tiles_and_a_changed_checkpoint_recomputes_only_its_tiles() {
         .find(|p| p.to_string_lossy().contains("tile-"))
         .unwrap();
     std::fs::write(&victim, b"junk").unwrap();
-    let healed = similarity_matrix(&models, &nm, &hs, Metric::Tensor, &opts, &|_, _| {})
+    let healed = similarity_matrix(&models, &nm, &hs, &Metric::TENSOR, &opts, &|_, _| {})
         .unwrap()
         .similarity;
     assert_eq!(healed, changed);
@@ -219,7 +216,7 @@ fn incompatible_checkpoints_are_named() {
         &models,
         &nm,
         &hs,
-        Metric::Tensor,
+        &Metric::TENSOR,
         &MatrixOptions::default(),
         &|_, _| {},
     )
@@ -231,7 +228,7 @@ fn incompatible_checkpoints_are_named() {
         &models,
         &nm,
         &hs,
-        Metric::Matrix,
+        &Metric::Matrix,
         &MatrixOptions::default(),
         &|_, _| {},
     )
@@ -308,18 +305,17 @@ fn per_output_matrices_equal_single_pair_slices() {
             per_output: true,
             ..Default::default()
         };
-        let r = similarity_matrix(&models, &nm, &hs, Metric::Tensor, &opts, &|_, _| {}).unwrap();
+        let r = similarity_matrix(&models, &nm, &hs, &Metric::TENSOR, &opts, &|_, _| {}).unwrap();
         let per = r.per_output.unwrap();
         assert_eq!(per.len(), 3);
         let pair_opts = Options {
             per_output: true,
             par: Par::Seq,
-            ..Default::default()
         };
         for i in 0..4 {
             for j in 0..4 {
                 let want =
-                    metrics::compare(&models[i], &models[j], Metric::Tensor, None, &pair_opts)
+                    metrics::compare(&models[i], &models[j], &Metric::TENSOR, None, &pair_opts)
                         .unwrap();
                 assert!((r.similarity[(i, j)] - want.similarity).abs() < 1e-12);
                 for (o, w) in want.per_output.unwrap().into_iter().enumerate() {
@@ -345,7 +341,7 @@ fn per_output_matrices_equal_single_pair_slices() {
     let models: Vec<Model> = (0..3).map(|k| random_model(s, k)).collect();
     let (nm, hs) = names(3);
     let inputs = Inputs::gaussian(40, 1, 3, 1).unwrap();
-    for metric in [Metric::Matrix, Metric::Behavioral] {
+    for metric in [&Metric::Matrix, &Metric::Behavioral] {
         let opts = MatrixOptions {
             per_output: true,
             inputs: Some(&inputs),
@@ -359,7 +355,6 @@ fn per_output_matrices_equal_single_pair_slices() {
         let pair_opts = Options {
             per_output: true,
             par: Par::Seq,
-            ..Default::default()
         };
         for i in 0..3 {
             for j in 0..3 {
@@ -396,16 +391,15 @@ fn fully_symmetrised_matrix_equals_single_pairs() {
     let fo = FullOptions::default();
     let opts = MatrixOptions {
         tile: 2,
-        full: Some(&fo),
         ..Default::default()
     };
-    let sim = similarity_matrix(&models, &nm, &hs, Metric::Tensor, &opts, &|_, _| {})
+    let full = Metric::Tensor(Symmetrize::Full(fo.clone()));
+    let sim = similarity_matrix(&models, &nm, &hs, &full, &opts, &|_, _| {})
         .unwrap()
         .similarity;
     let o = Options {
         per_output: false,
         par: Par::Seq,
-        ..Default::default()
     };
     for i in 0..4 {
         for j in 0..4 {
@@ -435,7 +429,7 @@ fn a_block_equals_the_same_entries_of_the_matrix() {
         let models: Vec<Model> = (0..5).map(|k| random_model(s, 70 + k)).collect();
         let (nm, hs) = names(5);
         let inputs = Inputs::gaussian(40, 1, 3, 1).unwrap();
-        for metric in [Metric::Tensor, Metric::Matrix, Metric::Behavioral] {
+        for metric in [&Metric::TENSOR, &Metric::Matrix, &Metric::Behavioral] {
             let opts = MatrixOptions {
                 tile: 2,
                 inputs: Some(&inputs),
@@ -483,7 +477,7 @@ fn stored_behavioral_tiles_are_keyed_by_their_inputs() {
             inputs: Some(&inputs),
             ..Default::default()
         };
-        similarity_matrix(&models, &nm, &hs, Metric::Behavioral, &opts, &|_, _| {})
+        similarity_matrix(&models, &nm, &hs, &Metric::Behavioral, &opts, &|_, _| {})
             .unwrap()
             .similarity
     };

@@ -11,6 +11,22 @@ use faer::linalg::matmul::matmul;
 use faer::reborrow::IntoConst;
 use faer::Accum;
 
+/// Runs `f` with rayon's parallel iterators confined to `par`: on the current pool when `par`
+/// asks for all of its threads, else on a pool of `par`'s size (one thread for `Par::Seq`).
+pub fn within<R: Send>(par: Par, f: impl FnOnce() -> R + Send) -> R {
+    let threads = match par {
+        Par::Seq => 1,
+        Par::Rayon(n) => n.get(),
+    };
+    if threads == rayon::current_num_threads() {
+        return f();
+    }
+    match rayon::ThreadPoolBuilder::new().num_threads(threads).build() {
+        Ok(pool) => pool.install(f),
+        Err(_) => f(),
+    }
+}
+
 /// `A · B`.
 pub fn mul(a: MatRef<'_, f64>, b: MatRef<'_, f64>, par: Par) -> Mat<f64> {
     let mut out = Mat::zeros(a.nrows(), b.ncols());

@@ -9,7 +9,7 @@ use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 use crate::linalg::{mul_t, Mat, Par};
-use crate::metrics::{self, fullsym::FullOptions, Inputs, Metric};
+use crate::metrics::{self, Inputs, Metric, Symmetrize};
 use crate::model::Model;
 
 /// A metric prepared for a list of checkpoints.
@@ -29,37 +29,34 @@ pub trait Batch: Sync {
     }
 }
 
-/// The batch form of `metric` over `models` (`names` identify them in messages); `planes` is
-/// 1, or `1 + outputs` with `per_output`.
+/// The batch form of `metric` over `models` (`names` identify them in messages); its tiles have
+/// one plane, or `1 + outputs` with `per_output`.
 pub fn prepare<'a>(
     models: &'a [Model],
     names: &[String],
-    metric: Metric,
+    metric: &Metric,
     inputs: Option<&Inputs>,
     per_output: bool,
-    full: Option<&FullOptions>,
 ) -> Result<Box<dyn Batch + 'a>> {
-    match (metric, full) {
-        (Metric::Tensor, Some(f)) if !per_output && !f.by_degree => {
+    match metric {
+        Metric::Tensor(Symmetrize::Full(f)) if !per_output && !f.by_degree => {
             Ok(Box::new(metrics::fullsym::batch(models, f.clone())))
         }
-        (_, Some(_)) => Err(Error::Invalid(
+        Metric::Tensor(Symmetrize::Full(_)) => Err(Error::Invalid(
             "--symmetrize full in `tensim matrix` covers the tensor metric without --per-output or --by-degree".into(),
         )),
-        (Metric::Tensor, None) => metrics::tensor::batch(models, names, per_output),
-        (Metric::Matrix, None) => {
-            Ok(Box::new(metrics::matrix::batch(models, names, per_output)?))
-        }
-        (Metric::Behavioral, None) => {
+        Metric::Tensor(Symmetrize::Layer) => metrics::tensor::batch(models, names, per_output),
+        Metric::Matrix => Ok(Box::new(metrics::matrix::batch(models, names, per_output)?)),
+        Metric::Behavioral => {
             let inputs = inputs
                 .ok_or_else(|| Error::Invalid("the behavioral metric needs inputs".into()))?;
             Ok(Box::new(metrics::behavioral::batch(models, inputs, per_output)?))
         }
-        (Metric::Gaussian, None) if per_output => Err(Error::Invalid(
+        Metric::Gaussian(_) if per_output => Err(Error::Invalid(
             "--per-output in the all-pairs matrix covers tensor, matrix and behavioral".into(),
         )),
-        (Metric::Gaussian, None) => Ok(Box::new(metrics::gaussian::batch(models)?)),
-        (Metric::Cka, None) => Err(Error::Invalid(
+        Metric::Gaussian(g) => Ok(Box::new(metrics::gaussian::batch(models, g.clone())?)),
+        Metric::Cka => Err(Error::Invalid(
             "the all-pairs matrix supports tensor, matrix, behavioral and gaussian".into(),
         )),
     }

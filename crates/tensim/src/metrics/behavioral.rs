@@ -10,7 +10,7 @@ use crate::error::{Error, Result};
 use crate::linalg::{Mat, Par};
 use crate::metrics::batch::Dots;
 use crate::metrics::inputs::outputs;
-use crate::metrics::{cosines, Comparison, Inputs, Metric, Options};
+use crate::metrics::{cosines, Comparison, Inputs, Kind, Options};
 use crate::model::Model;
 
 const EPS: f64 = 1e-8;
@@ -37,7 +37,7 @@ pub fn similarity(a: &Model, b: &Model, inputs: &Inputs, opts: &Options) -> Resu
         if norm == 0.0 {
             return Err(Error::ZeroNorm {
                 which: format!("{which} (on {})", inputs.source),
-                metric: Metric::Behavioral.name().into(),
+                metric: Kind::Behavioral.name().into(),
             });
         }
     }
@@ -61,7 +61,7 @@ pub fn similarity(a: &Model, b: &Model, inputs: &Inputs, opts: &Options) -> Resu
     });
     let m = n as f64;
     Ok(Comparison {
-        metric: Metric::Behavioral.name(),
+        metric: Kind::Behavioral,
         similarity: (sim / m).clamp(-1.0, 1.0),
         inner: inner / m,
         norm2_a: na / m,

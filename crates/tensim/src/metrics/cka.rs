@@ -6,7 +6,7 @@
 use crate::error::Result;
 use crate::linalg::{mul, Mat};
 use crate::metrics::inputs::outputs;
-use crate::metrics::{cosine, cosines, Comparison, Inputs, Metric, Options};
+use crate::metrics::{cosine, cosines, Comparison, Inputs, Kind, Options};
 use crate::model::Model;
 
 /// Linear CKA on `inputs`.
@@ -30,8 +30,8 @@ pub fn similarity(a: &Model, b: &Model, inputs: &Inputs, opts: &Options) -> Resu
         cosines(&col(&x, &y), &col(&x, &x), &col(&y, &y))
     });
     Ok(Comparison {
-        metric: Metric::Cka.name(),
-        similarity: cosine(inner, norm2_a, norm2_b, Metric::Cka)?,
+        metric: Kind::Cka,
+        similarity: cosine(inner, norm2_a, norm2_b, Kind::Cka)?,
         inner,
         norm2_a,
         norm2_b,

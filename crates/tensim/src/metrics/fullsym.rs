@@ -176,7 +176,7 @@ pub fn inner_depth2(a: &Depth2, b: &Depth2, s: f64, par: Par) -> Result<f64> {
 }
 
 /// Options of the fully symmetrised metric.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct FullOptions {
     /// Monte-Carlo samples for depth ≥ 3.
     pub samples: usize,
@@ -216,7 +216,7 @@ pub fn similarity(
     opts: &crate::metrics::Options,
     full: &FullOptions,
 ) -> Result<crate::metrics::Comparison> {
-    use crate::metrics::{check_io, cosine, cosines, Comparison, Metric};
+    use crate::metrics::{check_io, cosine, cosines, Comparison, Kind, Method, Symmetry};
     check_io(a, b)?;
     a.require_position_wise("the fully symmetrised tensor metric")?;
     b.require_position_wise("the fully symmetrised tensor metric")?;
@@ -267,8 +267,8 @@ pub fn similarity(
                 }
             };
             Comparison {
-                metric: Metric::Tensor.name(),
-                similarity: cosine(ab, aa, bb, Metric::Tensor)?,
+                metric: Kind::Tensor,
+                similarity: cosine(ab, aa, bb, Kind::Tensor)?,
                 inner: ab,
                 norm2_a: aa,
                 norm2_b: bb,
@@ -278,20 +278,20 @@ pub fn similarity(
         _ => {
             let t = crate::montecarlo::full_symmetric(a, b, full.samples, full.seed, opts.par)?;
             Comparison {
-                metric: Metric::Tensor.name(),
-                similarity: cosine(t.inner.mean, t.norm2_a.mean, t.norm2_b.mean, Metric::Tensor)?,
+                metric: Kind::Tensor,
+                similarity: cosine(t.inner.mean, t.norm2_a.mean, t.norm2_b.mean, Kind::Tensor)?,
                 inner: t.inner.mean,
                 norm2_a: t.norm2_a.mean,
                 norm2_b: t.norm2_b.mean,
-                mode: Some("monte-carlo"),
+                mode: Some(Method::MonteCarlo),
                 stderr: Some(t.inner.stderr),
                 samples: Some(full.samples),
                 ..Default::default()
             }
         }
     };
-    r.symmetrize = Some("full");
-    r.mode = r.mode.or(Some("exact"));
+    r.symmetrize = Some(Symmetry::Full);
+    r.mode = r.mode.or(Some(Method::Exact));
     r.by_degree = by_degree;
     Ok(r)
 }
@@ -301,7 +301,6 @@ pub fn batch(models: &[Model], full: FullOptions) -> impl Batch + '_ {
     let opts = crate::metrics::Options {
         per_output: false,
         par: Par::Seq,
-        ..Default::default()
     };
     PerPair {
         planes: 1,

@@ -7,10 +7,11 @@
 //!   total degree.
 
 use crate::error::{Error, Result};
+use crate::linalg::{within, Par};
 use rayon::prelude::*;
 
 use crate::metrics::batch::{Batch, PerPair};
-use crate::metrics::{cosine, cosines, Comparison, Metric};
+use crate::metrics::{cosine, cosines, Comparison, Kind, Method};
 use crate::model::Model;
 use crate::moment::Moment;
 use crate::propagate::{
@@ -27,7 +28,7 @@ pub enum Mode {
 }
 
 /// Options of the gaussian metric.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct GaussOptions {
     /// `None`: exact when affordable, else closure.
     pub mode: Option<Mode>,
@@ -67,14 +68,14 @@ pub fn resolve(a: &Model, b: &Model, opts: &GaussOptions) -> Result<(Mode, bool)
     }
 }
 
-/// The gaussian similarity of two models.
-pub fn similarity(a: &Model, b: &Model, opts: &GaussOptions) -> Result<Comparison> {
+/// The gaussian similarity of two models, computed on `par`'s threads.
+pub fn similarity(a: &Model, b: &Model, opts: &GaussOptions, par: Par) -> Result<Comparison> {
     crate::metrics::check_io(a, b)?;
     let (mode, exact) = resolve(a, b, opts)?;
-    let t = match mode {
-        Mode::Exact => exact_traces(a, b)?,
-        Mode::Closure => closure_traces(a, b, None)?,
-    };
+    let t = within(par, || match mode {
+        Mode::Exact => exact_traces(a, b),
+        Mode::Closure => closure_traces(a, b, None),
+    })?;
     comparison(&t, exact)
 }
 
@@ -82,12 +83,16 @@ fn comparison(t: &Traces, exact: bool) -> Result<Comparison> {
     let (ab, aa, bb) = t.scaled();
     let (inner, norm2_a, norm2_b) = t.unscaled();
     Ok(Comparison {
-        metric: "gaussian",
-        similarity: cosine(ab, aa, bb, Metric::Gaussian)?,
+        metric: Kind::Gaussian,
+        similarity: cosine(ab, aa, bb, Kind::Gaussian)?,
         inner,
         norm2_a,
         norm2_b,
-        mode: Some(if exact { "exact" } else { "closure" }),
+        mode: Some(if exact {
+            Method::Exact
+        } else {
+            Method::Closure
+        }),
         per_output: Some(cosines(&t.ab, &t.aa, &t.bb)),
         ..Default::default()
     })
@@ -96,12 +101,12 @@ fn comparison(t: &Traces, exact: bool) -> Result<Comparison> {
 /// Similarity from cached self chains (closure), for all-pairs matrices.
 pub fn similarity_cached(a: &Model, b: &Model, ca: &[Moment], cb: &[Moment]) -> Result<f64> {
     let (ab, aa, bb) = closure_traces(a, b, Some((ca, cb)))?.scaled();
-    cosine(ab, aa, bb, Metric::Gaussian)
+    cosine(ab, aa, bb, Kind::Gaussian)
 }
 
 /// The batch form: one self chain per model, then each pair's cross chain only (exact
 /// enumeration where the default mode asks for it).
-pub fn batch(models: &[Model]) -> Result<impl Batch + '_> {
+pub fn batch(models: &[Model], opts: GaussOptions) -> Result<impl Batch + '_> {
     let chains = models
         .par_iter()
         .map(self_chain)
@@ -110,10 +115,9 @@ pub fn batch(models: &[Model]) -> Result<impl Batch + '_> {
         planes: 1,
         pair: move |i: usize, j: usize| {
             let (a, b) = (&models[i], &models[j]);
-            let g = GaussOptions::default();
-            let v = match resolve(a, b, &g)?.0 {
+            let v = match resolve(a, b, &opts)?.0 {
                 Mode::Closure => similarity_cached(a, b, &chains[i], &chains[j])?,
-                Mode::Exact => similarity(a, b, &g)?.similarity,
+                Mode::Exact => similarity(a, b, &opts, Par::rayon(0))?.similarity,
             };
             Ok(vec![v])
         },

@@ -8,7 +8,7 @@ use crate::layers::Layer;
 use crate::linalg::to_row_major;
 use crate::linalg::{Mat, Par};
 use crate::metrics::batch::Dots;
-use crate::metrics::{cosine, cosines, Comparison, Metric, Options};
+use crate::metrics::{cosine, cosines, Comparison, Kind, Options};
 use crate::model::Model;
 
 /// Cosine of the flattened parameters.
@@ -27,8 +27,8 @@ pub fn similarity(a: &Model, b: &Model, opts: &Options) -> Result<Comparison> {
         )
     });
     Ok(Comparison {
-        metric: Metric::Matrix.name(),
-        similarity: cosine(inner, norm2_a, norm2_b, Metric::Matrix)?,
+        metric: Kind::Matrix,
+        similarity: cosine(inner, norm2_a, norm2_b, Kind::Matrix)?,
         inner,
         norm2_a,
         norm2_b,
@@ -114,7 +114,6 @@ pub fn batch(models: &[Model], names: &[String], per_output: bool) -> Result<Dot
     let opts = Options {
         per_output: false,
         par: Par::Seq,
-        ..Default::default()
     };
     for (m, name) in models.iter().zip(names).skip(1) {
         similarity(&models[0], m, &opts)

@@ -18,14 +18,18 @@ use crate::model::Model;
 
 pub use inputs::Inputs;
 
-/// The metrics tensim computes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Metric {
+/// The metrics by name (what a [`Comparison`] reports; `--metric` on the command line).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
     /// Tensor similarity: exact, from the weights (MATH.md §3).
+    #[default]
     Tensor,
     /// Cosine of the concatenated flattened weights (same architecture only).
     Matrix,
     /// Mean over inputs of the per-input cosine of the two output vectors.
+    #[cfg_attr(feature = "clap", value(alias = "behavioural"))]
     Behavioral,
     /// Linear CKA of the two models' outputs on the same inputs.
     Cka,
@@ -33,37 +37,43 @@ pub enum Metric {
     Gaussian,
 }
 
-impl Metric {
-    pub const ALL: [Metric; 5] = [
-        Metric::Tensor,
-        Metric::Matrix,
-        Metric::Behavioral,
-        Metric::Cka,
-        Metric::Gaussian,
+impl Kind {
+    pub const ALL: [Kind; 5] = [
+        Kind::Tensor,
+        Kind::Matrix,
+        Kind::Behavioral,
+        Kind::Cka,
+        Kind::Gaussian,
     ];
 
     pub fn name(self) -> &'static str {
         match self {
-            Metric::Tensor => "tensor",
-            Metric::Matrix => "matrix",
-            Metric::Behavioral => "behavioral",
-            Metric::Cka => "cka",
-            Metric::Gaussian => "gaussian",
+            Kind::Tensor => "tensor",
+            Kind::Matrix => "matrix",
+            Kind::Behavioral => "behavioral",
+            Kind::Cka => "cka",
+            Kind::Gaussian => "gaussian",
         }
     }
 
     /// Whether the metric evaluates the models on inputs.
     pub fn needs_inputs(self) -> bool {
-        matches!(self, Metric::Behavioral | Metric::Cka)
+        matches!(self, Kind::Behavioral | Kind::Cka)
     }
 }
 
-impl std::str::FromStr for Metric {
+impl std::fmt::Display for Kind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Kind {
     type Err = Error;
-    fn from_str(s: &str) -> Result<Metric> {
-        Metric::ALL
+    fn from_str(s: &str) -> Result<Kind> {
+        Kind::ALL
             .into_iter()
-            .find(|m| m.name() == s || (s == "behavioural" && *m == Metric::Behavioral))
+            .find(|m| m.name() == s || (s == "behavioural" && *m == Kind::Behavioral))
             .ok_or_else(|| {
                 Error::Invalid(format!(
                     "unknown metric \"{s}\" (expected tensor, matrix, behavioral, cka or gaussian)"
@@ -72,10 +82,113 @@ impl std::str::FromStr for Metric {
     }
 }
 
+/// How the tensor metric symmetrises the coefficient tensors.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub enum Symmetrize {
+    /// Each bilinear node (the paper's metric, MATH.md §3).
+    #[default]
+    Layer,
+    /// Over all permutations of the unrolled tensor's legs (MATH.md §3.6).
+    Full(fullsym::FullOptions),
+}
+
+/// A metric with its own options.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Metric {
+    Tensor(Symmetrize),
+    Matrix,
+    Behavioral,
+    Cka,
+    Gaussian(gaussian::GaussOptions),
+}
+
+impl Metric {
+    /// The per-layer tensor metric.
+    pub const TENSOR: Metric = Metric::Tensor(Symmetrize::Layer);
+
+    /// `kind` with its default options.
+    pub fn new(kind: Kind) -> Metric {
+        match kind {
+            Kind::Tensor => Metric::TENSOR,
+            Kind::Matrix => Metric::Matrix,
+            Kind::Behavioral => Metric::Behavioral,
+            Kind::Cka => Metric::Cka,
+            Kind::Gaussian => Metric::Gaussian(Default::default()),
+        }
+    }
+
+    pub fn kind(&self) -> Kind {
+        match self {
+            Metric::Tensor(_) => Kind::Tensor,
+            Metric::Matrix => Kind::Matrix,
+            Metric::Behavioral => Kind::Behavioral,
+            Metric::Cka => Kind::Cka,
+            Metric::Gaussian(_) => Kind::Gaussian,
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        self.kind().name()
+    }
+
+    /// Whether the metric evaluates the models on inputs.
+    pub fn needs_inputs(&self) -> bool {
+        self.kind().needs_inputs()
+    }
+}
+
+impl From<Kind> for Metric {
+    fn from(kind: Kind) -> Metric {
+        Metric::new(kind)
+    }
+}
+
+/// How a reported value was computed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Method {
+    /// Exactly (enumeration, closed form, or a closure that involves no approximation).
+    Exact,
+    /// Layer-by-layer Gaussian closure.
+    Closure,
+    /// Monte-Carlo estimate (with a standard error).
+    MonteCarlo,
+}
+
+impl std::fmt::Display for Method {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Method::Exact => "exact",
+            Method::Closure => "closure",
+            Method::MonteCarlo => "monte-carlo",
+        })
+    }
+}
+
+/// Which symmetrisation a tensor-metric value used (`--symmetrize`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
+#[serde(rename_all = "lowercase")]
+pub enum Symmetry {
+    /// Each bilinear node (the paper's metric).
+    Layer,
+    /// All permutations of the unrolled tensor's legs.
+    Full,
+}
+
+impl std::fmt::Display for Symmetry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Symmetry::Layer => "layer",
+            Symmetry::Full => "full",
+        })
+    }
+}
+
 /// Result of comparing two models.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Comparison {
-    pub metric: &'static str,
+    pub metric: Kind,
     pub similarity: f64,
     pub inner: f64,
     pub norm2_a: f64,
@@ -89,12 +202,12 @@ pub struct Comparison {
     /// Where the inputs came from (behavioural metrics).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub inputs: Option<String>,
-    /// `"layer"` or `"full"` (tensor metric with `--symmetrize full`).
+    /// The symmetrisation (tensor metric with `--symmetrize full`).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub symmetrize: Option<&'static str>,
-    /// `"exact"` or `"monte-carlo"`.
+    pub symmetrize: Option<Symmetry>,
+    /// How the value was computed (gaussian and fully symmetrised tensor metrics).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub mode: Option<&'static str>,
+    pub mode: Option<Method>,
     /// Standard error of `inner` (Monte-Carlo modes).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stderr: Option<f64>,
@@ -149,10 +262,8 @@ impl std::fmt::Display for Comparison {
 pub struct Options {
     /// Also compute the metric per output coordinate.
     pub per_output: bool,
-    /// Parallelism inside each GEMM.
+    /// Parallelism of the computation (GEMMs and the gaussian moments).
     pub par: Par,
-    /// Mode of the gaussian metric.
-    pub gaussian: gaussian::GaussOptions,
 }
 
 impl Default for Options {
@@ -160,7 +271,6 @@ impl Default for Options {
         Options {
             per_output: false,
             par: Par::rayon(0),
-            gaussian: Default::default(),
         }
     }
 }
@@ -169,7 +279,7 @@ impl Default for Options {
 pub fn compare(
     a: &Model,
     b: &Model,
-    metric: Metric,
+    metric: &Metric,
     inputs: Option<&Inputs>,
     opts: &Options,
 ) -> Result<Comparison> {
@@ -177,11 +287,12 @@ pub fn compare(
     let need =
         || inputs.ok_or_else(|| Error::Invalid(format!("metric {} needs inputs", metric.name())));
     match metric {
-        Metric::Tensor => tensor::similarity(a, b, opts),
+        Metric::Tensor(Symmetrize::Layer) => tensor::similarity(a, b, opts),
+        Metric::Tensor(Symmetrize::Full(full)) => fullsym::similarity(a, b, opts, full),
         Metric::Matrix => matrix::similarity(a, b, opts),
         Metric::Behavioral => behavioral::similarity(a, b, need()?, opts),
         Metric::Cka => cka::similarity(a, b, need()?, opts),
-        Metric::Gaussian => gaussian::similarity(a, b, &opts.gaussian).map(|mut r| {
+        Metric::Gaussian(g) => gaussian::similarity(a, b, g, opts.par).map(|mut r| {
             if !opts.per_output {
                 r.per_output = None;
             }
@@ -217,7 +328,7 @@ pub fn check_io(a: &Model, b: &Model) -> Result<()> {
 }
 
 /// `inner / √(n_a n_b)`, clamped to [-1, 1] against rounding; an error if a norm is zero.
-pub fn cosine(inner: f64, n_a: f64, n_b: f64, metric: Metric) -> Result<f64> {
+pub fn cosine(inner: f64, n_a: f64, n_b: f64, metric: Kind) -> Result<f64> {
     for (n, which) in [(n_a, "A"), (n_b, "B")] {
         if n.is_nan() || n <= 0.0 {
             return Err(Error::ZeroNorm {

@@ -14,7 +14,8 @@ use crate::budget;
 use crate::error::{Error, Result};
 use crate::linalg::Mat;
 use crate::metrics::batch::prepare;
-use crate::metrics::{self, Inputs, Metric};
+use crate::metrics::gaussian::GaussOptions;
+use crate::metrics::{self, Inputs, Metric, Symmetrize};
 use crate::model::Model;
 use tiles::TileStore;
 
@@ -29,8 +30,6 @@ pub struct MatrixOptions<'a> {
     pub inputs: Option<&'a Inputs>,
     /// Also one matrix per output coordinate (tensor metric).
     pub per_output: bool,
-    /// Fully symmetrised tensor similarity instead of the per-layer one (pair by pair).
-    pub full: Option<&'a crate::metrics::fullsym::FullOptions>,
     /// Incremented by the GEMM flops of the stacked tiles (for benchmarks).
     pub flops: Option<&'a std::sync::atomic::AtomicU64>,
 }
@@ -52,7 +51,7 @@ pub fn similarity_matrix(
     models: &[Model],
     names: &[String],
     hashes: &[String],
-    metric: Metric,
+    metric: &Metric,
     opts: &MatrixOptions<'_>,
     progress: &(dyn Fn(u64, u64) + Sync),
 ) -> Result<AllPairs> {
@@ -62,14 +61,7 @@ pub fn similarity_matrix(
         return Err(Error::Invalid("no checkpoints".into()));
     }
     check_all(models, names)?;
-    let batch = prepare(
-        models,
-        names,
-        metric,
-        opts.inputs,
-        opts.per_output,
-        opts.full,
-    )?;
+    let batch = prepare(models, names, metric, opts.inputs, opts.per_output)?;
     let planes = if opts.per_output {
         1 + models[0].out_dim()
     } else {
@@ -78,7 +70,6 @@ pub fn similarity_matrix(
     let tag = tile_tag(
         metric,
         opts.per_output,
-        opts.full,
         opts.inputs.map(|i| i.source.as_str()),
     );
     let hidden = batch.rows_per_checkpoint();
@@ -159,19 +150,21 @@ pub fn similarity_matrix(
 }
 
 /// What a stored tile's values depend on besides its checkpoints: the metric and its options
-/// (per-output planes, full symmetrisation, the source of the behavioural inputs).
-pub fn tile_tag(
-    metric: Metric,
-    per_output: bool,
-    full: Option<&crate::metrics::fullsym::FullOptions>,
-    inputs_source: Option<&str>,
-) -> String {
+/// (per-output planes, full symmetrisation, a gaussian mode, the source of the behavioural
+/// inputs).
+pub fn tile_tag(metric: &Metric, per_output: bool, inputs_source: Option<&str>) -> String {
     let mut tag = metric.name().to_string();
     if per_output {
         tag += "/per-output";
     }
-    if let Some(f) = full {
-        tag += &format!("/full(samples={}, seed={})", f.samples, f.seed);
+    match metric {
+        Metric::Tensor(Symmetrize::Full(f)) => {
+            tag += &format!("/full(samples={}, seed={})", f.samples, f.seed);
+        }
+        Metric::Gaussian(g) if *g != GaussOptions::default() => {
+            tag += &format!("/{:?}(max_configs={})", g.mode, g.max_configs);
+        }
+        _ => {}
     }
     if let (true, Some(source)) = (metric.needs_inputs(), inputs_source) {
         tag += &format!("/{source}");
@@ -194,7 +187,7 @@ fn check_all(models: &[Model], names: &[String]) -> Result<()> {
 pub fn block(
     models: &[Model],
     names: &[String],
-    metric: Metric,
+    metric: &Metric,
     inputs: Option<&Inputs>,
     rows: std::ops::Range<usize>,
     cols: std::ops::Range<usize>,
@@ -206,8 +199,7 @@ pub fn block(
         )));
     }
     check_all(models, names)?;
-    let values =
-        prepare(models, names, metric, inputs, false, None)?.tile(rows.clone(), cols.clone())?;
+    let values = prepare(models, names, metric, inputs, false)?.tile(rows.clone(), cols.clone())?;
     Ok(Mat::from_fn(rows.len(), cols.len(), |i, j| {
         values[i * cols.len() + j]
     }))

@@ -294,7 +294,6 @@ pub fn cancellation(m: &Model) -> f64 {
     let opts = Options {
         per_output: false,
         par: tensim::linalg::Par::Seq,
-        ..Default::default()
     };
     let norm = |x: &Model| {
         tensor::similarity(x, x, &opts)

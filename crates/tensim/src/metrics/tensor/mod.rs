@@ -26,7 +26,7 @@ use crate::gram::Gram;
 use crate::layers::{PaddedBilinear, PaddedLayer};
 use crate::linalg::{mul, Par};
 use crate::metrics::batch::{Batch, PerPair};
-use crate::metrics::{cosine, cosines, Comparison, Metric, Options};
+use crate::metrics::{cosine, cosines, Comparison, Kind, Options};
 use crate::model::Model;
 
 /// The padded nodes of `model`, lifted to `depth` bilinear layers by identity nodes at the output.
@@ -130,7 +130,7 @@ pub fn trace(g: &Gram) -> (f64, f64) {
 /// Cosine from the traces `(t, s)` of `G_ab`, `G_aa`, `G_bb`: the scales combine into one factor.
 pub fn cosine_of(ab: (f64, f64), aa: (f64, f64), bb: (f64, f64)) -> Result<f64> {
     let factor = (ab.1 - 0.5 * (aa.1 + bb.1)).exp();
-    cosine(factor * ab.0, aa.0, bb.0, Metric::Tensor)
+    cosine(factor * ab.0, aa.0, bb.0, Kind::Tensor)
 }
 
 /// Tensor similarity of `a` and `b` (input and output sizes must agree).
@@ -158,7 +158,7 @@ pub fn similarity(a: &Model, b: &Model, opts: &Options) -> Result<Comparison> {
         cosines(&scaled, &daa, &dbb)
     });
     Ok(Comparison {
-        metric: Metric::Tensor.name(),
+        metric: Kind::Tensor,
         similarity,
         inner: sab.exp() * sum(&dab),
         norm2_a: saa.exp() * sum(&daa),
@@ -229,8 +229,8 @@ pub fn network_similarity(a: &Model, b: &Model) -> Result<Comparison> {
     }
     let (ab, aa, bb) = (data_trace(&gab), data_trace(&ga.m), data_trace(&gb.m));
     Ok(Comparison {
-        metric: Metric::Tensor.name(),
-        similarity: cosine(ab, aa, bb, Metric::Tensor)?,
+        metric: Kind::Tensor,
+        similarity: cosine(ab, aa, bb, Kind::Tensor)?,
         inner: ab * (0.5 * (ga.scale + gb.scale)).exp(),
         norm2_a: aa * ga.scale.exp(),
         norm2_b: bb * gb.scale.exp(),
@@ -305,7 +305,6 @@ pub fn batch<'a>(
                 let opts = Options {
                     per_output,
                     par: Par::Seq,
-                    ..Default::default()
                 };
                 let r = similarity(&models[i], &models[j], &opts)?;
                 let mut v = vec![r.similarity];
