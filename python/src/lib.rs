@@ -25,7 +25,7 @@ create_exception!(
 );
 
 fn err(e: tensim::Error) -> PyErr {
-    match &e {
+    match e.root() {
         tensim::Error::Io { err, .. } if err.kind() == std::io::ErrorKind::NotFound => {
             PyFileNotFoundError::new_err(e.to_string())
         }

@@ -228,7 +228,7 @@ fn demo_symmetries(out: &Path, seed: u64) -> Result<()> {
     for e in &examples[1..] {
         let cell = |m: Metric| match metrics::compare(a, &e.model, &m, Some(&inputs), &opts) {
             Ok(r) => format!("{:.6}", r.similarity),
-            Err(tensim::Error::Incompatible(_)) => "n/a".to_string(),
+            Err(e) if matches!(e.root(), tensim::Error::Incompatible(_)) => "n/a".to_string(),
             Err(err) => format!("error: {err}"),
         };
         println!(

@@ -60,6 +60,19 @@ pub enum Error {
     Model(String),
     #[error("models are not comparable: {0}")]
     Incompatible(String),
+    /// A size both models must share differs (`what`: input sizes, output sizes, positions).
+    #[error("models are not comparable: {what} differ: A has {a}, B has {b}")]
+    Mismatch {
+        what: &'static str,
+        a: usize,
+        b: usize,
+    },
+    #[error("metric {metric} needs inputs (--data or --samples)")]
+    NeedsInputs { metric: crate::metrics::Kind },
+    #[error("unknown metric \"{name}\" (expected tensor, matrix, behavioral, cka or gaussian)")]
+    UnknownMetric { name: String },
+    #[error("--exact would enumerate {} Wick configurations (more than {max}); the models' total degree is too large: use --closure", configs.map_or("astronomically many".to_string(), |c| c.to_string()))]
+    ExactTooLarge { configs: Option<u128>, max: u128 },
     #[error("model {which} has zero norm under the {metric} metric (its output is identically zero), so the similarity is undefined")]
     ZeroNorm { which: String, metric: String },
     #[error("{what} needs about {need_gib:.2} GiB of memory, more than the {limit_gib:.2} GiB allowed (set TENSIM_MAX_MEMORY_GIB to raise the limit)")]
@@ -72,6 +85,10 @@ pub enum Error {
     Data { path: PathBuf, reason: String },
     #[error("{0}")]
     Invalid(String),
+
+    /// `inner` with what it happened to (a file, a checkpoint, a pair).
+    #[error("{context}: {inner}")]
+    Context { context: String, inner: Box<Error> },
 }
 
 /// Where a tensor was looked for: file, name, layer and role.
@@ -100,6 +117,22 @@ impl std::fmt::Display for TensorPlace {
 pub type Result<T> = std::result::Result<T, Error>;
 
 impl Error {
+    /// This error with what it happened to in front.
+    pub fn context(self, context: impl Into<String>) -> Error {
+        Error::Context {
+            context: context.into(),
+            inner: Box::new(self),
+        }
+    }
+
+    /// The error under any context.
+    pub fn root(&self) -> &Error {
+        match self {
+            Error::Context { inner, .. } => inner.root(),
+            e => e,
+        }
+    }
+
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io {
             path: path.into(),

@@ -116,7 +116,7 @@ impl TensorFile {
             layers.push(layer);
         }
         Model::new(arch.input.dim, arch.input.n_ctx, layers)
-            .map_err(|e| Error::Model(format!("{}: {e}", self.path.display())))
+            .map_err(|e| e.context(self.path.display().to_string()))
     }
 }
 

@@ -29,6 +29,7 @@ pub mod model;
 pub mod moment;
 pub mod montecarlo;
 pub mod phases;
+#[cfg(feature = "plot")]
 pub mod plot;
 pub mod propagate;
 pub mod reparam;

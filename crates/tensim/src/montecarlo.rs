@@ -310,7 +310,8 @@ pub fn full_symmetric(a: &Model, b: &Model, samples: usize, seed: u64, par: Par)
         let n = CHUNK.min(samples - done);
         let mut draw = || {
             Mat::from_fn(n, a.in_dim() + 1, |_, _| {
-                half * crate::demo::gauss(&mut rng)
+                let g: f64 = StandardNormal.sample(&mut rng);
+                half * g
             })
         };
         let z = Complex {

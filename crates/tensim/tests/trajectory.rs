@@ -220,9 +220,23 @@ fn incompatible_checkpoints_are_named() {
         &MatrixOptions::default(),
         &|_, _| {},
     )
-    .unwrap_err()
-    .to_string();
-    assert!(e.contains("m1") && e.contains("output sizes differ"), "{e}");
+    .unwrap_err();
+    // The first checkpoint is A, the odd one B, and the reason is stated once.
+    assert!(
+        matches!(
+            e.root(),
+            tensim::Error::Mismatch {
+                what: "output sizes",
+                a: 2,
+                b: 3
+            }
+        ),
+        "{e:?}"
+    );
+    let e = e.to_string();
+    assert!(e.starts_with("A = m0, B = m1: "), "{e}");
+    assert!(e.contains("A has 2, B has 3"), "{e}");
+    assert_eq!(e.matches("not comparable").count(), 1, "{e}");
     let models = vec![random_model(s, 1), random_model(Spec { h: 4, ..s }, 2)];
     let e = similarity_matrix(
         &models,
@@ -238,6 +252,7 @@ fn incompatible_checkpoints_are_named() {
         e.contains("m1") && e.contains("identical architectures"),
         "{e}"
     );
+    assert_eq!(e.matches("not comparable").count(), 1, "{e}");
 }
 
 #[test]

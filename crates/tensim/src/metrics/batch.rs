@@ -48,8 +48,9 @@ pub fn prepare<'a>(
         Metric::Tensor(Symmetrize::Layer) => metrics::tensor::batch(models, names, per_output),
         Metric::Matrix => Ok(Box::new(metrics::matrix::batch(models, names, per_output)?)),
         Metric::Behavioral => {
-            let inputs = inputs
-                .ok_or_else(|| Error::Invalid("the behavioral metric needs inputs".into()))?;
+            let inputs = inputs.ok_or(Error::NeedsInputs {
+                metric: metric.kind(),
+            })?;
             Ok(Box::new(metrics::behavioral::batch(models, inputs, per_output)?))
         }
         Metric::Gaussian(_) if per_output => Err(Error::Invalid(

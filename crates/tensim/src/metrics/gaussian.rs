@@ -52,16 +52,10 @@ pub fn resolve(a: &Model, b: &Model, opts: &GaussOptions) -> Result<(Mode, bool)
     match opts.mode {
         Some(Mode::Closure) => Ok((Mode::Closure, cheap_exact)),
         _ if cheap_exact => Ok((Mode::Closure, true)),
-        Some(Mode::Exact) if cost > opts.max_configs => Err(Error::Invalid(format!(
-            "--exact would enumerate {} Wick configurations (more than {}); the models' total \
-             degree is too large: use --closure",
-            if cost == u128::MAX {
-                "astronomically many".to_string()
-            } else {
-                cost.to_string()
-            },
-            opts.max_configs
-        ))),
+        Some(Mode::Exact) if cost > opts.max_configs => Err(Error::ExactTooLarge {
+            configs: (cost != u128::MAX).then_some(cost),
+            max: opts.max_configs,
+        }),
         Some(Mode::Exact) => Ok((Mode::Exact, true)),
         None if cost <= opts.max_configs => Ok((Mode::Exact, true)),
         None => Ok((Mode::Closure, false)),

@@ -117,7 +117,7 @@ pub fn batch(models: &[Model], names: &[String], per_output: bool) -> Result<Dot
     };
     for (m, name) in models.iter().zip(names).skip(1) {
         similarity(&models[0], m, &opts)
-            .map_err(|e| Error::Incompatible(format!("{name}: {e}")))?;
+            .map_err(|e| e.context(format!("A = {}, B = {name}", names[0])))?;
     }
     let flat: Vec<Vec<f64>> = models.iter().map(flat).collect();
     let rows = Mat::from_fn(models.len(), flat[0].len(), |i, j| flat[i][j]);

@@ -74,11 +74,7 @@ impl std::str::FromStr for Kind {
         Kind::ALL
             .into_iter()
             .find(|m| m.name() == s || (s == "behavioural" && *m == Kind::Behavioral))
-            .ok_or_else(|| {
-                Error::Invalid(format!(
-                    "unknown metric \"{s}\" (expected tensor, matrix, behavioral, cka or gaussian)"
-                ))
-            })
+            .ok_or_else(|| Error::UnknownMetric { name: s.into() })
     }
 }
 
@@ -284,8 +280,11 @@ pub fn compare(
     opts: &Options,
 ) -> Result<Comparison> {
     check_io(a, b)?;
-    let need =
-        || inputs.ok_or_else(|| Error::Invalid(format!("metric {} needs inputs", metric.name())));
+    let need = || {
+        inputs.ok_or(Error::NeedsInputs {
+            metric: metric.kind(),
+        })
+    };
     match metric {
         Metric::Tensor(Symmetrize::Layer) => tensor::similarity(a, b, opts),
         Metric::Tensor(Symmetrize::Full(full)) => fullsym::similarity(a, b, opts, full),
@@ -301,28 +300,16 @@ pub fn compare(
     }
 }
 
-/// Input and output sizes must agree for any comparison.
+/// Input and output sizes and positions must agree for any comparison.
 pub fn check_io(a: &Model, b: &Model) -> Result<()> {
-    if a.in_dim() != b.in_dim() {
-        return Err(Error::Incompatible(format!(
-            "input sizes differ: A takes {} inputs, B takes {}",
-            a.in_dim(),
-            b.in_dim()
-        )));
-    }
-    if a.out_dim() != b.out_dim() {
-        return Err(Error::Incompatible(format!(
-            "output sizes differ: A has {} outputs, B has {}",
-            a.out_dim(),
-            b.out_dim()
-        )));
-    }
-    if a.input().n_ctx != b.input().n_ctx {
-        return Err(Error::Incompatible(format!(
-            "n_ctx differs: A spans {} positions, B spans {}",
-            a.input().n_ctx,
-            b.input().n_ctx
-        )));
+    for (what, x, y) in [
+        ("input sizes", a.in_dim(), b.in_dim()),
+        ("output sizes", a.out_dim(), b.out_dim()),
+        ("positions (n_ctx)", a.input().n_ctx, b.input().n_ctx),
+    ] {
+        if x != y {
+            return Err(Error::Mismatch { what, a: x, b: y });
+        }
     }
     Ok(())
 }

@@ -176,7 +176,7 @@ pub fn tile_tag(metric: &Metric, per_output: bool, inputs_source: Option<&str>) 
 fn check_all(models: &[Model], names: &[String]) -> Result<()> {
     for (m, name) in models.iter().zip(names).skip(1) {
         metrics::check_io(&models[0], m)
-            .map_err(|e| Error::Incompatible(format!("{name} vs {}: {e}", names[0])))?;
+            .map_err(|e| e.context(format!("A = {}, B = {name}", names[0])))?;
     }
     Ok(())
 }
