@@ -15,7 +15,8 @@ use pyo3::prelude::*;
 
 use tensim::linalg::{from_row_major, Mat, Par};
 use tensim::metrics::{Inputs, Kind, Metric, Options};
-use tensim::trajectory::{self, checkpoints, tiles::TileStore, MatrixOptions};
+use tensim::trajectory::checkpoints::{self, Checkpoint};
+use tensim::trajectory::{self, tiles::TileStore, MatrixOptions};
 
 create_exception!(
     _tensim,
@@ -334,8 +335,11 @@ fn _matrix<'py>(
         .needs_inputs()
         .then(|| inputs(&models[0].inner, data, samples, seed))
         .transpose()?;
-    let owned: Vec<tensim::Model> = models.iter().map(|p| p.inner.clone()).collect();
-    let hashes: Vec<String> = models.iter().map(|p| p.hash.clone()).collect();
+    let checkpoints: Vec<Checkpoint> = models
+        .iter()
+        .zip(&names)
+        .map(|(p, name)| Checkpoint::new(p.inner.clone(), name, &p.hash))
+        .collect();
     drop(models);
     let progress = Progress {
         callback: progress,
@@ -344,11 +348,7 @@ fn _matrix<'py>(
     let result = py
         .detach(|| {
             let store = resume_dir
-                .map(|dir| {
-                    let entries: Vec<(String, String)> =
-                        names.iter().cloned().zip(hashes.iter().cloned()).collect();
-                    TileStore::open(&dir, m.name(), &entries)
-                })
+                .map(|dir| TileStore::open(&dir, m.name(), &checkpoints))
                 .transpose()?;
             let opts = MatrixOptions {
                 tile,
@@ -357,12 +357,10 @@ fn _matrix<'py>(
                 per_output,
                 ..Default::default()
             };
-            trajectory::similarity_matrix(&owned, &names, &hashes, &m, &opts, &|d, t| {
-                progress.tick(d, t)
-            })
+            trajectory::similarity_matrix(&checkpoints, &m, &opts, &|d, t| progress.tick(d, t))
         })
         .map_err(err)?;
-    let n = owned.len();
+    let n = checkpoints.len();
     let mut planes = vec![result.similarity];
     planes.extend(result.per_output.unwrap_or_default());
     let values: Vec<f64> = planes
@@ -400,12 +398,12 @@ fn _tile<'py>(
             if !same {
                 paths.extend(cols.iter().cloned());
             }
-            let (_, models) = checkpoints::load_with(&paths, sidecar.as_ref())?;
-            let names: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+            let cks = checkpoints::load_with(&paths, sidecar.as_ref())?;
             let x = m
                 .needs_inputs()
                 .then(|| {
-                    let (n_ctx, dim) = (models[0].input().n_ctx, models[0].in_dim());
+                    let first = &cks[0].model;
+                    let (n_ctx, dim) = (first.input().n_ctx, first.in_dim());
                     match &data_path {
                         Some(p) => Inputs::from_npy(p, n_ctx, dim),
                         None => Inputs::gaussian(samples, n_ctx, dim, seed),
@@ -414,8 +412,7 @@ fn _tile<'py>(
                 .transpose()?;
             let cols_at = if same { 0 } else { rows.len() };
             trajectory::block(
-                &models,
-                &names,
+                &cks,
                 &m,
                 x.as_ref(),
                 0..rows.len(),

@@ -64,24 +64,20 @@ pub fn run(args: MatrixArgs) -> Result<()> {
     if !args.no_sort {
         checkpoints::natural_sort(&mut paths);
     }
-    let (cks, models) = checkpoints::load_all(&paths, args.arch.as_deref())?;
+    let cks = checkpoints::load_all(&paths, args.arch.as_deref())?;
     let labels = checkpoints::labels(&cks, args.labels.as_deref(), args.labels_from_names)?;
     let out = args
         .out
         .unwrap_or_else(|| PathBuf::from(format!("tensim-{}.npy", metric.name())));
-    let names: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
-    let hashes: Vec<String> = cks.iter().map(|c| c.hash.clone()).collect();
     let store = if args.no_resume {
         None
     } else {
         let dir = PathBuf::from(format!("{}.tiles", out.display()));
-        let entries: Vec<(String, String)> =
-            names.iter().cloned().zip(hashes.iter().cloned()).collect();
-        Some(TileStore::open(&dir, metric.name(), &entries)?)
+        Some(TileStore::open(&dir, metric.name(), &cks)?)
     };
     let data = metric
         .needs_inputs()
-        .then(|| args.inputs.inputs(&models[0]))
+        .then(|| args.inputs.inputs(&cks[0].model))
         .transpose()?;
     let bar = indicatif::ProgressBar::new(0);
     bar.set_style(
@@ -95,9 +91,7 @@ pub fn run(args: MatrixArgs) -> Result<()> {
     }
     let started = std::time::Instant::now();
     let result = trajectory::similarity_matrix(
-        &models,
-        &names,
-        &hashes,
+        &cks,
         &metric,
         &MatrixOptions {
             tile: args.tile,
@@ -112,7 +106,7 @@ pub fn run(args: MatrixArgs) -> Result<()> {
         },
     )?;
     bar.finish_and_clear();
-    let n = models.len();
+    let n = cks.len();
     result.write_npy(&out)?;
     if let Some(csv) = &args.csv {
         result.write_csv(csv, &labels)?;
@@ -132,6 +126,7 @@ pub fn run(args: MatrixArgs) -> Result<()> {
         )?;
     }
     if args.json {
+        let names: Vec<String> = cks.iter().map(|c| c.name.clone()).collect();
         let v = result.to_json(metric.name(), &labels, &names);
         println!("{}", serde_json::to_string(&v)?);
     } else if !args.quiet {

@@ -15,6 +15,7 @@ use serde::Serialize;
 
 use tensim::linalg::Mat;
 use tensim::metrics::{Inputs, Metric};
+use tensim::trajectory::checkpoints::in_memory;
 use tensim::trajectory::{similarity_matrix, MatrixOptions};
 use tensim::Model;
 
@@ -358,14 +359,8 @@ pub(crate) fn all_pairs(
         per_output,
         ..Default::default()
     };
-    Ok(similarity_matrix(
-        models,
-        names,
-        names,
-        metric,
-        &opts,
-        &|_, _| {},
-    )?)
+    let checkpoints = in_memory(models, names);
+    Ok(similarity_matrix(&checkpoints, metric, &opts, &|_, _| {})?)
 }
 
 /// One figure panel: `(file stem, title, N × N matrix)`.

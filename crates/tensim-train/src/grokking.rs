@@ -229,14 +229,14 @@ pub fn run_demo(
         n_ctx: 1,
         source: format!("all {} pairs", p * p),
     };
+    let checkpoints = tensim::trajectory::checkpoints::in_memory(&models, &names);
     let mut mats = Vec::new();
     for metric in [Metric::TENSOR, Metric::Matrix, Metric::Behavioral] {
         let opts = MatrixOptions {
             inputs: Some(&inputs),
             ..Default::default()
         };
-        let sim =
-            similarity_matrix(&models, &names, &names, &metric, &opts, &|_, _| {})?.similarity;
+        let sim = similarity_matrix(&checkpoints, &metric, &opts, &|_, _| {})?.similarity;
         let values: Vec<f64> = (0..n * n).map(|k| sim[(k / n, k % n)]).collect();
         tensim::io::write_npy(
             &out.join(format!("{}.npy", metric.name())),

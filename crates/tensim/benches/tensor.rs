@@ -89,29 +89,20 @@ fn all_pairs(c: &mut Criterion) {
         .map(|_| random_stack(&shape, &mut rng).unwrap())
         .collect();
     let names: Vec<String> = (0..32).map(|i| i.to_string()).collect();
+    let checkpoints = tensim::trajectory::checkpoints::in_memory(&models, &names);
     let flops = AtomicU64::new(0);
     let counted = MatrixOptions {
         flops: Some(&flops),
         ..Default::default()
     };
-    similarity_matrix(
-        &models,
-        &names,
-        &names,
-        &Metric::TENSOR,
-        &counted,
-        &|_, _| {},
-    )
-    .unwrap();
+    similarity_matrix(&checkpoints, &Metric::TENSOR, &counted, &|_, _| {}).unwrap();
     let mut g = c.benchmark_group("all_pairs");
     g.sample_size(10);
     g.throughput(Throughput::Elements(flops.load(Ordering::Relaxed)));
     g.bench_function("svhn_shape_32", |b| {
         b.iter(|| {
             similarity_matrix(
-                &models,
-                &names,
-                &names,
+                &checkpoints,
                 &Metric::TENSOR,
                 &MatrixOptions::default(),
                 &|_, _| {},

@@ -14,6 +14,7 @@ use crate::demo::{random_stack, StackShape};
 use crate::error::Result;
 use crate::linalg::{Mat, Par};
 use crate::metrics::Metric;
+use crate::trajectory::checkpoints::in_memory;
 use crate::trajectory::{similarity_matrix, MatrixOptions};
 
 /// GEMM throughput of this machine.
@@ -230,11 +231,10 @@ fn transformer_case(name: &str, shape: &StackShape, checkpoints: usize) -> Resul
     let names: Vec<String> = (0..models.len())
         .map(|i| format!("checkpoint {i}"))
         .collect();
+    let checkpoints = in_memory(&models, &names);
     let t = Instant::now();
     similarity_matrix(
-        &models,
-        &names,
-        &names,
+        &checkpoints,
         &Metric::Gaussian(Default::default()),
         &MatrixOptions::default(),
         &|_, _| {},
@@ -275,8 +275,9 @@ pub fn run(quick: bool) -> Result<Report> {
             flops: Some(&flops),
             ..Default::default()
         };
+        let checkpoints = in_memory(&models, &names);
         let t = Instant::now();
-        similarity_matrix(&models, &names, &names, &Metric::TENSOR, &opts, &|_, _| {})?;
+        similarity_matrix(&checkpoints, &Metric::TENSOR, &opts, &|_, _| {})?;
         let seconds = t.elapsed().as_secs_f64();
         let gflops = flops.load(Ordering::Relaxed) as f64 / seconds / 1e9;
         cases.push(Case {

@@ -9,20 +9,28 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use common::*;
 use tensim::linalg::Par;
 use tensim::metrics::{self, Inputs, Metric, Options, Symmetrize};
+use tensim::trajectory::checkpoints::Checkpoint;
 use tensim::trajectory::checkpoints::{expand, natural_sort, step_of};
 use tensim::trajectory::tiles::TileStore;
 use tensim::trajectory::{similarity_matrix, MatrixOptions};
 use tensim::Model;
 
-fn names(n: usize) -> (Vec<String>, Vec<String>) {
-    (
-        (0..n).map(|i| format!("m{i}")).collect(),
-        (0..n).map(|i| format!("hash{i}")).collect(),
-    )
+/// The models as checkpoints `m0, m1, …` keyed by `hashes`.
+fn cks(models: &[Model], hashes: &[String]) -> Vec<Checkpoint> {
+    models
+        .iter()
+        .zip(hashes)
+        .enumerate()
+        .map(|(i, (m, h))| Checkpoint::new(m.clone(), format!("m{i}"), h))
+        .collect()
+}
+
+fn hashes(n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("hash{i}")).collect()
 }
 
 fn check_against_pairs(models: &[Model], metric: &Metric, inputs: Option<&Inputs>, tile: usize) {
-    let (nm, hs) = names(models.len());
+    let hs = hashes(models.len());
     let opts = MatrixOptions {
         tile,
         store: None,
@@ -30,7 +38,7 @@ fn check_against_pairs(models: &[Model], metric: &Metric, inputs: Option<&Inputs
         per_output: false,
         flops: None,
     };
-    let sim = similarity_matrix(models, &nm, &hs, metric, &opts, &|_, _| {})
+    let sim = similarity_matrix(&cks(models, &hs), metric, &opts, &|_, _| {})
         .unwrap()
         .similarity;
     let pair_opts = Options {
@@ -136,9 +144,8 @@ fn resume_reuses_tiles_and_a_changed_checkpoint_recomputes_only_its_tiles() {
         embed: false,
     };
     let mut models: Vec<Model> = (0..6).map(|k| random_model(s, 40 + k)).collect();
-    let (nm, mut hs) = names(6);
-    let entries: Vec<(String, String)> = nm.iter().cloned().zip(hs.iter().cloned()).collect();
-    let store = TileStore::open(&dir, "tensor", &entries).unwrap();
+    let mut hs = hashes(6);
+    let store = TileStore::open(&dir, "tensor", &cks(&models, &hs)).unwrap();
     let opts = MatrixOptions {
         tile: 2,
         store: Some(&store),
@@ -159,11 +166,11 @@ fn resume_reuses_tiles_and_a_changed_checkpoint_recomputes_only_its_tiles() {
             .count()
     };
 
-    let first = similarity_matrix(&models, &nm, &hs, &Metric::TENSOR, &opts, &|_, _| {})
+    let first = similarity_matrix(&cks(&models, &hs), &Metric::TENSOR, &opts, &|_, _| {})
         .unwrap()
         .similarity;
     assert_eq!(tiles(), 6); // 3 blocks: 6 tiles with I ≤ J
-    let again = similarity_matrix(&models, &nm, &hs, &Metric::TENSOR, &opts, &|_, _| {})
+    let again = similarity_matrix(&cks(&models, &hs), &Metric::TENSOR, &opts, &|_, _| {})
         .unwrap()
         .similarity;
     assert_eq!(first, again);
@@ -172,7 +179,7 @@ fn resume_reuses_tiles_and_a_changed_checkpoint_recomputes_only_its_tiles() {
     models[5] = random_model(s, 99);
     hs[5] = "changed".into();
     let computed = AtomicU64::new(0);
-    let changed = similarity_matrix(&models, &nm, &hs, &Metric::TENSOR, &opts, &|d, _| {
+    let changed = similarity_matrix(&cks(&models, &hs), &Metric::TENSOR, &opts, &|d, _| {
         computed.fetch_add(d, Ordering::Relaxed);
     })
     .unwrap()
@@ -192,7 +199,7 @@ fn resume_reuses_tiles_and_a_changed_checkpoint_recomputes_only_its_tiles() {
         .find(|p| p.to_string_lossy().contains("tile-"))
         .unwrap();
     std::fs::write(&victim, b"junk").unwrap();
-    let healed = similarity_matrix(&models, &nm, &hs, &Metric::TENSOR, &opts, &|_, _| {})
+    let healed = similarity_matrix(&cks(&models, &hs), &Metric::TENSOR, &opts, &|_, _| {})
         .unwrap()
         .similarity;
     assert_eq!(healed, changed);
@@ -211,11 +218,9 @@ fn incompatible_checkpoints_are_named() {
         embed: true,
     };
     let models = vec![random_model(s, 1), random_model(Spec { d_out: 3, ..s }, 2)];
-    let (nm, hs) = names(2);
+    let hs = hashes(2);
     let e = similarity_matrix(
-        &models,
-        &nm,
-        &hs,
+        &cks(&models, &hs),
         &Metric::TENSOR,
         &MatrixOptions::default(),
         &|_, _| {},
@@ -239,9 +244,7 @@ fn incompatible_checkpoints_are_named() {
     assert_eq!(e.matches("not comparable").count(), 1, "{e}");
     let models = vec![random_model(s, 1), random_model(Spec { h: 4, ..s }, 2)];
     let e = similarity_matrix(
-        &models,
-        &nm,
-        &hs,
+        &cks(&models, &hs),
         &Metric::Matrix,
         &MatrixOptions::default(),
         &|_, _| {},
@@ -314,13 +317,13 @@ fn per_output_matrices_equal_single_pair_slices() {
                 )
             })
             .collect();
-        let (nm, hs) = names(4);
+        let hs = hashes(4);
         let opts = MatrixOptions {
             tile: 3,
             per_output: true,
             ..Default::default()
         };
-        let r = similarity_matrix(&models, &nm, &hs, &Metric::TENSOR, &opts, &|_, _| {}).unwrap();
+        let r = similarity_matrix(&cks(&models, &hs), &Metric::TENSOR, &opts, &|_, _| {}).unwrap();
         let per = r.per_output.unwrap();
         assert_eq!(per.len(), 3);
         let pair_opts = Options {
@@ -354,7 +357,7 @@ fn per_output_matrices_equal_single_pair_slices() {
         embed: true,
     };
     let models: Vec<Model> = (0..3).map(|k| random_model(s, k)).collect();
-    let (nm, hs) = names(3);
+    let hs = hashes(3);
     let inputs = Inputs::gaussian(40, 1, 3, 1).unwrap();
     for metric in [&Metric::Matrix, &Metric::Behavioral] {
         let opts = MatrixOptions {
@@ -363,7 +366,7 @@ fn per_output_matrices_equal_single_pair_slices() {
             tile: 2,
             ..Default::default()
         };
-        let per = similarity_matrix(&models, &nm, &hs, metric, &opts, &|_, _| {})
+        let per = similarity_matrix(&cks(&models, &hs), metric, &opts, &|_, _| {})
             .unwrap()
             .per_output
             .unwrap();
@@ -402,14 +405,14 @@ fn fully_symmetrised_matrix_equals_single_pairs() {
     };
     let mut models: Vec<Model> = (0..3).map(|k| random_model(s, 60 + k)).collect();
     models.push(random_model(Spec { depth: 1, ..s }, 70));
-    let (nm, hs) = names(4);
+    let hs = hashes(4);
     let fo = FullOptions::default();
     let opts = MatrixOptions {
         tile: 2,
         ..Default::default()
     };
     let full = Metric::Tensor(Symmetrize::Full(fo.clone()));
-    let sim = similarity_matrix(&models, &nm, &hs, &full, &opts, &|_, _| {})
+    let sim = similarity_matrix(&cks(&models, &hs), &full, &opts, &|_, _| {})
         .unwrap()
         .similarity;
     let o = Options {
@@ -442,7 +445,7 @@ fn a_block_equals_the_same_entries_of_the_matrix() {
             embed: false,
         };
         let models: Vec<Model> = (0..5).map(|k| random_model(s, 70 + k)).collect();
-        let (nm, hs) = names(5);
+        let hs = hashes(5);
         let inputs = Inputs::gaussian(40, 1, 3, 1).unwrap();
         for metric in [&Metric::TENSOR, &Metric::Matrix, &Metric::Behavioral] {
             let opts = MatrixOptions {
@@ -450,11 +453,12 @@ fn a_block_equals_the_same_entries_of_the_matrix() {
                 inputs: Some(&inputs),
                 ..Default::default()
             };
-            let all = similarity_matrix(&models, &nm, &hs, metric, &opts, &|_, _| {})
+            let all = similarity_matrix(&cks(&models, &hs), metric, &opts, &|_, _| {})
                 .unwrap()
                 .similarity;
             let b =
-                tensim::trajectory::block(&models, &nm, metric, Some(&inputs), 1..3, 2..5).unwrap();
+                tensim::trajectory::block(&cks(&models, &hs), metric, Some(&inputs), 1..3, 2..5)
+                    .unwrap();
             for i in 0..2 {
                 for j in 0..3 {
                     assert!(
@@ -482,9 +486,8 @@ fn stored_behavioral_tiles_are_keyed_by_their_inputs() {
         embed: false,
     };
     let models: Vec<Model> = (0..3).map(|k| random_model(s, 80 + k)).collect();
-    let (nm, hs) = names(3);
-    let entries: Vec<(String, String)> = nm.iter().cloned().zip(hs.iter().cloned()).collect();
-    let store = TileStore::open(&dir, "behavioral", &entries).unwrap();
+    let hs = hashes(3);
+    let store = TileStore::open(&dir, "behavioral", &cks(&models, &hs)).unwrap();
     let run = |seed: u64| {
         let inputs = Inputs::gaussian(5, 1, 3, seed).unwrap();
         let opts = MatrixOptions {
@@ -492,7 +495,7 @@ fn stored_behavioral_tiles_are_keyed_by_their_inputs() {
             inputs: Some(&inputs),
             ..Default::default()
         };
-        similarity_matrix(&models, &nm, &hs, &Metric::Behavioral, &opts, &|_, _| {})
+        similarity_matrix(&cks(&models, &hs), &Metric::Behavioral, &opts, &|_, _| {})
             .unwrap()
             .similarity
     };

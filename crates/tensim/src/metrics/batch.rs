@@ -32,8 +32,8 @@ pub trait Batch: Sync {
 /// The batch form of `metric` over `models` (`names` identify them in messages); its tiles have
 /// one plane, or `1 + outputs` with `per_output`.
 pub fn prepare<'a>(
-    models: &'a [Model],
-    names: &[String],
+    models: &'a [&'a Model],
+    names: &[&str],
     metric: &Metric,
     inputs: Option<&Inputs>,
     per_output: bool,

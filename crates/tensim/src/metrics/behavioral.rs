@@ -76,7 +76,7 @@ pub fn similarity(a: &Model, b: &Model, inputs: &Inputs, opts: &Options) -> Resu
 /// The batch form: `mean_r ⟨a_r, b_r⟩ / ((‖a_r‖ + ε)(‖b_r‖ + ε))` as dot products of rows
 /// pre-divided by `‖·‖ + ε` and flattened; per output `o`, the `o`-th output over all inputs and
 /// positions.
-pub fn batch(models: &[Model], inputs: &Inputs, per_output: bool) -> Result<Dots> {
+pub fn batch(models: &[&Model], inputs: &Inputs, per_output: bool) -> Result<Dots> {
     let outs = models
         .iter()
         .map(|m| outputs(m, inputs, Par::Seq))

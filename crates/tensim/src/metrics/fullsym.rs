@@ -297,7 +297,7 @@ pub fn similarity(
 }
 
 /// The batch form: full symmetrisation pair by pair.
-pub fn batch(models: &[Model], full: FullOptions) -> impl Batch + '_ {
+pub fn batch<'a>(models: &'a [&'a Model], full: FullOptions) -> impl Batch + 'a {
     let opts = crate::metrics::Options {
         per_output: false,
         par: Par::Seq,
@@ -306,7 +306,7 @@ pub fn batch(models: &[Model], full: FullOptions) -> impl Batch + '_ {
         planes: 1,
         pair: move |i: usize, j: usize| {
             Ok(vec![
-                similarity(&models[i], &models[j], &opts, &full)?.similarity,
+                similarity(models[i], models[j], &opts, &full)?.similarity,
             ])
         },
     }

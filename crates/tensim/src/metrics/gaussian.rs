@@ -100,15 +100,15 @@ pub fn similarity_cached(a: &Model, b: &Model, ca: &[Moment], cb: &[Moment]) -> 
 
 /// The batch form: one self chain per model, then each pair's cross chain only (exact
 /// enumeration where the default mode asks for it).
-pub fn batch(models: &[Model], opts: GaussOptions) -> Result<impl Batch + '_> {
+pub fn batch<'a>(models: &'a [&'a Model], opts: GaussOptions) -> Result<impl Batch + 'a> {
     let chains = models
         .par_iter()
-        .map(self_chain)
+        .map(|m| self_chain(m))
         .collect::<Result<Vec<_>>>()?;
     Ok(PerPair {
         planes: 1,
         pair: move |i: usize, j: usize| {
-            let (a, b) = (&models[i], &models[j]);
+            let (a, b) = (models[i], models[j]);
             let v = match resolve(a, b, &opts)?.0 {
                 Mode::Closure => similarity_cached(a, b, &chains[i], &chains[j])?,
                 Mode::Exact => similarity(a, b, &opts, Par::rayon(0))?.similarity,

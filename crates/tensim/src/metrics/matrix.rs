@@ -110,26 +110,26 @@ fn same_architecture(a: &Model, b: &Model) -> Result<()> {
 
 /// The batch form: one row of flattened parameters per model (cosines of rows), and per output
 /// `c` the final layer's row `c` of every model.
-pub fn batch(models: &[Model], names: &[String], per_output: bool) -> Result<Dots> {
+pub fn batch(models: &[&Model], names: &[&str], per_output: bool) -> Result<Dots> {
     let opts = Options {
         per_output: false,
         par: Par::Seq,
     };
     for (m, name) in models.iter().zip(names).skip(1) {
-        similarity(&models[0], m, &opts)
+        similarity(models[0], m, &opts)
             .map_err(|e| e.context(format!("A = {}, B = {name}", names[0])))?;
     }
-    let flat: Vec<Vec<f64>> = models.iter().map(flat).collect();
+    let flat: Vec<Vec<f64>> = models.iter().copied().map(flat).collect();
     let rows = Mat::from_fn(models.len(), flat[0].len(), |i, j| flat[i][j]);
     let norms: Vec<f64> = (0..models.len()).map(|i| rows.row(i).norm_l2()).collect();
     if let Some(i) = norms.iter().position(|&v| v == 0.0) {
         return Err(Error::ZeroNorm {
-            which: names[i].clone(),
+            which: names[i].to_string(),
             metric: "matrix".into(),
         });
     }
     let per_output = if per_output {
-        let out_rows: Vec<Vec<Vec<f64>>> = models.iter().map(output_rows).collect();
+        let out_rows: Vec<Vec<Vec<f64>>> = models.iter().copied().map(output_rows).collect();
         (0..out_rows[0].len())
             .map(|c| Mat::from_fn(models.len(), out_rows[0][c].len(), |i, j| out_rows[i][c][j]))
             .collect()

@@ -7,14 +7,38 @@ use crate::error::{Error, Result};
 use crate::io;
 use crate::model::Model;
 
-/// One checkpoint of a trajectory.
+/// One checkpoint of a trajectory: its model, what messages call it, its step and the key of
+/// its stored tiles.
 #[derive(Clone, Debug)]
 pub struct Checkpoint {
-    pub path: PathBuf,
+    pub model: Model,
+    /// The file's path, or a name given to an in-memory model.
+    pub name: String,
     /// The last integer in the file stem (`ckpt_01200.safetensors` → 1200), if any.
     pub step: Option<u64>,
-    /// blake3 hash of the file's bytes, hex.
+    /// blake3 hash of the file's bytes, hex (or any string that changes with the model).
     pub hash: String,
+}
+
+impl Checkpoint {
+    /// An in-memory model named `name`, keyed by `hash`.
+    pub fn new(model: Model, name: impl Into<String>, hash: impl Into<String>) -> Checkpoint {
+        Checkpoint {
+            model,
+            name: name.into(),
+            step: None,
+            hash: hash.into(),
+        }
+    }
+}
+
+/// Models held in memory as checkpoints, each named and keyed by its name.
+pub fn in_memory(models: &[Model], names: &[String]) -> Vec<Checkpoint> {
+    models
+        .iter()
+        .zip(names)
+        .map(|(m, n)| Checkpoint::new(m.clone(), n, n))
+        .collect()
 }
 
 /// Expand files, glob patterns and folders (their `*.safetensors`) into a list of paths.
@@ -67,7 +91,7 @@ pub fn natural_sort(paths: &mut [PathBuf]) {
 }
 
 /// Read, hash and load every checkpoint. `arch` is a sidecar for all of them (else metadata).
-pub fn load_all(paths: &[PathBuf], arch: Option<&Path>) -> Result<(Vec<Checkpoint>, Vec<Model>)> {
+pub fn load_all(paths: &[PathBuf], arch: Option<&Path>) -> Result<Vec<Checkpoint>> {
     let sidecar = arch.map(crate::arch::Arch::from_file).transpose()?;
     load_with(paths, sidecar.as_ref())
 }
@@ -76,24 +100,24 @@ pub fn load_all(paths: &[PathBuf], arch: Option<&Path>) -> Result<(Vec<Checkpoin
 pub fn load_with(
     paths: &[PathBuf],
     sidecar: Option<&crate::arch::Arch>,
-) -> Result<(Vec<Checkpoint>, Vec<Model>)> {
-    let mut cks = Vec::with_capacity(paths.len());
-    let mut models = Vec::with_capacity(paths.len());
-    for path in paths {
-        // One read per file: hash and model come from the same bytes.
-        let file = io::TensorFile::open(path)?;
-        cks.push(Checkpoint {
-            path: path.clone(),
-            step: step_of(path),
-            hash: file.content_hash(),
-        });
-        let model = match sidecar {
-            Some(a) => file.model(a)?,
-            None => file.model(&io::resolve_arch(&file, None)?)?,
-        };
-        models.push(model);
-    }
-    Ok((cks, models))
+) -> Result<Vec<Checkpoint>> {
+    paths
+        .iter()
+        .map(|path| {
+            // One read per file: hash and model come from the same bytes.
+            let file = io::TensorFile::open(path)?;
+            let model = match sidecar {
+                Some(a) => file.model(a)?,
+                None => file.model(&io::resolve_arch(&file, None)?)?,
+            };
+            Ok(Checkpoint {
+                model,
+                name: path.display().to_string(),
+                step: step_of(path),
+                hash: file.content_hash(),
+            })
+        })
+        .collect()
 }
 
 /// Labels: from a file (one per line), from the file stems, or the step numbers where every
@@ -117,7 +141,7 @@ pub fn labels(cks: &[Checkpoint], file: Option<&Path>, from_names: bool) -> Resu
         return Ok(labels);
     }
     let stem = |c: &Checkpoint| {
-        c.path
+        Path::new(&c.name)
             .file_stem()
             .unwrap_or_default()
             .to_string_lossy()

@@ -17,6 +17,7 @@ use crate::metrics::batch::prepare;
 use crate::metrics::gaussian::GaussOptions;
 use crate::metrics::{self, Inputs, Metric, Symmetrize};
 use crate::model::Model;
+use checkpoints::Checkpoint;
 use tiles::TileStore;
 
 /// Options of an all-pairs run.
@@ -42,26 +43,24 @@ pub struct AllPairs {
     pub per_output: Option<Vec<Mat<f64>>>,
 }
 
-/// `N × N` similarity matrix of `models` under `metric` (`tensor`, `matrix` or `behavioral`).
+/// `N × N` similarity matrix of the checkpoints under `metric` (all but `cka`).
 ///
-/// `names` identify the models in messages; `hashes` (content hashes) key the stored tiles
-/// for resuming; `progress(finished, total)` is called with the number of newly finished pairs
-/// (pairs `i ≤ j` of the tiles, diagonal tiles counted whole) and their total.
+/// Their names identify them in messages, their hashes key the stored tiles for resuming;
+/// `progress(finished, total)` is called with the number of newly finished pairs (pairs
+/// `i ≤ j` of the tiles, diagonal tiles counted whole) and their total.
 pub fn similarity_matrix(
-    models: &[Model],
-    names: &[String],
-    hashes: &[String],
+    checkpoints: &[Checkpoint],
     metric: &Metric,
     opts: &MatrixOptions<'_>,
     progress: &(dyn Fn(u64, u64) + Sync),
 ) -> Result<AllPairs> {
     let store = opts.store;
-    let n = models.len();
+    let n = checkpoints.len();
     if n == 0 {
         return Err(Error::Invalid("no checkpoints".into()));
     }
-    check_all(models, names)?;
-    let batch = prepare(models, names, metric, opts.inputs, opts.per_output)?;
+    let (models, names) = parts(checkpoints)?;
+    let batch = prepare(&models, &names, metric, opts.inputs, opts.per_output)?;
     let planes = if opts.per_output {
         1 + models[0].out_dim()
     } else {
@@ -97,17 +96,13 @@ pub fn similarity_matrix(
         .par_iter()
         .map(|&(a, b)| {
             let (ci, cj) = (blocks[a].clone(), blocks[b].clone());
-            let key = TileStore::key(
-                &tag,
-                &hashes[ci.clone()]
+            let hashes = |r: &std::ops::Range<usize>| -> Vec<&str> {
+                checkpoints[r.clone()]
                     .iter()
-                    .map(String::as_str)
-                    .collect::<Vec<_>>(),
-                &hashes[cj.clone()]
-                    .iter()
-                    .map(String::as_str)
-                    .collect::<Vec<_>>(),
-            );
+                    .map(|c| c.hash.as_str())
+                    .collect()
+            };
+            let key = TileStore::key(&tag, &hashes(&ci), &hashes(&cj));
             let shape = [planes, ci.len(), cj.len()];
             let values = match store.and_then(|s| s.get(&key, &shape)) {
                 Some(v) => v,
@@ -172,34 +167,39 @@ pub fn tile_tag(metric: &Metric, per_output: bool, inputs_source: Option<&str>) 
     tag
 }
 
-/// Input and output sizes of every model agree with the first one's.
-fn check_all(models: &[Model], names: &[String]) -> Result<()> {
-    for (m, name) in models.iter().zip(names).skip(1) {
-        metrics::check_io(&models[0], m)
-            .map_err(|e| e.context(format!("A = {}, B = {name}", names[0])))?;
+/// The checkpoints' models and names, once their input and output sizes are checked to agree
+/// with the first one's.
+fn parts(checkpoints: &[Checkpoint]) -> Result<(Vec<&Model>, Vec<&str>)> {
+    let first = &checkpoints[0];
+    for c in &checkpoints[1..] {
+        metrics::check_io(&first.model, &c.model)
+            .map_err(|e| e.context(format!("A = {}, B = {}", first.name, c.name)))?;
     }
-    Ok(())
+    Ok(checkpoints
+        .iter()
+        .map(|c| (&c.model, c.name.as_str()))
+        .unzip())
 }
 
-/// Similarities of `models[rows] × models[cols]` under `metric`: one tile of an all-pairs run,
-/// for a worker that loads only the checkpoints of its tile (`models` holds them all). Equal
-/// to the same entries of [`similarity_matrix`].
+/// Similarities of `checkpoints[rows] × checkpoints[cols]` under `metric`: one tile of an
+/// all-pairs run, for a worker that loads only the checkpoints of its tile (`checkpoints` holds
+/// them all). Equal to the same entries of [`similarity_matrix`].
 pub fn block(
-    models: &[Model],
-    names: &[String],
+    checkpoints: &[Checkpoint],
     metric: &Metric,
     inputs: Option<&Inputs>,
     rows: std::ops::Range<usize>,
     cols: std::ops::Range<usize>,
 ) -> Result<Mat<f64>> {
-    if models.is_empty() || rows.end > models.len() || cols.end > models.len() {
+    let n = checkpoints.len();
+    if n == 0 || rows.end > n || cols.end > n {
         return Err(Error::Invalid(format!(
-            "tile rows {rows:?} × columns {cols:?} outside the {} models given",
-            models.len()
+            "tile rows {rows:?} × columns {cols:?} outside the {n} checkpoints given"
         )));
     }
-    check_all(models, names)?;
-    let values = prepare(models, names, metric, inputs, false)?.tile(rows.clone(), cols.clone())?;
+    let (models, names) = parts(checkpoints)?;
+    let values =
+        prepare(&models, &names, metric, inputs, false)?.tile(rows.clone(), cols.clone())?;
     Ok(Mat::from_fn(rows.len(), cols.len(), |i, j| {
         values[i * cols.len() + j]
     }))

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::json;
 
+use super::checkpoints::Checkpoint;
 use crate::error::{Error, Result};
 use crate::io;
 
@@ -19,12 +20,16 @@ pub struct TileStore {
 
 impl TileStore {
     /// Open (creating if needed) the tile folder and record the run's manifest.
-    pub fn open(dir: &Path, metric: &str, checkpoints: &[(String, String)]) -> Result<TileStore> {
+    pub fn open(dir: &Path, metric: &str, checkpoints: &[Checkpoint]) -> Result<TileStore> {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        let entries: Vec<_> = checkpoints
+            .iter()
+            .map(|c| json!({"path": c.name, "hash": c.hash}))
+            .collect();
         let manifest = json!({
             "format": "tensim-tiles/1",
             "metric": metric,
-            "checkpoints": checkpoints.iter().map(|(p, h)| json!({"path": p, "hash": h})).collect::<Vec<_>>(),
+            "checkpoints": entries,
         });
         io::write_atomic(
             &dir.join("manifest.json"),

@@ -247,8 +247,8 @@ pub fn network_similarity(a: &Model, b: &Model) -> Result<Comparison> {
 /// pair (the recursion, each model's self trace computed once where all have the same depth;
 /// the network recursion with attention).
 pub fn batch<'a>(
-    models: &'a [Model],
-    names: &[String],
+    models: &'a [&'a Model],
+    names: &[&str],
     per_output: bool,
 ) -> Result<Box<dyn Batch + 'a>> {
     if models.iter().any(|m| m.first_attention().is_some()) {
@@ -260,7 +260,7 @@ pub fn batch<'a>(
         return Ok(Box::new(PerPair {
             planes: 1,
             pair: |i: usize, j: usize| {
-                Ok(vec![network_similarity(&models[i], &models[j])?.similarity])
+                Ok(vec![network_similarity(models[i], models[j])?.similarity])
             },
         }));
     }
@@ -283,7 +283,7 @@ pub fn batch<'a>(
         .and_then(|v| v.iter().position(|t| t.0 <= 0.0))
     {
         return Err(Error::ZeroNorm {
-            which: names[i].clone(),
+            which: names[i].to_string(),
             metric: "tensor".into(),
         });
     }
@@ -296,8 +296,8 @@ pub fn batch<'a>(
         planes,
         pair: move |i: usize, j: usize| match &norms {
             Some(n) => {
-                let na = lifted_nodes(&models[i], depth);
-                let nb = lifted_nodes(&models[j], depth);
+                let na = lifted_nodes(models[i], depth);
+                let nb = lifted_nodes(models[j], depth);
                 let ab = trace(&cross_gram(&na, &nb, false, Par::Seq));
                 Ok(vec![cosine_of(ab, n[i], n[j])?])
             }
@@ -306,7 +306,7 @@ pub fn batch<'a>(
                     per_output,
                     par: Par::Seq,
                 };
-                let r = similarity(&models[i], &models[j], &opts)?;
+                let r = similarity(models[i], models[j], &opts)?;
                 let mut v = vec![r.similarity];
                 v.extend(
                     r.per_output

@@ -164,11 +164,16 @@ impl Stacked {
     /// `None` unless every model has exactly one bilinear layer; an error names a checkpoint
     /// of zero norm.
     pub(super) fn new(
-        models: &[Model],
-        names: &[String],
+        models: &[&Model],
+        names: &[&str],
         per_output: bool,
     ) -> Result<Option<Stacked>> {
-        let Some(folded) = models.iter().map(fold_single).collect::<Option<Vec<_>>>() else {
+        let Some(folded) = models
+            .iter()
+            .copied()
+            .map(fold_single)
+            .collect::<Option<Vec<_>>>()
+        else {
             return Ok(None);
         };
         let stack = Stack::new(&folded);
@@ -178,7 +183,7 @@ impl Stacked {
             .collect::<Vec<_>>();
         if let Some(i) = norms.iter().position(|v| v[0] <= 0.0) {
             return Err(Error::ZeroNorm {
-                which: names[i].clone(),
+                which: names[i].to_string(),
                 metric: "tensor".into(),
             });
         }
