@@ -212,17 +212,10 @@ fn _load(
     arch_path: Option<PathBuf>,
 ) -> PyResult<Model> {
     let sidecar = arch(arch_json, arch_path, "arch")?;
-    let (model, hash) = py
-        .detach(|| {
-            let file = tensim::io::TensorFile::open(&path)?;
-            let a = match sidecar {
-                Some(a) => a,
-                None => tensim::io::resolve_arch(&file, None)?,
-            };
-            Ok::<_, tensim::Error>((file.model(&a)?, file.content_hash()))
-        })
+    let model = py
+        .detach(|| tensim::io::load_with(&path, sidecar.as_ref()))
         .map_err(err)?;
-    wrap(model, Some(hash))
+    wrap(model, None)
 }
 
 /// Inputs of the behavioural metrics: a `(rows, dim)` array, else Gaussian samples.
@@ -448,10 +441,42 @@ fn _tile_key(
     Ok(TileStore::key(&tag, &rows, &cols))
 }
 
-/// blake3 hash (hex) of a file's bytes.
+/// A stored tile of `shape` in `folder`, if present and intact (its checksum matches).
 #[pyfunction]
-fn _content_hash(py: Python<'_>, path: PathBuf) -> PyResult<String> {
-    py.detach(|| tensim::io::TensorFile::open(&path).map(|f| f.content_hash()))
+fn _tile_get<'py>(
+    py: Python<'py>,
+    folder: PathBuf,
+    key: &str,
+    shape: Vec<usize>,
+) -> PyResult<Option<Bound<'py, PyAny>>> {
+    let store = TileStore::at(&folder).map_err(err)?;
+    match store.get(key, &shape) {
+        Some(v) => Ok(Some(array(py, &shape, v)?)),
+        None => Ok(None),
+    }
+}
+
+/// Store a finished tile (a `(1, rows, cols)` array) in `folder`, with its checksum.
+#[pyfunction]
+fn _tile_put(folder: PathBuf, key: &str, values: PyReadonlyArrayDyn<'_, f64>) -> PyResult<()> {
+    let shape = values.shape().to_vec();
+    let data: Vec<f64> = values.as_array().iter().copied().collect();
+    let store = TileStore::at(&folder).map_err(err)?;
+    store.put(key, &shape, &data).map_err(err)
+}
+
+/// The key of a checkpoint's stored tiles: the hash of the model as loaded (with the sidecar
+/// description, if given).
+#[pyfunction]
+#[pyo3(signature = (path, arch_json=None, arch_path=None))]
+fn _content_hash(
+    py: Python<'_>,
+    path: PathBuf,
+    arch_json: Option<&str>,
+    arch_path: Option<PathBuf>,
+) -> PyResult<String> {
+    let sidecar = arch(arch_json, arch_path, "arch")?;
+    py.detach(|| tensim::io::model_hash(&tensim::io::load_with(&path, sidecar.as_ref())?))
         .map_err(err)
 }
 
@@ -506,6 +531,8 @@ fn _tensim(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(_matrix, m)?)?;
     m.add_function(wrap_pyfunction!(_tile, m)?)?;
     m.add_function(wrap_pyfunction!(_tile_key, m)?)?;
+    m.add_function(wrap_pyfunction!(_tile_get, m)?)?;
+    m.add_function(wrap_pyfunction!(_tile_put, m)?)?;
     m.add_function(wrap_pyfunction!(_content_hash, m)?)?;
     m.add_function(wrap_pyfunction!(_expand, m)?)?;
     m.add_function(wrap_pyfunction!(_phases, m)?)?;

@@ -131,7 +131,7 @@ class Model:
 
     @property
     def content_hash(self) -> str:
-        """blake3 hash identifying the model (of its file, or of its tensim/1 serialisation)."""
+        """blake3 hash of the model's tensim/1 serialisation: equal for equal models, however stored."""
         return self._m.content_hash
 
     def __repr__(self) -> str:
@@ -236,7 +236,7 @@ def matrix(
     """All-pairs similarity matrix (``N x N``; with ``per_output`` ``(1 + out_dim, N, N)``, plane 0
     the total) of models, model files, glob patterns or folders of checkpoints (ordered by step).
 
-    ``resume_dir`` keeps finished tiles (keyed by the checkpoints' content hashes) so that an
+    ``resume_dir`` keeps finished tiles (keyed by the hashes of the checkpoints' models) so that an
     interrupted run resumes and a changed checkpoint recomputes only its tiles; the same tiles
     as ``tensim matrix --resume``. ``progress``: a bar on stderr, or a callable
     ``progress(done_pairs, total_pairs)``. The GIL is released while the matrix is computed.

@@ -3,8 +3,9 @@
 The upper triangle of the ``N x N`` matrix is cut into tiles of ``tile x tile`` checkpoints. Each
 tile is one stateless task whose inputs are file paths: the worker loads only the checkpoints of
 its tile and returns the block. The client writes every finished tile atomically into
-``resume_dir`` (``tile-<key>.npy``, the key a hash of the metric and the content hashes of the
-tile's checkpoints, as ``tensim matrix --resume`` names them) beside a ``manifest.json``, so a job
+``resume_dir`` (``tile-<key>.npy`` with its checksum ``tile-<key>.b3``, the key a hash of the
+metric and the hashes of the tile's models as loaded, as ``tensim matrix`` names them) beside a
+``manifest.json``, so a job
 that fails or is restarted recomputes only the tiles that are missing, and a changed checkpoint
 invalidates only its own tiles. A worker lost mid-run is handled by Dask, which reruns its tasks.
 
@@ -32,8 +33,8 @@ from . import _Bar, _arch_args, _tensim, checkpoints
 __all__ = ["matrix"]
 
 
-def _hash(path: str) -> str:
-    return _tensim._content_hash(path)
+def _hash(path: str, arch: dict) -> str:
+    return _tensim._content_hash(path, **arch)
 
 
 def _tile(rows: list[str], cols: list[str], metric: str, options: dict) -> np.ndarray:
@@ -53,15 +54,6 @@ def _write_atomic(path: str, write: Callable[[Any], None]) -> None:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
-
-
-def _stored(path: str, shape: tuple[int, ...]) -> np.ndarray | None:
-    """A finished tile, if present, intact and of the expected shape."""
-    try:
-        v = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError):
-        return None
-    return v if v.shape == shape and v.dtype == np.float64 else None
 
 
 def matrix(
@@ -107,7 +99,10 @@ def matrix(
     os.makedirs(folder, exist_ok=True)
     try:
         # Content hashes identify the checkpoints; each worker reads its share of the files.
-        hashes = client.gather(client.map(_hash, files, pure=False, retries=retries))
+        arch_options = {k: v for k, v in options.items() if k.startswith("arch_")}
+        hashes = client.gather(
+            client.map(_hash, files, arch=arch_options, pure=False, retries=retries)
+        )
         manifest = {
             "format": "tensim-tiles/1",
             "metric": metric,
@@ -135,8 +130,7 @@ def matrix(
                     samples=samples,
                     seed=seed,
                 )
-                path = os.path.join(folder, f"tile-{key}.npy")
-                values = _stored(path, (1, len(bi), len(bj)))
+                values = _tensim._tile_get(folder, key, [1, len(bi), len(bj)])
                 if values is not None:
                     place(bi, bj, values[0])
                     continue
@@ -149,7 +143,7 @@ def matrix(
                     key=f"tensim-tile-{key}",
                     retries=retries,
                 )
-                pending[future] = (bi, bj, path)
+                pending[future] = (bi, bj, key)
 
         total = len(blocks) * (len(blocks) + 1) // 2
         report = _Bar("tiles") if progress is True else (progress or None)
@@ -157,10 +151,10 @@ def matrix(
         if report:
             report(done, total)
         for future in as_completed(list(pending)):
-            bi, bj, path = pending.pop(future)
+            bi, bj, key = pending.pop(future)
             values = np.asarray(future.result(), dtype=np.float64)
             place(bi, bj, values)
-            _write_atomic(path, lambda f: np.save(f, values[None, :, :], allow_pickle=False))
+            _tensim._tile_put(folder, key, values[None, :, :])
             done += 1
             if report:
                 report(done, total)

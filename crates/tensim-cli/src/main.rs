@@ -39,8 +39,9 @@ enum Command {
     /// All-pairs similarity matrix over checkpoints (files, globs or folders).
     ///
     /// Checkpoints are ordered by the step number in their names unless --no-sort. Finished
-    /// tiles are kept in OUT.tiles/ (named by the checkpoints' content hashes): re-running the
-    /// same command resumes, and a changed checkpoint recomputes only its own tiles. Tensor
+    /// tiles are kept in OUT.tiles/ (named by hashes of the models as loaded, with checksums):
+    /// re-running the same command resumes, and a changed checkpoint (or description) recomputes
+    /// only its own tiles. Tensor
     /// similarity of one-bilinear-layer models runs as stacked GEMMs; deeper models pair by pair.
     Matrix(matrix::MatrixArgs),
     /// Split a similarity matrix (.npy) into K contiguous phases with the least within-phase

@@ -277,7 +277,7 @@ fn matrix_over_a_folder_resumes_and_matches_compare() {
     let tiles = std::fs::read_dir(d.join("tensim-tensor.npy.tiles"))
         .unwrap()
         .count();
-    assert_eq!(tiles, 7); // 6 tiles + manifest
+    assert_eq!(tiles, 13); // 6 tiles, their checksums, the manifest
     let again = json(&tensim(&["matrix", "runs", "--json", "--tile", "2"], &d));
     assert_eq!(again["similarity"], r["similarity"]);
     // Per-output matrices: (outputs, N, N) beside the main output, and in the JSON.
@@ -435,4 +435,55 @@ fn transformers_compare_with_the_gaussian_metric() {
     let s01 = pair(f0, f1, &[])["similarity"].as_f64().unwrap();
     let got = m["similarity"][0][1].as_f64().unwrap();
     assert!((got - s01).abs() < 1e-12, "{got} vs {s01}");
+}
+
+/// Stored tiles are keyed by the models as loaded, not by the files: the same checkpoints read
+/// with a corrected description recompute their tiles instead of reusing the old ones.
+#[test]
+fn a_changed_description_does_not_reuse_stored_tiles() {
+    let d = workdir("stale");
+    let o = tensim(
+        &[
+            "demo",
+            "random",
+            "--out",
+            "r",
+            "--d-in",
+            "4",
+            "--d-model",
+            "4",
+            "--hidden",
+            "5",
+            "--layers",
+            "1",
+            "--d-out",
+            "3",
+            "--count",
+            "3",
+            "--residual",
+            "0.5",
+        ],
+        &d,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let mut arch = json(&tensim(
+        &["inspect", "r/random-000.safetensors", "--json"],
+        &d,
+    ))["architecture"]
+        .clone();
+    std::fs::write(d.join("a1.json"), arch.to_string()).unwrap();
+    let layers = arch["layers"].as_array_mut().unwrap();
+    let bilinear = layers.iter_mut().find(|l| l["kind"] == "bilinear").unwrap();
+    bilinear["residual"]["scale"] = serde_json::json!(0.25);
+    std::fs::write(d.join("a2.json"), arch.to_string()).unwrap();
+    let run = |a: &str, extra: &[&str]| {
+        let mut args = vec!["matrix", "r", "--arch", a, "--json", "--quiet"];
+        args.extend(extra);
+        json(&tensim(&args, &d))["similarity"].clone()
+    };
+    let first = run("a1.json", &["--out", "m.npy"]);
+    let second = run("a2.json", &["--out", "m.npy"]);
+    let fresh = run("a2.json", &["--out", "fresh.npy", "--no-resume"]);
+    assert_eq!(second, fresh);
+    assert_ne!(second, first);
 }

@@ -8,6 +8,58 @@ use tensim::linalg::{Mat, Par};
 use tensim::metrics::{behavioral, cka, matrix, Inputs, Options};
 use tensim::Model;
 
+/// A model's behavioural similarity to itself is exactly 1 at any weight scale, in the pair
+/// and in the all-pairs form, also with an input on which its output is zero (the outputs
+/// agree there), and the similarity of two models does not depend on the scale.
+#[test]
+fn behavioral_self_similarity_is_exactly_one_at_any_scale() {
+    use tensim::metrics::Metric;
+    use tensim::trajectory::{checkpoints::in_memory, similarity_matrix, MatrixOptions};
+    let w = Mat::from_fn(3, 4, |i, j| ((i * 4 + j) as f64 * 0.7).sin());
+    let mut x = Inputs::gaussian(50, 1, 4, 3).unwrap();
+    x.x.row_mut(7).fill(0.0);
+    for k in [-40, -12, 0, 12, 40] {
+        let s = 10f64.powi(k);
+        let a = linear(Mat::from_fn(3, 4, |i, j| s * w[(i, j)]));
+        let r = behavioral::similarity(&a, &a, &x, &opts()).unwrap();
+        assert_eq!(r.similarity, 1.0, "scale 1e{k}");
+        // A copy whose output differs on every input but one: scale-invariant too.
+        let b = linear(Mat::from_fn(3, 4, |i, j| {
+            s * (w[(i, j)] + 0.1 * (i + j) as f64)
+        }));
+        let (ab, ab1) = (
+            behavioral::similarity(&a, &b, &x, &opts())
+                .unwrap()
+                .similarity,
+            behavioral::similarity(
+                &linear(w.clone()),
+                &linear(Mat::from_fn(3, 4, |i, j| w[(i, j)] + 0.1 * (i + j) as f64)),
+                &x,
+                &opts(),
+            )
+            .unwrap()
+            .similarity,
+        );
+        assert!((ab - ab1).abs() < 1e-12, "scale 1e{k}: {ab} vs {ab1}");
+        let models = [a.clone(), a.clone(), b];
+        let names: Vec<String> = (0..3).map(|i| format!("m{i}")).collect();
+        let opts = MatrixOptions {
+            inputs: Some(&x),
+            ..Default::default()
+        };
+        let m = similarity_matrix(
+            &in_memory(&models, &names),
+            &Metric::Behavioral,
+            &opts,
+            &|_, _| {},
+        )
+        .unwrap()
+        .similarity;
+        assert_eq!((m[(0, 0)], m[(2, 2)]), (1.0, 1.0), "scale 1e{k}");
+        assert!((m[(0, 1)] - 1.0).abs() < 1e-15 && (m[(0, 2)] - ab).abs() < 1e-12);
+    }
+}
+
 fn opts() -> Options {
     Options {
         per_output: true,
@@ -51,8 +103,8 @@ fn behavioral_is_the_mean_of_per_input_cosines() {
         source: "test".into(),
     };
     let r = behavioral::similarity(&a, &b, &inputs, &opts()).unwrap();
-    // per-input cosines ≈ 1, 1, -1 (up to the 1e-8 stabiliser) → mean 1/3.
-    assert!((r.similarity - 1.0 / 3.0).abs() < 1e-7, "{}", r.similarity);
+    // per-input cosines 1, 1, -1 → mean 1/3.
+    assert!((r.similarity - 1.0 / 3.0).abs() < 1e-15, "{}", r.similarity);
     // inner = mean ⟨a,b⟩ = (1 + 4 - 1)/3; per output: cos over inputs of column o.
     assert!((r.inner - 4.0 / 3.0).abs() < 1e-12);
     let per = r.per_output.unwrap();

@@ -298,6 +298,69 @@ fn truncated_corrupt_and_undescribed_files() {
     assert!(e.contains("absent.safetensors"), "{e}");
 }
 
+/// A header naming one tensor twice (or one metadata key twice) is refused: the safetensors
+/// reader would silently keep the last entry, so two entries could swap tensors.
+#[test]
+fn duplicate_header_keys_are_refused() {
+    let d = tmpdir("duplicates");
+    let file = |header: &str, data: usize| {
+        let mut b = (header.len() as u64).to_le_bytes().to_vec();
+        b.extend(header.as_bytes());
+        b.extend(vec![0u8; data]);
+        b
+    };
+    let t = |from: usize| {
+        format!(
+            r#"{{"dtype":"F64","shape":[1],"data_offsets":[{from},{}]}}"#,
+            from + 8
+        )
+    };
+    let cases = [
+        (
+            format!(r#"{{"w":{},"v":{},"w":{}}}"#, t(0), t(8), t(16)),
+            "\"w\"",
+        ),
+        (
+            format!(
+                r#"{{"__metadata__":{{"tensim":"a","tensim":"b"}},"w":{}}}"#,
+                t(0)
+            ),
+            "\"tensim\"",
+        ),
+    ];
+    for (header, name) in cases {
+        let p = d.join("dup.safetensors");
+        std::fs::write(&p, file(&header, 24)).unwrap();
+        let e = io::TensorFile::open(&p).err().expect("refused").to_string();
+        assert!(
+            e.contains("dup.safetensors") && e.contains(name) && e.contains("twice"),
+            "{e}"
+        );
+    }
+    // The same header without the repetition loads.
+    let p = d.join("once.safetensors");
+    std::fs::write(&p, file(&format!(r#"{{"w":{},"v":{}}}"#, t(0), t(8)), 16)).unwrap();
+    assert!(io::TensorFile::open(&p).is_ok());
+}
+
+/// An endless stream given as a model is refused after its header, not read until memory runs
+/// out.
+#[test]
+fn an_endless_stream_is_not_read_to_its_end() {
+    let zero = Path::new("/dev/zero");
+    if !zero.exists() {
+        return;
+    }
+    let e = io::TensorFile::open(zero)
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(
+        e.contains("/dev/zero") && e.contains("not a valid safetensors file"),
+        "{e}"
+    );
+}
+
 #[test]
 fn incomparable_and_zero_norm_models() {
     let (d, w, a) = setup("compare");

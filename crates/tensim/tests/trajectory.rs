@@ -157,11 +157,9 @@ fn resume_reuses_tiles_and_a_changed_checkpoint_recomputes_only_its_tiles() {
         std::fs::read_dir(&dir)
             .unwrap()
             .filter(|e| {
-                e.as_ref()
-                    .unwrap()
-                    .file_name()
-                    .to_string_lossy()
-                    .starts_with("tile-")
+                let name = e.as_ref().unwrap().file_name();
+                let name = name.to_string_lossy();
+                name.starts_with("tile-") && name.ends_with(".npy")
             })
             .count()
     };
@@ -196,13 +194,46 @@ fn resume_reuses_tiles_and_a_changed_checkpoint_recomputes_only_its_tiles() {
     let victim = std::fs::read_dir(&dir)
         .unwrap()
         .map(|e| e.unwrap().path())
-        .find(|p| p.to_string_lossy().contains("tile-"))
+        .find(|p| {
+            p.extension().is_some_and(|e| e == "npy") && p.to_string_lossy().contains("tile-")
+        })
         .unwrap();
     std::fs::write(&victim, b"junk").unwrap();
     let healed = similarity_matrix(&cks(&models, &hs), &Metric::TENSOR, &opts, &|_, _| {})
         .unwrap()
         .similarity;
     assert_eq!(healed, changed);
+    // So is a tile still readable as .npy whose values were altered: one flipped bit, a NaN.
+    let tiles_now: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "npy"))
+        .collect();
+    for (k, alter) in [
+        |b: &mut Vec<u8>| *b.last_mut().unwrap() ^= 1,
+        |b: &mut Vec<u8>| {
+            let n = b.len();
+            b[n - 8..].copy_from_slice(&f64::NAN.to_le_bytes())
+        },
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let victim = &tiles_now[k];
+        let mut bytes = std::fs::read(victim).unwrap();
+        alter(&mut bytes);
+        std::fs::write(victim, &bytes).unwrap();
+        assert!(tensim::io::read_npy(victim).is_ok(), "still a valid .npy");
+        let again = similarity_matrix(&cks(&models, &hs), &Metric::TENSOR, &opts, &|_, _| {})
+            .unwrap()
+            .similarity;
+        assert_eq!(again, changed);
+        assert_ne!(
+            std::fs::read(victim).unwrap(),
+            bytes,
+            "the altered tile is rewritten"
+        );
+    }
 }
 
 #[test]

@@ -97,11 +97,13 @@ impl<F: Fn(usize, usize) -> Result<Vec<f64>> + Sync> Batch for PerPair<F> {
 }
 
 /// Rows whose pairwise dot products, times `scale` and divided by the row norms (if given),
-/// are the similarity; `per_output[o]` holds one row per model whose cosines are plane `1 + o`.
+/// are the similarity (exactly 1 for a model with itself, `NaN` for an `undefined` one);
+/// `per_output[o]` holds one row per model whose cosines are plane `1 + o`.
 pub struct Dots {
     pub rows: Mat<f64>,
     pub scale: f64,
     pub norms: Option<Vec<f64>>,
+    pub undefined: Vec<bool>,
     pub per_output: Vec<Mat<f64>>,
 }
 
@@ -117,7 +119,13 @@ impl Batch for Dots {
         let mut out: Vec<f64> = (0..ni * nj)
             .map(|k| {
                 let (i, j) = (ci.start + k / nj, cj.start + k % nj);
-                (self.scale * dots[(k / nj, k % nj)] / (norm(i) * norm(j))).clamp(-1.0, 1.0)
+                if self.undefined[i] || self.undefined[j] {
+                    f64::NAN
+                } else if i == j {
+                    1.0
+                } else {
+                    (self.scale * dots[(k / nj, k % nj)] / (norm(i) * norm(j))).clamp(-1.0, 1.0)
+                }
             })
             .collect();
         for r in &self.per_output {

@@ -1,6 +1,9 @@
 //! Behavioural similarity, the paper's baseline (MATH.md §6): the mean over inputs of the
-//! per-input cosine of the two output vectors,
-//! `mean_n ⟨f_a(x_n), f_b(x_n)⟩ / ((‖f_a(x_n)‖ + 10⁻⁸)(‖f_b(x_n)‖ + 10⁻⁸))`.
+//! per-input cosine of the two output vectors, `mean_n ⟨f_a(x_n), f_b(x_n)⟩ / (‖f_a(x_n)‖‖f_b(x_n)‖)`,
+//! where an input on which both outputs are zero counts 1 (they agree) and one on which only one
+//! is zero counts 0. The reference adds `10⁻⁸` to each norm instead, which puts a model's
+//! similarity to itself below 1 and makes the value depend on the outputs' scale; here identical
+//! outputs give exactly 1 (`√(fl(x²)) = x` in IEEE arithmetic) and the value is scale-invariant.
 //!
 //! `inner`, `norm2_a`, `norm2_b` report the means of `⟨f_a,f_b⟩`, `‖f_a‖²`, `‖f_b‖²`.
 //! Per output `o`: the cosine over inputs of the two models' `o`-th outputs,
@@ -13,7 +16,21 @@ use crate::metrics::inputs::outputs;
 use crate::metrics::{cosines, Comparison, Inputs, Kind, Options};
 use crate::model::Model;
 
-const EPS: f64 = 1e-8;
+/// The cosine of one input's outputs from `⟨a,b⟩`, `‖a‖²`, `‖b‖²` (see the module doc for zeros).
+fn sample_cosine(ab: f64, aa: f64, bb: f64) -> f64 {
+    match (aa == 0.0, bb == 0.0) {
+        (true, true) => 1.0,
+        (true, false) | (false, true) => 0.0,
+        _ => {
+            let p = aa * bb;
+            if p.is_normal() {
+                ab / p.sqrt()
+            } else {
+                ab / (aa.sqrt() * bb.sqrt())
+            }
+        }
+    }
+}
 
 /// Behavioural similarity on `inputs`.
 pub fn similarity(a: &Model, b: &Model, inputs: &Inputs, opts: &Options) -> Result<Comparison> {
@@ -28,7 +45,7 @@ pub fn similarity(a: &Model, b: &Model, inputs: &Inputs, opts: &Options) -> Resu
             aa += x * x;
             bb += y * y;
         }
-        sim += ab / ((aa.sqrt() + EPS) * (bb.sqrt() + EPS));
+        sim += sample_cosine(ab, aa, bb);
         inner += ab;
         na += aa;
         nb += bb;
@@ -73,27 +90,35 @@ pub fn similarity(a: &Model, b: &Model, inputs: &Inputs, opts: &Options) -> Resu
     })
 }
 
-/// The batch form: `mean_r ⟨a_r, b_r⟩ / ((‖a_r‖ + ε)(‖b_r‖ + ε))` as dot products of rows
-/// pre-divided by `‖·‖ + ε` and flattened; per output `o`, the `o`-th output over all inputs and
-/// positions.
+/// The batch form: `mean_r` of the per-input cosines as dot products of one row per model: its
+/// outputs, each input's divided by its norm, then an indicator per input of a zero output (two
+/// zero outputs add 1). A model whose outputs are all zero has no similarity (`NaN`). Per output
+/// `o`, the `o`-th output over all inputs and positions.
 pub fn batch(models: &[&Model], inputs: &Inputs, per_output: bool) -> Result<Dots> {
     let outs = models
         .iter()
         .map(|m| outputs(m, inputs, Par::Seq))
         .collect::<Result<Vec<_>>>()?;
     let (r, w) = (outs[0].nrows(), outs[0].ncols());
-    let scaled: Vec<Vec<f64>> = outs
+    let norms: Vec<Vec<f64>> = outs
         .iter()
         .map(|y| {
             (0..r)
-                .flat_map(|i| {
-                    let norm = (0..w).map(|j| y[(i, j)] * y[(i, j)]).sum::<f64>().sqrt() + EPS;
-                    (0..w).map(move |j| y[(i, j)] / norm)
-                })
+                .map(|i| (0..w).map(|j| y[(i, j)] * y[(i, j)]).sum::<f64>().sqrt())
                 .collect()
         })
         .collect();
-    let rows = Mat::from_fn(models.len(), r * w, |i, j| scaled[i][j]);
+    let rows = Mat::from_fn(models.len(), r * w + r, |m, k| {
+        let (y, n) = (&outs[m], &norms[m]);
+        if k >= r * w {
+            f64::from(u8::from(n[k - r * w] == 0.0))
+        } else if n[k / w] > 0.0 {
+            y[(k / w, k % w)] / n[k / w]
+        } else {
+            0.0
+        }
+    });
+    let undefined = norms.iter().map(|n| n.iter().all(|&v| v == 0.0)).collect();
     let out_dim = models[0].out_dim();
     let per_output = if per_output {
         (0..out_dim)
@@ -111,6 +136,7 @@ pub fn batch(models: &[&Model], inputs: &Inputs, per_output: bool) -> Result<Dot
         rows,
         scale: 1.0 / r as f64,
         norms: None,
+        undefined,
         per_output,
     })
 }

@@ -140,6 +140,7 @@ pub fn batch(models: &[&Model], names: &[&str], per_output: bool) -> Result<Dots
         rows,
         scale: 1.0,
         norms: Some(norms),
+        undefined: vec![false; models.len()],
         per_output,
     })
 }

@@ -16,7 +16,9 @@ pub struct Checkpoint {
     pub name: String,
     /// The last integer in the file stem (`ckpt_01200.safetensors` → 1200), if any.
     pub step: Option<u64>,
-    /// blake3 hash of the file's bytes, hex (or any string that changes with the model).
+    /// Key of the stored tiles: [`io::model_hash`] of the model as loaded (a file read with
+    /// another description, or changed on disk, is another model), or any string that changes
+    /// with the model.
     pub hash: String,
 }
 
@@ -104,17 +106,12 @@ pub fn load_with(
     paths
         .iter()
         .map(|path| {
-            // One read per file: hash and model come from the same bytes.
-            let file = io::TensorFile::open(path)?;
-            let model = match sidecar {
-                Some(a) => file.model(a)?,
-                None => file.model(&io::resolve_arch(&file, None)?)?,
-            };
+            let model = io::load_with(path, sidecar)?;
             Ok(Checkpoint {
+                hash: io::model_hash(&model)?,
                 model,
                 name: path.display().to_string(),
                 step: step_of(path),
-                hash: file.content_hash(),
             })
         })
         .collect()

@@ -3,7 +3,9 @@
 //! A tile is named by the hash of what it depends on (metric and the content hashes of its row
 //! and column checkpoints), so a changed checkpoint invalidates exactly the tiles it is part of,
 //! and adding checkpoints or reordering them reuses whatever still matches. Tiles are `.npy`
-//! files written atomically; `manifest.json` records the checkpoints of the latest run.
+//! files written atomically, each with the blake3 hash of its bytes beside it (`.b3`): a tile
+//! altered on disk (a flipped bit, a value overwritten) fails the check and is recomputed.
+//! `manifest.json` records the checkpoints of the latest run.
 
 use std::path::{Path, PathBuf};
 
@@ -21,7 +23,7 @@ pub struct TileStore {
 impl TileStore {
     /// Open (creating if needed) the tile folder and record the run's manifest.
     pub fn open(dir: &Path, metric: &str, checkpoints: &[Checkpoint]) -> Result<TileStore> {
-        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        let store = TileStore::at(dir)?;
         let entries: Vec<_> = checkpoints
             .iter()
             .map(|c| json!({"path": c.name, "hash": c.hash}))
@@ -35,6 +37,12 @@ impl TileStore {
             &dir.join("manifest.json"),
             serde_json::to_string_pretty(&manifest).unwrap().as_bytes(),
         )?;
+        Ok(store)
+    }
+
+    /// The tile folder (created if needed), without touching its manifest.
+    pub fn at(dir: &Path) -> Result<TileStore> {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         Ok(TileStore {
             dir: dir.to_path_buf(),
         })
@@ -59,16 +67,31 @@ impl TileStore {
         self.dir.join(format!("tile-{key}.npy"))
     }
 
-    /// A finished tile of the given shape, if stored and intact.
+    fn checksum_path(&self, key: &str) -> PathBuf {
+        self.dir.join(format!("tile-{key}.b3"))
+    }
+
+    /// A finished tile of the given shape, if stored and intact (its bytes hash to its checksum).
     pub fn get(&self, key: &str, shape: &[usize]) -> Option<Vec<f64>> {
-        match io::read_npy(&self.path(key)) {
+        let path = self.path(key);
+        let bytes = std::fs::read(&path).ok()?;
+        let sum = std::fs::read_to_string(self.checksum_path(key)).ok()?;
+        if sum.trim() != blake3::hash(&bytes).to_hex().as_str() {
+            return None;
+        }
+        match io::parse_npy(&path, &bytes) {
             Ok((s, v)) if s == shape => Some(v),
             _ => None,
         }
     }
 
-    /// Store a finished tile (atomic write).
+    /// Store a finished tile and then its checksum (atomic writes: a tile interrupted between
+    /// the two fails the check and is recomputed).
     pub fn put(&self, key: &str, shape: &[usize], values: &[f64]) -> Result<()> {
-        io::write_npy(&self.path(key), shape, values)
+        let path = self.path(key);
+        let bytes = io::npy_bytes(shape, values).map_err(|e| Error::io(&path, e))?;
+        io::write_atomic(&path, &bytes)?;
+        let sum = blake3::hash(&bytes).to_hex();
+        io::write_atomic(&self.checksum_path(key), sum.as_bytes())
     }
 }

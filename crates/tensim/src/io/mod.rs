@@ -2,6 +2,8 @@
 //! from a sidecar JSON file or the safetensors metadata key `"tensim"`. Every file tensim writes
 //! goes to a temporary file in the same folder and is renamed into place.
 
+mod header;
+
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -35,12 +37,19 @@ pub struct TensorInfo {
 impl TensorFile {
     /// Read and validate the file's header and data layout.
     pub fn open(path: &Path) -> Result<TensorFile> {
-        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-        TensorFile::from_bytes(path, bytes)
+        TensorFile::from_bytes(path, header::read(path)?)
     }
 
     /// Validate safetensors `bytes` held in memory; `origin` names them in messages.
     pub fn from_bytes(origin: &Path, bytes: Vec<u8>) -> Result<TensorFile> {
+        if let Some(name) = header::duplicate_key(&bytes) {
+            return Err(Error::Corrupt {
+                path: origin.to_path_buf(),
+                reason: format!(
+                    "\"{name}\" appears twice in the header (which one is meant cannot be told)"
+                ),
+            });
+        }
         let file = TensorFile {
             path: origin.to_path_buf(),
             bytes,
@@ -126,6 +135,15 @@ pub fn load(weights: &Path, arch: Option<&Path>) -> Result<Model> {
     let file = TensorFile::open(weights)?;
     let arch = resolve_arch(&file, arch)?;
     file.model(&arch)
+}
+
+/// [`load`] with the description already parsed (`None`: the file's own).
+pub fn load_with(weights: &Path, arch: Option<&Arch>) -> Result<Model> {
+    let file = TensorFile::open(weights)?;
+    match arch {
+        Some(a) => file.model(a),
+        None => file.model(&resolve_arch(&file, None)?),
+    }
 }
 
 /// The architecture for `file`: the sidecar if given, else the embedded description.
@@ -513,6 +531,14 @@ pub fn pack(arch_path: &Path, input: &Path, output: &Path) -> Result<Model> {
 
 /// Write a C-ordered f64 `.npy` array atomically.
 pub fn write_npy(path: &Path, shape: &[usize], data: &[f64]) -> Result<()> {
+    write_atomic(
+        path,
+        &npy_bytes(shape, data).map_err(|e| Error::io(path, e))?,
+    )
+}
+
+/// The bytes of an f64 `.npy` file.
+pub fn npy_bytes(shape: &[usize], data: &[f64]) -> std::io::Result<Vec<u8>> {
     use npyz::WriterBuilder;
     assert_eq!(shape.iter().product::<usize>(), data.len());
     let mut bytes = Vec::new();
@@ -521,22 +547,24 @@ pub fn write_npy(path: &Path, shape: &[usize], data: &[f64]) -> Result<()> {
         .default_dtype()
         .shape(&shape)
         .writer(&mut bytes)
-        .begin_nd()
-        .map_err(|e| Error::io(path, e))?;
-    w.extend(data.iter().copied())
-        .map_err(|e| Error::io(path, e))?;
-    w.finish().map_err(|e| Error::io(path, e))?;
-    write_atomic(path, &bytes)
+        .begin_nd()?;
+    w.extend(data.iter().copied())?;
+    w.finish()?;
+    Ok(bytes)
 }
 
 /// Read an f64 `.npy` array written by [`write_npy`] (or numpy): `(shape, values)`.
 pub fn read_npy(path: &Path) -> Result<(Vec<usize>, Vec<f64>)> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    parse_npy(path, &std::fs::read(path).map_err(|e| Error::io(path, e))?)
+}
+
+/// [`read_npy`] of bytes in memory (`path` names them in messages).
+pub fn parse_npy(path: &Path, bytes: &[u8]) -> Result<(Vec<usize>, Vec<f64>)> {
     let bad = |e: std::io::Error| Error::Data {
         path: path.to_path_buf(),
         reason: format!("not a valid f64 .npy file: {e}"),
     };
-    let npy = npyz::NpyFile::new(&bytes[..]).map_err(bad)?;
+    let npy = npyz::NpyFile::new(bytes).map_err(bad)?;
     let shape = npy.shape().iter().map(|&s| s as usize).collect();
     let values = npy.into_vec::<f64>().map_err(bad)?;
     Ok((shape, values))
