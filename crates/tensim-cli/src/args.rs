@@ -80,6 +80,12 @@ pub fn metric(
     if sym.by_degree && sym.symmetrize != Symmetry::Full {
         bail!("--by-degree needs --symmetrize full");
     }
+    if gauss.mode.is_some() && kind != Kind::Gaussian {
+        bail!("--exact and --closure apply to the gaussian metric, not to {kind}");
+    }
+    if inputs.data.is_some() && !kind.needs_inputs() {
+        bail!("--data is read by the behavioral and cka metrics; {kind} reads no inputs");
+    }
     Ok(match (kind, sym.symmetrize) {
         (Kind::Tensor, Symmetry::Full) => Metric::Tensor(Symmetrize::Full(FullOptions {
             samples: inputs.samples,
@@ -128,6 +134,23 @@ pub struct PlotArgs {
     /// Outline the K optimal phases (see `tensim phases`) on the heat-map.
     #[arg(long)]
     pub phases: Option<usize>,
+}
+
+impl PlotArgs {
+    /// Refuse, before any work, a figure tensim cannot write or a log step axis without steps
+    /// (`steps`: whether every checkpoint has a step number) or a phase count above `n`.
+    pub fn check(&self, n: usize, steps: bool) -> Result<()> {
+        if let Some(p) = &self.plot {
+            tensim::plot::format_of(p)?;
+        }
+        if self.log_steps && !steps {
+            bail!("--log-steps needs a step number in every checkpoint's name");
+        }
+        if let Some(k) = self.phases.filter(|&k| k == 0 || k > n) {
+            bail!("--phases {k}: the number of phases must be between 1 and {n}");
+        }
+        Ok(())
+    }
 }
 
 /// A heat-map of `sim` at `path`, the optimal `phases` outlined.

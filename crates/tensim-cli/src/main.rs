@@ -35,6 +35,11 @@ enum Command {
     /// input and output sizes agree (a model with fewer bilinear layers is lifted by identity
     /// nodes at its output). `matrix` needs identical architectures; `behavioral` and `cka`
     /// evaluate both models on --data or on --samples Gaussian inputs.
+    ///
+    /// A model file is a safetensors file (as `safetensors.torch.save_file(model.state_dict(),
+    /// path)` writes) with an architecture description, embedded (`tensim pack`) or given with
+    /// --arch: the README's "Model files" section describes it, and `tensim inspect FILE` shows
+    /// what a file holds.
     Compare(compare::CompareArgs),
     /// All-pairs similarity matrix over checkpoints (files, globs or folders).
     ///

@@ -66,6 +66,8 @@ pub fn run(args: MatrixArgs) -> Result<()> {
     }
     let cks = checkpoints::load_all(&paths, args.arch.as_deref())?;
     let labels = checkpoints::labels(&cks, args.labels.as_deref(), args.labels_from_names)?;
+    args.plot
+        .check(cks.len(), cks.iter().all(|c| c.step.is_some()))?;
     let out = args
         .out
         .unwrap_or_else(|| PathBuf::from(format!("tensim-{}.npy", metric.name())));
@@ -107,6 +109,19 @@ pub fn run(args: MatrixArgs) -> Result<()> {
     )?;
     bar.finish_and_clear();
     let n = cks.len();
+    let undefined: Vec<&str> = (0..n)
+        .filter(|&i| result.similarity[(i, i)].is_nan())
+        .map(|i| cks[i].name.as_str())
+        .collect();
+    if !undefined.is_empty() {
+        eprintln!(
+            "warning: {} of the checkpoints have zero norm under the {} metric and so no \
+             similarity; their rows and columns are NaN (null in JSON, grey in plots): {}",
+            undefined.len(),
+            metric.name(),
+            undefined.join(", ")
+        );
+    }
     result.write_npy(&out)?;
     if let Some(csv) = &args.csv {
         result.write_csv(csv, &labels)?;

@@ -31,6 +31,9 @@ pub struct PhasesArgs {
 
 pub fn run(args: PhasesArgs) -> Result<()> {
     let (matrix, k) = (&args.matrix, args.k);
+    if let Some(p) = &args.plot {
+        tensim::plot::format_of(p)?;
+    }
     let (shape, values) = io::read_npy(matrix)?;
     let n = shape[0];
     if shape.len() != 2 || shape[1] != n {
@@ -42,7 +45,7 @@ pub fn run(args: PhasesArgs) -> Result<()> {
     let sim = tensim::linalg::from_row_major(n, n, &values);
     let labels: Vec<String> = match &args.labels {
         Some(f) => std::fs::read_to_string(f)
-            .with_context(|| format!("reading {}", f.display()))?
+            .with_context(|| format!("reading --labels {}", f.display()))?
             .lines()
             .filter(|l| !l.is_empty())
             .map(str::to_string)

@@ -487,3 +487,156 @@ fn a_changed_description_does_not_reuse_stored_tiles() {
     assert_eq!(second, fresh);
     assert_ne!(second, first);
 }
+
+/// Options and inputs that cannot work are refused before any work, with a message naming the
+/// option or the file, and nothing is written.
+#[test]
+fn bad_options_and_files_are_refused_first() {
+    let d = workdir("refused");
+    let o = tensim(
+        &[
+            "demo",
+            "random",
+            "--out",
+            "r",
+            "--d-in",
+            "4",
+            "--d-model",
+            "4",
+            "--hidden",
+            "5",
+            "--layers",
+            "1",
+            "--d-out",
+            "3",
+            "--count",
+            "2",
+        ],
+        &d,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    std::fs::copy(d.join("r/random-000.safetensors"), d.join("a.safetensors")).unwrap();
+    std::fs::copy(d.join("r/random-001.safetensors"), d.join("b.safetensors")).unwrap();
+    let fails = |args: &[&str], want: &str| {
+        let o = tensim(args, &d);
+        assert!(!o.status.success(), "{args:?} should fail");
+        assert!(stderr(&o).contains(want), "{args:?}: {}", stderr(&o));
+    };
+    // Checked before the matrix is computed: no output file appears.
+    fails(
+        &["matrix", "r", "--plot", "x.jpg", "--out", "m1.npy"],
+        ".png or .svg",
+    );
+    fails(
+        &[
+            "matrix",
+            "a.safetensors",
+            "b.safetensors",
+            "--log-steps",
+            "--plot",
+            "p.png",
+            "--out",
+            "m2.npy",
+        ],
+        "--log-steps needs a step number",
+    );
+    fails(
+        &[
+            "matrix", "r", "--phases", "5", "--plot", "p.png", "--out", "m3.npy",
+        ],
+        "--phases 5",
+    );
+    for f in ["m1.npy", "m2.npy", "m3.npy", "p.png"] {
+        assert!(!d.join(f).exists(), "{f} written");
+    }
+    fails(
+        &["phases", "none.npy", "-k", "2", "--plot", "x.pdf"],
+        ".png or .svg",
+    );
+    // Options a metric would ignore.
+    fails(
+        &["compare", "a.safetensors", "b.safetensors", "--exact"],
+        "apply to the gaussian metric",
+    );
+    fails(
+        &[
+            "compare",
+            "a.safetensors",
+            "b.safetensors",
+            "--data",
+            "x.npy",
+        ],
+        "--data is read by",
+    );
+    // A model that would be refused once written is not written.
+    fails(
+        &["demo", "random", "--out", "nan", "--residual", "NaN"],
+        "not finite",
+    );
+    assert!(!d.join("nan/random-000.safetensors").exists());
+    // Files of the wrong kind.
+    fails(
+        &[
+            "compare",
+            "a.safetensors",
+            "b.safetensors",
+            "--arch",
+            "a.safetensors",
+        ],
+        "not a text file",
+    );
+    std::fs::write(
+        d.join("m.pt"),
+        b"PK\x03\x04 a zip archive, as torch.save writes",
+    )
+    .unwrap();
+    fails(&["inspect", "m.pt"], "zip archive");
+    fails(&["inspect", "m.pt"], "save_file");
+    // A description with a byte-order mark is read.
+    let arch =
+        json(&tensim(&["inspect", "a.safetensors", "--json"], &d))["architecture"].to_string();
+    std::fs::write(d.join("bom.json"), format!("\u{feff}{arch}")).unwrap();
+    let r = json(&tensim(
+        &[
+            "compare",
+            "a.safetensors",
+            "b.safetensors",
+            "--arch",
+            "bom.json",
+            "--json",
+        ],
+        &d,
+    ));
+    assert!(r["similarity"].is_number());
+    // phases: only similarity matrices.
+    let npy = |name: &str, v: [f64; 4]| {
+        let mut b = b"\x93NUMPY\x01\x00".to_vec();
+        let mut h = "{'descr': '<f8', 'fortran_order': False, 'shape': (2, 2), }".to_string();
+        while (10 + h.len() + 1) % 64 != 0 {
+            h.push(' ');
+        }
+        h.push('\n');
+        b.extend((h.len() as u16).to_le_bytes());
+        b.extend(h.as_bytes());
+        v.iter().for_each(|x| b.extend(x.to_le_bytes()));
+        std::fs::write(d.join(name), b).unwrap();
+    };
+    npy("nan.npy", [1.0, f64::NAN, f64::NAN, 1.0]);
+    npy("skew.npy", [1.0, 0.5, 0.2, 1.0]);
+    npy("dist.npy", [0.0, 3.0, 3.0, 0.0]);
+    fails(
+        &["phases", "nan.npy", "-k", "1"],
+        "similarity for every pair",
+    );
+    fails(&["phases", "skew.npy", "-k", "1"], "not symmetric");
+    fails(
+        &["phases", "dist.npy", "-k", "1"],
+        "not a similarity matrix",
+    );
+    // The command's help says where the model format is described.
+    let help = stdout(&tensim(&["compare", "--help"], &d));
+    assert!(
+        help.contains("Model files") && help.contains("tensim inspect"),
+        "{help}"
+    );
+}

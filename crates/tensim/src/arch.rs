@@ -200,6 +200,8 @@ impl Arch {
             origin: origin.to_string(),
             reason,
         };
+        // A byte-order mark (as some editors on Windows write) is not part of the JSON.
+        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
         let value: Value =
             serde_json::from_str(text).map_err(|e| bad(format!("not valid JSON: {e}")))?;
         let obj = value
@@ -251,7 +253,12 @@ impl Arch {
 
     /// Read and parse a description file.
     pub fn from_file(path: &std::path::Path) -> Result<Arch> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        let text = String::from_utf8(bytes).map_err(|_| Error::Arch {
+            origin: path.display().to_string(),
+            reason: "not a text file (the architecture JSON is expected here, not the weights)"
+                .into(),
+        })?;
         Arch::from_json(&text, &path.display().to_string())
     }
 

@@ -40,6 +40,18 @@ impl Model {
                 Layer::Attention(a) => check_attention(i, a)?,
                 Layer::Linear(_) => {}
             }
+            let residual = match layer {
+                Layer::Bilinear(b) => b.residual,
+                Layer::Attention(a) => a.residual,
+                Layer::Linear(_) => None,
+            };
+            if let Some(r) = residual.filter(|r| !r.scale.is_finite()) {
+                return Err(Error::Model(format!(
+                    "layer {i} ({}): residual scale {} is not finite",
+                    layer.kind(),
+                    r.scale
+                )));
+            }
             for (role, values) in layer.parameters() {
                 if let Some(k) = values.iter().position(|v| !v.is_finite()) {
                     return Err(Error::Model(format!(

@@ -35,6 +35,23 @@ pub fn segment(sim: &Mat<f64>, k: usize) -> Result<Phases> {
             sim.ncols()
         )));
     }
+    for i in 0..n {
+        for j in 0..n {
+            let (v, w) = (sim[(i, j)], sim[(j, i)]);
+            let bad = if !v.is_finite() {
+                "phases need a similarity for every pair (a checkpoint of zero norm has none: leave it out)"
+            } else if v.abs() > 1.0 + 1e-9 {
+                "not a similarity matrix (its entries lie in [-1, 1])"
+            } else if (v - w).abs() > 1e-9 {
+                "not a similarity matrix (it is not symmetric)"
+            } else {
+                continue;
+            };
+            return Err(Error::Invalid(format!(
+                "entry ({i}, {j}) is {v} (({j}, {i}) is {w}): {bad}"
+            )));
+        }
+    }
     if k == 0 || k > n {
         return Err(Error::Invalid(format!(
             "the number of phases must be between 1 and {n}, got {k}"

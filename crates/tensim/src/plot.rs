@@ -32,8 +32,12 @@ pub struct HeatmapOptions {
     pub boundaries: Vec<usize>,
 }
 
-/// `v ∈ [−1, 1]` → colour, piecewise linear through the RdBu stops (blue, white, red).
+/// `v ∈ [−1, 1]` → colour, piecewise linear through the RdBu stops (blue, white, red); grey
+/// for `NaN` (an undefined similarity).
 pub fn diverging(v: f64) -> RGBColor {
+    if v.is_nan() {
+        return RGBColor(160, 160, 160);
+    }
     const STOPS: [(f64, [f64; 3]); 5] = [
         (0.0, [5.0, 48.0, 97.0]),
         (0.25, [67.0, 147.0, 195.0]),
@@ -265,16 +269,30 @@ trait Painter {
 }
 
 /// Render `painter` into a PNG or SVG (by extension) of `size`, written atomically.
-fn render(path: &Path, size: (u32, u32), painter: &impl Painter) -> Result<()> {
-    REGISTER.call_once(|| {
-        let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, FONT);
-    });
+/// The figure format of `path`: `"png"` or `"svg"` (its extension), else an error. Commands
+/// call it before their work, so that a misnamed figure is refused before anything is computed.
+pub fn format_of(path: &Path) -> Result<&'static str> {
     let ext = path
         .extension()
         .map(|e| e.to_string_lossy().to_lowercase())
         .unwrap_or_default();
-    let fail = |e: String| Error::Invalid(format!("drawing {}: {e}", path.display()));
     match ext.as_str() {
+        "png" => Ok("png"),
+        "svg" => Ok("svg"),
+        _ => Err(Error::Invalid(format!(
+            "{}: figures are written as .png or .svg",
+            path.display()
+        ))),
+    }
+}
+
+fn render(path: &Path, size: (u32, u32), painter: &impl Painter) -> Result<()> {
+    REGISTER.call_once(|| {
+        let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, FONT);
+    });
+    let ext = format_of(path)?;
+    let fail = |e: String| Error::Invalid(format!("drawing {}: {e}", path.display()));
+    match ext {
         "svg" => {
             let mut text = String::new();
             {
@@ -293,10 +311,7 @@ fn render(path: &Path, size: (u32, u32), painter: &impl Painter) -> Result<()> {
             }
             write_atomic(path, &encode_png(&pixels, size).map_err(fail)?)
         }
-        _ => Err(Error::Invalid(format!(
-            "{}: figures are written as .png or .svg",
-            path.display()
-        ))),
+        _ => unreachable!("format_of gives png or svg"),
     }
 }
 

@@ -535,3 +535,62 @@ fn stored_behavioral_tiles_are_keyed_by_their_inputs() {
     assert_eq!(run(0), a);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A checkpoint of zero norm (a zero-initialised step 0) does not abort the matrix: its row and
+/// column are NaN and every other entry equals the pair's value, for every metric and plan.
+#[test]
+fn a_checkpoint_of_zero_norm_gets_nan_and_the_rest_is_computed() {
+    let s = Spec {
+        d_in: 3,
+        d: 3,
+        h: 3,
+        d_out: 2,
+        depth: 1,
+        residual: None,
+        bias: false,
+        embed: false,
+    };
+    let inputs = Inputs::gaussian(20, 1, 3, 1).unwrap();
+    for depth in [1, 2] {
+        let s = Spec { depth, ..s };
+        let mut models: Vec<Model> = (0..4).map(|k| random_model(s, 90 + k)).collect();
+        models[1] = map_parameters(&models[1], |_| 0.0);
+        let hs = hashes(4);
+        for metric in [
+            Metric::TENSOR,
+            Metric::Matrix,
+            Metric::Behavioral,
+            Metric::Gaussian(Default::default()),
+        ] {
+            let opts = MatrixOptions {
+                inputs: Some(&inputs),
+                ..Default::default()
+            };
+            let sim = similarity_matrix(&cks(&models, &hs), &metric, &opts, &|_, _| {})
+                .unwrap()
+                .similarity;
+            let pair_opts = Options {
+                per_output: false,
+                par: Par::Seq,
+            };
+            for i in 0..4 {
+                for j in 0..4 {
+                    if i == 1 || j == 1 {
+                        assert!(sim[(i, j)].is_nan(), "{metric:?} depth {depth} ({i},{j})");
+                        continue;
+                    }
+                    let want = metrics::compare(
+                        &models[i],
+                        &models[j],
+                        &metric,
+                        Some(&inputs),
+                        &pair_opts,
+                    )
+                    .unwrap()
+                    .similarity;
+                    assert!((sim[(i, j)] - want).abs() < 1e-12, "{metric:?} ({i},{j})");
+                }
+            }
+        }
+    }
+}

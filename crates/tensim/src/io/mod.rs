@@ -61,7 +61,7 @@ impl TensorFile {
     fn parse(&self) -> Result<SafeTensors<'_>> {
         SafeTensors::deserialize(&self.bytes).map_err(|e| Error::Corrupt {
             path: self.path.clone(),
-            reason: e.to_string(),
+            reason: header::foreign(&self.bytes).unwrap_or_else(|| e.to_string()),
         })
     }
 

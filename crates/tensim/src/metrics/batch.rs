@@ -45,7 +45,7 @@ pub fn prepare<'a>(
         Metric::Tensor(Symmetrize::Full(_)) => Err(Error::Invalid(
             "--symmetrize full in `tensim matrix` covers the tensor metric without --per-output or --by-degree".into(),
         )),
-        Metric::Tensor(Symmetrize::Layer) => metrics::tensor::batch(models, names, per_output),
+        Metric::Tensor(Symmetrize::Layer) => metrics::tensor::batch(models, per_output),
         Metric::Matrix => Ok(Box::new(metrics::matrix::batch(models, names, per_output)?)),
         Metric::Behavioral => {
             let inputs = inputs.ok_or(Error::NeedsInputs {
@@ -63,7 +63,8 @@ pub fn prepare<'a>(
     }
 }
 
-/// A metric computed pair by pair: `pair(i, j)` gives one value per plane.
+/// A metric computed pair by pair: `pair(i, j)` gives one value per plane (`NaN` for a pair
+/// with a model of zero norm).
 pub struct PerPair<F> {
     pub planes: usize,
     pub pair: F,
@@ -79,9 +80,15 @@ impl<F: Fn(usize, usize) -> Result<Vec<f64>> + Sync> Batch for PerPair<F> {
             .flat_map(|i| (0..nj).map(move |j| (i, j)))
             .filter(|&(i, j)| !diagonal || j >= i)
             .collect();
+        // A pair involving a model of zero norm has no similarity: NaN, not an error.
         let values = pairs
             .par_iter()
-            .map(|&(i, j)| (self.pair)(ci.start + i, cj.start + j))
+            .map(|&(i, j)| match (self.pair)(ci.start + i, cj.start + j) {
+                Err(e) if matches!(e.root(), Error::ZeroNorm { .. }) => {
+                    Ok(vec![f64::NAN; self.planes])
+                }
+                v => v,
+            })
             .collect::<Result<Vec<_>>>()?;
         let mut out = vec![0.0; self.planes * ni * nj];
         for (&(i, j), v) in pairs.iter().zip(values) {

@@ -6,7 +6,7 @@
 use crate::error::{Error, Result};
 use crate::layers::Layer;
 use crate::linalg::to_row_major;
-use crate::linalg::{Mat, Par};
+use crate::linalg::Mat;
 use crate::metrics::batch::Dots;
 use crate::metrics::{cosine, cosines, Comparison, Kind, Options};
 use crate::model::Model;
@@ -108,26 +108,18 @@ fn same_architecture(a: &Model, b: &Model) -> Result<()> {
     Ok(())
 }
 
-/// The batch form: one row of flattened parameters per model (cosines of rows), and per output
-/// `c` the final layer's row `c` of every model.
+/// The batch form: one row of flattened parameters per model (cosines of rows; `NaN` for a
+/// model whose parameters are all zero), and per output `c` the final layer's row `c` of every
+/// model.
 pub fn batch(models: &[&Model], names: &[&str], per_output: bool) -> Result<Dots> {
-    let opts = Options {
-        per_output: false,
-        par: Par::Seq,
-    };
     for (m, name) in models.iter().zip(names).skip(1) {
-        similarity(models[0], m, &opts)
+        same_architecture(models[0], m)
             .map_err(|e| e.context(format!("A = {}, B = {name}", names[0])))?;
     }
     let flat: Vec<Vec<f64>> = models.iter().copied().map(flat).collect();
     let rows = Mat::from_fn(models.len(), flat[0].len(), |i, j| flat[i][j]);
     let norms: Vec<f64> = (0..models.len()).map(|i| rows.row(i).norm_l2()).collect();
-    if let Some(i) = norms.iter().position(|&v| v == 0.0) {
-        return Err(Error::ZeroNorm {
-            which: names[i].to_string(),
-            metric: "matrix".into(),
-        });
-    }
+    let undefined = norms.iter().map(|&v| v == 0.0).collect();
     let per_output = if per_output {
         let out_rows: Vec<Vec<Vec<f64>>> = models.iter().copied().map(output_rows).collect();
         (0..out_rows[0].len())
@@ -140,7 +132,7 @@ pub fn batch(models: &[&Model], names: &[&str], per_output: bool) -> Result<Dots
         rows,
         scale: 1.0,
         norms: Some(norms),
-        undefined: vec![false; models.len()],
+        undefined,
         per_output,
     })
 }

@@ -121,7 +121,11 @@ pub fn load_with(
 /// checkpoint has one.
 pub fn labels(cks: &[Checkpoint], file: Option<&Path>, from_names: bool) -> Result<Vec<String>> {
     if let Some(f) = file {
-        let text = std::fs::read_to_string(f).map_err(|e| Error::io(f, e))?;
+        let bytes = std::fs::read(f).map_err(|e| Error::io(f, e))?;
+        let text = String::from_utf8(bytes).map_err(|_| Error::Data {
+            path: f.to_path_buf(),
+            reason: "not a text file (labels, one per line, are expected here)".into(),
+        })?;
         let labels: Vec<String> = text
             .lines()
             .map(str::to_string)

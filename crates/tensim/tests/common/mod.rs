@@ -262,8 +262,13 @@ pub fn close(x: f64, y: f64, tol: f64) -> bool {
 
 /// `m` with every weight and bias replaced by its absolute value (no cancellation possible).
 pub fn abs_model(m: &Model) -> Model {
-    let abs = |x: &Mat<f64>| Mat::from_fn(x.nrows(), x.ncols(), |i, j| x[(i, j)].abs());
-    let absv = |v: &Option<Vec<f64>>| v.as_ref().map(|v| v.iter().map(|x| x.abs()).collect());
+    map_parameters(m, f64::abs)
+}
+
+/// `m` with `f` applied to every weight and bias (position-wise models).
+pub fn map_parameters(m: &Model, f: impl Fn(f64) -> f64) -> Model {
+    let abs = |x: &Mat<f64>| Mat::from_fn(x.nrows(), x.ncols(), |i, j| f(x[(i, j)]));
+    let absv = |v: &Option<Vec<f64>>| v.as_ref().map(|v| v.iter().map(|&x| f(x)).collect());
     let layers = m
         .layers()
         .iter()

@@ -246,11 +246,7 @@ pub fn network_similarity(a: &Model, b: &Model) -> Result<Comparison> {
 /// The batch form: stacked GEMMs for one-bilinear-layer models ([`stacked`]), otherwise pair by
 /// pair (the recursion, each model's self trace computed once where all have the same depth;
 /// the network recursion with attention).
-pub fn batch<'a>(
-    models: &'a [&'a Model],
-    names: &[&str],
-    per_output: bool,
-) -> Result<Box<dyn Batch + 'a>> {
+pub fn batch<'a>(models: &'a [&'a Model], per_output: bool) -> Result<Box<dyn Batch + 'a>> {
     if models.iter().any(|m| m.first_attention().is_some()) {
         if per_output {
             return Err(Error::Invalid(
@@ -264,7 +260,7 @@ pub fn batch<'a>(
             },
         }));
     }
-    if let Some(s) = stacked::Stacked::new(models, names, per_output)? {
+    if let Some(s) = stacked::Stacked::new(models, per_output) {
         return Ok(Box::new(s));
     }
     let depth = models[0].n_bilinear();
@@ -278,15 +274,6 @@ pub fn batch<'a>(
             })
             .collect::<Vec<_>>()
     });
-    if let Some(i) = norms
-        .as_ref()
-        .and_then(|v| v.iter().position(|t| t.0 <= 0.0))
-    {
-        return Err(Error::ZeroNorm {
-            which: names[i].to_string(),
-            metric: "tensor".into(),
-        });
-    }
     let planes = if per_output {
         1 + models[0].out_dim()
     } else {

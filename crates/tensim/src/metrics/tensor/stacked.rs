@@ -17,7 +17,7 @@ use std::ops::Range;
 
 use rayon::prelude::*;
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::layers::{compose_linear, PaddedLayer};
 use crate::linalg::{mul, mul_t, Mat, MatRef, Par};
 use crate::metrics::batch::Batch;
@@ -161,37 +161,24 @@ pub(super) struct Stacked {
 }
 
 impl Stacked {
-    /// `None` unless every model has exactly one bilinear layer; an error names a checkpoint
-    /// of zero norm.
-    pub(super) fn new(
-        models: &[&Model],
-        names: &[&str],
-        per_output: bool,
-    ) -> Result<Option<Stacked>> {
-        let Some(folded) = models
+    /// `None` unless every model has exactly one bilinear layer. A checkpoint of zero norm gets
+    /// `NaN` similarities.
+    pub(super) fn new(models: &[&Model], per_output: bool) -> Option<Stacked> {
+        let folded = models
             .iter()
             .copied()
             .map(fold_single)
-            .collect::<Option<Vec<_>>>()
-        else {
-            return Ok(None);
-        };
+            .collect::<Option<Vec<_>>>()?;
         let stack = Stack::new(&folded);
         let norms = (0..models.len())
             .into_par_iter()
             .map(|i| stack.tile(i..i + 1, i..i + 1, per_output))
             .collect::<Vec<_>>();
-        if let Some(i) = norms.iter().position(|v| v[0] <= 0.0) {
-            return Err(Error::ZeroNorm {
-                which: names[i].to_string(),
-                metric: "tensor".into(),
-            });
-        }
-        Ok(Some(Stacked {
+        Some(Stacked {
             stack,
             norms,
             per_output,
-        }))
+        })
     }
 }
 
