@@ -44,6 +44,9 @@ pub fn run(args: CompareArgs) -> Result<()> {
     };
     let r = metrics::compare(&ma, &mb, &metric, data.as_ref(), &opts)
         .with_context(|| format!("comparing {} with {}", args.a.display(), args.b.display()))?;
+    if let Some(w) = &r.warning {
+        eprintln!("warning: {w}");
+    }
     if args.json {
         println!("{}", serde_json::to_string(&r)?);
     } else {

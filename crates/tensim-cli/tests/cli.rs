@@ -640,3 +640,96 @@ fn bad_options_and_files_are_refused_first() {
         "{help}"
     );
 }
+
+/// Sizes taken from the input (positions, widths, samples) are checked against the memory
+/// limit before anything is allocated: a clear refusal with exit 1, never an abort.
+#[test]
+fn absurd_sizes_are_refused_not_aborted() {
+    let d = workdir("sizes");
+    let o = tensim(
+        &[
+            "demo",
+            "random",
+            "--out",
+            "r",
+            "--d-in",
+            "4",
+            "--d-model",
+            "4",
+            "--hidden",
+            "5",
+            "--layers",
+            "1",
+            "--d-out",
+            "3",
+            "--count",
+            "2",
+        ],
+        &d,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let mut arch = json(&tensim(
+        &["inspect", "r/random-000.safetensors", "--json"],
+        &d,
+    ))["architecture"]
+        .clone();
+    arch["input"]["n_ctx"] = serde_json::json!(1_000_000);
+    std::fs::write(d.join("long.json"), arch.to_string()).unwrap();
+    let (a, b) = ("r/random-000.safetensors", "r/random-001.safetensors");
+    for args in [
+        vec![
+            "compare",
+            a,
+            b,
+            "--arch",
+            "long.json",
+            "--metric",
+            "gaussian",
+        ],
+        vec![
+            "matrix",
+            "r",
+            "--arch",
+            "long.json",
+            "--metric",
+            "gaussian",
+            "--no-resume",
+        ],
+        vec![
+            "compare",
+            a,
+            b,
+            "--arch",
+            "long.json",
+            "--metric",
+            "behavioral",
+        ],
+        vec![
+            "compare",
+            a,
+            b,
+            "--metric",
+            "behavioral",
+            "--samples",
+            "4000000000",
+        ],
+        vec![
+            "demo",
+            "random",
+            "--out",
+            "h",
+            "--d-in",
+            "100000",
+            "--d-model",
+            "100000",
+        ],
+    ] {
+        let o = tensim(&args, &d);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {}", stderr(&o));
+        assert!(
+            stderr(&o).contains("needs about"),
+            "{args:?}: {}",
+            stderr(&o)
+        );
+    }
+}

@@ -48,6 +48,22 @@ pub fn torch_init(rows: usize, cols: usize, rng: &mut impl Rng) -> Mat<f64> {
 
 /// A random stack with PyTorch initialisation; biases (if any) are small Gaussians.
 pub fn random_stack<R: Rng>(shape: &StackShape, rng: &mut R) -> Result<Model> {
+    // Parameters (an upper bound), checked before any is drawn.
+    let stream = if shape.embed {
+        shape.d_model
+    } else {
+        shape.d_in
+    } as f64;
+    let attention = if shape.heads > 0 {
+        6.0 * stream * stream
+    } else {
+        0.0
+    };
+    let per_layer = |h: usize| 3.0 * h as f64 * stream.max(h as f64) + attention;
+    let params = shape.d_in as f64 * stream
+        + shape.hidden.iter().map(|&h| per_layer(h)).sum::<f64>()
+        + stream.max(shape.hidden.iter().copied().max().unwrap_or(0) as f64) * shape.d_out as f64;
+    crate::budget::check("the random model's parameters", 2.0 * params)?;
     let bias = |n: usize, rng: &mut R| -> Option<Vec<f64>> {
         shape
             .bias

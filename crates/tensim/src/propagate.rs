@@ -231,8 +231,27 @@ fn aligned(a: &Model, b: &Model) -> (Vec<Layer>, Vec<Layer>) {
     (pad(a), pad(b))
 }
 
+/// Refuse work whose moments cannot fit in memory, before any is allocated: a step holds about a
+/// dozen `(n·w)²` tensors (the three moments before and after it, their centred copies, the
+/// step's parts), `w` the widest padded activation of `models`; `copies` more sets are kept
+/// (cached self chains).
+pub fn check_memory(models: &[&Model], copies: f64) -> Result<()> {
+    let n = models[0].input().n_ctx as f64;
+    let w = models
+        .iter()
+        .flat_map(|m| std::iter::once(m.in_dim()).chain(m.layers().iter().map(Layer::out_dim)))
+        .max()
+        .unwrap_or(0) as f64
+        + 1.0;
+    crate::budget::check(
+        "the Gaussian moments of the activations",
+        (12.0 + copies) * (n * w).powi(2),
+    )
+}
+
 /// A model's self chain: `Σ_aa` before every layer and after the last (closure).
 pub fn self_chain(model: &Model) -> Result<Vec<Moment>> {
+    check_memory(&[model], 1.0)?;
     let n = model.input().n_ctx;
     let mut chain = vec![Moment::initial(model.input().n_ctx, model.in_dim())];
     let layers = model.layers();
@@ -385,6 +404,7 @@ pub fn closure_traces(
     b: &Model,
     cached: Option<(&[Moment], &[Moment])>,
 ) -> Result<Traces> {
+    check_memory(&[a, b], 1.0)?;
     let (la, lb) = aligned(a, b);
     let n = a.input().n_ctx;
     let start = Moment::initial(a.input().n_ctx, a.in_dim());
@@ -420,6 +440,7 @@ pub fn closure_traces(
 
 /// The exact Wick sum of both models composed into one network each.
 pub fn exact_traces(a: &Model, b: &Model) -> Result<Traces> {
+    check_memory(&[a, b], 1.0)?;
     let s0 = Moment::initial(a.input().n_ctx, a.in_dim());
     let (ta, tb) = (composed(a), composed(b));
     let (ea, eb) = (

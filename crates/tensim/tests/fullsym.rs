@@ -213,6 +213,31 @@ fn complex_gaussian_monte_carlo_is_unbiased() {
         r.similarity
     );
     assert!(r.stderr.unwrap() > 0.0);
+    assert_eq!(r.warning, None, "a resolved estimate");
+    // Unrelated depth-3 models with few samples: the estimate has no signal, and says so.
+    let s = Spec {
+        d_in: 3,
+        d: 3,
+        h: 3,
+        d_out: 2,
+        depth: 3,
+        residual: None,
+        bias: false,
+        embed: false,
+    };
+    let (a, b) = (random_model(s, 51), random_model(s, 52));
+    let r = fullsym::similarity(
+        &a,
+        &b,
+        &opts,
+        &FullOptions {
+            samples: 8,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let w = r.warning.expect("unresolved");
+    assert!(w.contains("not resolved") && w.contains("--samples"), "{w}");
 }
 
 #[test]

@@ -209,6 +209,24 @@ fn degree_parts(a: &Depth2, b: &Depth2, par: Par) -> Result<(Vec<f64>, f64)> {
     Ok(((0..5).map(|m| coef[(4 - m, 0)]).collect(), vals[1]))
 }
 
+/// A warning where a Monte-Carlo estimate `mean ± se` from `samples` draws is within three
+/// standard errors of zero (no signal), with the samples that would bring `se` to 10 % of it.
+fn unresolved(mean: f64, se: f64, samples: usize) -> Option<String> {
+    (3.0 * se >= mean.abs()).then(|| {
+        let need = samples as f64 * (se / (0.1 * mean.abs())).powi(2);
+        let need = if need.is_finite() && need < 1e15 {
+            format!("about {need:.1e}")
+        } else {
+            "more than 10^15".into()
+        };
+        format!(
+            "the estimate is not resolved: the inner product is {mean:.3e} ± {se:.3e}, within \
+             three standard errors of zero; {need} samples (--samples) would bring the error \
+             to 10 % of it"
+        )
+    })
+}
+
 /// Fully symmetrised tensor similarity of `a` and `b` (input and output sizes must agree).
 pub fn similarity(
     a: &Model,
@@ -286,6 +304,7 @@ pub fn similarity(
                 mode: Some(Method::MonteCarlo),
                 stderr: Some(t.inner.stderr),
                 samples: Some(full.samples),
+                warning: unresolved(t.inner.mean, t.inner.stderr, full.samples),
                 ..Default::default()
             }
         }

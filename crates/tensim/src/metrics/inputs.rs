@@ -28,7 +28,8 @@ impl Inputs {
                 "the number of samples must be at least 1".into(),
             ));
         }
-        crate::budget::check("the Gaussian input samples", (rows * n_ctx * dim) as f64)?;
+        let entries = rows as f64 * n_ctx as f64 * dim as f64;
+        crate::budget::check("the Gaussian input samples", entries)?;
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         let x = Mat::from_fn(rows * n_ctx, dim, |_, _| StandardNormal.sample(&mut rng));
         Ok(Inputs {
@@ -144,6 +145,20 @@ pub fn outputs(
             model.in_dim()
         )));
     }
+    // The forward pass holds a layer's input, its hidden activations and its output.
+    let widest = model
+        .layers()
+        .iter()
+        .map(|l| match l {
+            crate::layers::Layer::Bilinear(b) => 2 * b.hidden() + l.out_dim(),
+            _ => l.in_dim() + l.out_dim(),
+        })
+        .max()
+        .unwrap_or(0);
+    crate::budget::check(
+        "the forward pass on the inputs",
+        3.0 * inputs.x.nrows() as f64 * widest as f64,
+    )?;
     let y = model.forward(inputs.x.as_ref(), par);
     let (t, o) = (inputs.n_ctx, y.ncols());
     Ok(Mat::from_fn(inputs.rows, t * o, |r, j| {

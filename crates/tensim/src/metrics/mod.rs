@@ -210,6 +210,9 @@ pub struct Comparison {
     /// Similarity of the degree-0, 1, 2, … parts of the two polynomials (`None` where a part is zero).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub by_degree: Option<Vec<Option<f64>>>,
+    /// What the value cannot be trusted for (an unresolved Monte-Carlo estimate).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub warning: Option<String>,
 }
 
 /// The text `tensim compare` prints: one `name  value` line per field, then the per-degree and
@@ -232,6 +235,9 @@ impl std::fmt::Display for Comparison {
         if let Some(se) = self.stderr {
             let n = self.samples.unwrap_or(0);
             writeln!(f, "std. error  {se:.3e} (of inner, {n} samples)")?;
+        }
+        if let Some(w) = &self.warning {
+            writeln!(f, "warning     {w}")?;
         }
         let list = |f: &mut std::fmt::Formatter<'_>, title, values: &[Option<f64>], zero| {
             writeln!(f, "{title}:")?;

@@ -200,6 +200,7 @@ pub fn network_similarity(a: &Model, b: &Model) -> Result<Comparison> {
             b.input().n_ctx
         )));
     }
+    crate::propagate::check_memory(&[a, b], 1.0)?;
     let n = a.input().n_ctx;
     let start = Moment {
         m: identity_gram(n, a.in_dim() + 1),
