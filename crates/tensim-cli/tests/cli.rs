@@ -31,6 +31,39 @@ fn json(o: &Output) -> serde_json::Value {
     serde_json::from_str(&stdout(o)).unwrap()
 }
 
+/// `count` small random models in `d/r/` (4 inputs → 4 → 5 hidden → 3 outputs, lerp residual
+/// 0.5), and their architecture description.
+fn small_models(d: &Path, count: usize) -> serde_json::Value {
+    let count = count.to_string();
+    let args = [
+        "demo",
+        "random",
+        "--out",
+        "r",
+        "--d-in",
+        "4",
+        "--d-model",
+        "4",
+        "--hidden",
+        "5",
+        "--layers",
+        "1",
+        "--d-out",
+        "3",
+        "--count",
+        &count,
+        "--residual",
+        "0.5",
+    ];
+    let o = tensim(&args, d);
+    assert!(o.status.success(), "{}", stderr(&o));
+    json(&tensim(
+        &["inspect", "r/random-000.safetensors", "--json"],
+        d,
+    ))["architecture"]
+        .clone()
+}
+
 #[test]
 fn demo_then_compare_inspect_verify() {
     let d = workdir("demo");
@@ -442,35 +475,7 @@ fn transformers_compare_with_the_gaussian_metric() {
 #[test]
 fn a_changed_description_does_not_reuse_stored_tiles() {
     let d = workdir("stale");
-    let o = tensim(
-        &[
-            "demo",
-            "random",
-            "--out",
-            "r",
-            "--d-in",
-            "4",
-            "--d-model",
-            "4",
-            "--hidden",
-            "5",
-            "--layers",
-            "1",
-            "--d-out",
-            "3",
-            "--count",
-            "3",
-            "--residual",
-            "0.5",
-        ],
-        &d,
-    );
-    assert!(o.status.success(), "{}", stderr(&o));
-    let mut arch = json(&tensim(
-        &["inspect", "r/random-000.safetensors", "--json"],
-        &d,
-    ))["architecture"]
-        .clone();
+    let mut arch = small_models(&d, 3);
     std::fs::write(d.join("a1.json"), arch.to_string()).unwrap();
     let layers = arch["layers"].as_array_mut().unwrap();
     let bilinear = layers.iter_mut().find(|l| l["kind"] == "bilinear").unwrap();
@@ -493,28 +498,7 @@ fn a_changed_description_does_not_reuse_stored_tiles() {
 #[test]
 fn bad_options_and_files_are_refused_first() {
     let d = workdir("refused");
-    let o = tensim(
-        &[
-            "demo",
-            "random",
-            "--out",
-            "r",
-            "--d-in",
-            "4",
-            "--d-model",
-            "4",
-            "--hidden",
-            "5",
-            "--layers",
-            "1",
-            "--d-out",
-            "3",
-            "--count",
-            "2",
-        ],
-        &d,
-    );
-    assert!(o.status.success(), "{}", stderr(&o));
+    let arch = small_models(&d, 2);
     std::fs::copy(d.join("r/random-000.safetensors"), d.join("a.safetensors")).unwrap();
     std::fs::copy(d.join("r/random-001.safetensors"), d.join("b.safetensors")).unwrap();
     let fails = |args: &[&str], want: &str| {
@@ -593,8 +577,6 @@ fn bad_options_and_files_are_refused_first() {
     fails(&["inspect", "m.pt"], "zip archive");
     fails(&["inspect", "m.pt"], "save_file");
     // A description with a byte-order mark is read.
-    let arch =
-        json(&tensim(&["inspect", "a.safetensors", "--json"], &d))["architecture"].to_string();
     std::fs::write(d.join("bom.json"), format!("\u{feff}{arch}")).unwrap();
     let r = json(&tensim(
         &[
@@ -646,33 +628,7 @@ fn bad_options_and_files_are_refused_first() {
 #[test]
 fn absurd_sizes_are_refused_not_aborted() {
     let d = workdir("sizes");
-    let o = tensim(
-        &[
-            "demo",
-            "random",
-            "--out",
-            "r",
-            "--d-in",
-            "4",
-            "--d-model",
-            "4",
-            "--hidden",
-            "5",
-            "--layers",
-            "1",
-            "--d-out",
-            "3",
-            "--count",
-            "2",
-        ],
-        &d,
-    );
-    assert!(o.status.success(), "{}", stderr(&o));
-    let mut arch = json(&tensim(
-        &["inspect", "r/random-000.safetensors", "--json"],
-        &d,
-    ))["architecture"]
-        .clone();
+    let mut arch = small_models(&d, 2);
     arch["input"]["n_ctx"] = serde_json::json!(1_000_000);
     std::fs::write(d.join("long.json"), arch.to_string()).unwrap();
     let (a, b) = ("r/random-000.safetensors", "r/random-001.safetensors");
