@@ -115,8 +115,9 @@ pub fn run(args: MatrixArgs) -> Result<()> {
         .collect();
     if !undefined.is_empty() {
         eprintln!(
-            "warning: {} of the checkpoints have zero norm under the {} metric and so no \
-             similarity; their rows and columns are NaN (null in JSON, grey in plots): {}",
+            "warning: {} of the checkpoints have no similarity under the {} metric (zero \
+             norm, or values beyond floating-point range); their rows and columns are NaN (null \
+             in JSON, grey in plots): {}",
             undefined.len(),
             metric.name(),
             undefined.join(", ")

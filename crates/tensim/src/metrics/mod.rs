@@ -291,7 +291,7 @@ pub fn compare(
             metric: metric.kind(),
         })
     };
-    match metric {
+    let r = match metric {
         Metric::Tensor(Symmetrize::Layer) => tensor::similarity(a, b, opts),
         Metric::Tensor(Symmetrize::Full(full)) => fullsym::similarity(a, b, opts, full),
         Metric::Matrix => matrix::similarity(a, b, opts),
@@ -303,7 +303,14 @@ pub fn compare(
             }
             r
         }),
+    }?;
+    if !r.similarity.is_finite() {
+        return Err(Error::OutOfRange {
+            metric: metric.name().into(),
+            what: format!("similarity = {}", r.similarity),
+        });
     }
+    Ok(r)
 }
 
 /// Input and output sizes and positions must agree for any comparison.
@@ -320,10 +327,23 @@ pub fn check_io(a: &Model, b: &Model) -> Result<()> {
     Ok(())
 }
 
-/// `inner / √(n_a n_b)`, clamped to [-1, 1] against rounding; an error if a norm is zero.
+/// `inner / √(n_a n_b)`, clamped to [-1, 1] against rounding; an error if a norm is zero, or if
+/// a value is infinite or not a number (overflow: never a number that is not the answer).
 pub fn cosine(inner: f64, n_a: f64, n_b: f64, metric: Kind) -> Result<f64> {
+    for (v, what) in [
+        (inner, "inner product"),
+        (n_a, "norm of A"),
+        (n_b, "norm of B"),
+    ] {
+        if !v.is_finite() {
+            return Err(Error::OutOfRange {
+                metric: metric.name().into(),
+                what: format!("{what} = {v}"),
+            });
+        }
+    }
     for (n, which) in [(n_a, "A"), (n_b, "B")] {
-        if n.is_nan() || n <= 0.0 {
+        if n <= 0.0 {
             return Err(Error::ZeroNorm {
                 which: which.into(),
                 metric: metric.name().into(),
