@@ -27,10 +27,34 @@ impl ArchArgs {
     pub fn load_pair(&self, a: &Path, b: &Path) -> Result<(Model, Model)> {
         let shared = self.arch.as_deref();
         Ok((
-            io::load(a, self.arch_a.as_deref().or(shared))?,
-            io::load(b, self.arch_b.as_deref().or(shared))?,
+            load(a, self.arch_a.as_deref().or(shared))?,
+            load(b, self.arch_b.as_deref().or(shared))?,
         ))
     }
+}
+
+/// A model file with its description (the sidecar, else the embedded one), with a warning on
+/// stderr when the file holds tensors the description does not use.
+pub fn load(path: &Path, arch: Option<&Path>) -> Result<Model> {
+    let file = io::TensorFile::open(path)?;
+    let description = io::resolve_arch(&file, arch)?;
+    let model = file.model(&description)?;
+    let unused = file.unused_tensors(&description)?;
+    if !unused.is_empty() {
+        let shown: Vec<String> = unused.iter().take(4).map(|n| format!("\"{n}\"")).collect();
+        let more = match unused.len() {
+            n if n > 4 => format!(" and {} more", n - 4),
+            _ => String::new(),
+        };
+        eprintln!(
+            "warning: {}: {} stored tensor(s) not used by the architecture description ({}{more}); \
+             does it describe the whole checkpoint?",
+            path.display(),
+            unused.len(),
+            shown.join(", ")
+        );
+    }
+    Ok(model)
 }
 
 #[derive(Args)]

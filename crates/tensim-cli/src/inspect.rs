@@ -23,12 +23,8 @@ pub fn run(args: InspectArgs) -> Result<()> {
     let stored = tf.tensors()?;
     let description = io::resolve_arch(&tf, arch)?;
     let model = tf.model(&description)?;
-    let used = used_names(&description);
-    let unused: Vec<&str> = stored
-        .iter()
-        .map(|t| t.name.as_str())
-        .filter(|n| !used.iter().any(|u| u == n))
-        .collect();
+    let used = description.tensor_names();
+    let unused = tf.unused_tensors(&description)?;
     if json {
         let tensors: Vec<_> = stored
             .iter()
@@ -106,20 +102,4 @@ pub fn run(args: InspectArgs) -> Result<()> {
         );
     }
     Ok(())
-}
-
-/// Every tensor name the description refers to.
-fn used_names(arch: &tensim::Arch) -> Vec<String> {
-    let v = serde_json::to_value(arch).expect("serialisable");
-    let mut names = Vec::new();
-    for layer in v["layers"].as_array().into_iter().flatten() {
-        for (key, val) in layer.as_object().into_iter().flatten() {
-            if key != "kind" && key != "mask" {
-                if let Some(s) = val.as_str() {
-                    names.push(s.to_string());
-                }
-            }
-        }
-    }
-    names
 }

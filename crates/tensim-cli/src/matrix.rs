@@ -7,7 +7,7 @@ use clap::Args;
 use tensim::metrics::Kind;
 use tensim::trajectory::{self, checkpoints, tiles::TileStore, MatrixOptions};
 
-use crate::args::{draw_heatmap, metric, InputArgs, PlotArgs, SymArgs};
+use crate::args::{draw_heatmap, load, metric, InputArgs, PlotArgs, SymArgs};
 
 #[derive(Args)]
 pub struct MatrixArgs {
@@ -45,7 +45,9 @@ pub struct MatrixArgs {
     json: bool,
     #[command(flatten)]
     plot: PlotArgs,
-    /// Checkpoints per tile side (default: about 1024 stacked hidden rows).
+    /// Checkpoints per tile side (default: about 1024 stacked hidden rows for the one-layer
+    /// tensor metric, 4 for the metrics computed pair by pair, so that an interrupted run has
+    /// stored nearly all finished pairs).
     #[arg(long, default_value_t = 0)]
     tile: usize,
     /// Neither read nor write finished tiles.
@@ -65,6 +67,7 @@ pub fn run(args: MatrixArgs) -> Result<()> {
         checkpoints::natural_sort(&mut paths);
     }
     let cks = checkpoints::load_all(&paths, args.arch.as_deref())?;
+    load(&paths[0], args.arch.as_deref())?; // the first file's unused tensors, if any
     let labels = checkpoints::labels(&cks, args.labels.as_deref(), args.labels_from_names)?;
     args.plot
         .check(cks.len(), cks.iter().all(|c| c.step.is_some()))?;

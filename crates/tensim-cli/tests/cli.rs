@@ -615,6 +615,27 @@ fn bad_options_and_files_are_refused_first() {
         &["phases", "dist.npy", "-k", "1"],
         "not a similarity matrix",
     );
+    // A description covering only part of a checkpoint works, with a warning naming the rest.
+    let mut part = arch.clone();
+    part["layers"] = serde_json::json!([arch["layers"][0].clone()]);
+    std::fs::write(d.join("part.json"), part.to_string()).unwrap();
+    let o = tensim(
+        &[
+            "compare",
+            "a.safetensors",
+            "b.safetensors",
+            "--arch",
+            "part.json",
+        ],
+        &d,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("a.safetensors: ")
+            && stderr(&o).contains("not used by the architecture"),
+        "{}",
+        stderr(&o)
+    );
     // The command's help says where the model format is described.
     let help = stdout(&tensim(&["compare", "--help"], &d));
     assert!(

@@ -262,6 +262,22 @@ impl Arch {
         Arch::from_json(&text, &path.display().to_string())
     }
 
+    /// Every tensor name the description refers to.
+    pub fn tensor_names(&self) -> Vec<String> {
+        let v = serde_json::to_value(self).expect("an Arch always serialises");
+        let mut names = Vec::new();
+        for layer in v["layers"].as_array().into_iter().flatten() {
+            for (key, val) in layer.as_object().into_iter().flatten() {
+                if key != "kind" && key != "mask" {
+                    if let Some(s) = val.as_str() {
+                        names.push(s.to_string());
+                    }
+                }
+            }
+        }
+        names
+    }
+
     /// The description as pretty JSON text.
     pub fn to_json(&self) -> String {
         serde_json::to_string_pretty(self).expect("an Arch always serialises")

@@ -594,3 +594,41 @@ fn a_checkpoint_of_zero_norm_gets_nan_and_the_rest_is_computed() {
         }
     }
 }
+
+/// Metrics computed pair by pair store their work in small tiles by default (a pair can take
+/// seconds, and only finished tiles survive an interruption): 9 checkpoints of depth 2 are 6
+/// tiles of at most 4 × 4, not one.
+#[test]
+fn pair_by_pair_matrices_are_stored_in_small_tiles() {
+    let dir = std::env::temp_dir().join(format!("tensim-small-tiles-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let s = Spec {
+        d_in: 3,
+        d: 3,
+        h: 3,
+        d_out: 2,
+        depth: 2,
+        residual: None,
+        bias: false,
+        embed: false,
+    };
+    let models: Vec<Model> = (0..9).map(|k| random_model(s, 120 + k)).collect();
+    let checkpoints = cks(&models, &hashes(9));
+    let store = TileStore::open(&dir, "tensor", &checkpoints).unwrap();
+    let opts = MatrixOptions {
+        store: Some(&store),
+        ..Default::default()
+    };
+    similarity_matrix(&checkpoints, &Metric::TENSOR, &opts, &|_, _| {}).unwrap();
+    let tiles = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "npy")
+        })
+        .count();
+    assert_eq!(tiles, 6);
+}

@@ -106,6 +106,18 @@ impl TensorFile {
         Ok(out)
     }
 
+    /// The stored tensors `arch` does not use (a description that covers only part of a
+    /// checkpoint is a likely mistake).
+    pub fn unused_tensors(&self, arch: &Arch) -> Result<Vec<String>> {
+        let used = arch.tensor_names();
+        Ok(self
+            .tensors()?
+            .into_iter()
+            .map(|t| t.name)
+            .filter(|n| !used.contains(n))
+            .collect())
+    }
+
     /// Build the model `arch` describes from this file's tensors.
     pub fn model(&self, arch: &Arch) -> Result<Model> {
         let st = self.parse()?;

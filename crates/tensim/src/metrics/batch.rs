@@ -23,6 +23,12 @@ pub trait Batch: Sync {
         1
     }
 
+    /// Checkpoints per tile side when the caller does not choose: about 1024 stacked rows per
+    /// side for GEMM-shaped forms.
+    fn tile_side(&self) -> usize {
+        (1024 / self.rows_per_checkpoint().max(1)).clamp(1, 256)
+    }
+
     /// GEMM flops of a tile (benchmarks), where the metric counts them.
     fn tile_flops(&self, _rows: &Range<usize>, _cols: &Range<usize>) -> u64 {
         0
@@ -71,6 +77,12 @@ pub struct PerPair<F> {
 }
 
 impl<F: Fn(usize, usize) -> Result<Vec<f64>> + Sync> Batch for PerPair<F> {
+    /// Few pairs per tile (16, or 10 on the diagonal): a pair can take seconds, and only
+    /// finished tiles are stored, so an interrupted run keeps nearly all its work.
+    fn tile_side(&self) -> usize {
+        4
+    }
+
     /// Pairs in parallel; on a diagonal tile each unordered pair once (the metrics are
     /// symmetric), mirrored.
     fn tile(&self, ci: Range<usize>, cj: Range<usize>) -> Result<Vec<f64>> {

@@ -23,7 +23,7 @@ use tiles::TileStore;
 /// Options of an all-pairs run.
 #[derive(Clone, Copy, Default)]
 pub struct MatrixOptions<'a> {
-    /// Checkpoints per tile side; 0 chooses about 1024 stacked rows per side.
+    /// Checkpoints per tile side; 0: the metric's choice ([`crate::metrics::batch::Batch::tile_side`]).
     pub tile: usize,
     /// Where finished tiles are kept (resume); `None`: nothing is stored.
     pub store: Option<&'a TileStore>,
@@ -75,7 +75,7 @@ pub fn similarity_matrix(
     let t = if opts.tile > 0 {
         opts.tile
     } else {
-        (1024 / hidden).clamp(1, 256)
+        batch.tile_side()
     };
     let threads = rayon::current_num_threads() as f64;
     budget::check(
