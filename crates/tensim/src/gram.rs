@@ -2,7 +2,7 @@
 //! output spaces of the layers processed so far: `G[o,o'] = Σ_I (P_W U_a)[o;I] (P_W U_b)[o';I]`.
 //!
 //! The bilinear update is homogeneous of degree 2 in `G`, so deep stacks overflow or underflow
-//! f64. `Gram` stores `G = e^s · g` with `max|g| = 1` after every bilinear layer (§3.4).
+//! f64. `Gram` stores `G = e^s · g` with `max|g| = 1` after every update (§3.4).
 
 use crate::linalg::{Mat, MatRef};
 
@@ -31,19 +31,21 @@ impl Gram {
         self.log_scale
     }
 
-    /// A linear (degree-1) update `g ← f(g)`: the scale is unchanged.
+    /// A linear (degree-1) update `g ← f(g)`: the true value is `e^s·f(g)`; renormalised, as
+    /// weights far from 1 would otherwise push the next bilinear update out of range.
     pub fn map(&self, f: impl FnOnce(Option<MatRef<'_, f64>>) -> Mat<f64>) -> Gram {
-        Gram {
-            g: Some(f(self.scaled())),
-            log_scale: self.log_scale,
-        }
+        Gram::normalised(f(self.scaled()), self.log_scale)
     }
 
     /// Result of a degree-2 update computed from `g`: the true value is `e^{2s}·next`;
     /// renormalise so that `max|g| = 1`.
     pub fn from_quadratic(next: Mat<f64>, prev_log_scale: f64) -> Gram {
+        Gram::normalised(next, 2.0 * prev_log_scale)
+    }
+
+    /// `e^{log_scale}·next` with `max|g| = 1` (unchanged where `next` is zero or not finite).
+    fn normalised(next: Mat<f64>, mut log_scale: f64) -> Gram {
         let m = crate::linalg::max_abs(next.as_ref());
-        let mut log_scale = 2.0 * prev_log_scale;
         let g = if m > 0.0 && m.is_finite() {
             log_scale += m.ln();
             Mat::from_fn(next.nrows(), next.ncols(), |i, j| next[(i, j)] / m)
