@@ -244,7 +244,7 @@ pub fn network_similarity(a: &Model, b: &Model) -> Result<Comparison> {
     })
 }
 
-/// The batch form: stacked GEMMs for one-bilinear-layer models ([`stacked`]), otherwise pair by
+/// The batch form: stacked GEMMs for one-bilinear-layer models (`stacked.rs`), otherwise pair by
 /// pair (the recursion, each model's self trace computed once where all have the same depth;
 /// the network recursion with attention).
 pub fn batch<'a>(models: &'a [&'a Model], per_output: bool) -> Result<Box<dyn Batch + 'a>> {

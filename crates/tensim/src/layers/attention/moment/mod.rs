@@ -4,7 +4,7 @@
 //! For head `η`, query `t` and key `u`, the active term is a product of atoms: the value
 //! `v = V̂_η x̂_u` (a vector) and the scores `s_c = (ρ_tQ̂c_η x̂_t)·(ρ_uK̂c_η x̂_u)` (two legs joined
 //! by `Σ_e`); the identity term is the vector `x̂_t` alone. `blocks.rs` lays out the legs of
-//! every such combination and their covariances block by block ([`Gram`]); `pieces.rs` computes
+//! every such combination and their covariances block by block (`Gram`); `pieces.rs` computes
 //! the moment of one pair of combinations; this file sums them into the output blocks.
 
 mod blocks;
