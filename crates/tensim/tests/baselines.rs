@@ -194,6 +194,14 @@ fn npy_inputs_are_read_and_checked() {
         .unwrap_err()
         .to_string()
         .contains("(rows, 3, 3)"));
+    // Half precision (f16 activations saved from mixed-precision training) is read exactly.
+    let halves: Vec<u8> = data
+        .iter()
+        .flat_map(|&v| half::f16::from_f32(v).to_le_bytes())
+        .collect();
+    std::fs::write(&p, npy_bytes("<f2", "(4, 3)", &halves)).unwrap();
+    let x = Inputs::from_npy(&p, 1, 3).unwrap();
+    assert_eq!((x.rows, x.x[(3, 2)], x.x[(1, 1)]), (4, 5.5, 2.0));
     std::fs::write(&p, b"garbage").unwrap();
     assert!(Inputs::from_npy(&p, 1, 3)
         .unwrap_err()
@@ -201,9 +209,15 @@ fn npy_inputs_are_read_and_checked() {
         .contains("not a valid .npy"));
 }
 
-/// A version-1 `.npy` file written by hand (magic, header dict padded to 64 bytes, data).
+/// A version-1 `.npy` file of f32 values written by hand.
 fn npy_f32(shape: &str, data: &[f32]) -> Vec<u8> {
-    let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {shape}, }}");
+    let bytes: Vec<u8> = data.iter().flat_map(|v| v.to_le_bytes()).collect();
+    npy_bytes("<f4", shape, &bytes)
+}
+
+/// A version-1 `.npy` file written by hand (magic, header dict padded to 64 bytes, data).
+fn npy_bytes(descr: &str, shape: &str, data: &[u8]) -> Vec<u8> {
+    let mut header = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
     while (10 + header.len() + 1) % 64 != 0 {
         header.push(' ');
     }
@@ -211,6 +225,6 @@ fn npy_f32(shape: &str, data: &[f32]) -> Vec<u8> {
     let mut out = b"\x93NUMPY\x01\x00".to_vec();
     out.extend((header.len() as u16).to_le_bytes());
     out.extend(header.bytes());
-    out.extend(data.iter().flat_map(|v| v.to_le_bytes()));
+    out.extend(data);
     out
 }

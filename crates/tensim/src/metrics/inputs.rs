@@ -127,6 +127,11 @@ fn read_values(npy: npyz::NpyFile<&[u8]>) -> Option<std::io::Result<Vec<f64>>> {
             None
         }};
     }
+    // Half precision (as mixed-precision training stores activations) has no `as` cast.
+    let npy = match npy.try_data::<half::f16>() {
+        Ok(r) => return Some(r.into_iter().map(|v| v.map(f64::from)).collect()),
+        Err(npy) => npy,
+    };
     try_as!(npy, f64, f32, i64, i32, i16, i8, u8, u16, u32, u64)
 }
 
