@@ -36,10 +36,14 @@ impl ArchArgs {
 /// A model file with its description (the sidecar, else the embedded one), with a warning on
 /// stderr when the file holds tensors the description does not use.
 pub fn load(path: &Path, arch: Option<&Path>) -> Result<Model> {
-    let file = io::TensorFile::open(path)?;
-    let description = io::resolve_arch(&file, arch)?;
-    let model = file.model(&description)?;
-    let unused = file.unused_tensors(&description)?;
+    let sidecar = arch.map(tensim::Arch::from_file).transpose()?;
+    let (model, unused) = io::load_with_unused(path, sidecar.as_ref())?;
+    warn_unused(path, &unused);
+    Ok(model)
+}
+
+/// A warning on stderr naming (up to four of) the tensors of `path` its description leaves out.
+pub fn warn_unused(path: &Path, unused: &[String]) {
     if !unused.is_empty() {
         let shown: Vec<String> = unused.iter().take(4).map(|n| format!("\"{n}\"")).collect();
         let more = match unused.len() {
@@ -54,7 +58,6 @@ pub fn load(path: &Path, arch: Option<&Path>) -> Result<Model> {
             shown.join(", ")
         );
     }
-    Ok(model)
 }
 
 #[derive(Args)]

@@ -7,7 +7,7 @@ use clap::Args;
 use tensim::metrics::Kind;
 use tensim::trajectory::{self, checkpoints, tiles::TileStore, MatrixOptions};
 
-use crate::args::{draw_heatmap, load, metric, InputArgs, PlotArgs, SymArgs};
+use crate::args::{draw_heatmap, metric, warn_unused, InputArgs, PlotArgs, SymArgs};
 
 #[derive(Args)]
 pub struct MatrixArgs {
@@ -67,7 +67,7 @@ pub fn run(args: MatrixArgs) -> Result<()> {
         checkpoints::natural_sort(&mut paths);
     }
     let cks = checkpoints::load_all(&paths, args.arch.as_deref())?;
-    load(&paths[0], args.arch.as_deref())?; // the first file's unused tensors, if any
+    warn_unused(&paths[0], &cks[0].unused);
     let labels = checkpoints::labels(&cks, args.labels.as_deref(), args.labels_from_names)?;
     args.plot
         .check(cks.len(), cks.iter().all(|c| c.step.is_some()))?;

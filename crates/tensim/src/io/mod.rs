@@ -151,11 +151,21 @@ pub fn load(weights: &Path, arch: Option<&Path>) -> Result<Model> {
 
 /// [`load`] with the description already parsed (`None`: the file's own).
 pub fn load_with(weights: &Path, arch: Option<&Arch>) -> Result<Model> {
+    Ok(load_with_unused(weights, arch)?.0)
+}
+
+/// [`load_with`], and the stored tensors the description does not use (from the same read).
+pub fn load_with_unused(weights: &Path, arch: Option<&Arch>) -> Result<(Model, Vec<String>)> {
     let file = TensorFile::open(weights)?;
-    match arch {
-        Some(a) => file.model(a),
-        None => file.model(&resolve_arch(&file, None)?),
-    }
+    let embedded;
+    let arch = match arch {
+        Some(a) => a,
+        None => {
+            embedded = resolve_arch(&file, None)?;
+            &embedded
+        }
+    };
+    Ok((file.model(arch)?, file.unused_tensors(arch)?))
 }
 
 /// The architecture for `file`: the sidecar if given, else the embedded description.

@@ -16,6 +16,8 @@ pub struct Checkpoint {
     pub name: String,
     /// The last integer in the file stem (`ckpt_01200.safetensors` → 1200), if any.
     pub step: Option<u64>,
+    /// Stored tensors the description does not use (empty for models held in memory).
+    pub unused: Vec<String>,
     /// Key of the stored tiles: [`io::model_hash`] of the model as loaded (a file read with
     /// another description, or changed on disk, is another model), or any string that changes
     /// with the model.
@@ -29,6 +31,7 @@ impl Checkpoint {
             model,
             name: name.into(),
             step: None,
+            unused: Vec::new(),
             hash: hash.into(),
         }
     }
@@ -106,9 +109,10 @@ pub fn load_with(
     paths
         .iter()
         .map(|path| {
-            let model = io::load_with(path, sidecar)?;
+            let (model, unused) = io::load_with_unused(path, sidecar)?;
             Ok(Checkpoint {
                 hash: io::model_hash(&model)?,
+                unused,
                 model,
                 name: path.display().to_string(),
                 step: step_of(path),
