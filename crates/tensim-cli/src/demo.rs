@@ -29,7 +29,8 @@ pub enum Demo {
     /// first classes' mechanism being overwritten.
     Forgetting(ForgettingArgs),
     /// Write randomly initialised `embed → bilinear × n → head` models (PyTorch initialisation),
-    /// e.g. to try the tool or time it on a given shape.
+    /// e.g. to try the tool or time it on a given shape; with `--heads` each block starts with
+    /// attention (`--hidden 0`: attention only, as the paper's language model).
     Random(RandomArgs),
 }
 
@@ -158,6 +159,12 @@ pub struct ForgettingArgs {
     common: DemoArgs,
 }
 
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ResidualModeArg {
+    Lerp,
+    Add,
+}
+
 #[derive(Args)]
 pub struct RandomArgs {
     /// Folder for the checkpoints (`random-000.safetensors`, …).
@@ -171,7 +178,7 @@ pub struct RandomArgs {
     /// Width of the residual stream (embedding output).
     #[arg(long, default_value_t = 128)]
     d_model: usize,
-    /// Hidden width of each bilinear layer.
+    /// Hidden width of each bilinear layer (0 with --heads: attention-only blocks).
     #[arg(long, default_value_t = 256)]
     hidden: usize,
     /// Number of bilinear layers.
@@ -186,9 +193,15 @@ pub struct RandomArgs {
     /// Sequence positions of the input (transformers).
     #[arg(long, default_value_t = 1)]
     n_ctx: usize,
-    /// Lerp residual scale of the bilinear layers (omit for none).
+    /// Residual scale of the bilinear and attention layers (omit for none).
     #[arg(long)]
     residual: Option<f64>,
+    /// How the residual mixes: `lerp` (`(1−s)x + s·f(x)`) or `add` (`x + s·f(x)`).
+    #[arg(long, value_enum, default_value = "lerp", requires = "residual")]
+    residual_mode: ResidualModeArg,
+    /// Random biases on every layer (q/k biases of attention too).
+    #[arg(long)]
+    bias: bool,
     /// No embedding: the first bilinear layer reads the input.
     #[arg(long)]
     no_embed: bool,
@@ -260,15 +273,21 @@ fn demo_random(args: &RandomArgs) -> Result<()> {
         hidden: vec![args.hidden; args.layers],
         d_out: args.d_out,
         residual: args.residual.map(|scale| Residual {
-            mode: ResidualMode::Lerp,
+            mode: match args.residual_mode {
+                ResidualModeArg::Lerp => ResidualMode::Lerp,
+                ResidualModeArg::Add => ResidualMode::Add,
+            },
             scale,
         }),
-        bias: false,
+        bias: args.bias,
         embed: !args.no_embed,
         down: !args.no_down,
         heads: args.heads,
         n_ctx: args.n_ctx,
     };
+    if args.hidden == 0 && args.heads == 0 {
+        bail!("--hidden 0 (attention-only blocks) needs --heads");
+    }
     if args.heads > 0 && (args.no_embed || args.no_down) {
         bail!("--heads (tensor transformer blocks) needs the embedding and down projections");
     }

@@ -18,7 +18,7 @@ pub struct StackShape {
     pub d_in: usize,
     /// Residual-stream width (output of the embedding).
     pub d_model: usize,
-    /// Hidden width of each bilinear layer.
+    /// Hidden width of each bilinear layer; 0 with `heads > 0`: an attention-only block.
     pub hidden: Vec<usize>,
     pub d_out: usize,
     pub residual: Option<Residual>,
@@ -98,6 +98,9 @@ pub fn random_stack<R: Rng>(shape: &StackShape, rng: &mut R) -> Result<Model> {
                 rotary: Some(10_000.0),
                 residual: shape.residual,
             })));
+        }
+        if h == 0 && shape.heads > 0 {
+            continue;
         }
         let out = if shape.down { dim } else { h };
         layers.push(Layer::Bilinear(Bilinear {

@@ -110,13 +110,10 @@ pub fn same_position(mut m: Tensor) -> Tensor {
     m
 }
 
-/// `Σ_t Σ_{o≥1} Σ[t, o, t, o]` (the expected inner product of the data outputs).
-pub fn data_trace(s: &Tensor) -> f64 {
-    data_diagonal(s).iter().sum()
-}
-
-/// `Σ_t Σ[t, o, t, o]` for each data output `o ≥ 1` (per-output inner products).
-pub fn data_diagonal(s: &Tensor) -> Vec<f64> {
+/// `Σ_t Σ[t, o, t, o]` for each data output `o ≥ 1` (per-output inner products; the engine
+/// reads them through `layers::linear::moment::readout`).
+#[cfg(test)]
+pub(crate) fn data_diagonal(s: &Tensor) -> Vec<f64> {
     let (n, w) = (s.shape[0], s.shape[1]);
     (1..w)
         .map(|o| (0..n).map(|t| s.data[((t * w + o) * n + t) * w + o]).sum())

@@ -24,9 +24,7 @@ use crate::error::Result;
 use crate::layers::{attention, bilinear, linear, Layer, Linear};
 use crate::linalg::Mat;
 use crate::model::Model;
-use crate::moment::{
-    centred, combine, data_diagonal, mean, same_position, Moment, Parts, Positions,
-};
+use crate::moment::{centred, combine, mean, same_position, Moment, Parts, Positions};
 use crate::wick::{self, Moments, Term};
 
 /// `Σ_configs contract(l ⊗ r)` over every Wick configuration, for every term pair.
@@ -214,13 +212,50 @@ fn nonlinear(layer: &Layer) -> bool {
     }
 }
 
-/// Each model's layers, the shorter list extended by identity layers (which change nothing).
+/// A model as the engine reads it: its `body`, through the last layer that is not linear (at
+/// least the first layer), and the linear layers after it composed into one padded `head`
+/// (`None`: none). The head is read out from the body's moments ([`linear::moment::readout`]),
+/// so an output-sized moment (a vocabulary) is never formed.
+pub(crate) struct Split<'a> {
+    pub body: &'a [Layer],
+    pub head: Option<Mat<f64>>,
+}
+
+pub(crate) fn split(model: &Model) -> Split<'_> {
+    let layers = model.layers();
+    let end = layers
+        .iter()
+        .rposition(|l| !matches!(l, Layer::Linear(_)))
+        .map_or(1, |k| k + 1);
+    let head = layers[end..].iter().fold(None, |acc: Option<Mat<f64>>, l| {
+        let Layer::Linear(l) = l else {
+            unreachable!("the head holds linear layers alone")
+        };
+        let w = l.padded().w;
+        Some(match acc {
+            None => w,
+            Some(m) => crate::linalg::mul(w.as_ref(), m.as_ref(), crate::linalg::Par::Seq),
+        })
+    });
+    Split {
+        body: &layers[..end],
+        head,
+    }
+}
+
+/// The moments in a model's self chain ([`self_chain`]).
+pub fn chain_len(model: &Model) -> usize {
+    split(model).body.len()
+}
+
+/// Each model's body, the shorter one extended by identity layers (which change nothing).
 fn aligned(a: &Model, b: &Model) -> (Vec<Layer>, Vec<Layer>) {
-    let depth = a.layers().len().max(b.layers().len());
-    let pad = |m: &Model| {
-        let mut v = m.layers().to_vec();
+    let (ba, bb) = (split(a).body, split(b).body);
+    let depth = ba.len().max(bb.len());
+    let pad = |body: &[Layer]| {
+        let mut v = body.to_vec();
+        let d = body[body.len() - 1].out_dim();
         while v.len() < depth {
-            let d = m.out_dim();
             v.push(Layer::Linear(Linear {
                 weight: Mat::identity(d, d),
                 bias: None,
@@ -228,36 +263,67 @@ fn aligned(a: &Model, b: &Model) -> (Vec<Layer>, Vec<Layer>) {
         }
         v
     };
-    (pad(a), pad(b))
+    (pad(ba), pad(bb))
+}
+
+/// The widest padded activation whose moment the closure forms for `model`: the output of
+/// every body layer, and the input unless the first layer is linear (read in closed form).
+fn moment_width(model: &Model) -> usize {
+    let body = split(model).body;
+    let input = match body[0] {
+        Layer::Linear(_) => 0,
+        _ => model.in_dim(),
+    };
+    body.iter().map(Layer::out_dim).fold(input, usize::max) + 1
 }
 
 /// Refuse work whose moments cannot fit in memory, before any is allocated: a step holds about a
 /// dozen `(n·w)²` tensors (the three moments before and after it, their centred copies, the
-/// step's parts), `w` the widest padded activation of `models`; `copies` more sets are kept
-/// (cached self chains).
+/// step's parts), `w` the widest moment of `models` ([`moment_width`]); `copies` more sets are
+/// kept (cached self chains).
 pub fn check_memory(models: &[&Model], copies: f64) -> Result<()> {
-    let n = models[0].input().n_ctx as f64;
-    let w = models
-        .iter()
-        .flat_map(|m| std::iter::once(m.in_dim()).chain(m.layers().iter().map(Layer::out_dim)))
-        .max()
-        .unwrap_or(0) as f64
-        + 1.0;
+    let w = models.iter().map(|m| moment_width(m)).max().unwrap_or(0);
+    check_width(models[0].input().n_ctx, w, copies)
+}
+
+fn check_width(n: usize, w: usize, copies: f64) -> Result<()> {
     crate::budget::check(
         "the Gaussian moments of the activations",
-        (12.0 + copies) * (n * w).powi(2),
+        (12.0 + copies) * ((n * w) as f64).powi(2),
     )
 }
 
-/// A model's self chain: `Σ_aa` before every layer and after the last (closure).
+/// The first step's moment `(m, shift)` of `left` against `right` from the Gaussian input: two
+/// linear layers in closed form ([`linear::moment::from_input`], no input-sized moment),
+/// anything else through `Σ⁰`.
+fn first_step(left: Step<'_>, right: Step<'_>, d: usize, symmetric: bool) -> Result<(Tensor, f64)> {
+    match (left, right) {
+        (Step::Layer(Layer::Linear(a), n, p), Step::Layer(Layer::Linear(b), ..)) => Ok((
+            linear::moment::from_input(&a.padded(), &b.padded(), n, p.local),
+            0.0,
+        )),
+        (Step::Layer(_, n, _), _) if symmetric => {
+            let s = self_step(&Moment::initial(n, d), left)?;
+            Ok((s.m, s.scale))
+        }
+        (Step::Layer(_, n, _), _) => {
+            let s0 = Moment::initial(n, d);
+            cross_step(&s0.m, (&s0, &s0), (left, right))
+        }
+        (Step::Terms(_), _) => unreachable!("the closure steps through layers"),
+    }
+}
+
+/// A model's self chain: `Σ_aa` after every body layer (closure; see [`Split`]).
 pub fn self_chain(model: &Model) -> Result<Vec<Moment>> {
     check_memory(&[model], 1.0)?;
     let n = model.input().n_ctx;
-    let mut chain = vec![Moment::initial(model.input().n_ctx, model.in_dim())];
-    let layers = model.layers();
-    for (k, layer) in layers.iter().enumerate() {
-        let step = Step::Layer(layer, n, positions(layers, k));
-        let next = self_step(chain.last().unwrap(), step)?;
+    let body = split(model).body;
+    let step = |k: usize| Step::Layer(&body[k], n, positions(body, k));
+    let (m, scale) = first_step(step(0), step(0), model.in_dim(), true)?;
+    let mut chain = vec![Moment::normalised(m, scale)];
+    for k in 1..body.len() {
+        let next = self_step(&chain[k - 1], step(k))?;
         chain.push(next);
     }
     Ok(chain)
@@ -369,11 +435,17 @@ pub struct Traces {
 }
 
 impl Traces {
-    fn new(sab: &Tensor, ea: &Moment, eb: &Moment) -> Traces {
+    /// The traces of moments after the bodies, read out through the heads.
+    fn new(
+        sab: &Tensor,
+        ea: &Moment,
+        eb: &Moment,
+        heads: (Option<&Mat<f64>>, Option<&Mat<f64>>),
+    ) -> Traces {
         Traces {
-            ab: data_diagonal(sab),
-            aa: data_diagonal(&ea.m),
-            bb: data_diagonal(&eb.m),
+            ab: linear::moment::readout(sab, heads.0, heads.1),
+            aa: linear::moment::readout(&ea.m, heads.0, heads.0),
+            bb: linear::moment::readout(&eb.m, heads.1, heads.1),
             sa: ea.scale,
             sb: eb.scale,
         }
@@ -408,42 +480,74 @@ pub fn closure_traces(
         // With cached chains the batch form checked once for all pairs.
         check_memory(&[a, b], 1.0)?;
     }
+    let (pa, pb) = (split(a), split(b));
     let (la, lb) = aligned(a, b);
     let n = a.input().n_ctx;
-    let start = Moment::initial(a.input().n_ctx, a.in_dim());
-    let (mut sa, mut sb, mut sab) = (start.clone(), start.clone(), start.m);
-    for k in 0..la.len() {
-        // The cross step assumes of positions what holds for both models; a self step reads
-        // its own model alone, as in `self_chain`.
+    // The cross step assumes of positions what holds for both models; a self step reads its
+    // own model alone, as in `self_chain`.
+    let steps = |k: usize| {
         let both = positions(&la, k).and(positions(&lb, k));
-        let steps = (Step::Layer(&la[k], n, both), Step::Layer(&lb[k], n, both));
-        // A self step past a model's own layers (an identity pad) keeps its moment.
-        let next = |m: &Model, s: &Moment, chain: Option<&[Moment]>| match chain {
-            Some(c) => Ok(c[(k + 1).min(c.len() - 1)].clone()),
-            None if k < m.layers().len() => {
-                let step = Step::Layer(&m.layers()[k], n, positions(m.layers(), k));
-                self_step(s, step)
-            }
+        (Step::Layer(&la[k], n, both), Step::Layer(&lb[k], n, both))
+    };
+    fn own(body: &[Layer], n: usize, k: usize) -> Step<'_> {
+        Step::Layer(&body[k], n, positions(body, k))
+    }
+    let (sa, sb, ab) = match cached {
+        Some((ca, cb)) => (ca[0].clone(), cb[0].clone(), {
+            let (x, y) = steps(0);
+            first_step(x, y, a.in_dim(), false)?
+        }),
+        None => {
+            let ((na, nb), ab) = rayon::join(
+                || {
+                    rayon::join(
+                        || first_step(own(pa.body, n, 0), own(pa.body, n, 0), a.in_dim(), true),
+                        || first_step(own(pb.body, n, 0), own(pb.body, n, 0), b.in_dim(), true),
+                    )
+                },
+                || {
+                    let (x, y) = steps(0);
+                    first_step(x, y, a.in_dim(), false)
+                },
+            );
+            let ((ma, xa), (mb, xb)) = (na?, nb?);
+            (Moment::normalised(ma, xa), Moment::normalised(mb, xb), ab?)
+        }
+    };
+    let mut sab = matched(ab, &sa, &sb);
+    let (mut sa, mut sb) = (sa, sb);
+    for k in 1..la.len() {
+        // A self step past a model's own body (an identity pad) keeps its moment.
+        let next = |body: &[Layer], s: &Moment, chain: Option<&[Moment]>| match chain {
+            Some(c) => Ok(c[k.min(c.len() - 1)].clone()),
+            None if k < body.len() => self_step(s, own(body, n, k)),
             None => Ok(s.clone()),
         };
         let ((na, nb), ab) = rayon::join(
             || {
                 rayon::join(
-                    || next(a, &sa, cached.map(|c| c.0)),
-                    || next(b, &sb, cached.map(|c| c.1)),
+                    || next(pa.body, &sa, cached.map(|c| c.0)),
+                    || next(pb.body, &sb, cached.map(|c| c.1)),
                 )
             },
-            || cross_step(&sab, (&sa, &sb), steps),
+            || cross_step(&sab, (&sa, &sb), steps(k)),
         );
         (sa, sb) = (na?, nb?);
         sab = matched(ab?, &sa, &sb);
     }
-    Ok(Traces::new(&sab, &sa, &sb))
+    Ok(Traces::new(
+        &sab,
+        &sa,
+        &sb,
+        (pa.head.as_ref(), pb.head.as_ref()),
+    ))
 }
 
 /// The exact Wick sum of both models composed into one network each.
 pub fn exact_traces(a: &Model, b: &Model) -> Result<Traces> {
-    check_memory(&[a, b], 1.0)?;
+    // The input's moment and the output's are formed.
+    let w = a.in_dim().max(a.out_dim()).max(b.out_dim()) + 1;
+    check_width(a.input().n_ctx, w, 1.0)?;
     let s0 = Moment::initial(a.input().n_ctx, a.in_dim());
     let (ta, tb) = (composed(a), composed(b));
     let (ea, eb) = (
@@ -451,7 +555,7 @@ pub fn exact_traces(a: &Model, b: &Model) -> Result<Traces> {
         self_step(&s0, Step::Terms(&tb))?,
     );
     let sab = cross_step(&s0.m, (&s0, &s0), (Step::Terms(&ta), Step::Terms(&tb)))?;
-    Ok(Traces::new(&matched(sab, &ea, &eb), &ea, &eb))
+    Ok(Traces::new(&matched(sab, &ea, &eb), &ea, &eb, (None, None)))
 }
 
 #[cfg(test)]
@@ -533,7 +637,7 @@ mod tests {
         ];
         let model = Model::new(2, 2, layers.clone()).unwrap();
         let fast = self_chain(&model).unwrap();
-        let mut slow = fast[0].clone();
+        let mut slow = Moment::initial(2, 2);
         for (k, layer) in layers.iter().enumerate() {
             // The layer's terms, configuration by configuration, on every block.
             slow = self_step(&slow, Step::Terms(&layer.terms(2))).unwrap();
@@ -544,17 +648,31 @@ mod tests {
                 },
                 scale: slow.scale,
             };
-            let (f, w) = (unscaled(&fast[k + 1]), unscaled(&want));
+            let (f, w) = (unscaled(&fast[k]), unscaled(&want));
             let scale = w.iter().fold(0.0f64, |a, v| a.max(v.abs()));
             let err = max_diff(&f, &w);
             assert!(err < 1e-11 * scale, "step {k}: {err} (scale {scale})");
         }
     }
 
-    /// The closure of a pair, step by step over every block, configuration by configuration
-    /// (no shortcut of independent or local positions).
+    /// The closure of a pair, step by step over every block and every layer, configuration by
+    /// configuration (no shortcut of independent or local positions, no closed-form first
+    /// step or readout); the shallower model padded with identities at its end.
     fn reference(a: &Model, b: &Model) -> Traces {
-        let (la, lb) = aligned(a, b);
+        let depth = a.layers().len().max(b.layers().len());
+        let pad = |m: &Model| {
+            let mut v = m.layers().to_vec();
+            let d = m.out_dim();
+            v.resize(
+                depth,
+                Layer::Linear(Linear {
+                    weight: Mat::identity(d, d),
+                    bias: None,
+                }),
+            );
+            v
+        };
+        let (la, lb) = (pad(a), pad(b));
         let n = a.input().n_ctx;
         let start = Moment::initial(a.input().n_ctx, a.in_dim());
         let (mut sa, mut sb, mut sab) = (start.clone(), start.clone(), start.m);
@@ -565,7 +683,60 @@ mod tests {
             sb = self_step(&sb, Step::Terms(&ty)).unwrap();
             sab = matched(ab, &sa, &sb);
         }
-        Traces::new(&sab, &sa, &sb)
+        Traces::new(&sab, &sa, &sb, (None, None))
+    }
+
+    /// Per-output `(E f_a,o f_b,o, E f_a,o², E f_b,o²)`.
+    fn per_output(t: &Traces) -> Vec<[f64; 3]> {
+        let (ab, aa, bb) = ((0.5 * (t.sa + t.sb)).exp(), t.sa.exp(), t.sb.exp());
+        (0..t.ab.len())
+            .map(|o| [t.ab[o] * ab, t.aa[o] * aa, t.bb[o] * bb])
+            .collect()
+    }
+
+    /// The first step in closed form and the readout through the trailing linear layers equal
+    /// the full moments output by output: first layers linear or not, two, one or no linear
+    /// layers after the last non-linear one, and models of linear layers alone.
+    #[test]
+    fn the_first_step_and_the_readout_equal_the_full_moments_output_by_output() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(33);
+        let r = &mut rng;
+        let models = [
+            vec![
+                linear(r, 4, 3),
+                attention(r, 4, Mask::Causal),
+                linear(r, 5, 4),
+                linear(r, 2, 5),
+            ],
+            vec![
+                linear(r, 4, 3),
+                attention(r, 4, Mask::None),
+                bilinear(r, 4, 3),
+                linear(r, 2, 4),
+            ],
+            vec![
+                bilinear(r, 3, 2),
+                linear(r, 4, 3),
+                attention(r, 4, Mask::Causal),
+                linear(r, 2, 4),
+            ],
+            vec![linear(r, 2, 3), bilinear(r, 2, 3)],
+            vec![linear(r, 2, 3)],
+            vec![linear(r, 4, 3), linear(r, 2, 4)],
+        ]
+        .map(|layers| Model::new(3, 2, layers).unwrap());
+        for (i, a) in models.iter().enumerate() {
+            for b in &models[i..] {
+                let want = per_output(&reference(a, b));
+                let got = per_output(&closure_traces(a, b, None).unwrap());
+                let (ca, cb) = (self_chain(a).unwrap(), self_chain(b).unwrap());
+                let cached = per_output(&closure_traces(a, b, Some((&ca, &cb))).unwrap());
+                for (x, w) in got.iter().chain(&cached).zip(want.iter().cycle()) {
+                    let scale = w.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+                    assert!(max_diff(x, w) < 1e-12 * scale, "{i}: {x:?} vs {w:?}");
+                }
+            }
+        }
     }
 
     /// Pairs whose layers mix positions at different depths: a cross step is local only where

@@ -535,3 +535,63 @@ fn per_output_values_are_the_similarities_of_the_single_output_models() {
         );
     }
 }
+
+/// Unused vocabulary entries (zero embedding columns, zero unembedding rows) change neither the
+/// gaussian nor the tensor similarity of transformers, nor the outputs that were there.
+#[test]
+fn a_vocabulary_padded_with_zeros_leaves_the_similarity_unchanged() {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(17);
+    let add = Some(Residual {
+        mode: ResidualMode::Add,
+        scale: 0.35,
+    });
+    let mut layers = || {
+        vec![
+            Layer::Linear(Linear {
+                weight: mat(&mut rng, 4, 5, 1.0),
+                bias: None,
+            }),
+            attention(&mut rng, 4, 2, true, true, Mask::Causal, add),
+            attention(&mut rng, 4, 2, true, true, Mask::Causal, add),
+            Layer::Linear(Linear {
+                weight: mat(&mut rng, 5, 4, 1.0),
+                bias: None,
+            }),
+        ]
+    };
+    let (la, lb) = (layers(), layers());
+    // Vocabulary 5 → 8: three more input columns and output rows, all zero.
+    let padded = |layers: &[Layer]| {
+        let mut v = layers.to_vec();
+        let last = v.len() - 1;
+        if let Layer::Linear(e) = &mut v[0] {
+            e.weight = Mat::from_fn(4, 8, |i, j| if j < 5 { e.weight[(i, j)] } else { 0.0 });
+        }
+        if let Layer::Linear(u) = &mut v[last] {
+            u.weight = Mat::from_fn(8, 4, |i, j| if i < 5 { u.weight[(i, j)] } else { 0.0 });
+        }
+        Model::new(8, 3, v).unwrap()
+    };
+    let (a, b) = (
+        Model::new(5, 3, la.clone()).unwrap(),
+        Model::new(5, 3, lb.clone()).unwrap(),
+    );
+    let (pa, pb) = (padded(&la), padded(&lb));
+    let g = |x: &Model, y: &Model| gaussian::similarity(x, y, &closure(), Par::Seq).unwrap();
+    let t = |x: &Model, y: &Model| tensim::metrics::tensor::network_similarity(x, y).unwrap();
+    for (small, big) in [(g(&a, &b), g(&pa, &pb)), (t(&a, &b), t(&pa, &pb))] {
+        assert!(
+            (small.similarity - big.similarity).abs() < 1e-12,
+            "{} vs {}",
+            small.similarity,
+            big.similarity
+        );
+        let (s, p) = (small.per_output.unwrap(), big.per_output.unwrap());
+        let same = s
+            .iter()
+            .zip(&p)
+            .all(|(x, y)| (x.unwrap() - y.unwrap()).abs() < 1e-12);
+        // The padded outputs are zero for both models: no similarity.
+        assert!(same && p[5..].iter().all(Option::is_none), "{s:?} vs {p:?}");
+    }
+}

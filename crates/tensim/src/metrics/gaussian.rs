@@ -101,8 +101,8 @@ pub fn similarity_cached(a: &Model, b: &Model, ca: &[Moment], cb: &[Moment]) -> 
 /// The batch form: one self chain per model, then each pair's cross chain only (exact
 /// enumeration where the default mode asks for it).
 pub fn batch<'a>(models: &'a [&'a Model], opts: GaussOptions) -> Result<impl Batch + 'a> {
-    // Every model's chain is kept: one moment per layer and the input's.
-    let kept: usize = models.iter().map(|m| m.layers().len() + 1).sum();
+    // Every model's chain is kept: one moment per body layer.
+    let kept: usize = models.iter().map(|m| crate::propagate::chain_len(m)).sum();
     crate::propagate::check_memory(models, kept as f64)?;
     let chains = models
         .par_iter()

@@ -186,8 +186,9 @@ fn identity_gram(n: usize, w: usize) -> Tensor {
 /// (terms of different leg counts are orthogonal). Both models need the same layer kinds in the
 /// same order and the same `n_ctx`.
 pub fn network_similarity(a: &Model, b: &Model) -> Result<Comparison> {
-    use crate::moment::{combine, data_diagonal, data_trace, Moment};
-    use crate::propagate::symmetrised_parts;
+    use crate::layers::linear::moment::{from_input, readout};
+    use crate::moment::{combine, Moment};
+    use crate::propagate::{split, symmetrised_parts};
     let kinds = |m: &Model| m.layers().iter().map(|l| l.kind()).collect::<Vec<_>>();
     if kinds(a) != kinds(b) || a.input().n_ctx != b.input().n_ctx {
         return Err(Error::Incompatible(format!(
@@ -201,13 +202,28 @@ pub fn network_similarity(a: &Model, b: &Model) -> Result<Comparison> {
         )));
     }
     crate::propagate::check_memory(&[a, b], 1.0)?;
-    let n = a.input().n_ctx;
-    let start = Moment {
-        m: identity_gram(n, a.in_dim() + 1),
-        scale: 0.0,
+    let (n, pa, pb) = (a.input().n_ctx, split(a), split(b));
+    let (la, lb, ha, hb) = (pa.body, pb.body, pa.head, pb.head);
+    // The first step from the identity Gram: `δ_tt' Ŵ_a Ŵ_bᵀ` for two linear layers.
+    let first = |x: &crate::layers::Layer, y: &crate::layers::Layer| -> Result<Tensor> {
+        Ok(match (x, y) {
+            (crate::layers::Layer::Linear(x), crate::layers::Layer::Linear(y)) => {
+                from_input(&x.padded(), &y.padded(), n, true)
+            }
+            _ => {
+                let g = identity_gram(n, a.in_dim() + 1);
+                combine(symmetrised_parts(x, y, n, &g)?, (0.0, 0.0), None).0
+            }
+        })
     };
-    let (mut ga, mut gb, mut gab) = (start.clone(), start.clone(), start.m.clone());
-    for (la, lb) in a.layers().iter().zip(b.layers()) {
+    let (mut ga, mut gb, mut gab) = (
+        Moment::normalised(first(&la[0], &la[0])?, 0.0),
+        Moment::normalised(first(&lb[0], &lb[0])?, 0.0),
+        first(&la[0], &lb[0])?,
+    );
+    let f = (-0.5 * (ga.scale + gb.scale)).exp();
+    gab.data.iter_mut().for_each(|x| *x *= f);
+    for (la, lb) in la.iter().zip(lb).skip(1) {
         let (va, sa) = combine(
             symmetrised_parts(la, la, n, &ga.m)?,
             (ga.scale, ga.scale),
@@ -228,18 +244,20 @@ pub fn network_similarity(a: &Model, b: &Model) -> Result<Comparison> {
         .0;
         (ga, gb) = (na, nb);
     }
-    let (ab, aa, bb) = (data_trace(&gab), data_trace(&ga.m), data_trace(&gb.m));
+    let (dab, daa, dbb) = (
+        readout(&gab, ha.as_ref(), hb.as_ref()),
+        readout(&ga.m, ha.as_ref(), ha.as_ref()),
+        readout(&gb.m, hb.as_ref(), hb.as_ref()),
+    );
+    let sum = |v: &[f64]| v.iter().sum::<f64>();
+    let (ab, aa, bb) = (sum(&dab), sum(&daa), sum(&dbb));
     Ok(Comparison {
         metric: Kind::Tensor,
         similarity: cosine(ab, aa, bb, Kind::Tensor)?,
         inner: ab * (0.5 * (ga.scale + gb.scale)).exp(),
         norm2_a: aa * ga.scale.exp(),
         norm2_b: bb * gb.scale.exp(),
-        per_output: Some(cosines(
-            &data_diagonal(&gab),
-            &data_diagonal(&ga.m),
-            &data_diagonal(&gb.m),
-        )),
+        per_output: Some(cosines(&dab, &daa, &dbb)),
         ..Default::default()
     })
 }
