@@ -404,6 +404,75 @@ fn bench_quick_reports_ratios() {
     }
 }
 
+/// An attention-only language model with a vocabulary of 2000 (the paper's shape, small):
+/// neither metric forms a vocabulary-sized moment (a 50 MB limit is enough; the input's moment
+/// alone would take 290 MB), and a limit below the estimate is refused before any work.
+#[test]
+fn a_language_model_is_compared_without_vocabulary_sized_memory() {
+    let d = workdir("vocabulary");
+    let o = tensim(
+        &[
+            "demo",
+            "random",
+            "--out",
+            "lm",
+            "--d-in",
+            "2000",
+            "--d-model",
+            "8",
+            "--hidden",
+            "0",
+            "--layers",
+            "2",
+            "--heads",
+            "2",
+            "--n-ctx",
+            "3",
+            "--d-out",
+            "2000",
+            "--residual",
+            "0.35",
+            "--residual-mode",
+            "add",
+            "--bias",
+        ],
+        &d,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let run = |limit: &str, args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_tensim"))
+            .args(args)
+            .current_dir(&d)
+            .env("TENSIM_MAX_MEMORY_GIB", limit)
+            .output()
+            .unwrap()
+    };
+    let files = ["lm/random-000.safetensors", "lm/random-001.safetensors"];
+    for metric in ["gaussian", "tensor"] {
+        let compare = [&["compare"][..], &files, &["--metric", metric, "--json"]].concat();
+        let r = json(&run("0.05", &compare));
+        let s = r["similarity"].as_f64().unwrap();
+        assert!(s.abs() < 1.0, "{metric}: {r}");
+        let o = run("0.0001", &compare);
+        assert_eq!(o.status.code(), Some(1), "{metric}: {}", stderr(&o));
+        assert!(
+            stderr(&o).contains("needs about") && stderr(&o).contains("TENSIM_MAX_MEMORY_GIB"),
+            "{metric}: {}",
+            stderr(&o)
+        );
+    }
+    let matrix = [
+        &["matrix"][..],
+        &files,
+        &["--metric", "gaussian", "--out", "m.npy"],
+    ]
+    .concat();
+    let o = run("0.0001", &matrix);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("needs about"), "{}", stderr(&o));
+    assert!(!d.join("m.npy").exists());
+}
+
 #[test]
 fn transformers_compare_with_the_gaussian_metric() {
     let d = workdir("transformer");

@@ -113,5 +113,32 @@ fn all_pairs(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, gemm, pair, all_pairs);
+/// The gaussian metric on the paper's language model (vocabulary 4096, d_model 256, 8 heads,
+/// 2 attention layers, n_ctx 4): one pair end to end, and one pair of a matrix (self chains
+/// cached, the cross chain alone).
+fn language_model(c: &mut Criterion) {
+    use tensim::metrics::gaussian;
+    let (_, shape) = tensim::bench::language_model_shape();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+    let (a, b) = (
+        random_stack(&shape, &mut rng).unwrap(),
+        random_stack(&shape, &mut rng).unwrap(),
+    );
+    let (ca, cb) = (
+        tensim::propagate::self_chain(&a).unwrap(),
+        tensim::propagate::self_chain(&b).unwrap(),
+    );
+    let mut g = c.benchmark_group("language_model");
+    g.sample_size(10);
+    let opts = gaussian::GaussOptions::default();
+    g.bench_function("gaussian_pair", |bch| {
+        bch.iter(|| gaussian::similarity(&a, &b, &opts, Par::rayon(0)).unwrap())
+    });
+    g.bench_function("gaussian_cached_pair", |bch| {
+        bch.iter(|| gaussian::similarity_cached(&a, &b, &ca, &cb).unwrap())
+    });
+    g.finish();
+}
+
+criterion_group!(benches, gemm, pair, all_pairs, language_model);
 criterion_main!(benches);

@@ -52,6 +52,10 @@ pub struct GaussCase {
     pub matrix_checkpoints: usize,
     /// `tensim matrix --metric gaussian`: one self chain per model, then every pair.
     pub matrix_seconds: f64,
+    /// `matrix_seconds` over the pairs computed (`n(n+1)/2`, the diagonal included).
+    pub matrix_seconds_per_pair: f64,
+    /// Peak resident memory of the case (pair and matrix), where the system reports it.
+    pub peak_gib: Option<f64>,
     pub mode: String,
 }
 
@@ -89,19 +93,22 @@ impl std::fmt::Display for Report {
         writeln!(f, "\ngaussian similarity of tensor transformers (f64):")?;
         writeln!(
             f,
-            "  {:<52} {:>8} {:>9} {:>9} {:>6} {:>10}",
-            "shape", "params", "cold s", "warm s", "ckpts", "matrix s"
+            "  {:<62} {:>8} {:>8} {:>8} {:>6} {:>9} {:>8} {:>8}",
+            "shape", "params", "cold s", "warm s", "ckpts", "matrix s", "s/pair", "peak GiB"
         )?;
         for c in &self.transformers {
+            let peak = c.peak_gib.map_or("-".into(), |g| format!("{g:.2}"));
             writeln!(
                 f,
-                "  {:<52} {:>8} {:>9.3} {:>9.3} {:>6} {:>10.2}",
+                "  {:<62} {:>8} {:>8.3} {:>8.3} {:>6} {:>9.2} {:>8.3} {:>8}",
                 c.name,
                 c.parameters,
                 c.pair_cold_seconds,
                 c.pair_warm_seconds,
                 c.matrix_checkpoints,
-                c.matrix_seconds
+                c.matrix_seconds,
+                c.matrix_seconds_per_pair,
+                peak
             )?;
         }
         Ok(())
@@ -215,8 +222,45 @@ pub fn transformer_shapes() -> [(&'static str, StackShape); 2] {
     ]
 }
 
+/// The paper's language model: vocabulary 4096, embedding → 2 attention layers (d_model 256,
+/// 8 heads, causal, rotary, q/k biases, additive residual ×0.35) → unembedding, at n_ctx 4.
+pub fn language_model_shape() -> (&'static str, StackShape) {
+    (
+        "paper's LM: vocab 4096, d_model 256, 8 heads, 2 layers, n_ctx 4",
+        StackShape {
+            d_in: 4096,
+            d_model: 256,
+            hidden: vec![0, 0],
+            d_out: 4096,
+            residual: Some(crate::arch::Residual {
+                mode: crate::arch::ResidualMode::Add,
+                scale: 0.35,
+            }),
+            bias: true,
+            embed: true,
+            down: true,
+            heads: 8,
+            n_ctx: 4,
+        },
+    )
+}
+
+/// Peak resident memory since the last reset (`VmHWM`), in GiB; Linux only.
+fn peak_gib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / (1u64 << 20) as f64)
+}
+
+/// Start measuring the peak anew (`5` to `/proc/self/clear_refs` resets `VmHWM`).
+fn reset_peak() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
 /// Gaussian similarity of tensor transformers: one pair cold and warm, and an all-pairs matrix.
 fn transformer_case(name: &str, shape: &StackShape, checkpoints: usize) -> Result<GaussCase> {
+    reset_peak();
     let mut rng = rand::rngs::StdRng::seed_from_u64(1);
     let models = (0..checkpoints.max(2))
         .map(|_| random_stack(shape, &mut rng))
@@ -239,19 +283,23 @@ fn transformer_case(name: &str, shape: &StackShape, checkpoints: usize) -> Resul
         &MatrixOptions::default(),
         &|_, _| {},
     )?;
+    let matrix_seconds = t.elapsed().as_secs_f64();
+    let n = models.len();
     Ok(GaussCase {
         name: name.to_string(),
         parameters: models[0].param_count(),
         pair_cold_seconds,
         pair_warm_seconds,
-        matrix_checkpoints: models.len(),
-        matrix_seconds: t.elapsed().as_secs_f64(),
+        matrix_checkpoints: n,
+        matrix_seconds,
+        matrix_seconds_per_pair: matrix_seconds / (n * (n + 1) / 2) as f64,
+        peak_gib: peak_gib(),
         mode: first.mode.map(|m| m.to_string()).unwrap_or_default(),
     })
 }
 
-/// Run the benchmark; `quick` uses 16 instead of 64 checkpoints (a smoke test) and 4 instead of
-/// 32 transformer checkpoints.
+/// Run the benchmark; `quick` uses 16 instead of 64 checkpoints (a smoke test), 4 instead of
+/// 32 transformer checkpoints, and leaves out the paper's language model (a minute).
 pub fn run(quick: bool) -> Result<Report> {
     let threads = rayon::current_num_threads();
     let n = 1024;
@@ -289,10 +337,14 @@ pub fn run(quick: bool) -> Result<Report> {
             ratio_to_gemm: gflops / gemm.f64_all_cores_gflops,
         });
     }
-    let transformers = transformer_shapes()
+    let mut transformers = transformer_shapes()
         .iter()
         .map(|(name, shape)| transformer_case(name, shape, if quick { 4 } else { 32 }))
         .collect::<Result<Vec<_>>>()?;
+    if !quick {
+        let (name, shape) = language_model_shape();
+        transformers.push(transformer_case(name, &shape, 4)?);
+    }
     Ok(Report {
         threads,
         gemm,

@@ -277,20 +277,37 @@ fn moment_width(model: &Model) -> usize {
     body.iter().map(Layer::out_dim).fold(input, usize::max) + 1
 }
 
-/// Refuse work whose moments cannot fit in memory, before any is allocated: a step holds about a
-/// dozen `(n·w)²` tensors (the three moments before and after it, their centred copies, the
-/// step's parts), `w` the widest moment of `models` ([`moment_width`]); `copies` more sets are
-/// kept (cached self chains).
-pub fn check_memory(models: &[&Model], copies: f64) -> Result<()> {
+/// Refuse work that cannot fit in memory, before any is allocated. A step holds about a dozen
+/// `(n·w)²` moments (the three before and after it, their centred copies, the step's parts),
+/// `w` the widest moment of `models` ([`moment_width`]), and an attention step its projected
+/// covariances ([`attention::moment::covariance_entries`]): four blocks for a cross step,
+/// one for each self step beside it. `copies` more moments are kept (cached self chains),
+/// `pairs` pairs run at once.
+pub fn check_memory(models: &[&Model], copies: f64, pairs: usize) -> Result<()> {
+    let n = models[0].input().n_ctx;
     let w = models.iter().map(|m| moment_width(m)).max().unwrap_or(0);
-    check_width(models[0].input().n_ctx, w, copies)
+    let covariances = models
+        .iter()
+        .flat_map(|m| m.layers())
+        .filter_map(|l| match l {
+            Layer::Attention(a) => Some(attention::moment::covariance_entries(a, a, n)),
+            _ => None,
+        })
+        .fold(0.0, f64::max);
+    crate::budget::check(
+        "the Gaussian moments of the activations and the attention covariances",
+        (12.0 + copies) * ((n * w) as f64).powi(2) + pairs as f64 * 1.5 * covariances,
+    )
 }
 
-fn check_width(n: usize, w: usize, copies: f64) -> Result<()> {
-    crate::budget::check(
-        "the Gaussian moments of the activations",
-        (12.0 + copies) * ((n * w) as f64).powi(2),
-    )
+/// Whether a pair's attention covariances are so large (over 256 MB) that pairs of `models`
+/// run one at a time, each on every core, instead of one per core.
+pub fn one_pair_at_a_time(models: &[&Model]) -> bool {
+    let n = models[0].input().n_ctx;
+    models.iter().flat_map(|m| m.layers()).any(|l| match l {
+        Layer::Attention(a) => 8.0 * attention::moment::covariance_entries(a, a, n) > 256e6,
+        _ => false,
+    })
 }
 
 /// The first step's moment `(m, shift)` of `left` against `right` from the Gaussian input: two
@@ -316,7 +333,7 @@ fn first_step(left: Step<'_>, right: Step<'_>, d: usize, symmetric: bool) -> Res
 
 /// A model's self chain: `Σ_aa` after every body layer (closure; see [`Split`]).
 pub fn self_chain(model: &Model) -> Result<Vec<Moment>> {
-    check_memory(&[model], 1.0)?;
+    check_memory(&[model], 1.0, 1)?;
     let n = model.input().n_ctx;
     let body = split(model).body;
     let step = |k: usize| Step::Layer(&body[k], n, positions(body, k));
@@ -478,7 +495,7 @@ pub fn closure_traces(
 ) -> Result<Traces> {
     if cached.is_none() {
         // With cached chains the batch form checked once for all pairs.
-        check_memory(&[a, b], 1.0)?;
+        check_memory(&[a, b], 1.0, 1)?;
     }
     let (pa, pb) = (split(a), split(b));
     let (la, lb) = aligned(a, b);
@@ -545,9 +562,12 @@ pub fn closure_traces(
 
 /// The exact Wick sum of both models composed into one network each.
 pub fn exact_traces(a: &Model, b: &Model) -> Result<Traces> {
-    // The input's moment and the output's are formed.
-    let w = a.in_dim().max(a.out_dim()).max(b.out_dim()) + 1;
-    check_width(a.input().n_ctx, w, 1.0)?;
+    // The input's moment and the output's are formed, a dozen copies.
+    let w = (a.in_dim().max(a.out_dim()).max(b.out_dim()) + 1) * a.input().n_ctx;
+    crate::budget::check(
+        "the Gaussian moments of the input and output",
+        13.0 * (w as f64).powi(2),
+    )?;
     let s0 = Moment::initial(a.input().n_ctx, a.in_dim());
     let (ta, tb) = (composed(a), composed(b));
     let (ea, eb) = (

@@ -33,6 +33,25 @@ pub trait Batch: Sync {
     fn tile_flops(&self, _rows: &Range<usize>, _cols: &Range<usize>) -> u64 {
         0
     }
+
+    /// Whether tiles (and their pairs) run one at a time, each pair on every core: pairs
+    /// whose scratch is too large to hold one per core (rayon would also start more pairs
+    /// while one waits on its own parallel work).
+    fn serial(&self) -> bool {
+        false
+    }
+}
+
+/// `f` over `items`, in parallel unless `serial`.
+pub(crate) fn map_all<T: Sync, R: Send>(
+    items: &[T],
+    serial: bool,
+    f: impl Fn(&T) -> R + Sync + Send,
+) -> Vec<R> {
+    match serial {
+        true => items.iter().map(f).collect(),
+        false => items.par_iter().map(f).collect(),
+    }
 }
 
 /// The batch form of `metric` over `models` (`names` identify them in messages); its tiles have
@@ -70,10 +89,11 @@ pub fn prepare<'a>(
 }
 
 /// A metric computed pair by pair: `pair(i, j)` gives one value per plane (`NaN` for a pair
-/// with a model of zero norm).
+/// with a model of zero norm); `serial`: see [`Batch::serial`].
 pub struct PerPair<F> {
     pub planes: usize,
     pub pair: F,
+    pub serial: bool,
 }
 
 impl<F: Fn(usize, usize) -> Result<Vec<f64>> + Sync> Batch for PerPair<F> {
@@ -83,7 +103,11 @@ impl<F: Fn(usize, usize) -> Result<Vec<f64>> + Sync> Batch for PerPair<F> {
         4
     }
 
-    /// Pairs in parallel; on a diagonal tile each unordered pair once (the metrics are
+    fn serial(&self) -> bool {
+        self.serial
+    }
+
+    /// Pairs in parallel (unless `serial`); on a diagonal tile each unordered pair once (the metrics are
     /// symmetric), mirrored.
     fn tile(&self, ci: Range<usize>, cj: Range<usize>) -> Result<Vec<f64>> {
         let (ni, nj) = (ci.len(), cj.len());
@@ -93,15 +117,16 @@ impl<F: Fn(usize, usize) -> Result<Vec<f64>> + Sync> Batch for PerPair<F> {
             .filter(|&(i, j)| !diagonal || j >= i)
             .collect();
         // A pair involving a model of zero norm has no similarity: NaN, not an error.
-        let values = pairs
-            .par_iter()
-            .map(|&(i, j)| match (self.pair)(ci.start + i, cj.start + j) {
+        let values = map_all(&pairs, self.serial, |&(i, j)| {
+            match (self.pair)(ci.start + i, cj.start + j) {
                 Err(e) if matches!(e.root(), Error::ZeroNorm { .. }) => {
                     Ok(vec![f64::NAN; self.planes])
                 }
                 v => v,
-            })
-            .collect::<Result<Vec<_>>>()?;
+            }
+        })
+        .into_iter()
+        .collect::<Result<Vec<_>>>()?;
         let mut out = vec![0.0; self.planes * ni * nj];
         for (&(i, j), v) in pairs.iter().zip(values) {
             for (p, x) in v.into_iter().enumerate() {

@@ -328,5 +328,6 @@ pub fn batch<'a>(models: &'a [&'a Model], full: FullOptions) -> impl Batch + 'a 
                 similarity(models[i], models[j], &opts, &full)?.similarity,
             ])
         },
+        serial: false,
     }
 }

@@ -8,9 +8,8 @@
 
 use crate::error::{Error, Result};
 use crate::linalg::{within, Par};
-use rayon::prelude::*;
 
-use crate::metrics::batch::{Batch, PerPair};
+use crate::metrics::batch::{map_all, Batch, PerPair};
 use crate::metrics::{cosine, cosines, Comparison, Kind, Method};
 use crate::model::Model;
 use crate::moment::Moment;
@@ -101,14 +100,21 @@ pub fn similarity_cached(a: &Model, b: &Model, ca: &[Moment], cb: &[Moment]) -> 
 /// The batch form: one self chain per model, then each pair's cross chain only (exact
 /// enumeration where the default mode asks for it).
 pub fn batch<'a>(models: &'a [&'a Model], opts: GaussOptions) -> Result<impl Batch + 'a> {
-    // Every model's chain is kept: one moment per body layer.
+    // Every model's chain is kept (one moment per body layer); a pair per thread at once, or
+    // one in all (large attention layers).
     let kept: usize = models.iter().map(|m| crate::propagate::chain_len(m)).sum();
-    crate::propagate::check_memory(models, kept as f64)?;
-    let chains = models
-        .par_iter()
-        .map(|m| self_chain(m))
+    let serial = crate::propagate::one_pair_at_a_time(models);
+    let pairs = if serial {
+        1
+    } else {
+        rayon::current_num_threads()
+    };
+    crate::propagate::check_memory(models, kept as f64, pairs)?;
+    let chains = map_all(models, serial, |m| self_chain(m))
+        .into_iter()
         .collect::<Result<Vec<_>>>()?;
     Ok(PerPair {
+        serial,
         planes: 1,
         pair: move |i: usize, j: usize| {
             let (a, b) = (models[i], models[j]);

@@ -8,8 +8,6 @@ pub mod checkpoints;
 mod output;
 pub mod tiles;
 
-use rayon::prelude::*;
-
 use crate::budget;
 use crate::error::{Error, Result};
 use crate::linalg::Mat;
@@ -92,9 +90,8 @@ pub fn similarity_matrix(
         .iter()
         .map(|&(a, b)| (blocks[a].len() * blocks[b].len()) as u64)
         .sum();
-    let done: Vec<Result<(usize, usize, Vec<f64>)>> = pairs
-        .par_iter()
-        .map(|&(a, b)| {
+    let done: Vec<Result<(usize, usize, Vec<f64>)>> =
+        crate::metrics::batch::map_all(&pairs, batch.serial(), |&(a, b)| {
             let (ci, cj) = (blocks[a].clone(), blocks[b].clone());
             let hashes = |r: &std::ops::Range<usize>| -> Vec<&str> {
                 checkpoints[r.clone()]
@@ -120,8 +117,7 @@ pub fn similarity_matrix(
             };
             progress((ci.len() * cj.len()) as u64, total);
             Ok((a, b, values))
-        })
-        .collect();
+        });
     let mut mats = vec![Mat::<f64>::zeros(n, n); planes];
     for r in done {
         let (a, b, v) = r?;

@@ -201,7 +201,7 @@ pub fn network_similarity(a: &Model, b: &Model) -> Result<Comparison> {
             b.input().n_ctx
         )));
     }
-    crate::propagate::check_memory(&[a, b], 1.0)?;
+    crate::propagate::check_memory(&[a, b], 1.0, 1)?;
     let (n, pa, pb) = (a.input().n_ctx, split(a), split(b));
     let (la, lb, ha, hb) = (pa.body, pb.body, pa.head, pb.head);
     // The first step from the identity Gram: `δ_tt' Ŵ_a Ŵ_bᵀ` for two linear layers.
@@ -277,6 +277,7 @@ pub fn batch<'a>(models: &'a [&'a Model], per_output: bool) -> Result<Box<dyn Ba
             pair: |i: usize, j: usize| {
                 Ok(vec![network_similarity(models[i], models[j])?.similarity])
             },
+            serial: crate::propagate::one_pair_at_a_time(models),
         }));
     }
     if let Some(s) = stacked::Stacked::new(models, per_output) {
@@ -323,5 +324,6 @@ pub fn batch<'a>(models: &'a [&'a Model], per_output: bool) -> Result<Box<dyn Ba
                 Ok(v)
             }
         },
+        serial: false,
     }))
 }

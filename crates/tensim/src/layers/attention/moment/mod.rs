@@ -136,11 +136,10 @@ pub fn moments(
 ) -> Result<Vec<(usize, usize, Tensor)>> {
     let (independent, local) = (positions.independent, positions.local);
     let (ls, rs) = (Side::new(left), Side::new(right));
-    // Four covariance matrices between the sides' rows (one when symmetric).
-    let rows = [ls.n * ls.stride(), rs.n * rs.stride()];
+    let rows = |s: &Side| (s.n * s.stride()) as f64;
     crate::budget::check(
         "the attention layers' projected covariances",
-        4.0 * rows[0] as f64 * rows[1] as f64,
+        4.0 * rows(&ls) * rows(&rs),
     )?;
     let (cross, back) = Gram::new(&ls, m.cov[1], &rs, false, independent, !symmetric);
     let (gl, gr);
@@ -171,6 +170,19 @@ pub fn moments(
         }
     }
     Ok(out)
+}
+
+/// Entries of the projected covariances a cross step of `left` against `right` at `n`
+/// positions holds: four `(n·stride_l) × (n·stride_r)` blocks at most (one when symmetric),
+/// `stride = (d+1) + 5·d` rows per position (the padded input, then `Q₁ K₁ Q₂ K₂ V` of every
+/// head).
+pub fn covariance_entries(
+    left: &crate::layers::Attention,
+    right: &crate::layers::Attention,
+    n: usize,
+) -> f64 {
+    let rows = |a: &crate::layers::Attention| (n * (a.dim() + 1 + 5 * a.dim())) as f64;
+    4.0 * rows(left) * rows(right)
 }
 
 /// `T[t', o', t, o]` of `T[t, o, t', o']`.
