@@ -73,23 +73,14 @@ enum Command {
     },
 }
 
-/// mimalloc, keeping freed memory for reuse instead of returning it to the system: the
-/// attention steps free and allocate buffers of hundreds of MB, and a page returned is faulted
-/// in and zeroed by the kernel again when reused (10 % of a transformer pair's time at
-/// d_model 256, for a peak a quarter higher).
+/// mimalloc. Freed memory goes back to the system after its purge delay (10 ms), so large
+/// buffers of the attention steps are faulted in and zeroed again when reallocated;
+/// `MIMALLOC_PURGE_DELAY=-1` keeps them for reuse (at the paper's LM shape about 20 % less
+/// time for about 25 % more peak memory).
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-fn keep_freed_memory() {
-    // `mi_option_purge_delay` of mimalloc.h (libmimalloc-sys names no constant for it); -1:
-    // never purge.
-    const PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
-    // SAFETY: sets an option; mimalloc reads options atomically.
-    unsafe { libmimalloc_sys::mi_option_set(PURGE_DELAY, -1) };
-}
-
 fn main() -> ExitCode {
-    keep_freed_memory();
     // Die quietly on a closed pipe (`tensim inspect … | head`) like other command-line tools.
     #[cfg(unix)]
     unsafe {

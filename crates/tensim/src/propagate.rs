@@ -213,12 +213,31 @@ fn nonlinear(layer: &Layer) -> bool {
 }
 
 /// A model as the engine reads it: its `body`, through the last layer that is not linear (at
-/// least the first layer), and the linear layers after it composed into one padded `head`
-/// (`None`: none). The head is read out from the body's moments ([`linear::moment::readout`]),
-/// so an output-sized moment (a vocabulary) is never formed.
+/// least the first layer), and the linear layers after it composed into one `head` (`None`:
+/// none). The head is read out from the body's moments ([`linear::moment::readout`]), so an
+/// output-sized moment (a vocabulary) is never formed.
 pub(crate) struct Split<'a> {
     pub body: &'a [Layer],
-    pub head: Option<Mat<f64>>,
+    pub tail: &'a [Layer],
+}
+
+impl Split<'_> {
+    /// The head: the tail's layer itself, or the product `Ŵ_k⋯Ŵ_1` of several (unpadded).
+    pub fn head(&self) -> Option<std::borrow::Cow<'_, Linear>> {
+        match self.tail {
+            [] => None,
+            [Layer::Linear(l)] => Some(std::borrow::Cow::Borrowed(l)),
+            tail => {
+                let nodes: Vec<_> = tail.iter().map(Layer::padded).collect();
+                let w = crate::layers::compose_linear(&nodes)?;
+                let (m, d) = (w.nrows() - 1, w.ncols() - 1);
+                Some(std::borrow::Cow::Owned(Linear {
+                    weight: Mat::from_fn(m, d, |i, j| w[(i + 1, j + 1)]),
+                    bias: Some((1..=m).map(|i| w[(i, 0)]).collect()),
+                }))
+            }
+        }
+    }
 }
 
 pub(crate) fn split(model: &Model) -> Split<'_> {
@@ -227,25 +246,22 @@ pub(crate) fn split(model: &Model) -> Split<'_> {
         .iter()
         .rposition(|l| !matches!(l, Layer::Linear(_)))
         .map_or(1, |k| k + 1);
-    let head = layers[end..].iter().fold(None, |acc: Option<Mat<f64>>, l| {
-        let Layer::Linear(l) = l else {
-            unreachable!("the head holds linear layers alone")
-        };
-        let w = l.padded().w;
-        Some(match acc {
-            None => w,
-            Some(m) => crate::linalg::mul(w.as_ref(), m.as_ref(), crate::linalg::Par::Seq),
-        })
-    });
     Split {
         body: &layers[..end],
-        head,
+        tail: &layers[end..],
     }
 }
 
 /// The moments in a model's self chain ([`self_chain`]).
 pub fn chain_len(model: &Model) -> usize {
-    split(model).body.len()
+    let body = split(model).body;
+    body.len() - usize::from(linear_first(body))
+}
+
+/// Whether a body starts with a linear layer, whose self moment is not kept in chains: it is
+/// recomputed from the weights ([`linear::moment::from_input`], one product) where needed.
+fn linear_first(body: &[Layer]) -> bool {
+    matches!(body[0], Layer::Linear(_))
 }
 
 /// Each model's body, the shorter one extended by identity layers (which change nothing).
@@ -315,10 +331,9 @@ pub fn one_pair_at_a_time(models: &[&Model]) -> bool {
 /// anything else through `Σ⁰`.
 fn first_step(left: Step<'_>, right: Step<'_>, d: usize, symmetric: bool) -> Result<(Tensor, f64)> {
     match (left, right) {
-        (Step::Layer(Layer::Linear(a), n, p), Step::Layer(Layer::Linear(b), ..)) => Ok((
-            linear::moment::from_input(&a.padded(), &b.padded(), n, p.local),
-            0.0,
-        )),
+        (Step::Layer(Layer::Linear(a), n, p), Step::Layer(Layer::Linear(b), ..)) => {
+            Ok((linear::moment::from_input(a, b, n, p.local), 0.0))
+        }
         (Step::Layer(_, n, _), _) if symmetric => {
             let s = self_step(&Moment::initial(n, d), left)?;
             Ok((s.m, s.scale))
@@ -331,19 +346,40 @@ fn first_step(left: Step<'_>, right: Step<'_>, d: usize, symmetric: bool) -> Res
     }
 }
 
-/// A model's self chain: `Σ_aa` after every body layer (closure; see [`Split`]).
+/// `Σ_aa` after the first body layer.
+fn first_self(p: &Split<'_>, model: &Model) -> Result<Moment> {
+    let step = Step::Layer(&p.body[0], model.input().n_ctx, positions(p.body, 0));
+    let (m, scale) = first_step(step, step, model.in_dim(), true)?;
+    Ok(Moment::normalised(m, scale))
+}
+
+/// A model's self chain: `Σ_aa` after every body layer (closure; see [`Split`]), but the first
+/// where it is linear ([`linear_first`]).
 pub fn self_chain(model: &Model) -> Result<Vec<Moment>> {
     check_memory(&[model], 1.0, 1)?;
     let n = model.input().n_ctx;
-    let body = split(model).body;
-    let step = |k: usize| Step::Layer(&body[k], n, positions(body, k));
-    let (m, scale) = first_step(step(0), step(0), model.in_dim(), true)?;
-    let mut chain = vec![Moment::normalised(m, scale)];
+    let p = split(model);
+    let body = p.body;
+    let mut last = first_self(&p, model)?;
+    let mut chain = vec![];
     for k in 1..body.len() {
-        let next = self_step(&chain[k - 1], step(k))?;
-        chain.push(next);
+        let next = self_step(&last, Step::Layer(&body[k], n, positions(body, k)))?;
+        chain.push(std::mem::replace(&mut last, next));
+    }
+    chain.push(last);
+    if linear_first(body) {
+        chain.remove(0);
     }
     Ok(chain)
+}
+
+/// `Σ_aa` after body layer `k` (the last past the body: identity pads) from a cached chain.
+fn cached(p: &Split<'_>, model: &Model, chain: &[Moment], k: usize) -> Result<Moment> {
+    let (k, skip) = (k.min(p.body.len() - 1), usize::from(linear_first(p.body)));
+    match k < skip {
+        true => first_self(p, model),
+        false => Ok(chain[k - skip].clone()),
+    }
 }
 
 /// The whole network as a sum of terms on the input (compositions of every layer's terms).
@@ -457,7 +493,7 @@ impl Traces {
         sab: &Tensor,
         ea: &Moment,
         eb: &Moment,
-        heads: (Option<&Mat<f64>>, Option<&Mat<f64>>),
+        heads: (Option<&Linear>, Option<&Linear>),
     ) -> Traces {
         Traces {
             ab: linear::moment::readout(sab, heads.0, heads.1),
@@ -510,41 +546,40 @@ pub fn closure_traces(
         Step::Layer(&body[k], n, positions(body, k))
     }
     let (sa, sb, ab) = match cached {
-        Some((ca, cb)) => (ca[0].clone(), cb[0].clone(), {
+        Some((ca, cb)) => {
             let (x, y) = steps(0);
-            first_step(x, y, a.in_dim(), false)?
-        }),
+            let ab = first_step(x, y, a.in_dim(), false)?;
+            (
+                self::cached(&pa, a, ca, 0)?,
+                self::cached(&pb, b, cb, 0)?,
+                ab,
+            )
+        }
         None => {
             let ((na, nb), ab) = rayon::join(
-                || {
-                    rayon::join(
-                        || first_step(own(pa.body, n, 0), own(pa.body, n, 0), a.in_dim(), true),
-                        || first_step(own(pb.body, n, 0), own(pb.body, n, 0), b.in_dim(), true),
-                    )
-                },
+                || rayon::join(|| first_self(&pa, a), || first_self(&pb, b)),
                 || {
                     let (x, y) = steps(0);
                     first_step(x, y, a.in_dim(), false)
                 },
             );
-            let ((ma, xa), (mb, xb)) = (na?, nb?);
-            (Moment::normalised(ma, xa), Moment::normalised(mb, xb), ab?)
+            (na?, nb?, ab?)
         }
     };
     let mut sab = matched(ab, &sa, &sb);
     let (mut sa, mut sb) = (sa, sb);
     for k in 1..la.len() {
         // A self step past a model's own body (an identity pad) keeps its moment.
-        let next = |body: &[Layer], s: &Moment, chain: Option<&[Moment]>| match chain {
-            Some(c) => Ok(c[k.min(c.len() - 1)].clone()),
-            None if k < body.len() => self_step(s, own(body, n, k)),
+        let next = |p: &Split<'_>, m: &Model, s: &Moment, chain: Option<&[Moment]>| match chain {
+            Some(c) => self::cached(p, m, c, k),
+            None if k < p.body.len() => self_step(s, own(p.body, n, k)),
             None => Ok(s.clone()),
         };
         let ((na, nb), ab) = rayon::join(
             || {
                 rayon::join(
-                    || next(pa.body, &sa, cached.map(|c| c.0)),
-                    || next(pb.body, &sb, cached.map(|c| c.1)),
+                    || next(&pa, a, &sa, cached.map(|c| c.0)),
+                    || next(&pb, b, &sb, cached.map(|c| c.1)),
                 )
             },
             || cross_step(&sab, (&sa, &sb), steps(k)),
@@ -556,7 +591,7 @@ pub fn closure_traces(
         &sab,
         &sa,
         &sb,
-        (pa.head.as_ref(), pb.head.as_ref()),
+        (pa.head().as_deref(), pb.head().as_deref()),
     ))
 }
 
@@ -644,8 +679,8 @@ mod tests {
     /// The first attention layer reads independent positions (their covariances only rounding
     /// away from zero, which it drops), the second mixed ones, and the bilinear layer after it
     /// (like the second attention layer, the last to mix positions) is wanted on same-position
-    /// blocks alone: the self chain equals the configuration sum at every step, on the blocks
-    /// each step computes.
+    /// blocks alone: the self chain (with the first step) equals the configuration sum at every
+    /// step, on the blocks each step computes.
     #[test]
     fn the_self_chain_equals_the_configuration_sum_before_and_after_mixing() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(9);
@@ -656,7 +691,10 @@ mod tests {
             bilinear(&mut rng, 4, 3),
         ];
         let model = Model::new(2, 2, layers.clone()).unwrap();
-        let fast = self_chain(&model).unwrap();
+        // The chain leaves out the first (linear) layer's moment, recomputed where needed.
+        let chain = self_chain(&model).unwrap();
+        assert_eq!(chain.len(), 3);
+        let fast = [vec![first_self(&split(&model), &model).unwrap()], chain].concat();
         let mut slow = Moment::initial(2, 2);
         for (k, layer) in layers.iter().enumerate() {
             // The layer's terms, configuration by configuration, on every block.

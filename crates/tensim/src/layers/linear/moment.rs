@@ -5,7 +5,7 @@
 //! a final linear layer ([`readout`]).
 
 use crate::einsum::Tensor;
-use crate::layers::PaddedLinear;
+use crate::layers::{Linear, PaddedLinear};
 use crate::linalg::{mul, mul_t, Mat, Par};
 use crate::moment::second;
 use crate::wick::Moments;
@@ -40,19 +40,27 @@ pub fn moment(l: &PaddedLinear, r: &PaddedLinear, m: &Moments<'_>, local: bool) 
     out
 }
 
+/// `[1, b]`: the padded bias column `ŵ₀` of a layer.
+fn bias_column(l: &Linear) -> Vec<f64> {
+    std::iter::once(1.0)
+        .chain((0..l.out_dim()).map(|o| l.bias.as_ref().map_or(0.0, |b| b[o])))
+        .collect()
+}
+
 /// [`moment`] on the Gaussian input `Σ⁰[t, ·, t', ·] = e₀e₀ᵀ + δ_tt' diag(0, I)` of `n`
-/// positions, without forming it: `ŵ₀ŵ'₀ᵀ + δ_tt' Ŵ_d Ŵ'_dᵀ`, `ŵ₀` the bias column and `Ŵ_d`
-/// the weight columns. With `local` (blocks `t = t'` alone) it is `δ_tt' ŴŴ'ᵀ`, which is also
-/// the Gram of the tensor metric after a first linear layer.
-pub fn from_input(l: &PaddedLinear, r: &PaddedLinear, n: usize, local: bool) -> Tensor {
-    let (wl, wr, d) = (l.w.nrows(), r.w.nrows(), l.w.ncols() - 1);
-    let weights = mul_t(
-        l.w.as_ref().subcols(1, d),
-        r.w.as_ref().subcols(1, d),
-        Par::Seq,
-    );
-    let means = Mat::from_fn(wl, wr, |o, o2| l.w[(o, 0)] * r.w[(o2, 0)]);
-    let same = Mat::from_fn(wl, wr, |o, o2| weights[(o, o2)] + means[(o, o2)]);
+/// positions, without forming it: `ŵ₀ŵ'₀ᵀ + δ_tt' Ŵ_d Ŵ'_dᵀ`, `ŵ₀ = [1, b]` the bias column and
+/// `Ŵ_d Ŵ'_dᵀ = diag(0, W W'ᵀ)` (read from the weights, not padded copies). With `local`
+/// (blocks `t = t'` alone) it is `δ_tt' ŴŴ'ᵀ`, also the Gram of the tensor metric after a
+/// first linear layer.
+pub fn from_input(l: &Linear, r: &Linear, n: usize, local: bool) -> Tensor {
+    let (wl, wr) = (l.out_dim() + 1, r.out_dim() + 1);
+    let weights = mul_t(l.weight.as_ref(), r.weight.as_ref(), Par::Seq);
+    let (bl, br) = (bias_column(l), bias_column(r));
+    let means = Mat::from_fn(wl, wr, |o, o2| bl[o] * br[o2]);
+    let same = Mat::from_fn(wl, wr, |o, o2| match (o, o2) {
+        (0, _) | (_, 0) => means[(o, o2)],
+        _ => weights[(o - 1, o2 - 1)] + means[(o, o2)],
+    });
     let mut out = Tensor::zeros(vec![n, wl, n, wr]);
     for t in 0..n {
         put_block(&mut out, t, t, &same);
@@ -65,24 +73,41 @@ pub fn from_input(l: &PaddedLinear, r: &PaddedLinear, n: usize, local: bool) -> 
     out
 }
 
-/// The data diagonal `Σ_t Σ'[t, o, t, o]` (`o ≥ 1`) of [`moment`] through final linear nodes
+/// The data diagonal `Σ_t Σ'[t, o, t, o]` (`o ≥ 1`) of [`moment`] through final linear layers
 /// (`None`: the identity), without forming the output moment: with `M = Σ_t Σ[t, ·, t, ·]`,
-/// `D[o] = ŵ_o M ŵ'_oᵀ`, the rows of `Ŵ M` dotted with those of `Ŵ'`.
-pub fn readout(s: &Tensor, l: Option<&Mat<f64>>, r: Option<&Mat<f64>>) -> Vec<f64> {
+/// `D[o] = ŵ_o M ŵ'_oᵀ`, `ŵ_o = [b_o, W_o]`: the rows of `[b | W] M` dotted with those of
+/// `[b' | W']`, where `[b | W] M = b M[0, ·] + W M[1.., ·]`.
+pub fn readout(s: &Tensor, l: Option<&Linear>, r: Option<&Linear>) -> Vec<f64> {
     let (n, wl, wr) = (s.shape[0], s.shape[1], s.shape[3]);
     let m = Mat::from_fn(wl, wr, |i, j| {
         (0..n)
             .map(|t| s.data[((t * wl + i) * n + t) * wr + j])
             .sum()
     });
+    // Rows o ≥ 1 of `Ŵ M` (the identity: M's own rows).
     let lm = match l {
-        Some(l) => mul(l.as_ref(), m.as_ref(), Par::Seq),
-        None => m,
+        Some(l) => {
+            let mut y = mul(l.weight.as_ref(), m.as_ref().subrows(1, wl - 1), Par::Seq);
+            let b = bias_column(l);
+            for o in 0..y.nrows() {
+                for j in 0..wr {
+                    y[(o, j)] += b[o + 1] * m[(0, j)];
+                }
+            }
+            y
+        }
+        None => m.as_ref().subrows(1, wl - 1).to_owned(),
     };
-    (1..lm.nrows())
+    (0..lm.nrows())
         .map(|o| match r {
-            Some(r) => (0..wr).map(|j| lm[(o, j)] * r[(o, j)]).sum(),
-            None => lm[(o, o)],
+            Some(r) => {
+                let b = r.bias.as_ref().map_or(0.0, |b| b[o]);
+                lm[(o, 0)] * b
+                    + (1..wr)
+                        .map(|j| lm[(o, j)] * r.weight[(o, j - 1)])
+                        .sum::<f64>()
+            }
+            None => lm[(o, o + 1)],
         })
         .collect()
 }
@@ -95,12 +120,11 @@ mod tests {
     use crate::layers::Linear;
     use crate::moment::{data_diagonal, max_diff, Moment};
 
-    fn node(rng: &mut rand::rngs::StdRng, out: usize, inp: usize) -> PaddedLinear {
+    fn node(rng: &mut rand::rngs::StdRng, out: usize, inp: usize) -> Linear {
         Linear {
             weight: Mat::from_fn(out, inp, |_, _| rng.random_range(-1.0..1.0)),
             bias: Some((0..out).map(|_| rng.random_range(-0.5..0.5)).collect()),
         }
-        .padded()
     }
 
     fn random(rng: &mut rand::rngs::StdRng, shape: Vec<usize>) -> Tensor {
@@ -119,6 +143,7 @@ mod tests {
         let mut rng = rand::rngs::StdRng::seed_from_u64(4);
         let (n, d) = (3, 5);
         let (l, r) = (node(&mut rng, 4, d), node(&mut rng, 2, d));
+        let (pl, pr) = (l.padded(), r.padded());
         let s0 = Moment::initial(n, d).m;
         let mu = crate::moment::mean(&s0);
         let c = crate::moment::centred(&s0, &mu, &mu);
@@ -130,7 +155,7 @@ mod tests {
                 mu: [&mu, &mu],
                 cov: [&c, &c, &c],
             };
-            let want = moment(&l, &r, &gaussian, local);
+            let want = moment(&pl, &pr, &gaussian, local);
             let err = max_diff(&from_input(&l, &r, n, local).data, &want.data);
             assert!(err < 1e-12, "local {local}: {err}");
         }
@@ -138,7 +163,7 @@ mod tests {
             mu: [&zeros, &zeros],
             cov: [&identity, &identity, &identity],
         };
-        let want = moment(&l, &r, &gram, true);
+        let want = moment(&pl, &pr, &gram, true);
         assert!(max_diff(&from_input(&l, &r, n, true).data, &want.data) < 1e-12);
     }
 
@@ -156,8 +181,8 @@ mod tests {
             mu: [&zl, &zr],
             cov: [&s, &s, &s],
         };
-        let want = data_diagonal(&moment(&l, &r, &m, false));
-        let got = readout(&s, Some(&l.w), Some(&r.w));
+        let want = data_diagonal(&moment(&l.padded(), &r.padded(), &m, false));
+        let got = readout(&s, Some(&l), Some(&r));
         assert!(max_diff(&got, &want) < 1e-12, "{got:?} vs {want:?}");
         // The right side as it is (its width that of the left head's output).
         let s = random(&mut rng, vec![n, wl, n, 4]);
@@ -172,8 +197,8 @@ mod tests {
             mu: [&zl, &z],
             cov: [&s, &s, &s],
         };
-        let want = data_diagonal(&moment(&l, &id.padded(), &m, false));
-        assert!(max_diff(&readout(&s, Some(&l.w), None), &want) < 1e-12);
+        let want = data_diagonal(&moment(&l.padded(), &id.padded(), &m, false));
+        assert!(max_diff(&readout(&s, Some(&l), None), &want) < 1e-12);
         let s = random(&mut rng, vec![n, 4, n, 4]);
         assert!(max_diff(&readout(&s, None, None), &data_diagonal(&s)) < 1e-12);
     }

@@ -203,12 +203,12 @@ pub fn network_similarity(a: &Model, b: &Model) -> Result<Comparison> {
     }
     crate::propagate::check_memory(&[a, b], 1.0, 1)?;
     let (n, pa, pb) = (a.input().n_ctx, split(a), split(b));
-    let (la, lb, ha, hb) = (pa.body, pb.body, pa.head, pb.head);
+    let (la, lb, ha, hb) = (pa.body, pb.body, pa.head(), pb.head());
     // The first step from the identity Gram: `δ_tt' Ŵ_a Ŵ_bᵀ` for two linear layers.
     let first = |x: &crate::layers::Layer, y: &crate::layers::Layer| -> Result<Tensor> {
         Ok(match (x, y) {
             (crate::layers::Layer::Linear(x), crate::layers::Layer::Linear(y)) => {
-                from_input(&x.padded(), &y.padded(), n, true)
+                from_input(x, y, n, true)
             }
             _ => {
                 let g = identity_gram(n, a.in_dim() + 1);
@@ -245,9 +245,9 @@ pub fn network_similarity(a: &Model, b: &Model) -> Result<Comparison> {
         (ga, gb) = (na, nb);
     }
     let (dab, daa, dbb) = (
-        readout(&gab, ha.as_ref(), hb.as_ref()),
-        readout(&ga.m, ha.as_ref(), ha.as_ref()),
-        readout(&gb.m, hb.as_ref(), hb.as_ref()),
+        readout(&gab, ha.as_deref(), hb.as_deref()),
+        readout(&ga.m, ha.as_deref(), ha.as_deref()),
+        readout(&gb.m, hb.as_deref(), hb.as_deref()),
     );
     let sum = |v: &[f64]| v.iter().sum::<f64>();
     let (ab, aa, bb) = (sum(&dab), sum(&daa), sum(&dbb));
