@@ -213,9 +213,9 @@ fn nonlinear(layer: &Layer) -> bool {
 }
 
 /// A model as the engine reads it: its `body`, through the last layer that is not linear (at
-/// least the first layer), and the linear layers after it composed into one `head` (`None`:
-/// none). The head is read out from the body's moments ([`linear::moment::readout`]), so an
-/// output-sized moment (a vocabulary) is never formed.
+/// least the first layer), and the linear layers after it (`tail`), one [`Split::head`]. The
+/// head is read out from the body's moments ([`linear::moment::readout`]), so an output-sized
+/// moment (a vocabulary) is never formed.
 pub(crate) struct Split<'a> {
     pub body: &'a [Layer],
     pub tail: &'a [Layer],
@@ -298,7 +298,7 @@ fn moment_width(model: &Model) -> usize {
 /// `w` the widest moment of `models` ([`moment_width`]), and an attention step its projected
 /// covariances ([`attention::moment::covariance_entries`]): four blocks for a cross step,
 /// one for each self step beside it. `copies` more moments are kept (cached self chains),
-/// `pairs` pairs run at once.
+/// `pairs` pairs run at once; the models' own parameters are held throughout.
 pub fn check_memory(models: &[&Model], copies: f64, pairs: usize) -> Result<()> {
     let n = models[0].input().n_ctx;
     let w = models.iter().map(|m| moment_width(m)).max().unwrap_or(0);
@@ -310,9 +310,12 @@ pub fn check_memory(models: &[&Model], copies: f64, pairs: usize) -> Result<()> 
             _ => None,
         })
         .fold(0.0, f64::max);
+    let parameters: usize = models.iter().map(|m| m.param_count()).sum();
     crate::budget::check(
-        "the Gaussian moments of the activations and the attention covariances",
-        (12.0 + copies) * ((n * w) as f64).powi(2) + pairs as f64 * 1.5 * covariances,
+        "the models, the Gaussian moments of the activations and the attention covariances",
+        parameters as f64
+            + (12.0 + copies) * ((n * w) as f64).powi(2)
+            + pairs as f64 * 1.5 * covariances,
     )
 }
 
@@ -353,9 +356,65 @@ fn first_self(p: &Split<'_>, model: &Model) -> Result<Moment> {
     Ok(Moment::normalised(m, scale))
 }
 
-/// A model's self chain: `Σ_aa` after every body layer (closure; see [`Split`]), but the first
-/// where it is linear ([`linear_first`]).
-pub fn self_chain(model: &Model) -> Result<Vec<Moment>> {
+/// A model's cached self chain ([`self_chain`]): `Σ_aa` after every body layer but a first
+/// linear one ([`linear_first`]), those past the last attention layer ([`Positions::local`])
+/// kept as their same-position blocks alone (the others are zero).
+pub struct Chain(Vec<Kept>);
+
+enum Kept {
+    Full(Moment),
+    /// `Σ[t, ·, t, ·]` as `[n, w, w]`.
+    Local(Moment),
+}
+
+impl Chain {
+    /// Moments kept.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The `k`-th moment kept, as the full `[n, w, n, w]` moment.
+    pub fn moment(&self, k: usize) -> Moment {
+        match &self.0[k] {
+            Kept::Full(m) => m.clone(),
+            Kept::Local(b) => {
+                let (n, w) = (b.m.shape[0], b.m.shape[1]);
+                let mut m = Tensor::zeros(vec![n, w, n, w]);
+                for t in 0..n {
+                    for i in 0..w {
+                        let (row, from) = (((t * w + i) * n + t) * w, (t * w + i) * w);
+                        m.data[row..row + w].copy_from_slice(&b.m.data[from..from + w]);
+                    }
+                }
+                Moment { m, scale: b.scale }
+            }
+        }
+    }
+
+    fn keep(m: Moment, local: bool) -> Kept {
+        if !local {
+            return Kept::Full(m);
+        }
+        let (n, w) = (m.m.shape[0], m.m.shape[1]);
+        let data = (0..n * w)
+            .flat_map(|ti| {
+                let row = ti * n * w + (ti / w) * w;
+                m.m.data[row..row + w].iter().copied()
+            })
+            .collect();
+        Kept::Local(Moment {
+            m: Tensor::new(vec![n, w, w], data),
+            scale: m.scale,
+        })
+    }
+}
+
+/// A model's self chain (closure; see [`Split`] and [`Chain`]).
+pub fn self_chain(model: &Model) -> Result<Chain> {
     check_memory(&[model], 1.0, 1)?;
     let n = model.input().n_ctx;
     let p = split(model);
@@ -364,21 +423,22 @@ pub fn self_chain(model: &Model) -> Result<Vec<Moment>> {
     let mut chain = vec![];
     for k in 1..body.len() {
         let next = self_step(&last, Step::Layer(&body[k], n, positions(body, k)))?;
-        chain.push(std::mem::replace(&mut last, next));
+        let local = positions(body, k - 1).local;
+        chain.push(Chain::keep(std::mem::replace(&mut last, next), local));
     }
-    chain.push(last);
+    chain.push(Chain::keep(last, positions(body, body.len() - 1).local));
     if linear_first(body) {
         chain.remove(0);
     }
-    Ok(chain)
+    Ok(Chain(chain))
 }
 
 /// `Σ_aa` after body layer `k` (the last past the body: identity pads) from a cached chain.
-fn cached(p: &Split<'_>, model: &Model, chain: &[Moment], k: usize) -> Result<Moment> {
+fn cached(p: &Split<'_>, model: &Model, chain: &Chain, k: usize) -> Result<Moment> {
     let (k, skip) = (k.min(p.body.len() - 1), usize::from(linear_first(p.body)));
     match k < skip {
         true => first_self(p, model),
-        false => Ok(chain[k - skip].clone()),
+        false => Ok(chain.moment(k - skip)),
     }
 }
 
@@ -524,11 +584,7 @@ impl Traces {
 /// The closure, step by step. The self steps and the cross step of one layer read only the
 /// moments before it, so the three run side by side; `cached`: both self chains computed
 /// before (all-pairs matrices).
-pub fn closure_traces(
-    a: &Model,
-    b: &Model,
-    cached: Option<(&[Moment], &[Moment])>,
-) -> Result<Traces> {
+pub fn closure_traces(a: &Model, b: &Model, cached: Option<(&Chain, &Chain)>) -> Result<Traces> {
     if cached.is_none() {
         // With cached chains the batch form checked once for all pairs.
         check_memory(&[a, b], 1.0, 1)?;
@@ -570,7 +626,7 @@ pub fn closure_traces(
     let (mut sa, mut sb) = (sa, sb);
     for k in 1..la.len() {
         // A self step past a model's own body (an identity pad) keeps its moment.
-        let next = |p: &Split<'_>, m: &Model, s: &Moment, chain: Option<&[Moment]>| match chain {
+        let next = |p: &Split<'_>, m: &Model, s: &Moment, chain: Option<&Chain>| match chain {
             Some(c) => self::cached(p, m, c, k),
             None if k < p.body.len() => self_step(s, own(p.body, n, k)),
             None => Ok(s.clone()),
@@ -694,7 +750,10 @@ mod tests {
         // The chain leaves out the first (linear) layer's moment, recomputed where needed.
         let chain = self_chain(&model).unwrap();
         assert_eq!(chain.len(), 3);
-        let fast = [vec![first_self(&split(&model), &model).unwrap()], chain].concat();
+        let first = first_self(&split(&model), &model).unwrap();
+        let fast: Vec<Moment> = std::iter::once(first)
+            .chain((0..3).map(|k| chain.moment(k)))
+            .collect();
         let mut slow = Moment::initial(2, 2);
         for (k, layer) in layers.iter().enumerate() {
             // The layer's terms, configuration by configuration, on every block.

@@ -107,8 +107,8 @@ impl<F: Fn(usize, usize) -> Result<Vec<f64>> + Sync> Batch for PerPair<F> {
         self.serial
     }
 
-    /// Pairs in parallel (unless `serial`); on a diagonal tile each unordered pair once (the metrics are
-    /// symmetric), mirrored.
+    /// Pairs in parallel (unless `serial`); on a diagonal tile each unordered pair once (the
+    /// metrics are symmetric), mirrored.
     fn tile(&self, ci: Range<usize>, cj: Range<usize>) -> Result<Vec<f64>> {
         let (ni, nj) = (ci.len(), cj.len());
         let diagonal = ci == cj;

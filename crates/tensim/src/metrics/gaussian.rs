@@ -12,9 +12,8 @@ use crate::linalg::{within, Par};
 use crate::metrics::batch::{map_all, Batch, PerPair};
 use crate::metrics::{cosine, cosines, Comparison, Kind, Method};
 use crate::model::Model;
-use crate::moment::Moment;
 use crate::propagate::{
-    closure_is_exact, closure_traces, exact_cost, exact_traces, self_chain, Traces,
+    closure_is_exact, closure_traces, exact_cost, exact_traces, self_chain, Chain, Traces,
 };
 
 /// How the expectation is computed.
@@ -92,7 +91,7 @@ fn comparison(t: &Traces, exact: bool) -> Result<Comparison> {
 }
 
 /// Similarity from cached self chains (closure), for all-pairs matrices.
-pub fn similarity_cached(a: &Model, b: &Model, ca: &[Moment], cb: &[Moment]) -> Result<f64> {
+pub fn similarity_cached(a: &Model, b: &Model, ca: &Chain, cb: &Chain) -> Result<f64> {
     let (ab, aa, bb) = closure_traces(a, b, Some((ca, cb)))?.scaled();
     cosine(ab, aa, bb, Kind::Gaussian)
 }

@@ -187,6 +187,7 @@ fn identity_gram(n: usize, w: usize) -> Tensor {
 /// same order and the same `n_ctx`.
 pub fn network_similarity(a: &Model, b: &Model) -> Result<Comparison> {
     use crate::layers::linear::moment::{from_input, readout};
+    use crate::layers::Layer;
     use crate::moment::{combine, Moment};
     use crate::propagate::{split, symmetrised_parts};
     let kinds = |m: &Model| m.layers().iter().map(|l| l.kind()).collect::<Vec<_>>();
@@ -205,11 +206,9 @@ pub fn network_similarity(a: &Model, b: &Model) -> Result<Comparison> {
     let (n, pa, pb) = (a.input().n_ctx, split(a), split(b));
     let (la, lb, ha, hb) = (pa.body, pb.body, pa.head(), pb.head());
     // The first step from the identity Gram: `δ_tt' Ŵ_a Ŵ_bᵀ` for two linear layers.
-    let first = |x: &crate::layers::Layer, y: &crate::layers::Layer| -> Result<Tensor> {
+    let first = |x: &Layer, y: &Layer| -> Result<Tensor> {
         Ok(match (x, y) {
-            (crate::layers::Layer::Linear(x), crate::layers::Layer::Linear(y)) => {
-                from_input(x, y, n, true)
-            }
+            (Layer::Linear(x), Layer::Linear(y)) => from_input(x, y, n, true),
             _ => {
                 let g = identity_gram(n, a.in_dim() + 1);
                 combine(symmetrised_parts(x, y, n, &g)?, (0.0, 0.0), None).0
