@@ -181,7 +181,7 @@ pub struct RandomArgs {
     /// Hidden width of each bilinear layer (0 with --heads: attention-only blocks).
     #[arg(long, default_value_t = 256)]
     hidden: usize,
-    /// Number of bilinear layers.
+    /// Number of blocks: bilinear layers, each after an attention layer with --heads.
     #[arg(long, default_value_t = 1)]
     layers: usize,
     #[arg(long, default_value_t = 10)]
