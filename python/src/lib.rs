@@ -166,9 +166,10 @@ impl Model {
         self.inner.out_dim()
     }
 
-    /// Polynomial degree of the model (2 per bilinear layer, multiplied).
+    /// Polynomial degree of the model (2 per bilinear layer, 5 per attention layer,
+    /// multiplied); `None` beyond 2^64.
     #[getter]
-    fn degree(&self) -> u64 {
+    fn degree(&self) -> Option<u64> {
         self.inner.degree()
     }
 
@@ -196,7 +197,9 @@ impl Model {
             self.inner.in_dim(),
             self.inner.out_dim(),
             kinds.join(", "),
-            self.inner.degree(),
+            self.inner
+                .degree()
+                .map_or("> 2^64".into(), |d| d.to_string()),
             self.inner.param_count()
         )
     }

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from typing import Any, Callable, Mapping, Sequence, Union
+from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
@@ -121,8 +121,8 @@ class Model:
         return self._m.out_dim
 
     @property
-    def degree(self) -> int:
-        """Polynomial degree of the model's output in its input."""
+    def degree(self) -> Optional[int]:
+        """Polynomial degree of the model's output in its input (None beyond 2**64)."""
         return self._m.degree
 
     @property

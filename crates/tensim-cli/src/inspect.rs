@@ -50,10 +50,10 @@ pub fn run(args: InspectArgs) -> Result<()> {
     );
     println!("output      dim {}", model.out_dim());
     println!("parameters  {}", model.param_count());
-    println!(
-        "degree      {} (polynomial degree in the input)",
-        model.degree()
-    );
+    match model.degree() {
+        Some(d) => println!("degree      {d} (polynomial degree in the input)"),
+        None => println!("degree      more than 2^64 (polynomial degree in the input)"),
+    }
     println!("layers:");
     let residual = |r: Option<tensim::arch::Residual>| {
         r.map(|r| format!(", residual {:?} scale {}", r.mode, r.scale).to_lowercase())

@@ -33,6 +33,7 @@ pub mod phases;
 pub mod plot;
 pub mod propagate;
 pub mod reparam;
+pub mod scale;
 pub mod trajectory;
 pub mod wick;
 

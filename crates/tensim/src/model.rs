@@ -115,9 +115,12 @@ impl Model {
         }
     }
 
-    /// Polynomial degree of the model in its input (an upper bound: `2^n_bilinear`).
-    pub fn degree(&self) -> u64 {
-        self.layers.iter().map(|l| l.degree() as u64).product()
+    /// Polynomial degree of the model in its input (an upper bound: the product of the layers'
+    /// degrees); `None` beyond `u64` (64 bilinear layers or more).
+    pub fn degree(&self) -> Option<u64> {
+        self.layers
+            .iter()
+            .try_fold(1u64, |d, l| d.checked_mul(l.degree() as u64))
     }
 
     /// Number of scalar parameters.

@@ -16,7 +16,7 @@ use rand_distr::{Distribution, StandardNormal};
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::layers::PaddedLayer;
+use crate::layers::{Layer, PaddedLayer};
 use crate::linalg::{Mat, Par};
 use crate::metrics::{self, inputs::outputs, tensor, Inputs, Options};
 use crate::model::Model;
@@ -120,6 +120,9 @@ pub fn verify(a: &Model, b: &Model, samples: usize, seed: u64, par: Par) -> Resu
     if samples < 2 {
         return Err(Error::Invalid("verify needs at least 2 samples".into()));
     }
+    let depth = a.n_bilinear().max(b.n_bilinear());
+    check_batches(a, b, 2f64.powi(depth as i32), 4)?;
+    let legs = 1usize << depth;
     let tensor_exact = tensor::similarity(
         a,
         b,
@@ -128,16 +131,10 @@ pub fn verify(a: &Model, b: &Model, samples: usize, seed: u64, par: Par) -> Resu
             par,
         },
     )?;
-    let depth = a.n_bilinear().max(b.n_bilinear());
     let (na, nb) = (
         tensor::lifted_nodes(a, depth),
         tensor::lifted_nodes(b, depth),
     );
-    let legs = 1usize << depth;
-    crate::budget::check(
-        "the Monte-Carlo batches",
-        (CHUNK * legs * (a.in_dim() + 1)) as f64 * 4.0,
-    )?;
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut tensor_acc = Accumulator::default();
     let mut functional_acc = Accumulator::default();
@@ -171,6 +168,26 @@ pub fn verify(a: &Model, b: &Model, samples: usize, seed: u64, par: Par) -> Resu
         tensor_mc: tensor_acc.finish(),
         functional_mc: functional_acc.finish(),
     })
+}
+
+/// The deepest network whose fully symmetrised metric is estimated (`2^20` legs).
+const MAX_FULL_DEPTH: usize = 20;
+
+/// Refuse a run whose batches would not fit: `CHUNK` samples of `legs` input legs, each
+/// intermediate as wide as the widest layer (padded), `copies` of them alive at once.
+fn check_batches(a: &Model, b: &Model, legs: f64, copies: usize) -> Result<()> {
+    let widest = a
+        .layers()
+        .iter()
+        .chain(b.layers())
+        .map(|l| match l {
+            Layer::Bilinear(x) => x.hidden().max(x.in_dim()).max(x.out_dim()),
+            l => l.in_dim().max(l.out_dim()),
+        })
+        .max()
+        .unwrap_or(0);
+    let entries = CHUNK as f64 * legs * (widest + 1) as f64 * copies as f64;
+    crate::budget::check("the Monte-Carlo batches", entries)
 }
 
 /// `S` padded inputs `(1, g)`, `g ~ N(0, I_dim)`, as rows.
@@ -301,7 +318,15 @@ pub fn full_symmetric(a: &Model, b: &Model, samples: usize, seed: u64, par: Par)
         tensor::lifted_nodes(a, depth),
         tensor::lifted_nodes(b, depth),
     );
-    let k_factorial: f64 = (1..=(1u64 << depth)).map(|v| v as f64).product();
+    check_batches(a, b, 1.0, 8)?;
+    if depth > MAX_FULL_DEPTH {
+        return Err(Error::Invalid(format!(
+            "full symmetrisation averages over (2^{depth})! leg orders; it is estimated for at \
+             most {MAX_FULL_DEPTH} bilinear layers"
+        )));
+    }
+    // ln k! for k = 2^depth legs; the estimates are divided by k! in logs (k! > 1e308 from 256).
+    let ln_k_factorial: f64 = (2..=(1u64 << depth)).map(|v| (v as f64).ln()).sum();
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let half = std::f64::consts::FRAC_1_SQRT_2;
     let mut acc = Accumulator::default();
@@ -343,9 +368,10 @@ pub fn full_symmetric(a: &Model, b: &Model, samples: usize, seed: u64, par: Par)
         done += n;
     }
     let t = acc.finish();
+    let down = |x: f64| x.signum() * (x.abs().ln() - ln_k_factorial).exp();
     let scale = |e: Estimate| Estimate {
-        mean: e.mean / k_factorial,
-        stderr: e.stderr / k_factorial,
+        mean: down(e.mean),
+        stderr: down(e.stderr),
     };
     Ok(Triple {
         inner: scale(t.inner),

@@ -293,7 +293,7 @@ fn transformer_files_round_trip_and_bad_attention_shapes_are_named() {
     tensim::io::save(&m, &path).unwrap();
     let back = tensim::io::load(&path, None).unwrap();
     assert_eq!(back, m);
-    assert_eq!(back.degree(), 10);
+    assert_eq!(back.degree(), Some(10));
     // A description whose n_head does not divide d_model, and one with a wrong q2 shape.
     let arch = back.arch();
     let mut text = arch.to_json().replace("\"n_head\": 2", "\"n_head\": 3");

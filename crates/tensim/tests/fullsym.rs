@@ -313,3 +313,24 @@ mod laws {
         }
     }
 }
+
+#[test]
+fn very_deep_networks_are_refused_not_overflowed() {
+    // 70 bilinear layers: degree 2^70 (beyond u64), (2^70)! leg orders.
+    let s = Spec {
+        d_in: 2,
+        d: 2,
+        h: 2,
+        d_out: 1,
+        depth: 70,
+        residual: None,
+        bias: false,
+        embed: false,
+    };
+    let (a, b) = (random_model(s, 1), random_model(s, 2));
+    assert_eq!(a.degree(), None);
+    let e = fullsym::similarity(&a, &b, &Default::default(), &FullOptions::default()).unwrap_err();
+    assert!(e.to_string().contains("at most 20 bilinear layers"), "{e}");
+    let e = tensim::montecarlo::verify(&a, &b, 100, 0, Par::Seq).unwrap_err();
+    assert!(matches!(e.root(), tensim::Error::TooLarge { .. }), "{e}");
+}

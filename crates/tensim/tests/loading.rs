@@ -93,7 +93,7 @@ fn sidecar_embedded_fused_and_saved_forms_give_the_same_model() {
     let m = io::load(&w, Some(&a)).unwrap();
     assert_eq!(
         (m.in_dim(), m.out_dim(), m.degree(), m.param_count()),
-        (4, 2, 2, 12 * 3 + 4 + 8 + 2)
+        (4, 2, Some(2), 12 * 3 + 4 + 8 + 2)
     );
     // Embedded metadata (pack), keeping the unused tensor and the stored dtype.
     let packed = d.join("packed.safetensors");

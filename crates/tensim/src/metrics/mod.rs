@@ -10,11 +10,14 @@ pub mod inputs;
 pub mod matrix;
 pub mod tensor;
 
+use std::borrow::Cow;
+
 use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::linalg::Par;
 use crate::model::Model;
+use crate::scale;
 
 pub use inputs::Inputs;
 
@@ -286,8 +289,11 @@ pub fn compare(
     opts: &Options,
 ) -> Result<Comparison> {
     check_io(a, b)?;
+    let (a, b) = (scale_free(a, metric), scale_free(b, metric));
+    let (a, b) = (a.as_ref(), b.as_ref());
+    let inputs = inputs.map(|x| scale::rescaled_inputs(x, &[a, b]));
     let need = || {
-        inputs.ok_or(Error::NeedsInputs {
+        inputs.as_deref().ok_or(Error::NeedsInputs {
             metric: metric.kind(),
         })
     };
@@ -303,7 +309,8 @@ pub fn compare(
             }
             r
         }),
-    }?;
+    }
+    .map_err(|e| scale::explain_zero(e, a, b, metric.kind()))?;
     if !r.similarity.is_finite() {
         return Err(Error::OutOfRange {
             metric: metric.name().into(),
@@ -311,6 +318,15 @@ pub fn compare(
         });
     }
     Ok(r)
+}
+
+/// `m`, rescaled where extreme and homogeneous ([`scale::rescaled`]), unless the metric reads
+/// the weights themselves (`matrix`).
+pub fn scale_free<'a>(m: &'a Model, metric: &Metric) -> Cow<'a, Model> {
+    match metric {
+        Metric::Matrix => Cow::Borrowed(m),
+        _ => scale::rescaled(m),
+    }
 }
 
 /// Input and output sizes and positions must agree for any comparison.

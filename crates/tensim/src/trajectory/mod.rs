@@ -8,6 +8,8 @@ pub mod checkpoints;
 mod output;
 pub mod tiles;
 
+use std::borrow::Cow;
+
 use crate::budget;
 use crate::error::{Error, Result};
 use crate::linalg::Mat;
@@ -15,6 +17,7 @@ use crate::metrics::batch::prepare;
 use crate::metrics::gaussian::GaussOptions;
 use crate::metrics::{self, Inputs, Metric, Symmetrize};
 use crate::model::Model;
+use crate::scale;
 use checkpoints::Checkpoint;
 use tiles::TileStore;
 
@@ -57,8 +60,10 @@ pub fn similarity_matrix(
     if n == 0 {
         return Err(Error::Invalid("no checkpoints".into()));
     }
-    let (models, names) = parts(checkpoints)?;
-    let batch = prepare(&models, &names, metric, opts.inputs, opts.per_output)?;
+    let (owned, names) = parts(checkpoints, metric)?;
+    let models: Vec<&Model> = owned.iter().map(|m| m.as_ref()).collect();
+    let inputs = opts.inputs.map(|x| scale::rescaled_inputs(x, &models));
+    let batch = prepare(&models, &names, metric, inputs.as_deref(), opts.per_output)?;
     let planes = if opts.per_output {
         1 + models[0].out_dim()
     } else {
@@ -165,7 +170,12 @@ pub fn tile_tag(metric: &Metric, per_output: bool, inputs_source: Option<&str>) 
 
 /// The checkpoints' models and names, once their input and output sizes are checked to agree
 /// with the first one's.
-fn parts(checkpoints: &[Checkpoint]) -> Result<(Vec<&Model>, Vec<&str>)> {
+/// The checkpoints' models as `metric` computes on them ([`metrics::scale_free`]) and their
+/// names, once their sizes are checked to agree.
+fn parts<'a>(
+    checkpoints: &'a [Checkpoint],
+    metric: &Metric,
+) -> Result<(Vec<Cow<'a, Model>>, Vec<&'a str>)> {
     let first = &checkpoints[0];
     for c in &checkpoints[1..] {
         metrics::check_io(&first.model, &c.model)
@@ -173,7 +183,7 @@ fn parts(checkpoints: &[Checkpoint]) -> Result<(Vec<&Model>, Vec<&str>)> {
     }
     Ok(checkpoints
         .iter()
-        .map(|c| (&c.model, c.name.as_str()))
+        .map(|c| (metrics::scale_free(&c.model, metric), c.name.as_str()))
         .unzip())
 }
 
@@ -193,9 +203,11 @@ pub fn block(
             "tile rows {rows:?} × columns {cols:?} outside the {n} checkpoints given"
         )));
     }
-    let (models, names) = parts(checkpoints)?;
-    let values =
-        prepare(&models, &names, metric, inputs, false)?.tile(rows.clone(), cols.clone())?;
+    let (owned, names) = parts(checkpoints, metric)?;
+    let models: Vec<&Model> = owned.iter().map(|m| m.as_ref()).collect();
+    let inputs = inputs.map(|x| scale::rescaled_inputs(x, &models));
+    let values = prepare(&models, &names, metric, inputs.as_deref(), false)?
+        .tile(rows.clone(), cols.clone())?;
     Ok(Mat::from_fn(rows.len(), cols.len(), |i, j| {
         values[i * cols.len() + j]
     }))

@@ -265,7 +265,7 @@ pub fn abs_model(m: &Model) -> Model {
     map_parameters(m, f64::abs)
 }
 
-/// `m` with `f` applied to every weight and bias (position-wise models).
+/// `m` with `f` applied to every weight and bias.
 pub fn map_parameters(m: &Model, f: impl Fn(f64) -> f64) -> Model {
     let abs = |x: &Mat<f64>| Mat::from_fn(x.nrows(), x.ncols(), |i, j| f(x[(i, j)]));
     let absv = |v: &Option<Vec<f64>>| v.as_ref().map(|v| v.iter().map(|&x| f(x)).collect());
@@ -286,7 +286,19 @@ pub fn map_parameters(m: &Model, f: impl Fn(f64) -> f64) -> Model {
                 down_bias: absv(&x.down_bias),
                 residual: x.residual,
             }),
-            Layer::Attention(_) => unimplemented!("position-wise models only"),
+            Layer::Attention(x) => Layer::Attention(Box::new(Attention {
+                q1: abs(&x.q1),
+                k1: abs(&x.k1),
+                q2: abs(&x.q2),
+                k2: abs(&x.k2),
+                v: abs(&x.v),
+                o: abs(&x.o),
+                q1_bias: absv(&x.q1_bias),
+                k1_bias: absv(&x.k1_bias),
+                q2_bias: absv(&x.q2_bias),
+                k2_bias: absv(&x.k2_bias),
+                ..(**x).clone()
+            })),
         })
         .collect();
     Model::new(m.in_dim(), m.input().n_ctx, layers).unwrap()
