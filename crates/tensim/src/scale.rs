@@ -133,14 +133,19 @@ pub fn rescaled(m: &Model) -> Cow<'_, Model> {
     if !homogeneous(m) {
         return Cow::Borrowed(m);
     }
-    let mut layers = m.layers().to_vec();
-    let mut extreme = magnitudes(m, 0.0).into_iter().any(beyond);
-    for layer in &mut layers {
-        extreme |= matrices_mut(layer).into_iter().any(|w| beyond(ln_scale(w)));
-    }
+    let extreme = magnitudes(m, 0.0).into_iter().any(beyond)
+        || m.layers().iter().any(|l| match l {
+            Layer::Linear(l) => beyond(ln_scale(&l.weight)),
+            Layer::Bilinear(b) => [&b.left, &b.right]
+                .into_iter()
+                .chain(b.down.as_ref())
+                .any(|w| beyond(ln_scale(w))),
+            Layer::Attention(a) => a.matrices().into_iter().any(|(_, w)| beyond(ln_scale(w))),
+        });
     if !extreme {
         return Cow::Borrowed(m);
     }
+    let mut layers = m.layers().to_vec();
     for layer in &mut layers {
         for w in matrices_mut(layer) {
             let s = ln_scale(w);
