@@ -663,7 +663,7 @@ fn bad_options_and_files_are_refused_first() {
     let npy = |name: &str, v: [f64; 4]| {
         let mut b = b"\x93NUMPY\x01\x00".to_vec();
         let mut h = "{'descr': '<f8', 'fortran_order': False, 'shape': (2, 2), }".to_string();
-        while (10 + h.len() + 1) % 64 != 0 {
+        while !(10 + h.len() + 1).is_multiple_of(64) {
             h.push(' ');
         }
         h.push('\n');

@@ -215,10 +215,10 @@ impl Model {
 fn check_attention(i: usize, a: &crate::layers::Attention) -> Result<()> {
     let d = a.dim();
     let bad = |what: String| Err(Error::Model(format!("layer {i} (attention): {what}")));
-    if a.n_head == 0 || d % a.n_head != 0 {
+    if a.n_head == 0 || !d.is_multiple_of(a.n_head) {
         return bad(format!("n_head {} does not divide d_model {d}", a.n_head));
     }
-    if a.rotary.is_some() && a.head_size() % 2 != 0 {
+    if a.rotary.is_some() && !a.head_size().is_multiple_of(2) {
         return bad(format!(
             "rotary positions need an even head size, got {}",
             a.head_size()

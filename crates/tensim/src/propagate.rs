@@ -296,8 +296,8 @@ fn moment_width(model: &Model) -> usize {
 /// Refuse work that cannot fit in memory, before any is allocated. A step holds about a dozen
 /// `(n·w)²` moments (the three before and after it, their centred copies, the step's parts),
 /// `w` the widest moment of `models` ([`moment_width`]), and an attention step its projected
-/// covariances ([`attention::moment::covariance_entries`]): four blocks for a cross step,
-/// one for each self step beside it. `copies` more moments are kept (cached self chains),
+/// covariances ([`attention::moment::covariance_entries`]: four blocks at most, attention
+/// steps running one at a time). `copies` more moments are kept (cached self chains),
 /// `pairs` pairs run at once; the models' own parameters are held throughout.
 pub fn check_memory(models: &[&Model], copies: f64, pairs: usize) -> Result<()> {
     let n = models[0].input().n_ctx;
@@ -313,9 +313,7 @@ pub fn check_memory(models: &[&Model], copies: f64, pairs: usize) -> Result<()> 
     let parameters: usize = models.iter().map(|m| m.param_count()).sum();
     crate::budget::check(
         "the models, the Gaussian moments of the activations and the attention covariances",
-        parameters as f64
-            + (12.0 + copies) * ((n * w) as f64).powi(2)
-            + pairs as f64 * 1.5 * covariances,
+        parameters as f64 + (12.0 + copies) * ((n * w) as f64).powi(2) + pairs as f64 * covariances,
     )
 }
 
@@ -581,9 +579,8 @@ impl Traces {
     }
 }
 
-/// The closure, step by step. The self steps and the cross step of one layer read only the
-/// moments before it, so the three run side by side; `cached`: both self chains computed
-/// before (all-pairs matrices).
+/// The closure, step by step. `cached`: both self chains computed before (all-pairs
+/// matrices).
 pub fn closure_traces(a: &Model, b: &Model, cached: Option<(&Chain, &Chain)>) -> Result<Traces> {
     if cached.is_none() {
         // With cached chains the batch form checked once for all pairs.
@@ -631,15 +628,21 @@ pub fn closure_traces(a: &Model, b: &Model, cached: Option<(&Chain, &Chain)>) ->
             None if k < p.body.len() => self_step(s, own(p.body, n, k)),
             None => Ok(s.clone()),
         };
-        let ((na, nb), ab) = rayon::join(
-            || {
-                rayon::join(
-                    || next(&pa, a, &sa, cached.map(|c| c.0)),
-                    || next(&pb, b, &sb, cached.map(|c| c.1)),
-                )
-            },
-            || cross_step(&sab, (&sa, &sb), steps(k)),
-        );
+        let self_a = || next(&pa, a, &sa, cached.map(|c| c.0));
+        let self_b = || next(&pb, b, &sb, cached.map(|c| c.1));
+        let cross = || cross_step(&sab, (&sa, &sb), steps(k));
+        // The self steps and the cross step read only the moments before them. Attention
+        // steps run one at a time, each on every thread (side by side, the three steps'
+        // projected covariances would be held at once); the others side by side.
+        let attention = [&la[k], &lb[k]]
+            .iter()
+            .any(|l| matches!(l, Layer::Attention(_)));
+        let ((na, nb), ab) = if attention {
+            let ab = cross();
+            ((self_a(), self_b()), ab)
+        } else {
+            rayon::join(|| rayon::join(self_a, self_b), cross)
+        };
         (sa, sb) = (na?, nb?);
         sab = matched(ab?, &sa, &sb);
     }

@@ -338,7 +338,15 @@ fn small_pair(seed: u64) -> (Model, Layer, Layer) {
         mode: ResidualMode::Lerp,
         scale: 0.5,
     });
-    let att = attention(&mut rng, 4, 2, seed % 2 == 0, true, Mask::Causal, lerp);
+    let att = attention(
+        &mut rng,
+        4,
+        2,
+        seed.is_multiple_of(2),
+        true,
+        Mask::Causal,
+        lerp,
+    );
     let mlp = bilinear(&mut rng, 4, 3, 4, false, lerp);
     let m = Model::new(4, 2, vec![att.clone(), mlp.clone()]).unwrap();
     (m, att, mlp)

@@ -330,7 +330,9 @@ impl Reader<'_> {
             rotary: s.rotary.as_ref().map(|r| r.base),
             residual: s.residual,
         };
-        if dim % s.n_head != 0 || (a.rotary.is_some() && (dim / s.n_head) % 2 != 0) {
+        if !dim.is_multiple_of(s.n_head)
+            || (a.rotary.is_some() && !(dim / s.n_head).is_multiple_of(2))
+        {
             return Err(Error::Model(format!(
                 "{}: layer {i} (attention): n_head {} must divide d_model {dim}{}",
                 self.file.path.display(),

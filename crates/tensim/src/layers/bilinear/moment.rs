@@ -217,7 +217,7 @@ mod tests {
         let w = d + 1;
         let a = mat(2 * n * w, 7);
         let g = |x: usize, y: usize| -> f64 {
-            let zero = |r: usize| r % w == 0;
+            let zero = |r: usize| r.is_multiple_of(w);
             if zero(x) || zero(y) {
                 return 0.0;
             }

@@ -10,7 +10,7 @@ use crate::einsum::Tensor;
 use crate::layers::attention::Network;
 use crate::linalg::{mul, mul_into, Mat, Par};
 
-/// Legs per head, in this order in the projected rows.
+/// Legs per head.
 const ROLES: usize = 5;
 const Q1: usize = 0;
 const K1: usize = 1;
@@ -18,9 +18,17 @@ const Q2: usize = 2;
 const K2: usize = 3;
 const V: usize = 4;
 
+/// Classes of row groups, by the position of a combination they sit at: the raw coordinates
+/// (an identity term's vector, at its query), `Q₁ Q₂` (at the query), `K₁ K₂ V` (at the key).
+const CLASSES: usize = 3;
+const RAW: usize = 0;
+const QUERY: usize = 1;
+const KEY: usize = 2;
+
 /// One side's network and the layout of its projected rows: per position, the `w` raw padded
-/// coordinates, then per head the `h` rows of `Q₁, K₁, Q₂, K₂, V`. A group of rows is the raw
-/// coordinates or one leg at one position.
+/// coordinates, then the `h` rows of `Q₁, Q₂` of every head, then those of `K₁, K₂, V` of every
+/// head (each class contiguous). A group of rows is the raw coordinates or one leg at one
+/// position.
 pub(super) struct Side<'a> {
     net: &'a Network,
     pub n: usize,
@@ -64,17 +72,46 @@ impl<'a> Side<'a> {
     }
 
     fn leg(&self, p: usize, head: usize, role: usize) -> Leg {
-        let g = head * ROLES + role;
+        let g = self.group(head, role);
         Leg {
-            row: p * self.stride() + self.w + g * self.h,
-            group: p * self.per() + 1 + g,
+            row: p * self.stride() + self.first_row(g),
+            group: p * self.per() + g,
             size: self.h,
         }
     }
 
+    /// Group (within a position) of `role` of `head`.
+    fn group(&self, head: usize, role: usize) -> usize {
+        let key = 1 + 2 * self.heads + 3 * head;
+        match role {
+            Q1 => 1 + 2 * head,
+            Q2 => 2 + 2 * head,
+            K1 => key,
+            K2 => key + 1,
+            _ => key + 2,
+        }
+    }
+
+    /// `(head, role)` of a group (within a position) other than the raw one.
+    fn role(&self, g: usize) -> (usize, usize) {
+        let k = g - 1;
+        if k < 2 * self.heads {
+            (k / 2, [Q1, Q2][k % 2])
+        } else {
+            let k = k - 2 * self.heads;
+            (k / 3, [K1, K2, V][k % 3])
+        }
+    }
+
+    /// The groups (within a position) of a class.
+    fn class(&self, c: usize) -> Range<usize> {
+        let q = 1 + 2 * self.heads;
+        [0..1, 1..q, q..self.per()][c].clone()
+    }
+
     /// Size of group `g`.
     fn size(&self, g: usize) -> usize {
-        if g % self.per() == 0 {
+        if g.is_multiple_of(self.per()) {
             self.w
         } else {
             self.h
@@ -103,7 +140,7 @@ impl<'a> Side<'a> {
             if r < w {
                 return f64::from(u8::from(r == i));
             }
-            let (head, role, e) = ((r - w) / (ROLES * h), (r - w) / h % ROLES, (r - w) % h);
+            let ((head, role), e) = (self.role(1 + (r - w) / h), (r - w) % h);
             let f = &self.net.heads[head];
             match role {
                 V => f.v.data[e * w + i],
@@ -220,11 +257,113 @@ pub(super) struct Gram {
 struct Part {
     p: usize,
     q: usize,
+    /// Runs of row groups × runs of column groups (groups numbered within a position).
+    panels: Vec<[Range<usize>; 2]>,
     data: Range<usize>,
     blocks: Range<usize>,
 }
 
 const ABSENT: usize = usize::MAX;
+
+/// Which blocks of a [`Gram`] are computed and stored.
+pub(super) enum Holds {
+    /// One side with itself: the legs of one head against the same head's (all that pairs
+    /// of legs inside one combination touch).
+    Within,
+    /// Every group of the class pairs marked at `((p·3 + c)·3n + q·3 + c')`.
+    Reads(Vec<bool>),
+}
+
+impl Holds {
+    /// The class pairs at positions `(p, q)` that a visited pair of combinations touches:
+    /// a leg of the left one against a leg of the right one (`both`: the Gram also serves
+    /// each side against itself, so any two legs of the pair). `local`: only pairs with one
+    /// query are visited.
+    pub(super) fn reads(x: &Side, y: &Side, local: bool, both: bool) -> Holds {
+        let n = x.n;
+        // Per combination its query and (position, class) legs: identity `(t, raw)`, active
+        // `(t, query), (u, key)`.
+        let legs = |s: &Side| {
+            let active = (0..n * n)
+                .filter(|&tu| s.net.mask.data[tu] != 0.0)
+                .map(|tu| (tu / n, vec![(tu / n, QUERY), (tu % n, KEY)]));
+            (0..n)
+                .map(|t| (t, vec![(t, RAW)]))
+                .chain(active)
+                .collect::<Vec<_>>()
+        };
+        let (lx, ly) = (legs(x), legs(y));
+        let mut reads = vec![false; (CLASSES * n).pow(2)];
+        let mut mark = |(p, c): (usize, usize), (q, d): (usize, usize)| {
+            reads[(p * CLASSES + c) * CLASSES * n + q * CLASSES + d] = true;
+        };
+        for (tl, l) in &lx {
+            for (_, r) in ly.iter().filter(|(tr, _)| !local || tr == tl) {
+                let (rows, cols) = if both {
+                    let all: Vec<_> = l.iter().chain(r).copied().collect();
+                    (all.clone(), all)
+                } else {
+                    (l.clone(), r.clone())
+                };
+                for &a in &rows {
+                    for &b in &cols {
+                        mark(a, b);
+                    }
+                }
+            }
+        }
+        Holds::Reads(reads)
+    }
+
+    /// The panels of positions `(p, q)`, runs of row groups × runs of column groups, those
+    /// of one column run consecutive.
+    fn panels(&self, x: &Side, p: usize, y: &Side, q: usize) -> Vec<[Range<usize>; 2]> {
+        let reads = match self {
+            Holds::Within => {
+                return (0..x.heads)
+                    .flat_map(|hd| {
+                        let runs = [
+                            x.group(hd, Q1)..x.group(hd, Q2) + 1,
+                            x.group(hd, K1)..x.group(hd, V) + 1,
+                        ];
+                        let rows = runs.clone();
+                        runs.into_iter()
+                            .flat_map(move |c| rows.clone().map(|r| [r, c.clone()]))
+                    })
+                    .collect();
+            }
+            Holds::Reads(reads) => reads,
+        };
+        // The row classes read against column class `d`.
+        let rows = |d: usize| -> Vec<bool> {
+            (0..CLASSES)
+                .map(|c| reads[(p * CLASSES + c) * CLASSES * x.n + q * CLASSES + d])
+                .collect()
+        };
+        // Column classes with equal rows merged, then each run of read row classes.
+        let mut out = vec![];
+        let mut d = 0;
+        while d < CLASSES {
+            let want = rows(d);
+            let end = (d + 1..CLASSES)
+                .find(|&e| rows(e) != want)
+                .unwrap_or(CLASSES);
+            let cols = y.class(d).start..y.class(end - 1).end;
+            let mut c = 0;
+            while c < CLASSES {
+                if want[c] {
+                    let e = (c + 1..CLASSES).find(|&e| !want[e]).unwrap_or(CLASSES);
+                    out.push([x.class(c).start..x.class(e - 1).end, cols.clone()]);
+                    c = e;
+                } else {
+                    c += 1;
+                }
+            }
+            d = end;
+        }
+        out
+    }
+}
 
 impl Gram {
     /// The block of row group `x` against column group `y` (row stride `y.size`), or `None`
@@ -234,15 +373,14 @@ impl Gram {
         (o != ABSENT).then(|| &self.data[o..o + x.size * y.size])
     }
 
-    /// `within`: one side with itself, where only the legs of one head against the same
-    /// head's are stored (all that pairs inside one combination touch). `independent`: the
-    /// covariances across positions are zero (whatever rounding left in `cov`). `mirror`:
-    /// also `Gᵀ` (the covariances of `y`'s rows with `x`'s), written in the same pass.
+    /// The blocks `holds` names. `independent`: the covariances across positions are zero
+    /// (whatever rounding left in `cov`). `mirror`: also `Gᵀ` (the covariances of `y`'s rows
+    /// with `x`'s), written in the same pass.
     pub(super) fn new(
         x: &Side,
         cov: &Tensor,
         y: &Side,
-        within: bool,
+        holds: &Holds,
         independent: bool,
         mirror: bool,
     ) -> (Gram, Option<Gram>) {
@@ -251,18 +389,6 @@ impl Gram {
             (p == q || !independent)
                 && (0..x.w * y.w)
                     .any(|ij| cov.data[((p * x.w + ij / y.w) * n + q) * y.w + ij % y.w] != 0.0)
-        };
-        // Panels computed per position pair: runs of row groups × runs of column groups
-        // (groups numbered within a position).
-        let panels: Vec<[Range<usize>; 2]> = if within {
-            (0..x.heads)
-                .map(|hd| {
-                    let g = 1 + hd * ROLES..1 + (hd + 1) * ROLES;
-                    [g.clone(), g]
-                })
-                .collect()
-        } else {
-            vec![[0..x.per(), 0..y.per()]]
         };
         let cols = n * y.per();
         let mut g = Gram {
@@ -275,7 +401,8 @@ impl Gram {
         // Storage order: position pairs, panels, row groups, column groups.
         let mut len = 0;
         for (p, q) in (0..n * n).map(|pq| (pq / n, pq % n)) {
-            if !live(p, q) {
+            let panels = holds.panels(x, p, y, q);
+            if panels.is_empty() || !live(p, q) {
                 continue;
             }
             let (d0, b0) = (len, g.blocks.len());
@@ -291,6 +418,7 @@ impl Gram {
             g.parts.push(Part {
                 p,
                 q,
+                panels,
                 data: d0..len,
                 blocks: b0..g.blocks.len(),
             });
@@ -315,9 +443,15 @@ impl Gram {
                     let c =
                         Mat::from_fn(y.w, x.w, |j, i| cov.data[((p * x.w + i) * n + q) * y.w + j]);
                     let mut blocks = g.blocks[part.blocks.clone()].iter();
-                    for [gxs, gys] in &panels {
+                    let mut last = None;
+                    for [gxs, gys] in &part.panels {
                         let ((r0, rn), (c0, cn)) = (x.rows(gxs), y.rows(gys));
-                        let b = mul_into(b, py[q].subrows(c0, cn), c.as_ref(), Par::Seq);
+                        // Panels of one column run are consecutive: its first product once.
+                        if last != Some((c0, cn)) {
+                            mul_into(b, py[q].subrows(c0, cn), c.as_ref(), Par::Seq);
+                            last = Some((c0, cn));
+                        }
+                        let b = b.as_ref().submatrix(0, 0, cn, x.w);
                         let dt = mul_into(dt, b, px[p].subrows(r0, rn).transpose(), Par::Seq);
                         for &(gx, gy, o) in blocks.by_ref().take(gxs.len() * gys.len()) {
                             let (hx, hy) = (x.size(gx), y.size(gy));

@@ -12,8 +12,8 @@ mod pieces;
 
 use rayon::prelude::*;
 
-use blocks::{Combo, Gram, Side};
-use pieces::{Pair, Scratch};
+use blocks::{Combo, Gram, Holds, Side};
+use pieces::{Pair, Pool};
 
 use crate::einsum::Tensor;
 use crate::error::Result;
@@ -40,11 +40,9 @@ fn term_pair(
     let (rows, cols) = (ls.n * bl * dl, rs.n * br * dr);
     // Each combination's mean, for the pairs without a covariance between them.
     let means = |pair: &Pair<'_>, cs: &[Combo], d: usize| -> Vec<Vec<f64>> {
+        let pool = Pool::new(cs[0].scores.len());
         cs.par_iter()
-            .map_init(
-                || Scratch::new(cs[0].scores.len()),
-                |ws, c| pair.moment(c, None, (d, 1), ws),
-            )
+            .map_init(|| pool.take(), |ws, c| pair.moment(c, None, (d, 1), ws))
             .collect()
     };
     let el = means(pair, &lc, dl);
@@ -53,11 +51,12 @@ fn term_pair(
     } else {
         means(&pair.mirrored(), &rc, dr)
     };
+    let pool = Pool::new(lc[0].scores.len() + rc[0].scores.len());
     let parts: Vec<Vec<(usize, Vec<f64>)>> = lc
         .par_iter()
         .enumerate()
         .map_init(
-            || Scratch::new(lc[0].scores.len() + rc[0].scores.len()),
+            || pool.take(),
             |ws, (ci, l)| {
                 let start = if symmetric { ci } else { 0 };
                 rc[start..]
@@ -104,18 +103,22 @@ fn term_pair(
     let (wl, wr, n) = (ls.w, rs.w, ls.n);
     let mut out = Tensor::zeros(vec![n, wl, n, wr]);
     let (kl, kr) = (bl * dl, br * dr);
-    for t in 0..n {
-        for t2 in (0..n).filter(|&t2| !local || t2 == t) {
+    let blocks: Vec<(usize, usize)> = (0..n * n)
+        .map(|tt| (tt / n, tt % n))
+        .filter(|&(t, t2)| !local || t2 == t)
+        .collect();
+    let mapped: Vec<Mat<f64>> = blocks
+        .par_iter()
+        .map(|&(t, t2)| {
             let blk = Mat::from_fn(kl, kr, |i, j| z[(t * kl + i) * cols + t2 * kr + j]);
-            let y = mul(
-                mul(ml.as_ref(), blk.as_ref(), Par::Seq).as_ref(),
-                mr.transpose(),
-                Par::Seq,
-            );
-            for o in 0..wl {
-                for o2 in 0..wr {
-                    out.data[((t * wl + o) * n + t2) * wr + o2] = y[(o, o2)];
-                }
+            let y = mul(ml.as_ref(), blk.as_ref(), Par::Seq);
+            mul(y.as_ref(), mr.transpose(), Par::Seq)
+        })
+        .collect();
+    for (&(t, t2), y) in blocks.iter().zip(&mapped) {
+        for o in 0..wl {
+            for o2 in 0..wr {
+                out.data[((t * wl + o) * n + t2) * wr + o2] = y[(o, o2)];
             }
         }
     }
@@ -141,13 +144,14 @@ pub fn moments(
         "the attention layers' projected covariances",
         4.0 * rows(&ls) * rows(&rs),
     )?;
-    let (cross, back) = Gram::new(&ls, m.cov[1], &rs, false, independent, !symmetric);
+    let holds = Holds::reads(&ls, &rs, local, symmetric);
+    let (cross, back) = Gram::new(&ls, m.cov[1], &rs, &holds, independent, !symmetric);
     let (gl, gr);
     let g = match &back {
         None => [&cross; 4],
         Some(back) => {
-            gl = Gram::new(&ls, m.cov[0], &ls, true, independent, false).0;
-            gr = Gram::new(&rs, m.cov[2], &rs, true, independent, false).0;
+            gl = Gram::new(&ls, m.cov[0], &ls, &Holds::Within, independent, false).0;
+            gr = Gram::new(&rs, m.cov[2], &rs, &Holds::Within, independent, false).0;
             [&gl, &cross, back, &gr]
         }
     };

@@ -17,9 +17,12 @@
 //! `(U, j, ℓ)` holds `d_L + 1` rows: the paths from every coordinate of `v_L`, then the path
 //! from a mean leg, so that both run through one product per transfer.
 
+use std::ops::{Deref, DerefMut};
+use std::sync::{Mutex, PoisonError};
+
 use super::blocks::{Combo, Gram, Leg};
 #[cfg(target_arch = "x86_64")]
-use crate::linalg::kernels::Avx2;
+use crate::linalg::kernels::{self, Avx2, Avx512};
 use crate::linalg::kernels::{axpy, dot, Kernel, Portable};
 
 /// Scores of a pair of combinations: two per active term, none for an identity term.
@@ -76,7 +79,7 @@ pub(super) struct Scratch {
 }
 
 impl Scratch {
-    pub(super) fn new(nj: usize) -> Scratch {
+    fn new(nj: usize) -> Scratch {
         assert!(nj <= MAX_SCORES, "{nj} scores in a pair of combinations");
         let subsets = 1usize << nj;
         let members: Vec<Vec<usize>> = (0..subsets).map(|u| bits(u).collect()).collect();
@@ -119,6 +122,66 @@ impl Scratch {
         if !groups.clone().eq(self.left.iter().copied()) {
             self.left = groups.collect();
             self.epoch += 1;
+        }
+    }
+}
+
+/// Scratch buffers for pairs of combinations with `nj` scores, each lent to one rayon job at
+/// a time and kept between jobs, so that each grows to its working size once.
+pub(super) struct Pool {
+    nj: usize,
+    free: Mutex<Vec<Scratch>>,
+}
+
+impl Pool {
+    pub(super) fn new(nj: usize) -> Pool {
+        Pool {
+            nj,
+            free: Mutex::new(vec![]),
+        }
+    }
+
+    pub(super) fn take(&self) -> Lent<'_> {
+        let free = self
+            .free
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop();
+        Lent {
+            pool: self,
+            scratch: Some(free.unwrap_or_else(|| Scratch::new(self.nj))),
+        }
+    }
+}
+
+/// A [`Scratch`] of a [`Pool`], given back when dropped.
+pub(super) struct Lent<'p> {
+    pool: &'p Pool,
+    scratch: Option<Scratch>,
+}
+
+impl Deref for Lent<'_> {
+    type Target = Scratch;
+    fn deref(&self) -> &Scratch {
+        self.scratch.as_ref().expect("lent until dropped")
+    }
+}
+
+impl DerefMut for Lent<'_> {
+    fn deref_mut(&mut self) -> &mut Scratch {
+        self.scratch.as_mut().expect("lent until dropped")
+    }
+}
+
+impl Drop for Lent<'_> {
+    fn drop(&mut self) {
+        if let Some(s) = self.scratch.take() {
+            let mut free = self
+                .pool
+                .free
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            free.push(s);
         }
     }
 }
@@ -254,6 +317,11 @@ impl Pair<'_> {
         ws: &mut Scratch,
     ) -> Vec<f64> {
         #[cfg(target_arch = "x86_64")]
+        if kernels::avx512() {
+            // SAFETY: the CPU has the features this copy is compiled for.
+            return unsafe { self.moment_avx512(l, r, dims, ws) };
+        }
+        #[cfg(target_arch = "x86_64")]
         if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
         {
             // SAFETY: the CPU has the features this copy is compiled for.
@@ -273,6 +341,19 @@ impl Pair<'_> {
         ws: &mut Scratch,
     ) -> Vec<f64> {
         self.moment_any::<Avx2>(l, r, dims, ws)
+    }
+
+    /// [`Pair::moment`] compiled for AVX-512 (8 wide, 32 vector registers).
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    fn moment_avx512(
+        &self,
+        l: &Combo,
+        r: Option<&Combo>,
+        dims: (usize, usize),
+        ws: &mut Scratch,
+    ) -> Vec<f64> {
+        self.moment_any::<Avx512>(l, r, dims, ws)
     }
 
     #[inline(always)]
