@@ -160,20 +160,27 @@ pub fn moments(
         g,
         mu: [&mu_l, &mu_r],
     };
-    let legs = |active: bool| if active { 5 } else { 1 };
-    let mut out: Vec<(usize, usize, Tensor)> = vec![];
-    for la in [false, true] {
-        for ra in [false, true] {
-            let moment = if symmetric && la && !ra {
-                // The (active, identity) moment is the transpose of (identity, active).
-                transpose(&out[1].2)
-            } else {
-                term_pair(&pair, (&ls, la), (&rs, ra), symmetric && la == ra, local)
-            };
-            out.push((legs(la), legs(ra), moment));
-        }
-    }
-    Ok(out)
+    let same = |active: bool| term_pair(&pair, (&ls, active), (&rs, active), symmetric, local);
+    // (identity, active) as the transpose of (active, identity) on the mirrored sides: the
+    // dynamic programme then runs over `h + 1` rows (an active vector) instead of `w + 1`.
+    let active_identity = term_pair(&pair, (&ls, true), (&rs, false), false, local);
+    let identity_active = if symmetric {
+        transpose(&active_identity)
+    } else {
+        transpose(&term_pair(
+            &pair.mirrored(),
+            (&rs, true),
+            (&ls, false),
+            false,
+            local,
+        ))
+    };
+    Ok(vec![
+        (1, 1, same(false)),
+        (1, 5, identity_active),
+        (5, 1, active_identity),
+        (5, 5, same(true)),
+    ])
 }
 
 /// Entries of the projected covariances a cross step of `left` against `right` at `n`
