@@ -621,6 +621,9 @@ pub fn closure_traces(a: &Model, b: &Model, cached: Option<(&Chain, &Chain)>) ->
     };
     let mut sab = matched(ab, &sa, &sb);
     let (mut sa, mut sb) = (sa, sb);
+    // A model against itself through its own cached chain (a matrix's diagonal): every cross
+    // moment is the self moment.
+    let itself = std::ptr::eq(a, b) && cached.is_some_and(|(ca, cb)| std::ptr::eq(ca, cb));
     for k in 1..la.len() {
         // A self step past a model's own body (an identity pad) keeps its moment.
         let next = |p: &Split<'_>, m: &Model, s: &Moment, chain: Option<&Chain>| match chain {
@@ -628,6 +631,11 @@ pub fn closure_traces(a: &Model, b: &Model, cached: Option<(&Chain, &Chain)>) ->
             None if k < p.body.len() => self_step(s, own(p.body, n, k)),
             None => Ok(s.clone()),
         };
+        if itself {
+            sa = next(&pa, a, &sa, cached.map(|c| c.0))?;
+            (sb, sab) = (sa.clone(), sa.m.clone());
+            continue;
+        }
         let self_a = || next(&pa, a, &sa, cached.map(|c| c.0));
         let self_b = || next(&pb, b, &sb, cached.map(|c| c.1));
         let cross = || cross_step(&sab, (&sa, &sb), steps(k));
