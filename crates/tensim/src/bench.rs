@@ -52,7 +52,8 @@ pub struct GaussCase {
     pub matrix_checkpoints: usize,
     /// `tensim matrix --metric gaussian`: one self chain per model, then every pair.
     pub matrix_seconds: f64,
-    /// `matrix_seconds` over the pairs computed (`n(n+1)/2`, the diagonal included).
+    /// `matrix_seconds` over the pairs of different checkpoints (`n(n−1)/2`; a model against
+    /// itself reuses its self chain).
     pub matrix_seconds_per_pair: f64,
     /// Peak resident memory of the case (pair and matrix), where the system reports it.
     pub peak_gib: Option<f64>,
@@ -292,7 +293,7 @@ fn transformer_case(name: &str, shape: &StackShape, checkpoints: usize) -> Resul
         pair_warm_seconds,
         matrix_checkpoints: n,
         matrix_seconds,
-        matrix_seconds_per_pair: matrix_seconds / (n * (n + 1) / 2) as f64,
+        matrix_seconds_per_pair: matrix_seconds / (n * (n - 1) / 2).max(1) as f64,
         peak_gib: peak_gib(),
         mode: first.mode.map(|m| m.to_string()).unwrap_or_default(),
     })

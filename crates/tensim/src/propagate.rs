@@ -296,35 +296,55 @@ fn moment_width(model: &Model) -> usize {
 /// Refuse work that cannot fit in memory, before any is allocated. A step holds about a dozen
 /// `(n·w)²` moments (the three before and after it, their centred copies, the step's parts),
 /// `w` the widest moment of `models` ([`moment_width`]), and an attention step its projected
-/// covariances ([`attention::moment::covariance_entries`]: four blocks at most, attention
-/// steps running one at a time). `copies` more moments are kept (cached self chains),
-/// `pairs` pairs run at once; the models' own parameters are held throughout.
+/// covariances ([`covariances`]; attention steps run one at a time). `copies` more moments are
+/// kept (cached self chains), `pairs` pairs run at once; the models' own parameters are held
+/// throughout.
 pub fn check_memory(models: &[&Model], copies: f64, pairs: usize) -> Result<()> {
     let n = models[0].input().n_ctx;
     let w = models.iter().map(|m| moment_width(m)).max().unwrap_or(0);
-    let covariances = models
-        .iter()
-        .flat_map(|m| m.layers())
-        .filter_map(|l| match l {
-            Layer::Attention(a) => Some(attention::moment::covariance_entries(a, a, n)),
-            _ => None,
-        })
-        .fold(0.0, f64::max);
     let parameters: usize = models.iter().map(|m| m.param_count()).sum();
     crate::budget::check(
         "the models, the Gaussian moments of the activations and the attention covariances",
-        parameters as f64 + (12.0 + copies) * ((n * w) as f64).powi(2) + pairs as f64 * covariances,
+        parameters as f64
+            + (12.0 + copies) * ((n * w) as f64).powi(2)
+            + pairs as f64 * covariances(models),
     )
+}
+
+/// Entries of the largest attention step's projected covariances among pairs of `models`
+/// ([`attention::moment::covariance_entries`]) and its output blocks. Models with one sequence of layer kinds pair
+/// layers at the same depth, so each layer's own positions hold; otherwise none is assumed.
+fn covariances(models: &[&Model]) -> f64 {
+    let n = models[0].input().n_ctx;
+    let kinds = |m: &Model| {
+        m.layers()
+            .iter()
+            .map(std::mem::discriminant)
+            .collect::<Vec<_>>()
+    };
+    let aligned = models.windows(2).all(|p| kinds(p[0]) == kinds(p[1]));
+    let mut most = 0.0f64;
+    for layers in models.iter().map(|m| m.layers()) {
+        for (k, layer) in layers.iter().enumerate() {
+            if let Layer::Attention(a) = layer {
+                let p = if aligned {
+                    positions(layers, k)
+                } else {
+                    Positions::default()
+                };
+                // And a term pair's output blocks with their transpose.
+                let out = 2.0 * ((n * (a.dim() + 1)) as f64).powi(2);
+                most = most.max(attention::moment::covariance_entries(a, a, n, p) + out);
+            }
+        }
+    }
+    most
 }
 
 /// Whether a pair's attention covariances are so large (over 256 MB) that pairs of `models`
 /// run one at a time, each on every core, instead of one per core.
 pub fn one_pair_at_a_time(models: &[&Model]) -> bool {
-    let n = models[0].input().n_ctx;
-    models.iter().flat_map(|m| m.layers()).any(|l| match l {
-        Layer::Attention(a) => 8.0 * attention::moment::covariance_entries(a, a, n) > 256e6,
-        _ => false,
-    })
+    8.0 * covariances(models) > 256e6
 }
 
 /// The first step's moment `(m, shift)` of `left` against `right` from the Gaussian input: two

@@ -373,6 +373,15 @@ impl Gram {
         (o != ABSENT).then(|| &self.data[o..o + x.size * y.size])
     }
 
+    /// Entries of [`Gram::new`]`(x, _, y, holds, independent, false)`.
+    pub(super) fn entries(x: &Side, y: &Side, holds: &Holds, independent: bool) -> f64 {
+        let n = x.n;
+        let live = (0..n * n).filter(|pq| !independent || pq / n == pq % n);
+        live.flat_map(|pq| holds.panels(x, pq / n, y, pq % n))
+            .map(|[gxs, gys]| (x.rows(&gxs).1 * y.rows(&gys).1) as f64)
+            .sum()
+    }
+
     /// The blocks `holds` names. `independent`: the covariances across positions are zero
     /// (whatever rounding left in `cov`). `mirror`: also `Gᵀ` (the covariances of `y`'s rows
     /// with `x`'s), written in the same pass.

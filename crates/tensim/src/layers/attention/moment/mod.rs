@@ -15,9 +15,12 @@ use rayon::prelude::*;
 use blocks::{Combo, Gram, Holds, Side};
 use pieces::{Pair, Pool};
 
+use crate::arch::Mask;
 use crate::einsum::Tensor;
 use crate::error::Result;
 use crate::layers::attention::Network;
+use crate::layers::Attention;
+use crate::linalg::kernels::axpy;
 use crate::linalg::{mul, Mat, Par};
 use crate::moment::Positions;
 use crate::wick::Moments;
@@ -51,53 +54,40 @@ fn term_pair(
     } else {
         means(&pair.mirrored(), &rc, dr)
     };
+    // Row slab of block b: every left combination of block b against the right ones, each
+    // pair's moment added in place. Symmetric: pairs visited once (k ≥ i), the slabs hold
+    // each pair once (a pair with itself halved) and z is their sum with its transpose.
     let pool = Pool::new(lc[0].scores.len() + rc[0].scores.len());
-    let parts: Vec<Vec<(usize, Vec<f64>)>> = lc
-        .par_iter()
-        .enumerate()
-        .map_init(
-            || pool.take(),
-            |ws, (ci, l)| {
-                let start = if symmetric { ci } else { 0 };
-                rc[start..]
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, r)| !local || r.query == l.query)
-                    .map(|(k, r)| {
-                        let e = if pair.connected(l, r) {
-                            pair.moment(l, Some(r), (dl, dr), ws)
-                        } else {
-                            let (a, b) = (&el[ci], &er[start + k]);
-                            a.iter()
-                                .flat_map(|x| b.iter().map(move |y| x * y))
-                                .collect()
-                        };
-                        (start + k, e)
-                    })
-                    .collect()
-            },
-        )
-        .collect();
     let mut z = vec![0.0; rows * cols];
-    for (ci, row) in parts.iter().enumerate() {
-        let l = &lc[ci];
-        for (ck, e) in row {
-            let r = &rc[*ck];
-            let f = l.weight * r.weight;
-            for i in 0..dl {
-                let zr = &mut z[(l.block * dl + i) * cols + r.block * dr..][..dr];
-                zr.iter_mut()
-                    .zip(&e[i * dr..][..dr])
-                    .for_each(|(a, b)| *a += f * b);
-            }
-            if symmetric && *ck != ci {
-                for i in 0..dl {
-                    for j in 0..dr {
-                        z[(r.block * dr + j) * cols + l.block * dl + i] += f * e[i * dr + j];
+    z.par_chunks_mut(dl * cols).enumerate().for_each_init(
+        || pool.take(),
+        |ws, (block, slab)| {
+            for (ci, l) in lc.iter().enumerate().filter(|(_, l)| l.block == block) {
+                let start = if symmetric { ci } else { 0 };
+                let right = rc.iter().enumerate().skip(start);
+                for (ck, r) in right.filter(|(_, r)| !local || r.query == l.query) {
+                    let f = l.weight * r.weight * if symmetric && ck == ci { 0.5 } else { 1.0 };
+                    let at = |i: usize| i * cols + r.block * dr;
+                    if pair.connected(l, r) {
+                        let e = pair.moment(l, Some(r), (dl, dr), ws);
+                        for i in 0..dl {
+                            axpy(&mut slab[at(i)..][..dr], f, &e[i * dr..][..dr]);
+                        }
+                    } else {
+                        // No covariance between them: the product of their means.
+                        for (i, &a) in el[ci].iter().enumerate() {
+                            axpy(&mut slab[at(i)..][..dr], f * a, &er[ck]);
+                        }
                     }
                 }
             }
-        }
+        },
+    );
+    if symmetric {
+        let zt: Vec<f64> = (0..rows * cols)
+            .map(|k| z[k % cols * cols + k / cols])
+            .collect();
+        z.iter_mut().zip(zt).for_each(|(a, b)| *a += b);
     }
     let (ml, mr) = (ls.output_map(la), rs.output_map(ra));
     let (wl, wr, n) = (ls.w, rs.w, ls.n);
@@ -139,12 +129,17 @@ pub fn moments(
 ) -> Result<Vec<(usize, usize, Tensor)>> {
     let (independent, local) = (positions.independent, positions.local);
     let (ls, rs) = (Side::new(left), Side::new(right));
-    let rows = |s: &Side| (s.n * s.stride()) as f64;
+    let holds = Holds::reads(&ls, &rs, local, symmetric);
+    let stored = |x: &Side, y: &Side, holds: &Holds| Gram::entries(x, y, holds, independent);
+    let cross = stored(&ls, &rs, &holds);
     crate::budget::check(
         "the attention layers' projected covariances",
-        4.0 * rows(&ls) * rows(&rs),
+        if symmetric {
+            cross
+        } else {
+            2.0 * cross + stored(&ls, &ls, &Holds::Within) + stored(&rs, &rs, &Holds::Within)
+        },
     )?;
-    let holds = Holds::reads(&ls, &rs, local, symmetric);
     let (cross, back) = Gram::new(&ls, m.cov[1], &rs, &holds, independent, !symmetric);
     let (gl, gr);
     let g = match &back {
@@ -183,17 +178,35 @@ pub fn moments(
     ])
 }
 
-/// Entries of the projected covariances a cross step of `left` against `right` at `n`
-/// positions holds: four `(n·stride_l) × (n·stride_r)` blocks at most (one when symmetric),
-/// `stride = (d+1) + 5·d` rows per position (the padded input, then `Q₁ K₁ Q₂ K₂ V` of every
-/// head).
-pub fn covariance_entries(
-    left: &crate::layers::Attention,
-    right: &crate::layers::Attention,
-    n: usize,
-) -> f64 {
-    let rows = |a: &crate::layers::Attention| (n * (a.dim() + 1 + 5 * a.dim())) as f64;
-    4.0 * rows(left) * rows(right)
+/// Entries of the projected covariances an attention step of `left` against `right` holds at
+/// `n` positions, at most, from the sizes alone (nothing of size `n` is formed): the class
+/// blocks its pairs of combinations read ([`Holds::reads`]) at every live position pair and
+/// their mirror, and each side's within-head blocks.
+pub fn covariance_entries(left: &Attention, right: &Attention, n: usize, p: Positions) -> f64 {
+    let n = n as f64;
+    let (dl, dr) = (left.dim() as f64, right.dim() as f64);
+    let live = if p.independent { n } else { n * n };
+    let cross = if p.local {
+        // One query t: raw and query legs (3d + 1 rows) at t, key legs (3d) at every u with
+        // M[t, u] ≠ 0, so two key legs at any two keys of one query.
+        let allowed = |m: Mask| match m {
+            _ if p.independent => n,
+            Mask::Causal => n * (n + 1.0) / 2.0,
+            Mask::None => n * n,
+            Mask::Diag => n,
+        };
+        let keys = if p.independent || (left.mask, right.mask) == (Mask::Diag, Mask::Diag) {
+            n
+        } else {
+            n * n
+        };
+        let (ql, qr, kl, kr) = (3.0 * dl + 1.0, 3.0 * dr + 1.0, 3.0 * dl, 3.0 * dr);
+        n * ql * qr + ql * kr * allowed(right.mask) + kl * qr * allowed(left.mask) + kl * kr * keys
+    } else {
+        live * (6.0 * dl + 1.0) * (6.0 * dr + 1.0)
+    };
+    let within = |a: &Attention| live * (5.0 * a.dim() as f64).powi(2) / a.n_head as f64;
+    2.0 * cross + within(left) + within(right)
 }
 
 /// `T[t', o', t, o]` of `T[t, o, t', o']`.
@@ -213,10 +226,13 @@ mod tests {
     use rand::{RngExt, SeedableRng};
 
     use super::*;
-    use crate::arch::{Mask, Residual, ResidualMode};
-    use crate::layers::Attention;
+    use crate::arch::{Residual, ResidualMode};
 
     fn attention(rng: &mut rand::rngs::StdRng, d: usize, heads: usize, mask: Mask) -> Network {
+        layer(rng, d, heads, mask).network(3)
+    }
+
+    fn layer(rng: &mut rand::rngs::StdRng, d: usize, heads: usize, mask: Mask) -> Attention {
         let mut m = || Mat::from_fn(d, d, |_, _| rng.random_range(-0.6..0.6));
         let (q1, k1, q2, k2, v, o) = (m(), m(), m(), m(), m(), m());
         let mut b = || Some((0..d).map(|_| rng.random_range(-0.5..0.5)).collect());
@@ -239,7 +255,40 @@ mod tests {
                 scale: 0.7,
             }),
         }
-        .network(3)
+    }
+
+    /// The estimate from sizes alone against the blocks a cross step stores: equal for one
+    /// mask kind on both sides, an upper bound for mixed kinds.
+    #[test]
+    fn covariance_entries_bound_the_stored_blocks() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        let masks = [Mask::Causal, Mask::None, Mask::Diag];
+        for (ml, mr) in masks.iter().flat_map(|&l| masks.map(|r| (l, r))) {
+            let (a, b) = (layer(&mut rng, 4, 2, ml), layer(&mut rng, 6, 3, mr));
+            for n in [1, 3, 5] {
+                let (na, nb) = (a.network(n), b.network(n));
+                let (ls, rs) = (Side::new(&na), Side::new(&nb));
+                for pq in 0..4 {
+                    let p = Positions {
+                        independent: pq & 1 == 1,
+                        local: pq & 2 == 2,
+                    };
+                    let holds = Holds::reads(&ls, &rs, p.local, false);
+                    let stored =
+                        |x: &Side, y: &Side, h: &Holds| Gram::entries(x, y, h, p.independent);
+                    let actual = 2.0 * stored(&ls, &rs, &holds)
+                        + stored(&ls, &ls, &Holds::Within)
+                        + stored(&rs, &rs, &Holds::Within);
+                    let estimate = covariance_entries(&a, &b, n, p);
+                    let what = format!("{ml:?} × {mr:?}, n {n}, {pq}: {estimate} vs {actual}");
+                    if ml == mr {
+                        assert_eq!(estimate, actual, "{what}");
+                    } else {
+                        assert!(estimate >= actual, "{what}");
+                    }
+                }
+            }
+        }
     }
 
     /// Random joint moments of two sides' inputs: `μ_x` and the centred covariances of
