@@ -46,7 +46,7 @@ pub struct MatrixArgs {
     #[command(flatten)]
     plot: PlotArgs,
     /// Checkpoints per tile side (default: about 1024 stacked hidden rows for the one-layer
-    /// tensor metric, 4 for the metrics computed pair by pair, so that an interrupted run has
+    /// tensor metric, 4 for the metrics computed pair by pair (1 where pairs run one at a time), so that an interrupted run has
     /// stored nearly all finished pairs).
     #[arg(long, default_value_t = 0)]
     tile: usize,

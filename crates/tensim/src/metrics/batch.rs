@@ -98,9 +98,14 @@ pub struct PerPair<F> {
 
 impl<F: Fn(usize, usize) -> Result<Vec<f64>> + Sync> Batch for PerPair<F> {
     /// Few pairs per tile (16, or 10 on the diagonal): a pair can take seconds, and only
-    /// finished tiles are stored, so an interrupted run keeps nearly all its work.
+    /// finished tiles are stored, so an interrupted run keeps nearly all its work. Pairs run
+    /// one at a time (large attention covariances: seconds to minutes each) are a tile each.
     fn tile_side(&self) -> usize {
-        4
+        if self.serial {
+            1
+        } else {
+            4
+        }
     }
 
     fn serial(&self) -> bool {
