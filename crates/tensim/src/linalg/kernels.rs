@@ -96,7 +96,7 @@ impl Kernel for Avx2 {
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use std::arch::x86_64::{__m256d, _mm256_fmadd_pd, _mm256_loadu_pd, _mm256_set1_pd};
+    use std::arch::x86_64::{__m256d, _mm256_fmadd_pd, _mm256_loadu_pd};
     use std::arch::x86_64::{_mm256_add_pd, _mm256_setzero_pd, _mm256_storeu_pd};
 
     /// `a·b` in four vector accumulators (sixteen independent partial sums).
@@ -130,53 +130,12 @@ mod avx2 {
     #[target_feature(enable = "avx2,fma")]
     pub(super) fn panel<const R: usize, const Q: usize>(
         j: usize,
-        (m, n): (usize, usize),
+        dims: (usize, usize),
         terms: &[(&[f64], usize, &[f64])],
         c: &mut [f64],
     ) {
-        let mut i = 0;
-        while i + R <= m {
-            tile::<R, Q>(i, j, n, terms, c);
-            i += R;
-        }
-        while i < m {
-            tile::<1, Q>(i, j, n, terms, c);
-            i += 1;
-        }
-    }
-
-    /// Rows `i..i+R`, columns `j..j+4Q`, accumulated in registers over every term.
-    #[target_feature(enable = "avx2,fma")]
-    fn tile<const R: usize, const Q: usize>(
-        i: usize,
-        j: usize,
-        n: usize,
-        terms: &[(&[f64], usize, &[f64])],
-        c: &mut [f64],
-    ) {
-        let mut acc = [[_mm256_setzero_pd(); Q]; R];
-        for &(a, k, b) in terms {
-            assert!(a.len() >= (i + R) * k && b.len() >= k * n && j + 4 * Q <= n);
-            for p in 0..k {
-                // SAFETY: the reads stay inside `a` and `b` (asserted above).
-                let bv: [__m256d; Q] = std::array::from_fn(|q| unsafe {
-                    _mm256_loadu_pd(b.as_ptr().add(p * n + j + 4 * q))
-                });
-                for (r, row) in acc.iter_mut().enumerate() {
-                    let x = _mm256_set1_pd(unsafe { *a.get_unchecked((i + r) * k + p) });
-                    for (t, &y) in row.iter_mut().zip(&bv) {
-                        *t = _mm256_fmadd_pd(x, y, *t);
-                    }
-                }
-            }
-        }
-        assert!(c.len() >= (i + R - 1) * n + j + 4 * Q);
-        for (r, row) in acc.iter().enumerate() {
-            for (q, t) in row.iter().enumerate() {
-                // SAFETY: inside `c` (asserted above).
-                unsafe { _mm256_storeu_pd(c.as_mut_ptr().add((i + r) * n + j + 4 * q), *t) };
-            }
-        }
+        // SAFETY: this function runs with AVX2 and FMA.
+        unsafe { super::simd::panel::<__m256d, R, 1, Q>(j, dims, terms, c) }
     }
 }
 
@@ -232,62 +191,143 @@ pub(crate) fn avx512() -> bool {
 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
-    use std::arch::x86_64::{__m512d, _mm512_fmadd_pd, _mm512_loadu_pd, _mm512_set1_pd};
-    use std::arch::x86_64::{_mm512_setzero_pd, _mm512_storeu_pd};
+    use std::arch::x86_64::__m512d;
 
     /// Columns `j..j+8Q` of `gemm_sum`: 6-row tiles, then 3-row, then single rows.
     #[target_feature(enable = "avx512f")]
     pub(super) fn panel<const Q: usize>(
+        j: usize,
+        dims: (usize, usize),
+        terms: &[(&[f64], usize, &[f64])],
+        c: &mut [f64],
+    ) {
+        // SAFETY: this function runs with AVX-512F.
+        unsafe { super::simd::panel::<__m512d, 6, 3, Q>(j, dims, terms, c) }
+    }
+}
+
+/// The register tiles of both vector widths; every function here is inlined into a caller
+/// compiled with the width's features.
+#[cfg(target_arch = "x86_64")]
+mod simd {
+    use std::arch::x86_64::{__m256d, _mm256_fmadd_pd, _mm256_loadu_pd, _mm256_set1_pd};
+    use std::arch::x86_64::{__m512d, _mm512_fmadd_pd, _mm512_loadu_pd, _mm512_set1_pd};
+    use std::arch::x86_64::{_mm256_setzero_pd, _mm256_storeu_pd};
+    use std::arch::x86_64::{_mm512_setzero_pd, _mm512_storeu_pd};
+
+    /// A vector register of `LANES` f64.
+    pub(super) trait Lanes: Copy {
+        const LANES: usize;
+        unsafe fn zero() -> Self;
+        unsafe fn load(p: *const f64) -> Self;
+        unsafe fn splat(x: f64) -> Self;
+        /// `a·b + c`.
+        unsafe fn fma(a: Self, b: Self, c: Self) -> Self;
+        unsafe fn store(p: *mut f64, v: Self);
+    }
+
+    impl Lanes for __m256d {
+        const LANES: usize = 4;
+        #[inline(always)]
+        unsafe fn zero() -> Self {
+            _mm256_setzero_pd()
+        }
+        #[inline(always)]
+        unsafe fn load(p: *const f64) -> Self {
+            unsafe { _mm256_loadu_pd(p) }
+        }
+        #[inline(always)]
+        unsafe fn splat(x: f64) -> Self {
+            _mm256_set1_pd(x)
+        }
+        #[inline(always)]
+        unsafe fn fma(a: Self, b: Self, c: Self) -> Self {
+            _mm256_fmadd_pd(a, b, c)
+        }
+        #[inline(always)]
+        unsafe fn store(p: *mut f64, v: Self) {
+            unsafe { _mm256_storeu_pd(p, v) }
+        }
+    }
+
+    impl Lanes for __m512d {
+        const LANES: usize = 8;
+        #[inline(always)]
+        unsafe fn zero() -> Self {
+            _mm512_setzero_pd()
+        }
+        #[inline(always)]
+        unsafe fn load(p: *const f64) -> Self {
+            unsafe { _mm512_loadu_pd(p) }
+        }
+        #[inline(always)]
+        unsafe fn splat(x: f64) -> Self {
+            _mm512_set1_pd(x)
+        }
+        #[inline(always)]
+        unsafe fn fma(a: Self, b: Self, c: Self) -> Self {
+            _mm512_fmadd_pd(a, b, c)
+        }
+        #[inline(always)]
+        unsafe fn store(p: *mut f64, v: Self) {
+            unsafe { _mm512_storeu_pd(p, v) }
+        }
+    }
+
+    /// Columns `j..j+Q·LANES` of `gemm_sum`: `R`-row tiles, then `H`-row, then single rows.
+    /// SAFETY: the caller runs with `V`'s features.
+    #[inline(always)]
+    pub(super) unsafe fn panel<V: Lanes, const R: usize, const H: usize, const Q: usize>(
         j: usize,
         (m, n): (usize, usize),
         terms: &[(&[f64], usize, &[f64])],
         c: &mut [f64],
     ) {
         let mut i = 0;
-        while i + 6 <= m {
-            tile::<6, Q>(i, j, n, terms, c);
-            i += 6;
+        while i + R <= m {
+            unsafe { tile::<V, R, Q>(i, j, n, terms, c) };
+            i += R;
         }
-        while i + 3 <= m {
-            tile::<3, Q>(i, j, n, terms, c);
-            i += 3;
+        while i + H <= m {
+            unsafe { tile::<V, H, Q>(i, j, n, terms, c) };
+            i += H;
         }
         while i < m {
-            tile::<1, Q>(i, j, n, terms, c);
+            unsafe { tile::<V, 1, Q>(i, j, n, terms, c) };
             i += 1;
         }
     }
 
-    /// Rows `i..i+R`, columns `j..j+8Q`, accumulated in registers over every term.
-    #[target_feature(enable = "avx512f")]
-    fn tile<const R: usize, const Q: usize>(
+    /// Rows `i..i+R`, columns `j..j+Q·LANES`, accumulated in registers over every term.
+    #[inline(always)]
+    unsafe fn tile<V: Lanes, const R: usize, const Q: usize>(
         i: usize,
         j: usize,
         n: usize,
         terms: &[(&[f64], usize, &[f64])],
         c: &mut [f64],
     ) {
-        let mut acc = [[_mm512_setzero_pd(); Q]; R];
+        let w = V::LANES;
+        let mut acc = [[unsafe { V::zero() }; Q]; R];
         for &(a, k, b) in terms {
-            assert!(a.len() >= (i + R) * k && b.len() >= k * n && j + 8 * Q <= n);
+            assert!(a.len() >= (i + R) * k && b.len() >= k * n && j + w * Q <= n);
             for p in 0..k {
                 // SAFETY: the reads stay inside `a` and `b` (asserted above).
-                let bv: [__m512d; Q] = std::array::from_fn(|q| unsafe {
-                    _mm512_loadu_pd(b.as_ptr().add(p * n + j + 8 * q))
-                });
+                let bv: [V; Q] =
+                    std::array::from_fn(|q| unsafe { V::load(b.as_ptr().add(p * n + j + w * q)) });
                 for (r, row) in acc.iter_mut().enumerate() {
-                    let x = _mm512_set1_pd(unsafe { *a.get_unchecked((i + r) * k + p) });
+                    let x = unsafe { V::splat(*a.get_unchecked((i + r) * k + p)) };
                     for (t, &y) in row.iter_mut().zip(&bv) {
-                        *t = _mm512_fmadd_pd(x, y, *t);
+                        *t = unsafe { V::fma(x, y, *t) };
                     }
                 }
             }
         }
-        assert!(c.len() >= (i + R - 1) * n + j + 8 * Q);
+        assert!(c.len() >= (i + R - 1) * n + j + w * Q);
         for (r, row) in acc.iter().enumerate() {
-            for (q, t) in row.iter().enumerate() {
+            for (q, &t) in row.iter().enumerate() {
                 // SAFETY: inside `c` (asserted above).
-                unsafe { _mm512_storeu_pd(c.as_mut_ptr().add((i + r) * n + j + 8 * q), *t) };
+                unsafe { V::store(c.as_mut_ptr().add((i + r) * n + j + w * q), t) };
             }
         }
     }
