@@ -73,10 +73,9 @@ enum Command {
     },
 }
 
-/// mimalloc. Freed memory goes back to the system after its purge delay (10 ms), so large
-/// buffers of the attention steps are faulted in and zeroed again when reallocated;
-/// `MIMALLOC_PURGE_DELAY=-1` keeps them for reuse (at the paper's LM shape about 20 % less
-/// time for about 25 % more peak memory).
+/// mimalloc. Freed memory goes back to the system after its purge delay (10 ms);
+/// `MIMALLOC_PURGE_DELAY=-1` keeps it for reuse instead (no faster at the paper's LM shape since
+/// the attention steps run one at a time and reuse their scratch buffers).
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
