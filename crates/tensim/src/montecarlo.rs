@@ -120,6 +120,9 @@ pub fn verify(a: &Model, b: &Model, samples: usize, seed: u64, par: Par) -> Resu
     if samples < 2 {
         return Err(Error::Invalid("verify needs at least 2 samples".into()));
     }
+    for m in [a, b] {
+        m.require_position_wise("verify (the independent-legs Monte Carlo)")?;
+    }
     let depth = a.n_bilinear().max(b.n_bilinear());
     check_batches(a, b, 2f64.powi(depth as i32), 4)?;
     let legs = 1usize << depth;

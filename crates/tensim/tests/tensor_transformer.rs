@@ -183,6 +183,9 @@ fn one_attention_layer_equals_the_brute_force_symmetrised_inner_product() {
         "{} vs {want}",
         got.inner
     );
+    // The independent-legs Monte Carlo covers position-wise layers: a refusal, not a panic.
+    let e = tensim::montecarlo::verify(&ma, &mb, 100, 0, Par::Seq).unwrap_err();
+    assert!(e.to_string().contains("layer 0 is attention"), "{e}");
 }
 
 #[test]
