@@ -39,6 +39,63 @@ fn metric(name: &str) -> PyResult<Metric> {
     name.parse::<Kind>().map(Metric::new).map_err(err)
 }
 
+/// The metric named `name` with the options of `compare` and `matrix`: `symmetrize`
+/// (`"layer"` or `"full"`, tensor metric), `by_degree` (with `"full"`), `mode` (gaussian),
+/// `samples` and `seed` (Monte Carlo of `"full"` beyond two bilinear layers).
+fn configured(
+    name: &str,
+    symmetrize: &str,
+    by_degree: bool,
+    mode: Option<&str>,
+    samples: usize,
+    seed: u64,
+) -> PyResult<Metric> {
+    use tensim::metrics::fullsym::FullOptions;
+    use tensim::metrics::gaussian::{GaussOptions, Mode};
+    use tensim::metrics::Symmetrize;
+    let m = metric(name)?;
+    let bad = |msg: String| Err(TensimError::new_err(msg));
+    if by_degree && symmetrize != "full" {
+        return bad("by_degree=True needs symmetrize=\"full\"".into());
+    }
+    if mode.is_some() && !matches!(m, Metric::Gaussian(_)) {
+        return bad(format!(
+            "mode applies to the gaussian metric, not to {name}"
+        ));
+    }
+    Ok(match (symmetrize, m) {
+        ("full", Metric::Tensor(_)) => Metric::Tensor(Symmetrize::Full(FullOptions {
+            samples,
+            seed,
+            by_degree,
+        })),
+        ("full", _) => {
+            return bad(format!(
+                "symmetrize=\"full\" applies to the tensor metric, not to {name}"
+            ))
+        }
+        ("layer", Metric::Gaussian(_)) => Metric::Gaussian(GaussOptions {
+            mode: match mode {
+                None => None,
+                Some("exact") => Some(Mode::Exact),
+                Some("closure") => Some(Mode::Closure),
+                Some(other) => {
+                    return bad(format!(
+                        "unknown gaussian mode \"{other}\" (expected \"exact\" or \"closure\")"
+                    ))
+                }
+            },
+            ..Default::default()
+        }),
+        ("layer", m) => m,
+        (other, _) => {
+            return bad(format!(
+                "unknown symmetrize \"{other}\" (expected \"layer\" or \"full\")"
+            ))
+        }
+    })
+}
+
 /// A row-major array as a NumPy array of `shape`.
 fn array<'py>(py: Python<'py>, shape: &[usize], values: Vec<f64>) -> PyResult<Bound<'py, PyAny>> {
     Ok(PyArray1::from_vec(py, values).reshape(shape)?.into_any())
@@ -239,7 +296,7 @@ fn inputs(
 /// Compare two models; the result as JSON text (the fields of `tensim compare --json`).
 #[pyfunction]
 #[allow(clippy::too_many_arguments)]
-#[pyo3(signature = (a, b, metric_name, per_output=false, data=None, samples=10000, seed=0, mode=None))]
+#[pyo3(signature = (a, b, metric_name, per_output=false, data=None, samples=10000, seed=0, mode=None, symmetrize="layer", by_degree=false))]
 fn _compare(
     py: Python<'_>,
     a: &Model,
@@ -250,29 +307,14 @@ fn _compare(
     samples: usize,
     seed: u64,
     mode: Option<&str>,
+    symmetrize: &str,
+    by_degree: bool,
 ) -> PyResult<String> {
-    use tensim::metrics::gaussian::{GaussOptions, Mode};
-    let mut m = metric(metric_name)?;
-    let mode = match mode {
-        None => None,
-        Some("exact") => Some(Mode::Exact),
-        Some("closure") => Some(Mode::Closure),
-        Some(other) => {
-            return Err(TensimError::new_err(format!(
-                "unknown gaussian mode \"{other}\" (expected \"exact\" or \"closure\")"
-            )))
-        }
-    };
+    let m = configured(metric_name, symmetrize, by_degree, mode, samples, seed)?;
     let x = m
         .needs_inputs()
         .then(|| inputs(&a.inner, data, samples, seed))
         .transpose()?;
-    if let Metric::Gaussian(_) = m {
-        m = Metric::Gaussian(GaussOptions {
-            mode,
-            ..Default::default()
-        });
-    }
     let opts = Options {
         per_output,
         par: Par::rayon(0),
@@ -281,6 +323,16 @@ fn _compare(
         .detach(|| tensim::metrics::compare(&a.inner, &b.inner, &m, x.as_ref(), &opts))
         .map_err(err)?;
     Ok(serde_json::to_string(&r).expect("a comparison always serialises"))
+}
+
+/// The exact tensor inner products against Monte Carlo (`tensim verify --json`).
+#[pyfunction]
+#[pyo3(signature = (a, b, samples=100000, seed=0))]
+fn _verify(py: Python<'_>, a: &Model, b: &Model, samples: usize, seed: u64) -> PyResult<String> {
+    let v = py
+        .detach(|| tensim::montecarlo::verify(&a.inner, &b.inner, samples, seed, Par::rayon(0)))
+        .map_err(err)?;
+    Ok(serde_json::to_string(&v).expect("a verification always serialises"))
 }
 
 /// Calls a Python `progress(done, total)` at most ten times a second (and at the end).
@@ -308,7 +360,7 @@ impl Progress {
 
 /// All-pairs similarity matrix; `(1 + out_dim, N, N)` with `per_output` (plane 0 the total).
 #[pyfunction]
-#[pyo3(signature = (models, names, metric_name, resume_dir=None, per_output=false, data=None, samples=10000, seed=0, tile=0, progress=None))]
+#[pyo3(signature = (models, names, metric_name, resume_dir=None, per_output=false, data=None, samples=10000, seed=0, tile=0, progress=None, symmetrize="layer"))]
 #[allow(clippy::too_many_arguments)]
 fn _matrix<'py>(
     py: Python<'py>,
@@ -322,8 +374,9 @@ fn _matrix<'py>(
     seed: u64,
     tile: usize,
     progress: Option<Py<PyAny>>,
+    symmetrize: &str,
 ) -> PyResult<Bound<'py, PyAny>> {
-    let m = metric(metric_name)?;
+    let m = configured(metric_name, symmetrize, false, None, samples, seed)?;
     if models.is_empty() {
         return Err(TensimError::new_err("no models given"));
     }
@@ -532,6 +585,7 @@ fn _tensim(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(_load, m)?)?;
     m.add_function(wrap_pyfunction!(_compare, m)?)?;
     m.add_function(wrap_pyfunction!(_matrix, m)?)?;
+    m.add_function(wrap_pyfunction!(_verify, m)?)?;
     m.add_function(wrap_pyfunction!(_tile, m)?)?;
     m.add_function(wrap_pyfunction!(_tile_key, m)?)?;
     m.add_function(wrap_pyfunction!(_tile_get, m)?)?;

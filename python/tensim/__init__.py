@@ -31,6 +31,7 @@ __all__ = [
     "similarity",
     "compare",
     "matrix",
+    "verify",
     "phases",
     "plot",
     "checkpoints",
@@ -167,20 +168,52 @@ def compare(
     seed: int = 0,
     arch: Arch | None = None,
     mode: str | None = None,
+    symmetrize: str = "layer",
+    by_degree: bool = False,
 ) -> dict:
     """Compare two models; returns the fields of ``tensim compare --json``: ``similarity``,
-    ``inner``, ``norm2_a``, ``norm2_b`` and, as they apply, ``per_output``, ``samples``, ``inputs``.
+    ``inner``, ``norm2_a``, ``norm2_b`` and, as they apply, ``per_output``, ``samples``, ``inputs``,
+    ``symmetrize``, ``mode``, ``stderr``, ``by_degree``.
 
     ``metric``: ``"tensor"`` (exact, from the weights), ``"matrix"`` (cosine of flattened weights),
     ``"behavioral"`` or ``"cka"`` (on ``data``, a ``(rows, in_dim)`` array, else ``samples``
     standard Gaussian inputs drawn with ``seed``), ``"gaussian"`` (``E<f_a(x), f_b(x)>`` under
     Gaussian input, from the weights; ``mode="exact"`` or ``"closure"``, default exact when
     affordable; the result's ``mode`` says which was computed).
+
+    ``symmetrize``: ``"layer"`` (the tensor metric as in the paper: each bilinear node
+    symmetrised) or ``"full"`` (all leg permutations, so identical functions score 1; exact up to
+    two bilinear layers, a Monte-Carlo estimate with ``stderr`` from ``samples`` draws beyond);
+    ``by_degree=True`` with ``"full"`` adds the similarity of each degree part.
     """
     a, b = _model(a, arch), _model(b, arch)
     return json.loads(
-        _tensim._compare(a._m, b._m, metric, per_output, mode=mode, **_inputs(data, samples, seed))
+        _tensim._compare(
+            a._m,
+            b._m,
+            metric,
+            per_output,
+            mode=mode,
+            symmetrize=symmetrize,
+            by_degree=by_degree,
+            **_inputs(data, samples, seed),
+        )
     )
+
+
+def verify(
+    a: Model | PathLike,
+    b: Model | PathLike,
+    *,
+    samples: int = 100_000,
+    seed: int = 0,
+    arch: Arch | None = None,
+) -> dict:
+    """``tensim verify --json``: the exact tensor inner products beside an independent-legs
+    Monte-Carlo estimate of the same quantities (they must agree within a few standard errors),
+    and a Monte-Carlo estimate of the Gaussian functional inner product ``E<f_a(x), f_b(x)>``."""
+    a, b = _model(a, arch), _model(b, arch)
+    return json.loads(_tensim._verify(a._m, b._m, samples=samples, seed=seed))
 
 
 def similarity(
@@ -232,6 +265,7 @@ def matrix(
     samples: int = 10_000,
     seed: int = 0,
     tile: int = 0,
+    symmetrize: str = "layer",
 ) -> np.ndarray:
     """All-pairs similarity matrix (``N x N``; with ``per_output`` ``(1 + out_dim, N, N)``, plane 0
     the total) of models, model files, glob patterns or folders of checkpoints (ordered by step).
@@ -239,7 +273,8 @@ def matrix(
     ``resume_dir`` keeps finished tiles (keyed by the hashes of the checkpoints' models) so that an
     interrupted run resumes and a changed checkpoint recomputes only its tiles; the same tiles
     as ``tensim matrix --resume``. ``progress``: a bar on stderr, or a callable
-    ``progress(done_pairs, total_pairs)``. The GIL is released while the matrix is computed.
+    ``progress(done_pairs, total_pairs)``. ``symmetrize``: as in :func:`compare`. The GIL is
+    released while the matrix is computed.
     """
     if isinstance(models_or_paths, (str, os.PathLike)):
         models_or_paths = [models_or_paths]
@@ -257,6 +292,7 @@ def matrix(
         per_output=per_output,
         tile=tile,
         progress=callback,
+        symmetrize=symmetrize,
         **_inputs(data, samples, seed),
     )
 

@@ -46,7 +46,10 @@ def _compare(
     samples: int = 10000,
     seed: int = 0,
     mode: Optional[str] = None,
+    symmetrize: str = "layer",
+    by_degree: bool = False,
 ) -> str: ...
+def _verify(a: Model, b: Model, samples: int = 100000, seed: int = 0) -> str: ...
 def _matrix(
     models: Sequence[Model],
     names: Sequence[str],
@@ -58,6 +61,7 @@ def _matrix(
     seed: int = 0,
     tile: int = 0,
     progress: Optional[Callable[[int, int], None]] = None,
+    symmetrize: str = "layer",
 ) -> _F64: ...
 def _tile(
     rows: Sequence[_Path],

@@ -123,6 +123,41 @@ def test_python_equals_the_command_line_tool(cli, tmp_path):
     np.testing.assert_allclose(tensim.matrix(models, progress=False), sim, rtol=0, atol=1e-12)
 
 
+def test_full_symmetrisation_degrees_and_verify_equal_the_command_line_tool(cli, tmp_path):
+    sidecar = trajectory(tmp_path / "ckpts", 3, depth=2)
+    files = tensim.checkpoints(tmp_path / "ckpts")
+
+    def run(*args: str) -> dict:
+        out = subprocess.run([cli, *args, "--arch", str(sidecar), "--json"], check=True, capture_output=True, text=True)
+        return json.loads(out.stdout)
+
+    want = run("compare", files[0], files[2], "--symmetrize", "full", "--by-degree")
+    got = tensim.compare(files[0], files[2], symmetrize="full", by_degree=True, arch=sidecar)
+    assert got["symmetrize"] == "full" and got["mode"] == want["mode"]
+    assert got["similarity"] == pytest.approx(want["similarity"], abs=1e-12)
+    assert got["by_degree"] == pytest.approx(want["by_degree"], abs=1e-12)
+    # Full symmetrisation differs from the per-layer metric at depth 2, and a matrix agrees.
+    layer = tensim.similarity(files[0], files[2], arch=sidecar)
+    assert abs(layer - got["similarity"]) > 1e-6
+    sim = tensim.matrix(tmp_path / "ckpts", arch=str(sidecar), symmetrize="full", progress=False)
+    assert sim[0, 2] == pytest.approx(got["similarity"], abs=1e-12)
+    want = run("verify", files[0], files[1], "--samples", "2000", "--seed", "3")
+    got = tensim.verify(files[0], files[1], samples=2000, seed=3, arch=sidecar)
+
+    def close(x, y) -> bool:
+        if isinstance(x, dict):
+            return x.keys() == y.keys() and all(close(x[k], y[k]) for k in x)
+        if isinstance(x, float):
+            return x == pytest.approx(y, rel=1e-9, abs=1e-15)
+        return x == y
+
+    assert got["tensor_mc"]["inner"]["stderr"] > 0 and close(got, want), (got, want)
+    with pytest.raises(tensim.TensimError, match="by_degree=True needs"):
+        tensim.compare(files[0], files[1], by_degree=True, arch=sidecar)
+    with pytest.raises(tensim.TensimError, match="applies to the tensor metric"):
+        tensim.compare(files[0], files[1], "matrix", symmetrize="full", arch=sidecar)
+
+
 def test_matrix_resumes_and_reports_progress(tmp_path, rng):
     models = [tensim.Model.from_state_dict(state_dict(rng), arch()) for _ in range(6)]
     seen = []
