@@ -589,6 +589,8 @@ fn a_checkpoint_of_zero_norm_gets_nan_and_the_rest_is_computed() {
                     .unwrap()
                     .similarity;
                     assert!((sim[(i, j)] - want).abs() < 1e-12, "{metric:?} ({i},{j})");
+                    // A model with itself: exactly 1, computed pair by pair or not.
+                    assert!(i != j || sim[(i, j)] == 1.0, "{metric:?} ({i},{i})");
                 }
             }
         }

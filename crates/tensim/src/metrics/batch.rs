@@ -89,7 +89,8 @@ pub fn prepare<'a>(
 }
 
 /// A metric computed pair by pair: `pair(i, j)` gives one value per plane (`NaN` for a pair
-/// with a model of zero norm); `serial`: see [`Batch::serial`].
+/// with a model of zero norm; `pair(i, i)` is computed for that check, its finite values set
+/// to exactly 1); `serial`: see [`Batch::serial`].
 pub struct PerPair<F> {
     pub planes: usize,
     pub pair: F,
@@ -134,7 +135,12 @@ impl<F: Fn(usize, usize) -> Result<Vec<f64>> + Sync> Batch for PerPair<F> {
         .collect::<Result<Vec<_>>>()?;
         let mut out = vec![0.0; self.planes * ni * nj];
         for (&(i, j), v) in pairs.iter().zip(values) {
-            for (p, x) in v.into_iter().enumerate() {
+            // A model with itself: exactly 1 where defined (as `Dots` gives it), not 1 ± ulp.
+            let itself = ci.start + i == cj.start + j;
+            let v = v
+                .into_iter()
+                .map(|x| if itself && x.is_finite() { 1.0 } else { x });
+            for (p, x) in v.enumerate() {
                 out[(p * ni + i) * nj + j] = x;
                 if diagonal {
                     out[(p * nj + j) * ni + i] = x;
