@@ -84,10 +84,13 @@ fn term_pair(
         },
     );
     if symmetric {
-        let zt: Vec<f64> = (0..rows * cols)
-            .map(|k| z[k % cols * cols + k / cols])
-            .collect();
-        z.iter_mut().zip(zt).for_each(|(a, b)| *a += b);
+        // z + zᵀ in place (z is square).
+        for i in 0..rows {
+            for j in i..cols {
+                let s = z[i * cols + j] + z[j * cols + i];
+                (z[i * cols + j], z[j * cols + i]) = (s, s);
+            }
+        }
     }
     let (ml, mr) = (ls.output_map(la), rs.output_map(ra));
     let (wl, wr, n) = (ls.w, rs.w, ls.n);
