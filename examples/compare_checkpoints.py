@@ -3,9 +3,9 @@ reveals, and the weight-cosine baseline beside it.
 
     python examples/compare_checkpoints.py CHECKPOINT_FOLDER --arch arch.json [--out DIR]
 
-CHECKPOINT_FOLDER holds safetensors files saved from PyTorch, e.g. with
-``safetensors.torch.save_file(model.state_dict(), f"ckpts/step_{step:06d}.safetensors")``; files
-are ordered by the number in their names. ``arch.json`` names the tensors of each layer (see
+CHECKPOINT_FOLDER holds checkpoints saved from PyTorch, e.g. with
+``torch.save(model.state_dict(), f"ckpts/step_{step:06d}.pt")`` (or as safetensors); files are
+ordered by the number in their names. ``arch.json`` names the tensors of each layer (see
 FORMAT.md). Without a folder, the script first trains a small bilinear network with PyTorch (or,
 without PyTorch, writes a random walk of weights with numpy) so it runs as is; adapt
 ``make_checkpoints`` or point it at your own run.
@@ -50,7 +50,6 @@ def make_checkpoints(folder: Path, steps: int = 400, every: int = 25) -> Path:
     y = np.einsum("ni,cij,nj->nc", x, teacher, x).argmax(axis=1)
     try:
         import torch
-        from safetensors.torch import save_file
     except ImportError:
         from safetensors.numpy import save_file
 
@@ -82,7 +81,7 @@ def make_checkpoints(folder: Path, steps: int = 400, every: int = 25) -> Path:
     xt, yt = torch.tensor(x, dtype=torch.float32), torch.tensor(y)
     for step in range(steps + 1):
         if step % every == 0:
-            save_file(model.state_dict(), str(folder / f"step_{step:06d}.safetensors"))
+            torch.save(model.state_dict(), folder / f"step_{step:06d}.pt")
         batch = torch.randint(0, len(xt), (256,))
         loss = torch.nn.functional.cross_entropy(model(xt[batch]), yt[batch])
         opt.zero_grad()
@@ -95,7 +94,7 @@ def make_checkpoints(folder: Path, steps: int = 400, every: int = 25) -> Path:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("folder", nargs="?", type=Path, help="folder of .safetensors checkpoints")
+    p.add_argument("folder", nargs="?", type=Path, help="folder of .pt or .safetensors checkpoints")
     p.add_argument("--arch", type=Path, help="architecture description (JSON)")
     p.add_argument("--out", type=Path, default=Path("tensim-compare"), help="output folder")
     p.add_argument("--phases", type=int, default=3, help="number of phases to find")

@@ -262,18 +262,20 @@ impl Model {
     }
 }
 
-/// Load a model file; `arch` is a sidecar description (JSON text or file), else the file's own.
+/// Load a model file; `arch` is a sidecar description (JSON text or file), else the file's own;
+/// `key` names the state dict of a PyTorch checkpoint.
 #[pyfunction]
-#[pyo3(signature = (path, arch_json=None, arch_path=None))]
+#[pyo3(signature = (path, arch_json=None, arch_path=None, key=None))]
 fn _load(
     py: Python<'_>,
     path: PathBuf,
     arch_json: Option<&str>,
     arch_path: Option<PathBuf>,
+    key: Option<&str>,
 ) -> PyResult<Model> {
     let sidecar = arch(arch_json, arch_path, "arch")?;
     let model = py
-        .detach(|| tensim::io::load_with(&path, sidecar.as_ref()))
+        .detach(|| tensim::io::load_with(&path, sidecar.as_ref(), key))
         .map_err(err)?;
     wrap(model, None)
 }
@@ -425,7 +427,7 @@ fn _matrix<'py>(
 
 /// One tile of an all-pairs matrix from checkpoint files (a cluster task): rows × columns.
 #[pyfunction]
-#[pyo3(signature = (rows, cols, metric_name, arch_json=None, arch_path=None, data_path=None, samples=10000, seed=0))]
+#[pyo3(signature = (rows, cols, metric_name, arch_json=None, arch_path=None, key=None, data_path=None, samples=10000, seed=0))]
 #[allow(clippy::too_many_arguments)]
 fn _tile<'py>(
     py: Python<'py>,
@@ -434,6 +436,7 @@ fn _tile<'py>(
     metric_name: &str,
     arch_json: Option<&str>,
     arch_path: Option<PathBuf>,
+    key: Option<&str>,
     data_path: Option<PathBuf>,
     samples: usize,
     seed: u64,
@@ -447,7 +450,7 @@ fn _tile<'py>(
             if !same {
                 paths.extend(cols.iter().cloned());
             }
-            let cks = checkpoints::load_with(&paths, sidecar.as_ref())?;
+            let cks = checkpoints::load_with(&paths, sidecar.as_ref(), key)?;
             let x = m
                 .needs_inputs()
                 .then(|| {
@@ -524,15 +527,16 @@ fn _tile_put(folder: PathBuf, key: &str, values: PyReadonlyArrayDyn<'_, f64>) ->
 /// The key of a checkpoint's stored tiles: the hash of the model as loaded (with the sidecar
 /// description, if given).
 #[pyfunction]
-#[pyo3(signature = (path, arch_json=None, arch_path=None))]
+#[pyo3(signature = (path, arch_json=None, arch_path=None, key=None))]
 fn _content_hash(
     py: Python<'_>,
     path: PathBuf,
     arch_json: Option<&str>,
     arch_path: Option<PathBuf>,
+    key: Option<&str>,
 ) -> PyResult<String> {
     let sidecar = arch(arch_json, arch_path, "arch")?;
-    py.detach(|| tensim::io::model_hash(&tensim::io::load_with(&path, sidecar.as_ref())?))
+    py.detach(|| tensim::io::model_hash(&tensim::io::load_with(&path, sidecar.as_ref(), key)?))
         .map_err(err)
 }
 

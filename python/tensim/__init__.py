@@ -139,17 +139,21 @@ class Model:
         return repr(self._m)
 
 
-def load(path: PathLike, arch: Arch | None = None) -> Model:
-    """Load a safetensors model file. ``arch`` (a dict, JSON text or a path) describes it; without
-    it the description embedded in the file (metadata key ``"tensim"``) is used."""
-    return Model(_tensim._load(os.fspath(path), **_arch_args(arch)))
+def load(path: PathLike, arch: Arch | None = None, *, key: str | None = None) -> Model:
+    """Load a model file: safetensors, or a PyTorch checkpoint (``.pt``, ``.pth``, ``.bin``,
+    ``.ckpt`` as ``torch.save`` writes them; read without PyTorch and without running anything from
+    the file). ``arch`` (a dict, JSON text or a path) describes it; without it the description
+    embedded in the file (metadata key ``"tensim"``) is used. ``key`` names the entry of a
+    checkpoint's saved dict that holds the state dict (default: the dict itself if it holds
+    tensors, else its one entry that does)."""
+    return Model(_tensim._load(os.fspath(path), key=key, **_arch_args(arch)))
 
 
-def _model(x: Model | PathLike, arch: Arch | None) -> Model:
+def _model(x: Model | PathLike, arch: Arch | None, key: str | None = None) -> Model:
     if isinstance(x, Model):
         return x
     if isinstance(x, (str, os.PathLike)):
-        return load(x, arch)
+        return load(x, arch, key=key)
     raise TypeError(f"expected a tensim.Model or a path, got {type(x).__name__}")
 
 
@@ -167,6 +171,7 @@ def compare(
     samples: int = 10_000,
     seed: int = 0,
     arch: Arch | None = None,
+    key: str | None = None,
     mode: str | None = None,
     symmetrize: str = "layer",
     by_degree: bool = False,
@@ -185,8 +190,10 @@ def compare(
     symmetrised) or ``"full"`` (all leg permutations, so identical functions score 1; exact up to
     two bilinear layers, a Monte-Carlo estimate with ``stderr`` from ``samples`` draws beyond);
     ``by_degree=True`` with ``"full"`` adds the similarity of each degree part.
+
+    Paths are read as by :func:`load`, with ``arch`` and ``key``.
     """
-    a, b = _model(a, arch), _model(b, arch)
+    a, b = _model(a, arch, key), _model(b, arch, key)
     return json.loads(
         _tensim._compare(
             a._m,
@@ -208,11 +215,12 @@ def verify(
     samples: int = 100_000,
     seed: int = 0,
     arch: Arch | None = None,
+    key: str | None = None,
 ) -> dict:
     """``tensim verify --json``: the exact tensor inner products beside an independent-legs
     Monte-Carlo estimate of the same quantities (they must agree within a few standard errors),
     and a Monte-Carlo estimate of the Gaussian functional inner product ``E<f_a(x), f_b(x)>``."""
-    a, b = _model(a, arch), _model(b, arch)
+    a, b = _model(a, arch, key), _model(b, arch, key)
     return json.loads(_tensim._verify(a._m, b._m, samples=samples, seed=seed))
 
 
@@ -232,8 +240,8 @@ def similarity(
 
 
 def checkpoints(paths: PathLike | Sequence[PathLike]) -> list[str]:
-    """Files, glob patterns and folders (their ``*.safetensors``) → paths ordered by the step
-    number in their names."""
+    """Files, glob patterns and folders (their ``.safetensors``, ``.pt``, ``.pth``, ``.bin`` and
+    ``.ckpt`` files) → paths ordered by the step number in their names."""
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
     return [os.fspath(p) for p in _tensim._expand([os.fspath(p) for p in paths])]
@@ -258,6 +266,7 @@ def matrix(
     metric: str = "tensor",
     *,
     arch: Arch | None = None,
+    key: str | None = None,
     resume_dir: PathLike | None = None,
     progress: bool | Callable[[int, int], None] = True,
     per_output: bool = False,
@@ -273,15 +282,16 @@ def matrix(
     ``resume_dir`` keeps finished tiles (keyed by the hashes of the checkpoints' models) so that an
     interrupted run resumes and a changed checkpoint recomputes only its tiles; the same tiles
     as ``tensim matrix --resume``. ``progress``: a bar on stderr, or a callable
-    ``progress(done_pairs, total_pairs)``. ``symmetrize``: as in :func:`compare`. The GIL is
-    released while the matrix is computed.
+    ``progress(done_pairs, total_pairs)``. ``symmetrize``: as in :func:`compare`. Paths are read
+    as by :func:`load`, with ``arch`` and ``key``. The GIL is released while the matrix is
+    computed.
     """
     if isinstance(models_or_paths, (str, os.PathLike)):
         models_or_paths = [models_or_paths]
     items: list[Model | str] = []
     for x in models_or_paths:
         items.extend(checkpoints(x) if isinstance(x, (str, os.PathLike)) else [x])
-    models = [_model(x, arch) for x in items]
+    models = [_model(x, arch, key) for x in items]
     names = [x if isinstance(x, str) else f"model {i}" for i, x in enumerate(items)]
     callback = _Bar("pairs") if progress is True else (progress or None)
     return _tensim._matrix(

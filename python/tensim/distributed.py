@@ -62,6 +62,7 @@ def matrix(
     *,
     metric: str = "tensor",
     arch: Any = None,
+    key: str | None = None,
     tile: int = 16,
     resume_dir: str | os.PathLike | None = None,
     data: str | os.PathLike | None = None,
@@ -75,7 +76,8 @@ def matrix(
 
     ``metric``: ``"tensor"``, ``"matrix"`` or ``"behavioral"`` (on the ``.npy`` file ``data``,
     else ``samples`` Gaussian inputs drawn with ``seed``). ``arch``: sidecar description (dict,
-    JSON text or a path every worker can read) for checkpoints without an embedded one.
+    JSON text or a path every worker can read) for checkpoints without an embedded one; ``key``:
+    the state dict's entry in PyTorch checkpoints (as in :func:`tensim.load`).
     ``resume_dir`` keeps finished tiles (default: a temporary folder removed at the end, so no
     resume across jobs). ``retries``: reruns of a tile whose worker failed. ``progress``: a bar on
     stderr or a callable ``progress(done_tiles, total_tiles)``. Equal to :func:`tensim.matrix`.
@@ -88,7 +90,7 @@ def matrix(
     if tile < 1:
         raise ValueError(f"tile must be at least 1, got {tile}")
     n = len(files)
-    options = dict(_arch_args(arch))
+    options = dict(_arch_args(arch), key=key)
     if "arch_path" in options:
         options["arch_path"] = os.path.abspath(options["arch_path"])
     data_path = None if data is None else os.path.abspath(data)
@@ -99,7 +101,7 @@ def matrix(
     os.makedirs(folder, exist_ok=True)
     try:
         # Content hashes identify the checkpoints; each worker reads its share of the files.
-        arch_options = {k: v for k, v in options.items() if k.startswith("arch_")}
+        arch_options = {k: v for k, v in options.items() if k.startswith("arch_") or k == "key"}
         hashes = client.gather(
             client.map(_hash, files, arch=arch_options, pure=False, retries=retries)
         )

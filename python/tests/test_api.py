@@ -4,6 +4,7 @@ plots, error messages, and the GIL released during long calls."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import threading
 import time
@@ -279,3 +280,69 @@ def test_transformers_from_a_state_dict_and_the_gaussian_metric(rng):
     assert abs(tensim.similarity(a, b, "tensor")) <= 1.0
     with pytest.raises(tensim.TensimError, match="unknown gaussian mode"):
         tensim.compare(a, b, "gaussian", mode="approximate")
+
+
+def test_pytorch_checkpoints_equal_the_same_weights_as_safetensors(cli, tmp_path, rng):
+    """`torch.save` files (plain, nested, f16/bf16, non-contiguous views) read without PyTorch's
+    help give the results of the same tensors stored as safetensors, in Python and the CLI."""
+    torch = pytest.importorskip("torch")
+    import safetensors.torch
+
+    sidecar = tmp_path / "arch.json"
+    sidecar.write_text(json.dumps(arch(depth=2)))
+    sd = {k: torch.from_numpy(v) for k, v in state_dict(rng, depth=2).items()}
+    other = {k: v + 0.3 * torch.randn(v.shape, dtype=v.dtype) for k, v in sd.items()}
+    safetensors.torch.save_file(other, str(tmp_path / "other.safetensors"))
+    torch.save(other, tmp_path / "other.pt")
+
+    def views(d: dict) -> dict:
+        """Each tensor as a transposed view of a wider storage (non-contiguous, offset)."""
+        out = {}
+        for k, v in d.items():
+            wide = torch.cat([torch.zeros_like(v), v], dim=0)[v.shape[0]:]
+            out[k] = wide.t().contiguous().t() if v.dim() == 2 else wide
+        return out
+
+    cases = {
+        "plain": (sd, sd),
+        "nested": (sd, {"model_state_dict": sd, "step": 100, "optimizer": {"lr": 0.1}}),
+        "views": (sd, views(sd)),
+        "f16": ({k: v.half() for k, v in sd.items()}, {k: v.half() for k, v in sd.items()}),
+        "bf16": ({k: v.bfloat16() for k, v in sd.items()}, {k: v.bfloat16() for k, v in sd.items()}),
+    }
+    for name, (weights, saved) in cases.items():
+        st, pt = tmp_path / f"{name}.safetensors", tmp_path / f"{name}.pt"
+        safetensors.torch.save_file({k: v.contiguous() for k, v in weights.items()}, str(st))
+        torch.save(saved, pt)
+        assert tensim.load(pt, sidecar).content_hash == tensim.load(st, sidecar).content_hash, name
+        for metric in ["tensor", "gaussian"]:
+            want = tensim.compare(st, tmp_path / "other.safetensors", metric, arch=sidecar)
+            got = tensim.compare(pt, tmp_path / "other.pt", metric, arch=sidecar)
+            assert got["similarity"] == pytest.approx(want["similarity"], abs=1e-12), (name, metric)
+            out = subprocess.run(
+                [cli, "compare", str(pt), str(tmp_path / "other.pt"), "--arch", str(sidecar), "--metric", metric, "--json"],
+                check=True, capture_output=True, text=True,
+            ).stdout
+            assert json.loads(out)["similarity"] == pytest.approx(want["similarity"], abs=1e-12), (name, metric)
+
+    # Several state dicts: key= picks one, without it the error lists them.
+    torch.save({"model": sd, "ema": other}, tmp_path / "two.pt")
+    with pytest.raises(tensim.TensimError, match=r'"ema", "model".*--key'):
+        tensim.load(tmp_path / "two.pt", sidecar)
+    assert tensim.load(tmp_path / "two.pt", sidecar, key="ema").content_hash == tensim.load(
+        tmp_path / "other.pt", sidecar
+    ).content_hash
+    sim = tensim.matrix([tmp_path / "plain.pt", tmp_path / "two.pt"], arch=sidecar, key="model", progress=False)
+    assert sim[0, 1] == pytest.approx(1.0, abs=1e-12)
+
+    # A pickle that would run code when unpickled is refused, and nothing runs.
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    torch.save({"model": sd, "hook": Payload()}, tmp_path / "evil.pt")
+    with pytest.raises(tensim.TensimError, match=r"refused.*system"):
+        tensim.load(tmp_path / "evil.pt", sidecar)
+    assert not marker.exists()

@@ -20,24 +20,36 @@ pub struct ArchArgs {
     /// Architecture JSON for model B.
     #[arg(long)]
     pub arch_b: Option<PathBuf>,
+    #[command(flatten)]
+    pub key: KeyArg,
+}
+
+/// Which state dict of a PyTorch checkpoint to read.
+#[derive(Args)]
+pub struct KeyArg {
+    /// PyTorch checkpoints (.pt, .pth, .bin, .ckpt): the entry of the saved dict holding the
+    /// state dict (default: the dict itself if it holds tensors, else its one entry that does).
+    #[arg(long)]
+    pub key: Option<String>,
 }
 
 impl ArchArgs {
     /// Both models, each with its own description or the shared one.
     pub fn load_pair(&self, a: &Path, b: &Path) -> Result<(Model, Model)> {
         let shared = self.arch.as_deref();
+        let key = self.key.key.as_deref();
         Ok((
-            load(a, self.arch_a.as_deref().or(shared))?,
-            load(b, self.arch_b.as_deref().or(shared))?,
+            load(a, self.arch_a.as_deref().or(shared), key)?,
+            load(b, self.arch_b.as_deref().or(shared), key)?,
         ))
     }
 }
 
 /// A model file with its description (the sidecar, else the embedded one), with a warning on
 /// stderr when the file holds tensors the description does not use.
-pub fn load(path: &Path, arch: Option<&Path>) -> Result<Model> {
+pub fn load(path: &Path, arch: Option<&Path>, key: Option<&str>) -> Result<Model> {
     let sidecar = arch.map(tensim::Arch::from_file).transpose()?;
-    let (model, unused) = io::load_with_unused(path, sidecar.as_ref())?;
+    let (model, unused) = io::load_with_unused(path, sidecar.as_ref(), key)?;
     warn_unused(path, &unused);
     Ok(model)
 }

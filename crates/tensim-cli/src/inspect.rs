@@ -7,19 +7,23 @@ use clap::Args;
 use serde_json::json;
 use tensim::io;
 
+use crate::args::KeyArg;
+
 #[derive(Args)]
 pub struct InspectArgs {
     file: PathBuf,
     /// Architecture JSON (otherwise the file's embedded "tensim" metadata).
     #[arg(long)]
     arch: Option<PathBuf>,
+    #[command(flatten)]
+    key: KeyArg,
     #[arg(long)]
     json: bool,
 }
 
 pub fn run(args: InspectArgs) -> Result<()> {
     let (file, arch, json) = (args.file.as_path(), args.arch.as_deref(), args.json);
-    let tf = io::TensorFile::open(file)?;
+    let tf = io::TensorFile::open_key(file, args.key.key.as_deref())?;
     let stored = tf.tensors()?;
     let description = io::resolve_arch(&tf, arch)?;
     let model = tf.model(&description)?;

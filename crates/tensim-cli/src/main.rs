@@ -37,9 +37,10 @@ enum Command {
     /// evaluate both models on --data or on --samples Gaussian inputs.
     ///
     /// A model file is a safetensors file (as `safetensors.torch.save_file(model.state_dict(),
-    /// path)` writes) with an architecture description, embedded (`tensim pack`) or given with
-    /// --arch: the README's "Model files" section describes it, and `tensim inspect FILE` shows
-    /// what a file holds.
+    /// path)` writes) or a PyTorch checkpoint (`torch.save(model.state_dict(), path)`: .pt, .pth,
+    /// .bin, .ckpt; --key names the state dict inside a larger saved dict) with an architecture
+    /// description, embedded (`tensim pack`) or given with --arch: the README's "Model files"
+    /// section describes it, and `tensim inspect FILE` shows what a file holds.
     Compare(compare::CompareArgs),
     /// All-pairs similarity matrix over checkpoints (files, globs or folders).
     ///
@@ -54,7 +55,8 @@ enum Command {
     Phases(phases::PhasesArgs),
     /// Print a model's architecture, parameter count, polynomial degree and tensor names.
     Inspect(inspect::InspectArgs),
-    /// Embed an architecture description into a safetensors file (checked first).
+    /// Embed an architecture description into a safetensors file (checked first); a PyTorch
+    /// checkpoint given as input is written out as safetensors.
     Pack(pack::PackArgs),
     /// Check the exact tensor inner product against Monte Carlo on your own models.
     ///

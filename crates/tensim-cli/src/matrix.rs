@@ -7,7 +7,7 @@ use clap::Args;
 use tensim::metrics::Kind;
 use tensim::trajectory::{self, checkpoints, tiles::TileStore, MatrixOptions};
 
-use crate::args::{draw_heatmap, metric, warn_unused, InputArgs, PlotArgs, SymArgs};
+use crate::args::{draw_heatmap, metric, warn_unused, InputArgs, KeyArg, PlotArgs, SymArgs};
 
 #[derive(Args)]
 pub struct MatrixArgs {
@@ -16,6 +16,8 @@ pub struct MatrixArgs {
     /// Architecture JSON for every checkpoint (otherwise each file's embedded metadata).
     #[arg(long)]
     arch: Option<PathBuf>,
+    #[command(flatten)]
+    key: KeyArg,
     /// The metric (all but cka, which compares two models only).
     #[arg(long, value_enum, default_value_t = Kind::Tensor)]
     metric: Kind,
@@ -66,7 +68,12 @@ pub fn run(args: MatrixArgs) -> Result<()> {
     if !args.no_sort {
         checkpoints::natural_sort(&mut paths);
     }
-    let cks = checkpoints::load_all(&paths, args.arch.as_deref())?;
+    let sidecar = args
+        .arch
+        .as_deref()
+        .map(tensim::Arch::from_file)
+        .transpose()?;
+    let cks = checkpoints::load_with(&paths, sidecar.as_ref(), args.key.key.as_deref())?;
     warn_unused(&paths[0], &cks[0].unused);
     let labels = checkpoints::labels(&cks, args.labels.as_deref(), args.labels_from_names)?;
     args.plot

@@ -97,7 +97,7 @@ fn sidecar_embedded_fused_and_saved_forms_give_the_same_model() {
     );
     // Embedded metadata (pack), keeping the unused tensor and the stored dtype.
     let packed = d.join("packed.safetensors");
-    io::pack(&a, &w, &packed).unwrap();
+    io::pack(&a, &w, None, &packed).unwrap();
     assert_eq!(io::load(&packed, None).unwrap(), m);
     let tf = io::TensorFile::open(&packed).unwrap();
     assert!(tf

@@ -70,23 +70,12 @@ pub fn read(path: &Path) -> Result<Vec<u8>> {
     Ok(bytes)
 }
 
-/// What a file that safetensors cannot read seems to be instead, and what to do about it.
+/// What a file that safetensors cannot read seems to be instead (zip archives and pickles are
+/// read as PyTorch checkpoints before this).
 pub fn foreign(bytes: &[u8]) -> Option<String> {
-    let save = "tensim reads safetensors files; in PyTorch: \
-                safetensors.torch.save_file(model.state_dict(), \"model.safetensors\")";
-    if bytes.starts_with(b"PK\x03\x04") {
-        Some(format!(
-            "this is a zip archive (a PyTorch .pt/.pth/.bin checkpoint or a numpy .npz?); {save}"
-        ))
-    } else if bytes.first() == Some(&0x80) && matches!(bytes.get(1), Some(2..=5)) {
-        Some(format!(
-            "this is a Python pickle (a legacy PyTorch checkpoint?); {save}"
-        ))
-    } else if bytes.starts_with(b"\x93NUMPY") {
-        Some("this is a numpy .npy array, not a model".into())
-    } else {
-        None
-    }
+    bytes
+        .starts_with(b"\x93NUMPY")
+        .then(|| "this is a numpy .npy array, not a model".into())
 }
 
 /// The largest `data_offsets` end among the header's tensors.

@@ -3,6 +3,7 @@
 //! goes to a temporary file in the same folder and is renamed into place.
 
 mod header;
+pub mod pytorch;
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -37,7 +38,22 @@ pub struct TensorInfo {
 impl TensorFile {
     /// Read and validate the file's header and data layout.
     pub fn open(path: &Path) -> Result<TensorFile> {
-        TensorFile::from_bytes(path, header::read(path)?)
+        TensorFile::open_key(path, None)
+    }
+
+    /// Read a safetensors file or a PyTorch checkpoint (told apart by their first bytes); `key`
+    /// names the entry of a checkpoint's saved dict that holds the state dict (see
+    /// [`pytorch::to_safetensors`]; a safetensors file has one state dict and ignores it).
+    pub fn open_key(path: &Path, key: Option<&str>) -> Result<TensorFile> {
+        let bytes = header::read(path)?;
+        if pytorch::is_zip(&bytes) {
+            let bytes = pytorch::to_safetensors(path, &bytes, key)?;
+            return TensorFile::from_bytes(path, bytes);
+        }
+        if pytorch::is_legacy(&bytes) {
+            return Err(pytorch::legacy_error(path));
+        }
+        TensorFile::from_bytes(path, bytes)
     }
 
     /// Validate safetensors `bytes` held in memory; `origin` names them in messages.
@@ -149,14 +165,19 @@ pub fn load(weights: &Path, arch: Option<&Path>) -> Result<Model> {
     file.model(&arch)
 }
 
-/// [`load`] with the description already parsed (`None`: the file's own).
-pub fn load_with(weights: &Path, arch: Option<&Arch>) -> Result<Model> {
-    Ok(load_with_unused(weights, arch)?.0)
+/// [`load`] with the description already parsed (`None`: the file's own) and the key of a
+/// PyTorch checkpoint's state dict ([`TensorFile::open_key`]).
+pub fn load_with(weights: &Path, arch: Option<&Arch>, key: Option<&str>) -> Result<Model> {
+    Ok(load_with_unused(weights, arch, key)?.0)
 }
 
 /// [`load_with`], and the stored tensors the description does not use (from the same read).
-pub fn load_with_unused(weights: &Path, arch: Option<&Arch>) -> Result<(Model, Vec<String>)> {
-    let file = TensorFile::open(weights)?;
+pub fn load_with_unused(
+    weights: &Path,
+    arch: Option<&Arch>,
+    key: Option<&str>,
+) -> Result<(Model, Vec<String>)> {
+    let file = TensorFile::open_key(weights, key)?;
     let embedded;
     let arch = match arch {
         Some(a) => a,
@@ -539,9 +560,10 @@ pub fn model_from_tensors(
 }
 
 /// Embed `arch` into a copy of `input` (all tensors kept as stored, other metadata kept), after
-/// checking that the weights load under it.
-pub fn pack(arch_path: &Path, input: &Path, output: &Path) -> Result<Model> {
-    let file = TensorFile::open(input)?;
+/// checking that the weights load under it. `input` may be a PyTorch checkpoint (`key`: its
+/// state dict's entry); the copy is safetensors.
+pub fn pack(arch_path: &Path, input: &Path, key: Option<&str>, output: &Path) -> Result<Model> {
+    let file = TensorFile::open_key(input, key)?;
     let arch = Arch::from_file(arch_path)?;
     let model = file.model(&arch)?;
     let st = file.parse()?;

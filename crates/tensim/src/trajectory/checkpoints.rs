@@ -46,7 +46,11 @@ pub fn in_memory(models: &[Model], names: &[String]) -> Vec<Checkpoint> {
         .collect()
 }
 
-/// Expand files, glob patterns and folders (their `*.safetensors`) into a list of paths.
+/// Extensions of the model files a folder is searched for: safetensors and PyTorch checkpoints.
+pub const MODEL_EXTENSIONS: &[&str] = &["safetensors", "pt", "pth", "bin", "ckpt"];
+
+/// Expand files, glob patterns and folders (their model files, [`MODEL_EXTENSIONS`]) into a list
+/// of paths.
 pub fn expand(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
     let mut out = Vec::new();
     for input in inputs {
@@ -55,11 +59,14 @@ pub fn expand(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
             let mut found: Vec<PathBuf> = std::fs::read_dir(input)
                 .map_err(|e| Error::io(input, e))?
                 .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
+                .filter(|p| {
+                    p.extension()
+                        .is_some_and(|x| MODEL_EXTENSIONS.iter().any(|e| x == *e))
+                })
                 .collect();
             if found.is_empty() {
                 return Err(Error::Invalid(format!(
-                    "{text}: no .safetensors files in this folder"
+                    "{text}: no model files (.safetensors, .pt, .pth, .bin, .ckpt) in this folder"
                 )));
             }
             found.sort();
@@ -98,18 +105,20 @@ pub fn natural_sort(paths: &mut [PathBuf]) {
 /// Read, hash and load every checkpoint. `arch` is a sidecar for all of them (else metadata).
 pub fn load_all(paths: &[PathBuf], arch: Option<&Path>) -> Result<Vec<Checkpoint>> {
     let sidecar = arch.map(crate::arch::Arch::from_file).transpose()?;
-    load_with(paths, sidecar.as_ref())
+    load_with(paths, sidecar.as_ref(), None)
 }
 
-/// [`load_all`] with the sidecar description already parsed.
+/// [`load_all`] with the sidecar description already parsed; `key` names the state dict in
+/// PyTorch checkpoints.
 pub fn load_with(
     paths: &[PathBuf],
     sidecar: Option<&crate::arch::Arch>,
+    key: Option<&str>,
 ) -> Result<Vec<Checkpoint>> {
     paths
         .iter()
         .map(|path| {
-            let (model, unused) = io::load_with_unused(path, sidecar)?;
+            let (model, unused) = io::load_with_unused(path, sidecar, key)?;
             Ok(Checkpoint {
                 hash: io::model_hash(&model)?,
                 unused,
