@@ -548,6 +548,12 @@ fn _expand(paths: Vec<PathBuf>) -> PyResult<Vec<String>> {
     Ok(out.iter().map(|p| p.display().to_string()).collect())
 }
 
+/// The description a run keeps beside its checkpoints (`config.json`), if any.
+#[pyfunction]
+fn _find_description(paths: Vec<PathBuf>) -> Option<String> {
+    checkpoints::find_description(&paths).map(|p| p.display().to_string())
+}
+
 /// Optimal `k`-phase segmentation of a similarity matrix: `(starts, cost)`.
 #[pyfunction]
 fn _phases(sim: PyReadonlyArray2<'_, f64>, k: usize) -> PyResult<(Vec<usize>, f64)> {
@@ -596,6 +602,7 @@ fn _tensim(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(_tile_put, m)?)?;
     m.add_function(wrap_pyfunction!(_content_hash, m)?)?;
     m.add_function(wrap_pyfunction!(_expand, m)?)?;
+    m.add_function(wrap_pyfunction!(_find_description, m)?)?;
     m.add_function(wrap_pyfunction!(_phases, m)?)?;
     m.add_function(wrap_pyfunction!(_plot, m)?)?;
     Ok(())

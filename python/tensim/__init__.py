@@ -142,8 +142,9 @@ class Model:
 def load(path: PathLike, arch: Arch | None = None, *, key: str | None = None) -> Model:
     """Load a model file: safetensors, or a PyTorch checkpoint (``.pt``, ``.pth``, ``.bin``,
     ``.ckpt`` as ``torch.save`` writes them; read without PyTorch and without running anything from
-    the file). ``arch`` (a dict, JSON text or a path) describes it; without it the description
-    embedded in the file (metadata key ``"tensim"``) is used. ``key`` names the entry of a
+    the file). ``arch`` (a dict, JSON text or a path: a tensim/1 description or a bilinear-attention
+    language model's training ``config.json``) describes it; without it the description embedded
+    in the file (metadata key ``"tensim"``) is used. ``key`` names the entry of a
     checkpoint's saved dict that holds the state dict (default: the dict itself if it holds
     tensors, else its one entry that does)."""
     return Model(_tensim._load(os.fspath(path), key=key, **_arch_args(arch)))
@@ -283,11 +284,16 @@ def matrix(
     interrupted run resumes and a changed checkpoint recomputes only its tiles; the same tiles
     as ``tensim matrix --resume``. ``progress``: a bar on stderr, or a callable
     ``progress(done_pairs, total_pairs)``. ``symmetrize``: as in :func:`compare`. Paths are read
-    as by :func:`load`, with ``arch`` and ``key``. The GIL is released while the matrix is
+    as by :func:`load`, with ``arch`` and ``key``; without ``arch``, a training run's folder
+    (``run/`` holding ``checkpoints/`` and ``config.json``) is described by its ``config.json``. The GIL is released while the matrix is
     computed.
     """
     if isinstance(models_or_paths, (str, os.PathLike)):
         models_or_paths = [models_or_paths]
+    if arch is None and all(isinstance(x, (str, os.PathLike)) for x in models_or_paths):
+        arch = _tensim._find_description([os.fspath(x) for x in models_or_paths])
+        if arch is not None:
+            sys.stderr.write(f"description: {arch} (beside the checkpoints)\n")
     items: list[Model | str] = []
     for x in models_or_paths:
         items.extend(checkpoints(x) if isinstance(x, (str, os.PathLike)) else [x])

@@ -346,3 +346,58 @@ def test_pytorch_checkpoints_equal_the_same_weights_as_safetensors(cli, tmp_path
     with pytest.raises(tensim.TensimError, match=r"refused.*system"):
         tensim.load(tmp_path / "evil.pt", sidecar)
     assert not marker.exists()
+
+
+def test_a_language_model_run_folder_reads_as_its_hand_converted_files(cli, tmp_path):
+    """`run/config.json` beside `run/checkpoints/step_*.pt` (the bilinear-attention LM's layout)
+    gives the matrix of the same weights converted by hand to tensim/1, with no flags."""
+    torch = pytest.importorskip("torch")
+    import safetensors.torch
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    vocab, d, layers = 13, 8, 2
+    (run / "config.json").write_text(json.dumps({"model": {
+        "vocab_size": vocab, "d_model": d, "n_head": 2, "n_layers": layers, "attn_type": "bilinear",
+        "attn_scale": 0.35, "rope_base": 10000, "use_bias_qk": True}}))
+    hand_arch = {"format": "tensim/1", "input": {"dim": vocab, "n_ctx": 4}, "layers": [
+        {"kind": "linear", "weight": "embed"},
+        *[{"kind": "attention", "n_head": 2, "mask": "causal", "rotary": {"base": 10000},
+           "residual": {"mode": "add", "scale": 0.35},
+           **{p: f"layers.{i}.{p}.weight" for p in ["q1", "k1", "q2", "k2", "v", "o"]},
+           **{f"{p}_bias": f"layers.{i}.{p}.bias" for p in ["q1", "k1", "q2", "k2"]}}
+          for i in range(layers)],
+        {"kind": "linear", "weight": "unembed"}]}
+    g = torch.Generator().manual_seed(0)
+    hand = tmp_path / "hand"
+    hand.mkdir()
+    for step in range(3):
+        sd = {"embed.weight": torch.randn(vocab, d, generator=g, dtype=torch.float64),
+              "unembed.weight": torch.randn(vocab, d, generator=g, dtype=torch.float64) / 3,
+              "final_norm.running_mean_energy": torch.rand(d, generator=g, dtype=torch.float64) + 0.5}
+        for i in range(layers):
+            for p in ["q1", "k1", "q2", "k2", "v", "o"]:
+                sd[f"layers.{i}.{p}.weight"] = torch.randn(d, d, generator=g, dtype=torch.float64) / 3
+            for p in ["q1", "k1", "q2", "k2"]:
+                sd[f"layers.{i}.{p}.bias"] = torch.randn(d, generator=g, dtype=torch.float64) / 3
+        torch.save(sd, run / "checkpoints" / f"step_{step * 100:05d}.pt")
+        converted = {k: v for k, v in sd.items() if k.startswith("layers.")}
+        converted["embed"] = sd["embed.weight"].t().contiguous()
+        converted["unembed"] = sd["unembed.weight"] / torch.sqrt(sd["final_norm.running_mean_energy"] + 1e-6)
+        safetensors.torch.save_file(converted, str(hand / f"step_{step * 100:05d}.safetensors"))
+    (tmp_path / "hand.json").write_text(json.dumps(hand_arch))
+
+    for metric in ["tensor", "gaussian"]:
+        want = tensim.matrix(hand, metric, arch=tmp_path / "hand.json", progress=False)
+        got = tensim.matrix(run, metric, progress=False)
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)
+        npy = tmp_path / f"{metric}.npy"
+        subprocess.run([cli, "matrix", str(run), "--metric", metric, "--out", str(npy), "--quiet"], check=True)
+        np.testing.assert_allclose(np.load(npy), want, rtol=0, atol=1e-12)
+    first = run / "checkpoints" / "step_00000.pt"
+    assert tensim.load(first, run / "config.json").n_params == tensim.load(
+        hand / "step_00000.safetensors", tmp_path / "hand.json"
+    ).n_params
+    with pytest.raises(tensim.TensimError, match="attn_type \"softmax\""):
+        tensim.load(first, {"model": {"vocab_size": vocab, "d_model": d, "n_head": 2, "n_layers": layers,
+                                      "attn_type": "softmax", "attn_scale": 0.35}})

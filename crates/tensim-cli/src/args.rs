@@ -11,7 +11,8 @@ use tensim::{io, Model};
 
 #[derive(Args)]
 pub struct ArchArgs {
-    /// Architecture JSON for both models (otherwise each file's embedded metadata).
+    /// Architecture JSON for both models, or a language model's training config.json (otherwise
+    /// each file's embedded metadata).
     #[arg(long, conflicts_with_all = ["arch_a", "arch_b"])]
     pub arch: Option<PathBuf>,
     /// Architecture JSON for model A.
@@ -22,6 +23,35 @@ pub struct ArchArgs {
     pub arch_b: Option<PathBuf>,
     #[command(flatten)]
     pub key: KeyArg,
+    #[command(flatten)]
+    pub n_ctx: NCtxArg,
+}
+
+/// The analysed sequence length, overriding the description's.
+#[derive(Args)]
+pub struct NCtxArg {
+    /// Sequence positions the analysis spans (sequence models; a language model's config.json
+    /// is analysed at 4 otherwise).
+    #[arg(long)]
+    pub n_ctx: Option<usize>,
+}
+
+/// The description at `path` (none: each file's own), its positions set to `n_ctx` if given.
+pub fn description(path: Option<&Path>, n_ctx: Option<usize>) -> Result<Option<tensim::Arch>> {
+    let Some(path) = path else {
+        if n_ctx.is_some() {
+            bail!("--n-ctx applies to a description given with --arch");
+        }
+        return Ok(None);
+    };
+    let mut arch = tensim::Arch::from_file(path)?;
+    if let Some(n) = n_ctx {
+        if n == 0 {
+            bail!("--n-ctx must be at least 1");
+        }
+        arch.input.n_ctx = n;
+    }
+    Ok(Some(arch))
 }
 
 /// Which state dict of a PyTorch checkpoint to read.
@@ -38,18 +68,20 @@ impl ArchArgs {
     pub fn load_pair(&self, a: &Path, b: &Path) -> Result<(Model, Model)> {
         let shared = self.arch.as_deref();
         let key = self.key.key.as_deref();
+        let load = |path: &Path, arch: Option<&Path>| {
+            load(path, description(arch, self.n_ctx.n_ctx)?.as_ref(), key)
+        };
         Ok((
-            load(a, self.arch_a.as_deref().or(shared), key)?,
-            load(b, self.arch_b.as_deref().or(shared), key)?,
+            load(a, self.arch_a.as_deref().or(shared))?,
+            load(b, self.arch_b.as_deref().or(shared))?,
         ))
     }
 }
 
 /// A model file with its description (the sidecar, else the embedded one), with a warning on
 /// stderr when the file holds tensors the description does not use.
-pub fn load(path: &Path, arch: Option<&Path>, key: Option<&str>) -> Result<Model> {
-    let sidecar = arch.map(tensim::Arch::from_file).transpose()?;
-    let (model, unused) = io::load_with_unused(path, sidecar.as_ref(), key)?;
+pub fn load(path: &Path, arch: Option<&tensim::Arch>, key: Option<&str>) -> Result<Model> {
+    let (model, unused) = io::load_with_unused(path, arch, key)?;
     warn_unused(path, &unused);
     Ok(model)
 }

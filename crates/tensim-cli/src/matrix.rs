@@ -7,17 +7,22 @@ use clap::Args;
 use tensim::metrics::Kind;
 use tensim::trajectory::{self, checkpoints, tiles::TileStore, MatrixOptions};
 
-use crate::args::{draw_heatmap, metric, warn_unused, InputArgs, KeyArg, PlotArgs, SymArgs};
+use crate::args::{
+    description, draw_heatmap, metric, warn_unused, InputArgs, KeyArg, NCtxArg, PlotArgs, SymArgs,
+};
 
 #[derive(Args)]
 pub struct MatrixArgs {
     #[arg(required = true)]
     checkpoints: Vec<PathBuf>,
-    /// Architecture JSON for every checkpoint (otherwise each file's embedded metadata).
+    /// Architecture JSON for every checkpoint, or a language model's training config.json
+    /// (otherwise a config.json beside the one folder given, else each file's embedded metadata).
     #[arg(long)]
     arch: Option<PathBuf>,
     #[command(flatten)]
     key: KeyArg,
+    #[command(flatten)]
+    n_ctx: NCtxArg,
     /// The metric (all but cka, which compares two models only).
     #[arg(long, value_enum, default_value_t = Kind::Tensor)]
     metric: Kind,
@@ -68,11 +73,12 @@ pub fn run(args: MatrixArgs) -> Result<()> {
     if !args.no_sort {
         checkpoints::natural_sort(&mut paths);
     }
-    let sidecar = args
-        .arch
-        .as_deref()
-        .map(tensim::Arch::from_file)
-        .transpose()?;
+    let arch = args.arch.clone().or_else(|| {
+        let found = checkpoints::find_description(&args.checkpoints)?;
+        eprintln!("description: {} (beside the checkpoints)", found.display());
+        Some(found)
+    });
+    let sidecar = description(arch.as_deref(), args.n_ctx.n_ctx)?;
     let cks = checkpoints::load_with(&paths, sidecar.as_ref(), args.key.key.as_deref())?;
     warn_unused(&paths[0], &cks[0].unused);
     let labels = checkpoints::labels(&cks, args.labels.as_deref(), args.labels_from_names)?;

@@ -881,3 +881,79 @@ fn pytorch_checkpoints_work_in_every_command() {
     );
     assert!(!o.status.success() && stderr(&o).contains("posix.system"));
 }
+
+#[test]
+fn a_run_folder_with_a_language_model_config_needs_no_flags() {
+    let d = workdir("lm-run");
+    std::fs::create_dir_all(d.join("run/checkpoints")).unwrap();
+    std::fs::write(
+        d.join("run/config.json"),
+        r#"{"model": {"vocab_size": 11, "d_model": 4, "n_head": 2, "n_layers": 1,
+            "attn_type": "bilinear", "attn_scale": 0.35, "rope_base": 10000,
+            "use_bias_qk": false}}"#,
+    )
+    .unwrap();
+    for step in [0usize, 10, 20] {
+        let mut x = step as f64;
+        let mut values = |n: usize| -> Vec<f64> {
+            (0..n)
+                .map(|_| {
+                    x += 1.0;
+                    (x * 0.731).sin() * 0.5
+                })
+                .collect()
+        };
+        let mut t = vec![
+            ("embed.weight".to_string(), vec![11, 4], values(44)),
+            ("unembed.weight".to_string(), vec![11, 4], values(44)),
+            (
+                "final_norm.running_mean_energy".to_string(),
+                vec![],
+                vec![1.5],
+            ),
+        ];
+        for p in ["q1", "k1", "q2", "k2", "v", "o"] {
+            t.push((format!("layers.0.{p}.weight"), vec![4, 4], values(16)));
+        }
+        let bytes = tensim::io::f64_safetensors(&t, Default::default()).unwrap();
+        std::fs::write(
+            d.join(format!("run/checkpoints/step_{step}.safetensors")),
+            bytes,
+        )
+        .unwrap();
+    }
+    let o = tensim(&["matrix", "run", "--json", "--quiet", "--no-resume"], &d);
+    assert!(stderr(&o).contains("run/config.json"), "{}", stderr(&o));
+    let m = json(&o);
+    assert_eq!(m["labels"], serde_json::json!(["0", "10", "20"]));
+    // The same as naming the config, and n_ctx 4 unless --n-ctx says otherwise.
+    let named = json(&tensim(
+        &[
+            "matrix",
+            "run/checkpoints",
+            "--arch",
+            "run/config.json",
+            "--n-ctx",
+            "4",
+            "--json",
+            "--quiet",
+            "--no-resume",
+        ],
+        &d,
+    ));
+    assert_eq!(named["similarity"], m["similarity"]);
+    let two = json(&tensim(
+        &[
+            "compare",
+            "run/checkpoints/step_0.safetensors",
+            "run/checkpoints/step_20.safetensors",
+            "--arch",
+            "run/config.json",
+            "--n-ctx",
+            "2",
+            "--json",
+        ],
+        &d,
+    ));
+    assert_ne!(two["similarity"], m["similarity"][0][2]);
+}

@@ -18,6 +18,10 @@ pub struct Arch {
     pub format: String,
     pub input: InputSpec,
     pub layers: Vec<LayerSpec>,
+    /// What the stored tensors need before the layers read them (descriptions read from other
+    /// layouts, [`crate::layouts`]; never part of a tensim/1 file).
+    #[serde(skip)]
+    pub prepare: Vec<crate::layouts::Prepare>,
 }
 
 /// Size of one input vector and the number of sequence positions the analysis spans.
@@ -207,6 +211,9 @@ impl Arch {
         let obj = value
             .as_object()
             .ok_or_else(|| bad("expected a JSON object at the top level".into()))?;
+        if !obj.contains_key("format") && crate::layouts::is_lm_config(&value) {
+            return crate::layouts::lm_config(&value, origin);
+        }
         for key in obj.keys() {
             if !matches!(key.as_str(), "format" | "input" | "layers") {
                 return Err(bad(format!(
@@ -248,6 +255,7 @@ impl Arch {
             format: FORMAT.to_string(),
             input,
             layers,
+            prepare: Vec::new(),
         })
     }
 
@@ -265,7 +273,11 @@ impl Arch {
     /// Every tensor name the description refers to.
     pub fn tensor_names(&self) -> Vec<String> {
         let v = serde_json::to_value(self).expect("an Arch always serialises");
-        let mut names = Vec::new();
+        let mut names: Vec<String> = self
+            .prepare
+            .iter()
+            .filter_map(|p| p.extra_tensor().map(str::to_string))
+            .collect();
         for layer in v["layers"].as_array().into_iter().flatten() {
             for (key, val) in layer.as_object().into_iter().flatten() {
                 if key != "kind" && key != "mask" {

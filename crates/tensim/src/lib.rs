@@ -23,6 +23,7 @@ pub mod error;
 pub mod gram;
 pub mod io;
 pub mod layers;
+pub mod layouts;
 pub mod linalg;
 pub mod metrics;
 pub mod model;

@@ -208,6 +208,7 @@ impl Model {
             format: FORMAT.to_string(),
             input: self.input.clone(),
             layers,
+            prepare: Vec::new(),
         }
     }
 }

@@ -15,6 +15,7 @@ use safetensors::SafeTensors;
 use crate::arch::{Arch, AttentionSpec, BilinearSpec, LayerSpec, LinearSpec};
 use crate::error::{Error, Result, TensorPlace};
 use crate::layers::{Attention, Bilinear, Layer, Linear};
+use crate::layouts::Prepare;
 use crate::linalg::from_row_major;
 use crate::model::Model;
 
@@ -134,8 +135,16 @@ impl TensorFile {
             .collect())
     }
 
-    /// Build the model `arch` describes from this file's tensors.
+    /// Build the model `arch` describes from this file's tensors (prepared first where the
+    /// description says so).
     pub fn model(&self, arch: &Arch) -> Result<Model> {
+        if !arch.prepare.is_empty() {
+            let plain = Arch {
+                prepare: Vec::new(),
+                ..arch.clone()
+            };
+            return self.prepared(&arch.prepare)?.model(&plain);
+        }
         let st = self.parse()?;
         let reader = Reader {
             file: self,
@@ -154,6 +163,94 @@ impl TensorFile {
         }
         Model::new(arch.input.dim, arch.input.n_ctx, layers)
             .map_err(|e| e.context(self.path.display().to_string()))
+    }
+}
+
+impl TensorFile {
+    /// This file with `prepare` applied: the tensors it changes as f64, the rest as stored.
+    pub fn prepared(&self, prepare: &[Prepare]) -> Result<TensorFile> {
+        let st = self.parse()?;
+        let reader = Reader {
+            file: self,
+            st: &st,
+        };
+        // Tensors changed so far: name → (shape, row-major f64 values).
+        type Changed = HashMap<String, (Vec<usize>, Vec<f64>)>;
+        let mut changed = Changed::new();
+        let read = |changed: &Changed, name: &str, layer: usize, role: &str| {
+            if let Some(t) = changed.get(name) {
+                return Ok(t.clone());
+            }
+            let rank = st.tensor(name).map_or(0, |v| v.shape().len());
+            reader.read(layer, role, name, &vec![Axis::Free("n", false); rank])
+        };
+        for step in prepare {
+            match step {
+                Prepare::Transpose { tensor, layer } => {
+                    let (shape, v) =
+                        read(&changed, tensor, *layer, "embedding table (vocab, d_model)")?;
+                    let [r, c] = shape[..] else {
+                        return Err(Error::Data {
+                            path: self.path.clone(),
+                            reason: format!(
+                                "tensor \"{tensor}\" has shape {shape:?}, expected a matrix"
+                            ),
+                        });
+                    };
+                    let t = (0..c * r).map(|k| v[(k % r) * c + k / r]).collect();
+                    changed.insert(tensor.clone(), (vec![c, r], t));
+                }
+                Prepare::FoldNorm {
+                    weight,
+                    energy,
+                    eps,
+                    layer,
+                } => {
+                    let (shape, mut w) = read(&changed, weight, *layer, "weight")?;
+                    let (_, e) = read(&changed, energy, *layer, "frozen normalisation energy")?;
+                    let cols = *shape.last().unwrap_or(&0);
+                    if shape.len() != 2 || !(e.len() == 1 || e.len() == cols) {
+                        return Err(Error::Data {
+                            path: self.path.clone(),
+                            reason: format!(
+                                "\"{energy}\" has {} values and \"{weight}\" shape {shape:?}: \
+                                 one energy, or one per input of the matrix, is expected",
+                                e.len()
+                            ),
+                        });
+                    }
+                    if let Some(bad) = e.iter().find(|&&x| x + eps <= 0.0) {
+                        return Err(Error::Data {
+                            path: self.path.clone(),
+                            reason: format!("\"{energy}\" holds {bad}: an energy must be positive"),
+                        });
+                    }
+                    // W[:, j] / √(e_j + ε)
+                    for (k, x) in w.iter_mut().enumerate() {
+                        *x /= (e[if e.len() == 1 { 0 } else { k % cols }] + eps).sqrt();
+                    }
+                    changed.insert(weight.clone(), (shape, w));
+                }
+            }
+        }
+        let bytes: HashMap<&String, Vec<u8>> = changed
+            .iter()
+            .map(|(n, (_, v))| (n, v.iter().flat_map(|x| x.to_le_bytes()).collect()))
+            .collect();
+        let views = st
+            .iter()
+            .map(|(name, view)| match changed.get(name) {
+                None => Ok((name.to_string(), view)),
+                Some((shape, _)) => {
+                    TensorView::new(Dtype::F64, shape.clone(), &bytes[&name.to_string()])
+                        .map(|v| (name.to_string(), v))
+                        .map_err(|e| Error::Invalid(e.to_string()))
+                }
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let out = safetensors::serialize(views, Some(self.metadata()?))
+            .map_err(|e| Error::Invalid(e.to_string()))?;
+        TensorFile::from_bytes(&self.path, out)
     }
 }
 
@@ -566,6 +663,10 @@ pub fn pack(arch_path: &Path, input: &Path, key: Option<&str>, output: &Path) ->
     let file = TensorFile::open_key(input, key)?;
     let arch = Arch::from_file(arch_path)?;
     let model = file.model(&arch)?;
+    let file = match arch.prepare.is_empty() {
+        true => file,
+        false => file.prepared(&arch.prepare)?,
+    };
     let st = file.parse()?;
     let mut meta = file.metadata()?;
     meta.insert(METADATA_KEY.to_string(), arch.to_json());

@@ -56,6 +56,7 @@ pub fn expand(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
     for input in inputs {
         let text = input.to_string_lossy();
         if input.is_dir() {
+            let input = &run_folder(input);
             let mut found: Vec<PathBuf> = std::fs::read_dir(input)
                 .map_err(|e| Error::io(input, e))?
                 .filter_map(|e| e.ok().map(|e| e.path()))
@@ -85,6 +86,45 @@ pub fn expand(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
         }
     }
     Ok(out)
+}
+
+/// A training run's folder `run/` holding no model files but `run/checkpoints/`: the latter.
+fn run_folder(dir: &Path) -> PathBuf {
+    let has_models = |d: &Path| {
+        std::fs::read_dir(d).is_ok_and(|mut it| {
+            it.any(|e| {
+                e.is_ok_and(|e| {
+                    e.path()
+                        .extension()
+                        .is_some_and(|x| MODEL_EXTENSIONS.iter().any(|m| x == *m))
+                })
+            })
+        })
+    };
+    let sub = dir.join("checkpoints");
+    match !has_models(dir) && sub.is_dir() {
+        true => sub,
+        false => dir.to_path_buf(),
+    }
+}
+
+/// The description a training run keeps beside its checkpoints: `config.json` in the one folder
+/// given (`run/` or `run/checkpoints/`) or above it, when it is a tensim/1 description or a
+/// configuration tensim reads ([`crate::layouts`]).
+pub fn find_description(inputs: &[PathBuf]) -> Option<PathBuf> {
+    let [dir] = inputs else { return None };
+    if !dir.is_dir() {
+        return None;
+    }
+    let dir = run_folder(dir);
+    [dir.join("config.json"), dir.parent()?.join("config.json")]
+        .into_iter()
+        .find(|p| {
+            std::fs::read_to_string(p)
+                .ok()
+                .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+                .is_some_and(|v| v.get("format").is_some() || crate::layouts::is_lm_config(&v))
+        })
 }
 
 /// The last run of digits in the file stem.
