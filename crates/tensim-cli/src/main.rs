@@ -5,6 +5,7 @@ mod args;
 mod bench;
 mod compare;
 mod demo;
+mod init_arch;
 mod inspect;
 mod matrix;
 mod pack;
@@ -55,6 +56,11 @@ enum Command {
     Phases(phases::PhasesArgs),
     /// Print a model's architecture, parameter count, polynomial degree and tensor names.
     Inspect(inspect::InspectArgs),
+    /// Print a draft architecture description inferred from a checkpoint's tensor names and
+    /// shapes, with what it could not tell (to check, save and pass with --arch).
+    InitArch(init_arch::InitArchArgs),
+    /// List the description layouts --arch reads.
+    Layouts,
     /// Embed an architecture description into a safetensors file (checked first); a PyTorch
     /// checkpoint given as input is written out as safetensors.
     Pack(pack::PackArgs),
@@ -93,6 +99,8 @@ fn main() -> ExitCode {
         Command::Phases(a) => phases::run(a),
         Command::Inspect(a) => inspect::run(a),
         Command::Pack(a) => pack::run(a),
+        Command::InitArch(a) => init_arch::run(a),
+        Command::Layouts => init_arch::layouts(),
         Command::Verify(a) => verify::run(a),
         Command::Bench(a) => bench::run(a),
         Command::Demo { which } => demo::run(which),

@@ -11,8 +11,8 @@
 use serde_json::Value;
 
 use crate::arch::{
-    Arch, AttentionSpec, InputSpec, LayerSpec, LinearSpec, Mask, Residual, ResidualMode, Rotary,
-    FORMAT,
+    Arch, AttentionSpec, BilinearSpec, InputSpec, LayerSpec, LinearSpec, Mask, Residual,
+    ResidualMode, Rotary, FORMAT,
 };
 use crate::error::{Error, Result};
 
@@ -166,4 +166,196 @@ pub fn lm_config(value: &Value, origin: &str) -> Result<Arch> {
         )));
     }
     Ok(arch)
+}
+
+/// A draft description inferred from the names and shapes of a checkpoint's tensors, with notes
+/// on what the names cannot tell (head counts, residuals). For the user to check: never used
+/// to load anything.
+///
+/// Modules (`prefix.weight` matrices, with `prefix.bias`) are grouped by their parent: one with
+/// children `q1 k1 q2 k2 v o` is an attention layer; `l r` (or `left right`) with an optional
+/// `d` (`down`, `p`, `proj`) a bilinear layer; `w` holding twice the rows `p` has columns a fused
+/// (`left_right`) bilinear layer; every other matrix a linear layer. Layers are ordered
+/// embedding first, heads last, numbered blocks by number.
+pub fn draft(tensors: &[crate::io::TensorInfo]) -> (Arch, Vec<String>) {
+    let matrix = |m: &str| {
+        tensors
+            .iter()
+            .find(|t| t.name == format!("{m}.weight") && t.shape.len() == 2)
+            .map(|t| (t.shape[0], t.shape[1]))
+    };
+    let bias = |m: &str| {
+        let b = format!("{m}.bias");
+        tensors.iter().any(|t| t.name == b).then_some(b)
+    };
+    let weight = |m: &str| format!("{m}.weight");
+    let mut modules: Vec<String> = tensors
+        .iter()
+        .filter(|t| t.shape.len() == 2)
+        .filter_map(|t| t.name.strip_suffix(".weight").map(str::to_string))
+        .collect();
+    modules.sort_by_key(|m| order_key(m));
+    let parent = |m: &str| {
+        m.rsplit_once('.')
+            .map_or(String::new(), |(p, _)| p.to_string())
+    };
+    let child = |p: &str, c: &str| {
+        let m = if p.is_empty() {
+            c.to_string()
+        } else {
+            format!("{p}.{c}")
+        };
+        modules.contains(&m).then_some(m)
+    };
+    let mut notes = Vec::new();
+    let mut layers: Vec<(LayerSpec, usize, usize)> = Vec::new();
+    let mut done: Vec<String> = Vec::new();
+    for m in &modules {
+        if done.contains(m) {
+            continue;
+        }
+        let p = parent(m);
+        let pick = |names: &[&str]| names.iter().find_map(|c| child(&p, c));
+        let attention: Option<Vec<String>> = ["q1", "k1", "q2", "k2", "v", "o"]
+            .iter()
+            .map(|c| child(&p, c))
+            .collect();
+        if let Some(a) = attention {
+            let (d_in, d_out) = (matrix(&a[0]).unwrap().1, matrix(&a[5]).unwrap().0);
+            notes.push(format!(
+                "{p}: n_head cannot be read from shapes (1 written), nor the mask (causal), \
+                 rotary base (none) or residual; set them"
+            ));
+            layers.push((
+                LayerSpec::Attention(AttentionSpec {
+                    n_head: 1,
+                    q1: weight(&a[0]),
+                    k1: weight(&a[1]),
+                    q2: weight(&a[2]),
+                    k2: weight(&a[3]),
+                    v: weight(&a[4]),
+                    o: weight(&a[5]),
+                    q1_bias: bias(&a[0]),
+                    k1_bias: bias(&a[1]),
+                    q2_bias: bias(&a[2]),
+                    k2_bias: bias(&a[3]),
+                    mask: Mask::Causal,
+                    rotary: None,
+                    residual: None,
+                }),
+                d_in,
+                d_out,
+            ));
+            done.extend(a);
+            continue;
+        }
+        let down = pick(&["d", "down", "p", "proj"]);
+        let separate = pick(&["l", "left"]).zip(pick(&["r", "right"]));
+        let fused = pick(&["w", "left_right"]).filter(|w| {
+            let rows = matrix(w).unwrap().0;
+            down.as_ref()
+                .is_some_and(|d| matrix(d).unwrap().1 * 2 == rows)
+        });
+        if separate.is_some() || fused.is_some() {
+            let (hidden, d_in) = match (&separate, &fused) {
+                (Some((l, _)), _) => matrix(l).unwrap(),
+                (None, Some(w)) => matrix(w).map(|(r, c)| (r / 2, c)).unwrap(),
+                (None, None) => unreachable!(),
+            };
+            let d_out = down.as_ref().map_or(hidden, |d| matrix(d).unwrap().0);
+            let spec = BilinearSpec {
+                left: separate.as_ref().map(|s| weight(&s.0)),
+                right: separate.as_ref().map(|s| weight(&s.1)),
+                left_bias: separate.as_ref().and_then(|s| bias(&s.0)),
+                right_bias: separate.as_ref().and_then(|s| bias(&s.1)),
+                left_right: fused.as_ref().map(|w| weight(w)),
+                left_right_bias: fused.as_ref().and_then(|w| bias(w)),
+                down: down.as_ref().map(|d| weight(d)),
+                down_bias: down.as_ref().and_then(|d| bias(d)),
+                residual: None,
+            };
+            if d_in == d_out {
+                notes.push(format!(
+                    "{p}: a residual cannot be read from shapes (none written); add \
+                     \"residual\" if the block has one"
+                ));
+            }
+            layers.push((LayerSpec::Bilinear(spec), d_in, d_out));
+            done.extend(separate.into_iter().flat_map(|(l, r)| [l, r]));
+            done.extend(fused.into_iter().chain(down));
+            continue;
+        }
+        let (out, d_in) = matrix(m).unwrap();
+        layers.push((
+            LayerSpec::Linear(LinearSpec {
+                weight: weight(m),
+                bias: bias(m),
+            }),
+            d_in,
+            out,
+        ));
+        done.push(m.clone());
+    }
+    for w in layers.windows(2) {
+        if w[0].2 != w[1].1 {
+            notes.push(format!(
+                "a layer outputs {} values and the next reads {}: check the order and the \
+                 (out, in) layout (an nn.Embedding table is stored (vocab, d))",
+                w[0].2, w[1].1
+            ));
+        }
+    }
+    let embedding = |l: &(LayerSpec, usize, usize)| matches!(&l.0, LayerSpec::Linear(s) if s.weight.contains("embed"));
+    if let [first, second, ..] = &layers[..] {
+        if embedding(first) && first.2 != second.1 && first.1 == second.1 {
+            notes.push(format!(
+                "the first layer looks like an nn.Embedding table stored (vocab, d) = ({}, {}); \
+                 tensim/1 reads (out, in): store it transposed, or for the bilinear-attention \
+                 language model pass its training config.json as --arch (`tensim layouts`)",
+                first.2, first.1
+            ));
+        }
+    }
+    let dim = layers.first().map_or(0, |l| l.1);
+    let arch = Arch {
+        format: FORMAT.into(),
+        input: InputSpec { dim, n_ctx: 1 },
+        layers: layers.into_iter().map(|l| l.0).collect(),
+        prepare: Vec::new(),
+    };
+    if arch
+        .layers
+        .iter()
+        .any(|l| matches!(l, LayerSpec::Attention(_)))
+    {
+        notes.push("input.n_ctx (1 written) is the number of positions to analyse".into());
+    }
+    (arch, notes)
+}
+
+/// Embeddings first, heads last, numbers compared as numbers (`body.10` after `body.9`).
+fn order_key(module: &str) -> (u8, Vec<(String, u64)>) {
+    let lower = module.to_lowercase();
+    let last = lower.rsplit('.').next().unwrap_or("");
+    let rank = if last.contains("embed") && !last.contains("unembed") {
+        0
+    } else if ["head", "unembed", "lm_head", "readout", "out"]
+        .iter()
+        .any(|h| last == *h || last.starts_with(h))
+        && !lower.contains("layers.")
+        && !lower.contains("body.")
+        && !lower.contains("blocks.")
+    {
+        2
+    } else {
+        1
+    };
+    let parts = module
+        .split('.')
+        .map(|s| match s.parse::<u64>() {
+            Ok(n) => (String::new(), n),
+            Err(_) => (s.to_string(), 0),
+        })
+        .collect();
+    (rank, parts)
 }

@@ -184,3 +184,56 @@ fn configs_that_are_not_tensor_networks_or_checkpoints_that_do_not_fit_are_refus
     .to_string();
     assert!(e.contains("must be positive"), "{e}");
 }
+
+#[test]
+fn a_draft_reads_fused_bilinear_layers_attention_blocks_and_the_layer_order() {
+    use tensim::arch::LayerSpec;
+    use tensim::io::TensorInfo;
+    let t = |name: &str, shape: &[usize]| TensorInfo {
+        name: name.into(),
+        dtype: "F32".into(),
+        shape: shape.to_vec(),
+    };
+    // Names sorted as a file lists them: head before embed, block 10 before block 2.
+    let tensors = [
+        t("blocks.10.mlp.p.weight", &[6, 8]),
+        t("blocks.10.mlp.w.weight", &[16, 6]),
+        t("blocks.2.attn.k1.weight", &[6, 6]),
+        t("blocks.2.attn.k2.weight", &[6, 6]),
+        t("blocks.2.attn.o.weight", &[6, 6]),
+        t("blocks.2.attn.q1.bias", &[6]),
+        t("blocks.2.attn.q1.weight", &[6, 6]),
+        t("blocks.2.attn.q2.weight", &[6, 6]),
+        t("blocks.2.attn.v.weight", &[6, 6]),
+        t("embed.weight", &[6, 5]),
+        t("head.bias", &[3]),
+        t("head.weight", &[3, 6]),
+    ];
+    let (arch, notes) = tensim::layouts::draft(&tensors);
+    let kinds: Vec<&str> = arch
+        .layers
+        .iter()
+        .map(|l| match l {
+            LayerSpec::Linear(_) => "linear",
+            LayerSpec::Bilinear(_) => "bilinear",
+            LayerSpec::Attention(_) => "attention",
+        })
+        .collect();
+    assert_eq!(kinds, ["linear", "attention", "bilinear", "linear"]);
+    assert_eq!(arch.input.dim, 5);
+    let LayerSpec::Attention(a) = &arch.layers[1] else {
+        unreachable!()
+    };
+    assert_eq!(a.q1_bias.as_deref(), Some("blocks.2.attn.q1.bias"));
+    let LayerSpec::Bilinear(b) = &arch.layers[2] else {
+        unreachable!()
+    };
+    assert_eq!(b.left_right.as_deref(), Some("blocks.10.mlp.w.weight"));
+    assert_eq!(b.down.as_deref(), Some("blocks.10.mlp.p.weight"));
+    let LayerSpec::Linear(h) = &arch.layers[3] else {
+        unreachable!()
+    };
+    assert_eq!(h.bias.as_deref(), Some("head.bias"));
+    assert!(notes.iter().any(|n| n.contains("n_head")), "{notes:?}");
+    assert!(notes.iter().any(|n| n.contains("residual")), "{notes:?}");
+}
