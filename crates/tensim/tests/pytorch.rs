@@ -123,9 +123,9 @@ fn truncated_corrupt_and_expanding_files_are_refused() {
     bomb.push(b'.');
     let msg = refusal(&checkpoint("bomb.pt", &bomb), None);
     assert!(msg.contains("two million objects"), "{msg}");
-    // () wrapped in a million 1-tuples.
+    // () wrapped in two million 1-tuples (the most the largest pickle read can nest).
     let mut deep = b"\x80\x02)".to_vec();
-    deep.extend(std::iter::repeat_n(0x85, 1_000_000));
+    deep.extend(std::iter::repeat_n(0x85, (2 << 20) - 4));
     deep.push(b'.');
     let msg = refusal(&checkpoint("deep.pt", &deep), None);
     assert!(msg.contains("nests objects"), "{msg}");

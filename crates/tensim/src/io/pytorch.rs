@@ -69,10 +69,10 @@ fn storage_dtype(class: &str) -> Option<Dtype> {
 
 /// Largest pickle read: a state dict's is a few hundred bytes per tensor. The bound also bounds
 /// how deeply the object tree can nest, which the reader's parsing thread has stack for.
-const MAX_PICKLE: u64 = 4 << 20;
+const MAX_PICKLE: u64 = 2 << 20;
 /// Most objects the pickle's memo may copy in all (a small file must not expand without bound).
 const MAX_COPIED: usize = 2_000_000;
-const STACK_BYTES: usize = 1 << 30;
+const STACK_BYTES: usize = 512 << 20;
 
 fn fail(path: &Path, reason: String) -> Error {
     Error::Data {
@@ -496,6 +496,16 @@ fn gather(path: &Path, t: &TensorRef, storage: &[u8]) -> Result<Vec<u8>> {
                 storage.len()
             ),
         ));
+    }
+    // Row-major contiguous: one slice.
+    let mut row_major = 1;
+    let contiguous = t.size.iter().zip(&t.stride).rev().all(|(&n, &s)| {
+        let ok = n <= 1 || s == row_major;
+        row_major *= n;
+        ok
+    });
+    if contiguous {
+        return Ok(storage[t.offset * es..(t.offset + numel) * es].to_vec());
     }
     let mut out = Vec::with_capacity(numel * es);
     let mut index = vec![0usize; t.size.len()];
