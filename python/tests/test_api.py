@@ -401,3 +401,18 @@ def test_a_language_model_run_folder_reads_as_its_hand_converted_files(cli, tmp_
     with pytest.raises(tensim.TensimError, match="attn_type \"softmax\""):
         tensim.load(first, {"model": {"vocab_size": vocab, "d_model": d, "n_head": 2, "n_layers": layers,
                                       "attn_type": "softmax", "attn_scale": 0.35}})
+
+
+def test_the_deepmlp_layout_needs_no_description(tmp_path, rng):
+    """`arch="deepmlp:lerp=0.5"` reads embed → body.{i}.{l,r,d} → head from the names alone."""
+    sd = state_dict(rng, depth=2)
+    renamed = {k.replace("blocks.", "body."): v for k, v in sd.items()}
+    import safetensors.numpy
+
+    safetensors.numpy.save_file(renamed, str(tmp_path / "m.safetensors"))
+    want = tensim.Model.from_state_dict(sd, arch(depth=2))
+    got = tensim.load(tmp_path / "m.safetensors", "deepmlp:lerp=0.5")
+    x = rng.normal(size=(4, 6))
+    np.testing.assert_allclose(got.forward(x), want.forward(x), rtol=0, atol=1e-12)
+    with pytest.raises(tensim.TensimError, match="deepmlp:lerp=S"):
+        tensim.load(tmp_path / "m.safetensors", "deepmlp")

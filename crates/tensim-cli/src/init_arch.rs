@@ -67,5 +67,9 @@ draft         `tensim init-arch CKPT` prints a tensim/1 draft from a checkpoint'
               shapes (attention q1 k1 q2 k2 v o; bilinear l r [d] or left right [down]; fused
               w + p; other matrices linear) with what to check; never used unasked."
     );
+    for (usage, what) in tensim::layouts::NAMED {
+        let name = usage.split(':').next().unwrap_or(usage);
+        println!("{name:<13} --arch {usage}: {what}");
+    }
     Ok(())
 }

@@ -25,7 +25,7 @@ pub fn run(args: InspectArgs) -> Result<()> {
     let (file, arch, json) = (args.file.as_path(), args.arch.as_deref(), args.json);
     let tf = io::TensorFile::open_key(file, args.key.key.as_deref())?;
     let stored = tf.tensors()?;
-    let description = io::resolve_arch(&tf, arch)?;
+    let description = tf.describe(&io::resolve_arch(&tf, arch)?)?;
     let model = tf.model(&description)?;
     let used = description.tensor_names();
     let unused = tf.unused_tensors(&description)?;

@@ -22,6 +22,10 @@ pub struct Arch {
     /// layouts, [`crate::layouts`]; never part of a tensim/1 file).
     #[serde(skip)]
     pub prepare: Vec<crate::layouts::Prepare>,
+    /// A layout named instead of described (`--arch deepmlp:lerp=0.5`): `layers` are read from
+    /// the checkpoint's tensor names when it is loaded ([`crate::layouts::resolve`]).
+    #[serde(skip)]
+    pub named: Option<crate::layouts::Named>,
 }
 
 /// Size of one input vector and the number of sequence positions the analysis spans.
@@ -256,11 +260,18 @@ impl Arch {
             input,
             layers,
             prepare: Vec::new(),
+            named: None,
         })
     }
 
-    /// Read and parse a description file.
+    /// Read and parse a description file, or the layout a name that is no file names
+    /// ([`crate::layouts::named`]).
     pub fn from_file(path: &std::path::Path) -> Result<Arch> {
+        if !path.exists() {
+            if let Some(arch) = crate::layouts::named(&path.to_string_lossy()) {
+                return arch;
+            }
+        }
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
         let text = String::from_utf8(bytes).map_err(|_| Error::Arch {
             origin: path.display().to_string(),

@@ -42,6 +42,95 @@ impl Prepare {
     }
 }
 
+/// A layout named instead of described: its layers are read from the checkpoint's tensor names.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Named {
+    /// `embed` → `body.{i}.{l,r,d}` (or fused `body.{i}.{w,p}`) → `head`, each bilinear layer
+    /// with the residual `(1 − s)·x + s·f(x)` (`lerp = Some(s)`) or none.
+    DeepMlp { lerp: Option<f64> },
+}
+
+/// The layouts named by `--arch NAME[:key=value,…]`, with their parameters.
+pub const NAMED: &[(&str, &str)] = &[(
+    "deepmlp:lerp=S",
+    "embed → body.{i}.{l,r,d} (or fused body.{i}.{w,p}) → head, lerp residual scale S (none: \
+     no residual); sizes and depth from the tensor shapes",
+)];
+
+/// The description `text` names (`deepmlp:lerp=0.5`), if it names one.
+pub fn named(text: &str) -> Option<Result<Arch>> {
+    let (name, params) = text.split_once(':').unwrap_or((text, ""));
+    if name != "deepmlp" {
+        return None;
+    }
+    let bad = |reason: String| Error::Arch {
+        origin: text.to_string(),
+        reason,
+    };
+    let lerp = match params.split_once('=') {
+        Some(("lerp", "none")) => Ok(None),
+        Some(("lerp", v)) => v
+            .parse::<f64>()
+            .ok()
+            .filter(|s| s.is_finite())
+            .map(Some)
+            .ok_or_else(|| bad(format!("lerp={v} is not a number"))),
+        _ => Err(bad(
+            "the deepmlp layout needs its residual scale: deepmlp:lerp=S (S a number, or none)"
+                .into(),
+        )),
+    };
+    Some(lerp.map(|lerp| Arch {
+        format: FORMAT.into(),
+        input: InputSpec { dim: 1, n_ctx: 1 },
+        layers: Vec::new(),
+        prepare: Vec::new(),
+        named: Some(Named::DeepMlp { lerp }),
+    }))
+}
+
+/// `arch` with a named layout resolved against the tensors a checkpoint holds.
+pub fn resolve(arch: &Arch, tensors: &[crate::io::TensorInfo], origin: &str) -> Result<Arch> {
+    let Some(Named::DeepMlp { lerp }) = &arch.named else {
+        return Ok(arch.clone());
+    };
+    let bad = |reason: String| Error::Arch {
+        origin: origin.to_string(),
+        reason: format!("layout deepmlp: {reason}"),
+    };
+    let (mut draft, _) = draft(tensors);
+    let n = draft.layers.len();
+    let linear_named = |l: &LayerSpec, prefix: &str| matches!(l, LayerSpec::Linear(s) if s.weight.starts_with(prefix));
+    if n < 2
+        || !linear_named(&draft.layers[0], "embed")
+        || !linear_named(&draft.layers[n - 1], "head")
+    {
+        return Err(bad(
+            "expected embed.weight, body.{i}.{l,r,d} and head.weight (`tensim init-arch` shows \
+             what the file holds)"
+                .into(),
+        ));
+    }
+    for (i, layer) in draft.layers[1..n - 1].iter_mut().enumerate() {
+        let LayerSpec::Bilinear(b) = layer else {
+            return Err(bad(format!("layer {} is not a bilinear body block", i + 1)));
+        };
+        let names = [&b.left, &b.left_right];
+        if !names.iter().any(|m| {
+            m.as_ref()
+                .is_some_and(|m| m.starts_with(&format!("body.{i}.")))
+        }) {
+            return Err(bad(format!("layer {} is not body.{i}", i + 1)));
+        }
+        b.residual = lerp.map(|scale| Residual {
+            mode: ResidualMode::Lerp,
+            scale,
+        });
+    }
+    draft.input.n_ctx = arch.input.n_ctx;
+    Ok(draft)
+}
+
 /// Analysis positions of a language model when no `--n-ctx` is given.
 pub const LM_N_CTX: usize = 4;
 /// The ε of the language model's final normalisation.
@@ -147,6 +236,7 @@ pub fn lm_config(value: &Value, origin: &str) -> Result<Arch> {
             n_ctx: LM_N_CTX,
         },
         layers,
+        named: None,
         prepare: vec![
             Prepare::Transpose {
                 tensor: "embed.weight".into(),
@@ -322,6 +412,7 @@ pub fn draft(tensors: &[crate::io::TensorInfo]) -> (Arch, Vec<String>) {
         input: InputSpec { dim, n_ctx: 1 },
         layers: layers.into_iter().map(|l| l.0).collect(),
         prepare: Vec::new(),
+        named: None,
     };
     if arch
         .layers

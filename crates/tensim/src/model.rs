@@ -209,6 +209,7 @@ impl Model {
             input: self.input.clone(),
             layers,
             prepare: Vec::new(),
+            named: None,
         }
     }
 }

@@ -45,6 +45,23 @@ fn every_saved_form_loads_the_same_weights_as_safetensors() {
 }
 
 #[test]
+fn the_deepmlp_layout_reads_the_fixture_as_its_description() {
+    let named = Arch::from_file(Path::new("deepmlp:lerp=0.5")).unwrap();
+    let model = io::load_with(&data("plain.pt"), Some(&named), None).unwrap();
+    assert_eq!(io::model_hash(&model).unwrap(), hash("plain.pt", None));
+    let other = Arch::from_file(Path::new("deepmlp:lerp=0.25")).unwrap();
+    let model = io::load_with(&data("plain.pt"), Some(&other), None).unwrap();
+    assert_ne!(io::model_hash(&model).unwrap(), hash("plain.pt", None));
+    for bad in ["deepmlp", "deepmlp:lerp=x"] {
+        let e = Arch::from_file(Path::new(bad)).unwrap_err().to_string();
+        assert!(e.contains("deepmlp:lerp="), "{e}");
+    }
+    // Unused tensors are counted against the resolved layers.
+    let file = io::TensorFile::open(&data("plain.pt")).unwrap();
+    assert!(file.unused_tensors(&named).unwrap().is_empty());
+}
+
+#[test]
 fn the_tensor_list_of_a_checkpoint_equals_that_of_its_safetensors_copy() {
     let names = |p: &str| io::TensorFile::open(&data(p)).unwrap().tensors().unwrap();
     assert_eq!(names("plain.pt"), names("model.safetensors"));

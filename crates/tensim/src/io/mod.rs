@@ -108,6 +108,16 @@ impl TensorFile {
         }
     }
 
+    /// `arch` with a named layout resolved against this file's tensors (else `arch` itself).
+    pub fn describe(&self, arch: &Arch) -> Result<Arch> {
+        match arch.named {
+            None => Ok(arch.clone()),
+            Some(_) => {
+                crate::layouts::resolve(arch, &self.tensors()?, &self.path.display().to_string())
+            }
+        }
+    }
+
     /// Every stored tensor, sorted by name.
     pub fn tensors(&self) -> Result<Vec<TensorInfo>> {
         let st = self.parse()?;
@@ -126,7 +136,7 @@ impl TensorFile {
     /// The stored tensors `arch` does not use (a description that covers only part of a
     /// checkpoint is a likely mistake).
     pub fn unused_tensors(&self, arch: &Arch) -> Result<Vec<String>> {
-        let used = arch.tensor_names();
+        let used = self.describe(arch)?.tensor_names();
         Ok(self
             .tensors()?
             .into_iter()
@@ -138,6 +148,9 @@ impl TensorFile {
     /// Build the model `arch` describes from this file's tensors (prepared first where the
     /// description says so).
     pub fn model(&self, arch: &Arch) -> Result<Model> {
+        if arch.named.is_some() {
+            return self.model(&self.describe(arch)?);
+        }
         if !arch.prepare.is_empty() {
             let plain = Arch {
                 prepare: Vec::new(),
@@ -661,7 +674,7 @@ pub fn model_from_tensors(
 /// state dict's entry); the copy is safetensors.
 pub fn pack(arch_path: &Path, input: &Path, key: Option<&str>, output: &Path) -> Result<Model> {
     let file = TensorFile::open_key(input, key)?;
-    let arch = Arch::from_file(arch_path)?;
+    let arch = file.describe(&Arch::from_file(arch_path)?)?;
     let model = file.model(&arch)?;
     let file = match arch.prepare.is_empty() {
         true => file,
