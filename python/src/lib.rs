@@ -138,6 +138,21 @@ fn arch(json: Option<&str>, path: Option<PathBuf>, origin: &str) -> PyResult<Opt
     }
 }
 
+/// `arch` with its positions set to `n_ctx`, if given (`n_ctx=` in Python, `--n-ctx`).
+fn positions(arch: Option<tensim::Arch>, n_ctx: Option<usize>) -> PyResult<Option<tensim::Arch>> {
+    match (arch, n_ctx) {
+        (_, Some(0)) => Err(TensimError::new_err("n_ctx must be at least 1")),
+        (None, Some(_)) => Err(TensimError::new_err(
+            "n_ctx applies to a description given with arch=",
+        )),
+        (Some(mut a), Some(n)) => {
+            a.input.n_ctx = n;
+            Ok(Some(a))
+        }
+        (a, None) => Ok(a),
+    }
+}
+
 #[pymethods]
 impl Model {
     /// Build a model from named float64 arrays (`name -> (shape, flat values)`) and an
@@ -265,15 +280,16 @@ impl Model {
 /// Load a model file; `arch` is a sidecar description (JSON text or file), else the file's own;
 /// `key` names the state dict of a PyTorch checkpoint.
 #[pyfunction]
-#[pyo3(signature = (path, arch_json=None, arch_path=None, key=None))]
+#[pyo3(signature = (path, arch_json=None, arch_path=None, key=None, n_ctx=None))]
 fn _load(
     py: Python<'_>,
     path: PathBuf,
     arch_json: Option<&str>,
     arch_path: Option<PathBuf>,
     key: Option<&str>,
+    n_ctx: Option<usize>,
 ) -> PyResult<Model> {
-    let sidecar = arch(arch_json, arch_path, "arch")?;
+    let sidecar = positions(arch(arch_json, arch_path, "arch")?, n_ctx)?;
     let model = py
         .detach(|| tensim::io::load_with(&path, sidecar.as_ref(), key))
         .map_err(err)?;
@@ -427,7 +443,7 @@ fn _matrix<'py>(
 
 /// One tile of an all-pairs matrix from checkpoint files (a cluster task): rows × columns.
 #[pyfunction]
-#[pyo3(signature = (rows, cols, metric_name, arch_json=None, arch_path=None, key=None, data_path=None, samples=10000, seed=0))]
+#[pyo3(signature = (rows, cols, metric_name, arch_json=None, arch_path=None, key=None, n_ctx=None, data_path=None, samples=10000, seed=0))]
 #[allow(clippy::too_many_arguments)]
 fn _tile<'py>(
     py: Python<'py>,
@@ -437,13 +453,14 @@ fn _tile<'py>(
     arch_json: Option<&str>,
     arch_path: Option<PathBuf>,
     key: Option<&str>,
+    n_ctx: Option<usize>,
     data_path: Option<PathBuf>,
     samples: usize,
     seed: u64,
 ) -> PyResult<Bound<'py, PyAny>> {
     let m = metric(metric_name)?;
     let same = rows == cols;
-    let sidecar = arch(arch_json, arch_path, "arch")?;
+    let sidecar = positions(arch(arch_json, arch_path, "arch")?, n_ctx)?;
     let block = py
         .detach(|| {
             let mut paths = rows.clone();
@@ -527,15 +544,16 @@ fn _tile_put(folder: PathBuf, key: &str, values: PyReadonlyArrayDyn<'_, f64>) ->
 /// The key of a checkpoint's stored tiles: the hash of the model as loaded (with the sidecar
 /// description, if given).
 #[pyfunction]
-#[pyo3(signature = (path, arch_json=None, arch_path=None, key=None))]
+#[pyo3(signature = (path, arch_json=None, arch_path=None, key=None, n_ctx=None))]
 fn _content_hash(
     py: Python<'_>,
     path: PathBuf,
     arch_json: Option<&str>,
     arch_path: Option<PathBuf>,
     key: Option<&str>,
+    n_ctx: Option<usize>,
 ) -> PyResult<String> {
-    let sidecar = arch(arch_json, arch_path, "arch")?;
+    let sidecar = positions(arch(arch_json, arch_path, "arch")?, n_ctx)?;
     py.detach(|| tensim::io::model_hash(&tensim::io::load_with(&path, sidecar.as_ref(), key)?))
         .map_err(err)
 }

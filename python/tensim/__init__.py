@@ -139,22 +139,23 @@ class Model:
         return repr(self._m)
 
 
-def load(path: PathLike, arch: Arch | None = None, *, key: str | None = None) -> Model:
+def load(path: PathLike, arch: Arch | None = None, *, key: str | None = None, n_ctx: int | None = None) -> Model:
     """Load a model file: safetensors, or a PyTorch checkpoint (``.pt``, ``.pth``, ``.bin``,
     ``.ckpt`` as ``torch.save`` writes them; read without PyTorch and without running anything from
     the file). ``arch`` (a dict, JSON text or a path: a tensim/1 description or a bilinear-attention
     language model's training ``config.json``) describes it; without it the description embedded
     in the file (metadata key ``"tensim"``) is used. ``key`` names the entry of a
     checkpoint's saved dict that holds the state dict (default: the dict itself if it holds
-    tensors, else its one entry that does)."""
-    return Model(_tensim._load(os.fspath(path), key=key, **_arch_args(arch)))
+    tensors, else its one entry that does). ``n_ctx`` sets the positions a sequence model is
+    analysed at (a language model's config is read at 4 otherwise), as ``--n-ctx``."""
+    return Model(_tensim._load(os.fspath(path), key=key, n_ctx=n_ctx, **_arch_args(arch)))
 
 
-def _model(x: Model | PathLike, arch: Arch | None, key: str | None = None) -> Model:
+def _model(x: Model | PathLike, arch: Arch | None, key: str | None = None, n_ctx: int | None = None) -> Model:
     if isinstance(x, Model):
         return x
     if isinstance(x, (str, os.PathLike)):
-        return load(x, arch, key=key)
+        return load(x, arch, key=key, n_ctx=n_ctx)
     raise TypeError(f"expected a tensim.Model or a path, got {type(x).__name__}")
 
 
@@ -173,6 +174,7 @@ def compare(
     seed: int = 0,
     arch: Arch | None = None,
     key: str | None = None,
+    n_ctx: int | None = None,
     mode: str | None = None,
     symmetrize: str = "layer",
     by_degree: bool = False,
@@ -192,9 +194,9 @@ def compare(
     two bilinear layers, a Monte-Carlo estimate with ``stderr`` from ``samples`` draws beyond);
     ``by_degree=True`` with ``"full"`` adds the similarity of each degree part.
 
-    Paths are read as by :func:`load`, with ``arch`` and ``key``.
+    Paths are read as by :func:`load`, with ``arch``, ``key`` and ``n_ctx``.
     """
-    a, b = _model(a, arch, key), _model(b, arch, key)
+    a, b = _model(a, arch, key, n_ctx), _model(b, arch, key, n_ctx)
     return json.loads(
         _tensim._compare(
             a._m,
@@ -217,11 +219,12 @@ def verify(
     seed: int = 0,
     arch: Arch | None = None,
     key: str | None = None,
+    n_ctx: int | None = None,
 ) -> dict:
     """``tensim verify --json``: the exact tensor inner products beside an independent-legs
     Monte-Carlo estimate of the same quantities (they must agree within a few standard errors),
     and a Monte-Carlo estimate of the Gaussian functional inner product ``E<f_a(x), f_b(x)>``."""
-    a, b = _model(a, arch, key), _model(b, arch, key)
+    a, b = _model(a, arch, key, n_ctx), _model(b, arch, key, n_ctx)
     return json.loads(_tensim._verify(a._m, b._m, samples=samples, seed=seed))
 
 
@@ -268,6 +271,7 @@ def matrix(
     *,
     arch: Arch | None = None,
     key: str | None = None,
+    n_ctx: int | None = None,
     resume_dir: PathLike | None = None,
     progress: bool | Callable[[int, int], None] = True,
     per_output: bool = False,
@@ -284,7 +288,7 @@ def matrix(
     interrupted run resumes and a changed checkpoint recomputes only its tiles; the same tiles
     as ``tensim matrix --resume``. ``progress``: a bar on stderr, or a callable
     ``progress(done_pairs, total_pairs)``. ``symmetrize``: as in :func:`compare`. Paths are read
-    as by :func:`load`, with ``arch`` and ``key``; without ``arch``, a training run's folder
+    as by :func:`load`, with ``arch``, ``key`` and ``n_ctx``; without ``arch``, a training run's folder
     (``run/`` holding ``checkpoints/`` and ``config.json``) is described by its ``config.json``. The GIL is released while the matrix is
     computed.
     """
@@ -297,7 +301,7 @@ def matrix(
     items: list[Model | str] = []
     for x in models_or_paths:
         items.extend(checkpoints(x) if isinstance(x, (str, os.PathLike)) else [x])
-    models = [_model(x, arch, key) for x in items]
+    models = [_model(x, arch, key, n_ctx) for x in items]
     names = [x if isinstance(x, str) else f"model {i}" for i, x in enumerate(items)]
     callback = _Bar("pairs") if progress is True else (progress or None)
     return _tensim._matrix(

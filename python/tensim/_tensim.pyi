@@ -41,6 +41,7 @@ def _load(
     arch_json: Optional[str] = None,
     arch_path: Optional[_Path] = None,
     key: Optional[str] = None,
+    n_ctx: Optional[int] = None,
 ) -> Model: ...
 def _compare(
     a: Model,
@@ -75,6 +76,7 @@ def _tile(
     arch_json: Optional[str] = None,
     arch_path: Optional[_Path] = None,
     key: Optional[str] = None,
+    n_ctx: Optional[int] = None,
     data_path: Optional[_Path] = None,
     samples: int = 10000,
     seed: int = 0,
@@ -90,7 +92,11 @@ def _tile_key(
 def _tile_get(folder: _Path, key: str, shape: Sequence[int]) -> _F64 | None: ...
 def _tile_put(folder: _Path, key: str, values: _F64) -> None: ...
 def _content_hash(
-    path: _Path, arch_json: str | None = ..., arch_path: _Path | None = ..., key: str | None = ...
+    path: _Path,
+    arch_json: str | None = ...,
+    arch_path: _Path | None = ...,
+    key: str | None = ...,
+    n_ctx: int | None = ...,
 ) -> str: ...
 def _expand(paths: Sequence[_Path]) -> list[str]: ...
 def _find_description(paths: Sequence[_Path]) -> str | None: ...

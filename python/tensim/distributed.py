@@ -63,6 +63,7 @@ def matrix(
     metric: str = "tensor",
     arch: Any = None,
     key: str | None = None,
+    n_ctx: int | None = None,
     tile: int = 16,
     resume_dir: str | os.PathLike | None = None,
     data: str | os.PathLike | None = None,
@@ -77,7 +78,8 @@ def matrix(
     ``metric``: ``"tensor"``, ``"matrix"`` or ``"behavioral"`` (on the ``.npy`` file ``data``,
     else ``samples`` Gaussian inputs drawn with ``seed``). ``arch``: sidecar description (dict,
     JSON text or a path every worker can read) for checkpoints without an embedded one; ``key``:
-    the state dict's entry in PyTorch checkpoints (as in :func:`tensim.load`).
+    the state dict's entry in PyTorch checkpoints, ``n_ctx``: the analysed positions (as in
+    :func:`tensim.load`).
     ``resume_dir`` keeps finished tiles (default: a temporary folder removed at the end, so no
     resume across jobs). ``retries``: reruns of a tile whose worker failed. ``progress``: a bar on
     stderr or a callable ``progress(done_tiles, total_tiles)``. Equal to :func:`tensim.matrix`.
@@ -90,7 +92,7 @@ def matrix(
     if tile < 1:
         raise ValueError(f"tile must be at least 1, got {tile}")
     n = len(files)
-    options = dict(_arch_args(arch), key=key)
+    options = dict(_arch_args(arch), key=key, n_ctx=n_ctx)
     if "arch_path" in options:
         options["arch_path"] = os.path.abspath(options["arch_path"])
     data_path = None if data is None else os.path.abspath(data)
@@ -101,7 +103,7 @@ def matrix(
     os.makedirs(folder, exist_ok=True)
     try:
         # Content hashes identify the checkpoints; each worker reads its share of the files.
-        arch_options = {k: v for k, v in options.items() if k.startswith("arch_") or k == "key"}
+        arch_options = {k: v for k, v in options.items() if k.startswith("arch_") or k in ("key", "n_ctx")}
         hashes = client.gather(
             client.map(_hash, files, arch=arch_options, pure=False, retries=retries)
         )

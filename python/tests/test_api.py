@@ -395,6 +395,18 @@ def test_a_language_model_run_folder_reads_as_its_hand_converted_files(cli, tmp_
         subprocess.run([cli, "matrix", str(run), "--metric", metric, "--out", str(npy), "--quiet"], check=True)
         np.testing.assert_allclose(np.load(npy), want, rtol=0, atol=1e-12)
     first = run / "checkpoints" / "step_00000.pt"
+    # n_ctx= as --n-ctx.
+    last = run / "checkpoints" / "step_00200.pt"
+    short = tensim.compare(first, last, "gaussian", arch=run / "config.json", n_ctx=2)
+    out = subprocess.run(
+        [cli, "compare", str(first), str(last), "--arch", str(run / "config.json"), "--n-ctx", "2",
+         "--metric", "gaussian", "--json"],
+        check=True, capture_output=True, text=True,
+    ).stdout
+    assert short["similarity"] == pytest.approx(json.loads(out)["similarity"], abs=1e-12)
+    four = tensim.compare(first, last, "gaussian", arch=run / "config.json")["similarity"]
+    assert four == pytest.approx(got[0, 2], abs=1e-12)
+    assert abs(short["similarity"] - four) > 1e-9
     assert tensim.load(first, run / "config.json").n_params == tensim.load(
         hand / "step_00000.safetensors", tmp_path / "hand.json"
     ).n_params
