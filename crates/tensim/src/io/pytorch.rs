@@ -133,13 +133,14 @@ pub fn to_safetensors(path: &Path, bytes: &[u8], key: Option<&str>) -> Result<Ve
         ),
         e => e,
     })?;
-    let owned = (path.to_path_buf(), key.map(str::to_string));
-    let refs = std::thread::Builder::new()
-        .stack_size(STACK_BYTES)
-        .spawn(move || tensor_refs(&owned.0, &pickle, owned.1.as_deref()))
-        .map_err(|e| Error::io(path, e))?
-        .join()
-        .map_err(|_| fail(path, "the pickle could not be read".into()))??;
+    let refs = std::thread::scope(|scope| {
+        std::thread::Builder::new()
+            .stack_size(STACK_BYTES)
+            .spawn_scoped(scope, || tensor_refs(path, &pickle, key))
+            .map_err(|e| Error::io(path, e))?
+            .join()
+            .map_err(|_| fail(path, "the pickle could not be read".into()))?
+    })?;
 
     let mut storages: HashMap<String, Vec<u8>> = HashMap::new();
     let mut data = Vec::with_capacity(refs.len());
@@ -231,39 +232,32 @@ fn tensor_refs(path: &Path, pickle: &[u8], key: Option<&str>) -> Result<Vec<Tens
             .collect::<Vec<_>>()
             .join(", ")
     };
-    let state = match key {
-        Some(key) => match items.iter().find(|(k, _)| name(k) == key) {
-            Some((_, v)) if has_tensors(v) => v,
-            // A bare state dict (the key given for the other file of a pair is moot).
-            None if holds(&items) => return state_dict(path, &items),
-            found => {
-                return Err(fail(
-                    path,
-                    format!(
-                        "key \"{key}\" {}; entries holding tensors: {}",
-                        if found.is_some() {
-                            "holds no tensors"
-                        } else {
-                            "is not in the saved dict"
-                        },
-                        if candidates.is_empty() {
-                            "none".into()
-                        } else {
-                            listed()
-                        }
-                    ),
-                ))
-            }
-        },
-        None if holds(&items) => return state_dict(path, &items),
-        None if candidates.len() == 1 => {
-            let c = &candidates[0];
-            &items.iter().find(|(k, _)| &name(k) == c).expect("listed").1
-        }
-        None if candidates.is_empty() => {
-            return Err(fail(path, "the checkpoint holds no tensors".into()))
-        }
-        None => {
+    let entry = |k: &str| items.iter().find(|(n, _)| name(n) == k).map(|(_, v)| v);
+    // A bare state dict (a key given for the other file of a pair is moot).
+    if holds(&items) && key.and_then(entry).is_none() {
+        return state_dict(path, &items);
+    }
+    let state = match (key, &candidates[..]) {
+        (Some(k), _) => entry(k).filter(|v| has_tensors(v)).ok_or_else(|| {
+            fail(
+                path,
+                format!(
+                    "key \"{k}\" {}; entries holding tensors: {}",
+                    match entry(k) {
+                        Some(_) => "holds no tensors",
+                        None => "is not in the saved dict",
+                    },
+                    if candidates.is_empty() {
+                        "none".into()
+                    } else {
+                        listed()
+                    }
+                ),
+            )
+        })?,
+        (None, [one]) => entry(one).expect("a listed entry"),
+        (None, []) => return Err(fail(path, "the checkpoint holds no tensors".into())),
+        (None, _) => {
             return Err(fail(
                 path,
                 format!(
@@ -275,7 +269,7 @@ fn tensor_refs(path: &Path, pickle: &[u8], key: Option<&str>) -> Result<Vec<Tens
         }
     };
     match state {
-        Object::Dict(items) => state_dict(path, items),
+        Object::Dict(d) => state_dict(path, d),
         _ => unreachable!("has_tensors holds for dicts only"),
     }
 }
