@@ -141,14 +141,10 @@ fn arch(json: Option<&str>, path: Option<PathBuf>, origin: &str) -> PyResult<Opt
 /// `arch` with its positions set to `n_ctx`, if given (`n_ctx=` in Python, `--n-ctx`).
 fn positions(arch: Option<tensim::Arch>, n_ctx: Option<usize>) -> PyResult<Option<tensim::Arch>> {
     match (arch, n_ctx) {
-        (_, Some(0)) => Err(TensimError::new_err("n_ctx must be at least 1")),
         (None, Some(_)) => Err(TensimError::new_err(
             "n_ctx applies to a description given with arch=",
         )),
-        (Some(mut a), Some(n)) => {
-            a.input.n_ctx = n;
-            Ok(Some(a))
-        }
+        (Some(a), Some(n)) => a.with_positions(n).map(Some).map_err(err),
         (a, None) => Ok(a),
     }
 }

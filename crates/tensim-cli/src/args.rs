@@ -44,14 +44,11 @@ pub fn description(path: Option<&Path>, n_ctx: Option<usize>) -> Result<Option<t
         }
         return Ok(None);
     };
-    let mut arch = tensim::Arch::from_file(path)?;
-    if let Some(n) = n_ctx {
-        if n == 0 {
-            bail!("--n-ctx must be at least 1");
-        }
-        arch.input.n_ctx = n;
-    }
-    Ok(Some(arch))
+    let arch = tensim::Arch::from_file(path)?;
+    Ok(Some(match n_ctx {
+        Some(n) => arch.with_positions(n)?,
+        None => arch,
+    }))
 }
 
 /// Which state dict of a PyTorch checkpoint to read.

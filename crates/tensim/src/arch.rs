@@ -281,6 +281,15 @@ impl Arch {
         Arch::from_json(&text, &path.display().to_string())
     }
 
+    /// This description analysed at `n_ctx` positions (`--n-ctx`, `n_ctx=`).
+    pub fn with_positions(mut self, n_ctx: usize) -> Result<Arch> {
+        if n_ctx == 0 {
+            return Err(Error::Invalid("n_ctx must be at least 1".into()));
+        }
+        self.input.n_ctx = n_ctx;
+        Ok(self)
+    }
+
     /// Every tensor name the description refers to.
     pub fn tensor_names(&self) -> Vec<String> {
         let v = serde_json::to_value(self).expect("an Arch always serialises");

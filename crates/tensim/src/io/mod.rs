@@ -152,11 +152,8 @@ impl TensorFile {
             return self.model(&self.describe(arch)?);
         }
         if !arch.prepare.is_empty() {
-            let plain = Arch {
-                prepare: Vec::new(),
-                ..arch.clone()
-            };
-            return self.prepared(&arch.prepare)?.model(&plain);
+            let (file, plain) = self.prepared(arch)?;
+            return file.model(&plain);
         }
         let st = self.parse()?;
         let reader = Reader {
@@ -180,8 +177,9 @@ impl TensorFile {
 }
 
 impl TensorFile {
-    /// This file with `prepare` applied: the tensors it changes as f64, the rest as stored.
-    pub fn prepared(&self, prepare: &[Prepare]) -> Result<TensorFile> {
+    /// This file with `arch.prepare` applied (the tensors it changes as f64, the rest as
+    /// stored), and `arch` without it.
+    pub fn prepared(&self, arch: &Arch) -> Result<(TensorFile, Arch)> {
         let st = self.parse()?;
         let reader = Reader {
             file: self,
@@ -197,7 +195,7 @@ impl TensorFile {
             let rank = st.tensor(name).map_or(0, |v| v.shape().len());
             reader.read(layer, role, name, &vec![Axis::Free("n", false); rank])
         };
-        for step in prepare {
+        for step in &arch.prepare {
             match step {
                 Prepare::Transpose { tensor, layer } => {
                     let (shape, v) =
@@ -263,7 +261,11 @@ impl TensorFile {
             .collect::<Result<Vec<_>>>()?;
         let out = safetensors::serialize(views, Some(self.metadata()?))
             .map_err(|e| Error::Invalid(e.to_string()))?;
-        TensorFile::from_bytes(&self.path, out)
+        let plain = Arch {
+            prepare: Vec::new(),
+            ..arch.clone()
+        };
+        Ok((TensorFile::from_bytes(&self.path, out)?, plain))
     }
 }
 
@@ -288,15 +290,11 @@ pub fn load_with_unused(
     key: Option<&str>,
 ) -> Result<(Model, Vec<String>)> {
     let file = TensorFile::open_key(weights, key)?;
-    let embedded;
     let arch = match arch {
-        Some(a) => a,
-        None => {
-            embedded = resolve_arch(&file, None)?;
-            &embedded
-        }
+        Some(a) => file.describe(a)?,
+        None => resolve_arch(&file, None)?,
     };
-    Ok((file.model(arch)?, file.unused_tensors(arch)?))
+    Ok((file.model(&arch)?, file.unused_tensors(&arch)?))
 }
 
 /// The architecture for `file`: the sidecar if given, else the embedded description.
@@ -675,11 +673,11 @@ pub fn model_from_tensors(
 pub fn pack(arch_path: &Path, input: &Path, key: Option<&str>, output: &Path) -> Result<Model> {
     let file = TensorFile::open_key(input, key)?;
     let arch = file.describe(&Arch::from_file(arch_path)?)?;
-    let model = file.model(&arch)?;
-    let file = match arch.prepare.is_empty() {
-        true => file,
-        false => file.prepared(&arch.prepare)?,
+    let (file, arch) = match arch.prepare.is_empty() {
+        true => (file, arch),
+        false => file.prepared(&arch)?,
     };
+    let model = file.model(&arch)?;
     let st = file.parse()?;
     let mut meta = file.metadata()?;
     meta.insert(METADATA_KEY.to_string(), arch.to_json());

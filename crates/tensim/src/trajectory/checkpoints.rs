@@ -142,14 +142,8 @@ pub fn natural_sort(paths: &mut [PathBuf]) {
     paths.sort_by_key(|p| (step_of(p).is_none(), step_of(p)));
 }
 
-/// Read, hash and load every checkpoint. `arch` is a sidecar for all of them (else metadata).
-pub fn load_all(paths: &[PathBuf], arch: Option<&Path>) -> Result<Vec<Checkpoint>> {
-    let sidecar = arch.map(crate::arch::Arch::from_file).transpose()?;
-    load_with(paths, sidecar.as_ref(), None)
-}
-
-/// [`load_all`] with the sidecar description already parsed; `key` names the state dict in
-/// PyTorch checkpoints.
+/// Read, hash and load every checkpoint. `sidecar` describes all of them (else each file's
+/// metadata); `key` names the state dict in PyTorch checkpoints.
 pub fn load_with(
     paths: &[PathBuf],
     sidecar: Option<&crate::arch::Arch>,
