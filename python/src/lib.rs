@@ -13,6 +13,7 @@ use pyo3::create_exception;
 use pyo3::exceptions::{PyException, PyFileNotFoundError};
 use pyo3::prelude::*;
 
+use tensim::distribution::InputDistribution;
 use tensim::linalg::{from_row_major, Mat, Par};
 use tensim::metrics::{Inputs, Kind, Metric, Options};
 use tensim::trajectory::checkpoints::{self, Checkpoint};
@@ -310,7 +311,7 @@ fn inputs(
 /// Compare two models; the result as JSON text (the fields of `tensim compare --json`).
 #[pyfunction]
 #[allow(clippy::too_many_arguments)]
-#[pyo3(signature = (a, b, metric_name, per_output=false, data=None, samples=10000, seed=0, mode=None, symmetrize="layer", by_degree=false))]
+#[pyo3(signature = (a, b, metric_name, per_output=false, data=None, samples=10000, seed=0, mode=None, symmetrize="layer", by_degree=false, dist=None, null=None))]
 fn _compare(
     py: Python<'_>,
     a: &Model,
@@ -323,8 +324,11 @@ fn _compare(
     mode: Option<&str>,
     symmetrize: &str,
     by_degree: bool,
+    dist: Option<PyRef<'_, Distribution>>,
+    null: Option<usize>,
 ) -> PyResult<String> {
     let m = configured(metric_name, symmetrize, by_degree, mode, samples, seed)?;
+    let dist = dist.as_ref().map(|d| &d.inner);
     let x = m
         .needs_inputs()
         .then(|| inputs(&a.inner, data, samples, seed))
@@ -333,10 +337,94 @@ fn _compare(
         per_output,
         par: Par::rayon(0),
     };
+    let null = null.map(|k| (k, seed));
+    let (a, b, x) = (&a.inner, &b.inner, x.as_ref());
     let r = py
-        .detach(|| tensim::metrics::compare(&a.inner, &b.inner, &m, x.as_ref(), &opts))
+        .detach(|| tensim::metrics::compare_calibrated(a, b, &m, x, &opts, dist, null))
         .map_err(err)?;
     Ok(serde_json::to_string(&r).expect("a comparison always serialises"))
+}
+
+/// A Gaussian input distribution `N(μ, Σ)` for the tensor and gaussian metrics.
+#[pyclass(frozen)]
+struct Distribution {
+    inner: InputDistribution,
+}
+
+#[pymethods]
+impl Distribution {
+    /// What `--json` reports of it, as JSON text.
+    fn info_json(&self) -> String {
+        serde_json::to_string(self.inner.info()).expect("the description always serialises")
+    }
+}
+
+/// `N(μ, Σ)` from data rows (`stats`), a mean and covariance, or token counts; `source` names
+/// the arrays in messages.
+#[pyfunction]
+#[pyo3(signature = (source, stats=None, mean=None, cov=None, counts=None))]
+fn _distribution(
+    py: Python<'_>,
+    source: &str,
+    stats: Option<PyReadonlyArrayDyn<'_, f64>>,
+    mean: Option<PyReadonlyArrayDyn<'_, f64>>,
+    cov: Option<PyReadonlyArrayDyn<'_, f64>>,
+    counts: Option<PyReadonlyArrayDyn<'_, f64>>,
+) -> PyResult<Distribution> {
+    let inner = match (stats, mean, cov, counts) {
+        (Some(x), None, None, None) => {
+            let (shape, values) = (x.shape().to_vec(), x.as_slice()?);
+            py.detach(|| InputDistribution::from_sample_array(&shape, values, source))
+        }
+        (None, Some(m), Some(c), None) => InputDistribution::from_moment_arrays(
+            (m.shape(), m.as_slice()?.to_vec()),
+            (c.shape(), c.as_slice()?),
+            source,
+        ),
+        (None, None, None, Some(c)) => {
+            InputDistribution::from_count_array(c.shape(), c.as_slice()?, source)
+        }
+        _ => {
+            return Err(TensimError::new_err(
+                "give one of input_stats, input_mean with input_cov, or token_counts",
+            ))
+        }
+    }
+    .map_err(err)?;
+    Ok(Distribution { inner })
+}
+
+/// The metric between `pairs` pairs of independent initialisations of `model`'s architecture
+/// (JSON text: pairs, seed, mean, std, values).
+#[pyfunction]
+#[allow(clippy::too_many_arguments)]
+#[pyo3(signature = (model, metric_name, pairs, seed=0, dist=None, data=None, samples=10000, mode=None, symmetrize="layer"))]
+fn _null(
+    py: Python<'_>,
+    model: &Model,
+    metric_name: &str,
+    pairs: usize,
+    seed: u64,
+    dist: Option<PyRef<'_, Distribution>>,
+    data: Option<PyReadonlyArrayDyn<'_, f64>>,
+    samples: usize,
+    mode: Option<&str>,
+    symmetrize: &str,
+) -> PyResult<String> {
+    let m = configured(metric_name, symmetrize, false, mode, samples, seed)?;
+    let x = m
+        .needs_inputs()
+        .then(|| inputs(&model.inner, data, samples, seed))
+        .transpose()?;
+    let dist = dist.as_ref().map(|d| &d.inner);
+    let n = py
+        .detach(|| {
+            tensim::metrics::check_distribution(dist, m.kind())?;
+            let par = Par::rayon(0);
+            tensim::metrics::null_of(&model.inner, &m, x.as_ref(), dist, (pairs, seed), par)
+        })
+        .map_err(err)?;
+    Ok(serde_json::to_string(&n).expect("a null always serialises"))
 }
 
 /// The exact tensor inner products against Monte Carlo (`tensim verify --json`).
@@ -374,7 +462,7 @@ impl Progress {
 
 /// All-pairs similarity matrix; `(1 + out_dim, N, N)` with `per_output` (plane 0 the total).
 #[pyfunction]
-#[pyo3(signature = (models, names, metric_name, resume_dir=None, per_output=false, data=None, samples=10000, seed=0, tile=0, progress=None, symmetrize="layer"))]
+#[pyo3(signature = (models, names, metric_name, resume_dir=None, per_output=false, data=None, samples=10000, seed=0, tile=0, progress=None, symmetrize="layer", dist=None))]
 #[allow(clippy::too_many_arguments)]
 fn _matrix<'py>(
     py: Python<'py>,
@@ -389,8 +477,11 @@ fn _matrix<'py>(
     tile: usize,
     progress: Option<Py<PyAny>>,
     symmetrize: &str,
+    dist: Option<PyRef<'py, Distribution>>,
 ) -> PyResult<Bound<'py, PyAny>> {
     let m = configured(metric_name, symmetrize, false, None, samples, seed)?;
+    let dist = dist.as_ref().map(|d| &d.inner);
+    tensim::metrics::check_distribution(dist, m.kind()).map_err(err)?;
     if models.is_empty() {
         return Err(TensimError::new_err("no models given"));
     }
@@ -401,8 +492,15 @@ fn _matrix<'py>(
     let checkpoints: Vec<Checkpoint> = models
         .iter()
         .zip(&names)
-        .map(|(p, name)| Checkpoint::new(p.inner.clone(), name, &p.hash))
-        .collect();
+        .map(|(p, name)| {
+            let c = Checkpoint::new(p.inner.clone(), name, &p.hash);
+            match dist {
+                Some(d) => c.under(d),
+                None => Ok(c),
+            }
+        })
+        .collect::<Result<_, _>>()
+        .map_err(err)?;
     drop(models);
     let progress = Progress {
         callback: progress,
@@ -606,6 +704,9 @@ fn _plot(
 fn _tensim(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("TensimError", m.py().get_type::<TensimError>())?;
     m.add_class::<Model>()?;
+    m.add_class::<Distribution>()?;
+    m.add_function(wrap_pyfunction!(_distribution, m)?)?;
+    m.add_function(wrap_pyfunction!(_null, m)?)?;
     m.add_function(wrap_pyfunction!(_load, m)?)?;
     m.add_function(wrap_pyfunction!(_compare, m)?)?;
     m.add_function(wrap_pyfunction!(_matrix, m)?)?;

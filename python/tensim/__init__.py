@@ -32,6 +32,7 @@ __all__ = [
     "compare",
     "matrix",
     "verify",
+    "null",
     "phases",
     "plot",
     "checkpoints",
@@ -159,6 +160,40 @@ def _model(x: Model | PathLike, arch: Arch | None, key: str | None = None, n_ctx
     raise TypeError(f"expected a tensim.Model or a path, got {type(x).__name__}")
 
 
+def _distribution(
+    input_stats: Any = None, input_mean: Any = None, input_cov: Any = None, token_counts: Any = None
+) -> Optional[_tensim.Distribution]:
+    """The Gaussian input distribution the keyword arguments give (arrays, tensors or ``.npy``
+    paths), or ``None`` for the default ``N(0, I)``."""
+    given = {
+        k: v
+        for k, v in (
+            ("input_stats", input_stats),
+            ("input_mean", input_mean),
+            ("input_cov", input_cov),
+            ("token_counts", token_counts),
+        )
+        if v is not None
+    }
+    if not given:
+        return None
+    names, arrays = [], {}
+    for k, v in given.items():
+        if isinstance(v, (str, os.PathLike)):
+            names.append(os.fspath(v))
+            v = np.load(v, allow_pickle=False)
+        else:
+            names.append(k)
+        arrays[k] = _array(v, k)
+    return _tensim._distribution(
+        " and ".join(names),
+        stats=arrays.get("input_stats"),
+        mean=arrays.get("input_mean"),
+        cov=arrays.get("input_cov"),
+        counts=arrays.get("token_counts"),
+    )
+
+
 def _inputs(data: Any, samples: int, seed: int) -> dict:
     return {"data": None if data is None else _array(data, "data"), "samples": samples, "seed": seed}
 
@@ -178,10 +213,16 @@ def compare(
     mode: str | None = None,
     symmetrize: str = "layer",
     by_degree: bool = False,
+    input_stats: Any = None,
+    input_mean: Any = None,
+    input_cov: Any = None,
+    token_counts: Any = None,
+    null: int | None = None,
 ) -> dict:
     """Compare two models; returns the fields of ``tensim compare --json``: ``similarity``,
     ``inner``, ``norm2_a``, ``norm2_b`` and, as they apply, ``per_output``, ``samples``, ``inputs``,
-    ``symmetrize``, ``mode``, ``stderr``, ``by_degree``.
+    ``symmetrize``, ``mode``, ``stderr``, ``by_degree``, ``input_distribution``, ``null_mean``,
+    ``null_std``, ``null_pairs``, ``z``.
 
     ``metric``: ``"tensor"`` (exact, from the weights), ``"matrix"`` (cosine of flattened weights),
     ``"behavioral"`` or ``"cka"`` (on ``data``, a ``(rows, in_dim)`` array, else ``samples``
@@ -193,6 +234,13 @@ def compare(
     symmetrised) or ``"full"`` (all leg permutations, so identical functions score 1; exact up to
     two bilinear layers, a Monte-Carlo estimate with ``stderr`` from ``samples`` draws beyond);
     ``by_degree=True`` with ``"full"`` adds the similarity of each degree part.
+
+    Input distribution (``tensor`` and ``gaussian``; default ``N(0, I)`` at every position): the
+    Gaussian with the mean and covariance of data rows ``input_stats`` (``(rows, in_dim)``), or
+    ``input_mean`` with ``input_cov``, or, for one-hot token inputs, ``token_counts`` (mean ``p``,
+    covariance ``diag(p) - pp^T``); arrays, tensors or ``.npy`` paths; as ``--input-stats`` etc.
+    ``null=K``: also the metric between ``K`` pairs of independent initialisations of A's
+    architecture (PyTorch's default, seeded by ``seed``) and the z-score of the observed value.
 
     Paths are read as by :func:`load`, with ``arch``, ``key`` and ``n_ctx``.
     """
@@ -206,7 +254,41 @@ def compare(
             mode=mode,
             symmetrize=symmetrize,
             by_degree=by_degree,
+            dist=_distribution(input_stats, input_mean, input_cov, token_counts),
+            null=null,
             **_inputs(data, samples, seed),
+        )
+    )
+
+
+def null(
+    model: Model | PathLike,
+    metric: str = "tensor",
+    *,
+    pairs: int = 20,
+    seed: int = 0,
+    arch: Arch | None = None,
+    key: str | None = None,
+    n_ctx: int | None = None,
+    mode: str | None = None,
+    symmetrize: str = "layer",
+    data: Any = None,
+    samples: int = 10_000,
+    input_stats: Any = None,
+    input_mean: Any = None,
+    input_cov: Any = None,
+    token_counts: Any = None,
+) -> dict:
+    """What independent initialisations of ``model``'s architecture score: the metric between
+    ``pairs`` pairs of them (PyTorch's default ``U(+-1/sqrt(fan_in))`` per weight and bias, drawn
+    from ``seed``), under the same options as :func:`compare`. Returns ``{"pairs", "seed",
+    "mean", "std", "values"}``; ``(s - mean) / std`` is an observed similarity's z-score."""
+    m = _model(model, arch, key, n_ctx)
+    dist = _distribution(input_stats, input_mean, input_cov, token_counts)
+    x = None if data is None else _array(data, "data")
+    return json.loads(
+        _tensim._null(
+            m._m, metric, pairs, seed, dist=dist, data=x, samples=samples, mode=mode, symmetrize=symmetrize
         )
     )
 
@@ -280,6 +362,10 @@ def matrix(
     seed: int = 0,
     tile: int = 0,
     symmetrize: str = "layer",
+    input_stats: Any = None,
+    input_mean: Any = None,
+    input_cov: Any = None,
+    token_counts: Any = None,
 ) -> np.ndarray:
     """All-pairs similarity matrix (``N x N``; with ``per_output`` ``(1 + out_dim, N, N)``, plane 0
     the total) of models, model files, glob patterns or folders of checkpoints (ordered by step).
@@ -287,7 +373,8 @@ def matrix(
     ``resume_dir`` keeps finished tiles (keyed by the hashes of the checkpoints' models) so that an
     interrupted run resumes and a changed checkpoint recomputes only its tiles; the same tiles
     as ``tensim matrix --resume``. ``progress``: a bar on stderr, or a callable
-    ``progress(done_pairs, total_pairs)``. ``symmetrize``: as in :func:`compare`. Paths are read
+    ``progress(done_pairs, total_pairs)``. ``symmetrize`` and the input distribution
+    (``input_stats`` …): as in :func:`compare`; :func:`null` calibrates the values. Paths are read
     as by :func:`load`, with ``arch``, ``key`` and ``n_ctx``; without ``arch``, a training run's folder
     (``run/`` holding ``checkpoints/`` and ``config.json``) is described by its ``config.json``. The GIL is released while the matrix is
     computed.
@@ -313,6 +400,7 @@ def matrix(
         tile=tile,
         progress=callback,
         symmetrize=symmetrize,
+        dist=_distribution(input_stats, input_mean, input_cov, token_counts),
         **_inputs(data, samples, seed),
     )
 

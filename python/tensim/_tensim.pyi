@@ -54,6 +54,29 @@ def _compare(
     mode: Optional[str] = None,
     symmetrize: str = "layer",
     by_degree: bool = False,
+    dist: Optional[Distribution] = None,
+    null: Optional[int] = None,
+) -> str: ...
+class Distribution:
+    def info_json(self) -> str: ...
+
+def _distribution(
+    source: str,
+    stats: Optional[_F64] = None,
+    mean: Optional[_F64] = None,
+    cov: Optional[_F64] = None,
+    counts: Optional[_F64] = None,
+) -> Distribution: ...
+def _null(
+    model: Model,
+    metric_name: str,
+    pairs: int,
+    seed: int = 0,
+    dist: Optional[Distribution] = None,
+    data: Optional[_F64] = None,
+    samples: int = 10000,
+    mode: Optional[str] = None,
+    symmetrize: str = "layer",
 ) -> str: ...
 def _verify(a: Model, b: Model, samples: int = 100000, seed: int = 0) -> str: ...
 def _matrix(
@@ -68,6 +91,7 @@ def _matrix(
     tile: int = 0,
     progress: Optional[Callable[[int, int], None]] = None,
     symmetrize: str = "layer",
+    dist: Optional[Distribution] = None,
 ) -> _F64: ...
 def _tile(
     rows: Sequence[_Path],

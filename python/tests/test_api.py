@@ -428,3 +428,49 @@ def test_the_deepmlp_layout_needs_no_description(tmp_path, rng):
     np.testing.assert_allclose(got.forward(x), want.forward(x), rtol=0, atol=1e-12)
     with pytest.raises(tensim.TensimError, match="deepmlp:lerp=S"):
         tensim.load(tmp_path / "m.safetensors", "deepmlp")
+
+
+def test_input_distributions_and_the_null_equal_the_command_line_tool(cli, tmp_path, rng):
+    sidecar = trajectory(tmp_path / "ckpts", 3, depth=1)
+    files = tensim.checkpoints(tmp_path / "ckpts")
+    x = rng.normal(size=(30, 6)) @ rng.normal(size=(6, 6)) + np.arange(6.0)
+    np.save(tmp_path / "x.npy", x)
+
+    def run(*args):
+        out = subprocess.run(
+            [cli, "compare", files[0], files[2], "--arch", str(sidecar), "--json", *args],
+            check=True, capture_output=True, text=True,
+        ).stdout
+        return json.loads(out)
+
+    for metric in ["gaussian", "tensor"]:
+        want = run("--metric", metric, "--input-stats", str(tmp_path / "x.npy"))
+        for given in [x, str(tmp_path / "x.npy")]:
+            got = tensim.compare(files[0], files[2], metric, arch=sidecar, input_stats=given)
+            assert got["similarity"] == pytest.approx(want["similarity"], abs=1e-12), metric
+        assert got["input_distribution"] == want["input_distribution"]
+        moments = tensim.compare(
+            files[0], files[2], metric, arch=sidecar, input_mean=x.mean(0), input_cov=np.cov(x, rowvar=False)
+        )
+        assert moments["similarity"] == pytest.approx(want["similarity"], abs=1e-10)
+        assert moments["input_distribution"]["kind"] == "moments"
+    models = [tensim.load(f, arch=sidecar) for f in files]
+    gauss = run("--metric", "gaussian", "--input-stats", str(tmp_path / "x.npy"))
+    sim = tensim.matrix(models, "gaussian", input_stats=x, progress=False)
+    assert sim[0, 2] == pytest.approx(gauss["similarity"], abs=1e-12)
+    # The null: compare(null=K) and null() agree with the command line under the same seed.
+    want = run("--metric", "gaussian", "--null", "5", "--seed", "2")
+    got = tensim.compare(models[0], models[2], "gaussian", null=5, seed=2)
+    for k in ["null_mean", "null_std", "null_pairs", "z"]:
+        assert got[k] == pytest.approx(want[k], abs=1e-12), k
+    n = tensim.null(models[0], "gaussian", pairs=5, seed=2)
+    assert (n["mean"], n["std"], len(n["values"])) == (got["null_mean"], got["null_std"], 5)
+    counts = tensim.compare(models[0], models[1], "gaussian", token_counts=np.array([1, 2, 0, 3, 1, 1]))
+    assert counts["input_distribution"]["rank"] == 4
+    # Refused: other metrics, bad covariances, per-position statistics.
+    with pytest.raises(tensim.TensimError, match="tensor and gaussian"):
+        tensim.compare(models[0], models[1], "matrix", input_stats=x)
+    with pytest.raises(tensim.TensimError, match="not positive semidefinite"):
+        tensim.compare(models[0], models[1], "gaussian", input_mean=np.zeros(6), input_cov=-np.eye(6))
+    with pytest.raises(tensim.TensimError, match="per-position"):
+        tensim.compare(models[0], models[1], "gaussian", input_stats=x.reshape(5, 6, 6))

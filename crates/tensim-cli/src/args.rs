@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Result};
 use clap::Args;
+use tensim::distribution::InputDistribution;
 use tensim::metrics::fullsym::FullOptions;
 use tensim::metrics::gaussian::{GaussOptions, Mode};
 use tensim::metrics::{Inputs, Kind, Metric, Symmetrize, Symmetry};
@@ -110,6 +111,7 @@ pub struct InputArgs {
     /// samples for --symmetrize full beyond two bilinear layers.
     #[arg(long, default_value_t = 10_000)]
     pub samples: usize,
+    /// Seed of the Gaussian inputs, the Monte-Carlo samples and the --null initialisations.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
 }
@@ -245,4 +247,66 @@ pub fn draw_heatmap(
     tensim::plot::heatmap(sim, path, &opts)?;
     eprintln!("wrote {}", path.display());
     Ok(())
+}
+
+/// The Gaussian input distribution of the tensor and gaussian metrics (default `N(0, I)` at
+/// every position).
+#[derive(Args)]
+pub struct DistArgs {
+    /// Data rows (.npy, shape (rows, dim)): read the models under the Gaussian with the rows'
+    /// mean and covariance (n − 1), shared by every position.
+    #[arg(long, conflicts_with_all = ["input_mean", "token_counts"])]
+    pub input_stats: Option<PathBuf>,
+    /// The input mean (.npy, shape (dim,)); with --input-cov.
+    #[arg(long, requires = "input_cov", conflicts_with = "token_counts")]
+    pub input_mean: Option<PathBuf>,
+    /// The input covariance (.npy, shape (dim, dim), symmetric positive semidefinite; singular
+    /// is fine); with --input-mean.
+    #[arg(long, requires = "input_mean")]
+    pub input_cov: Option<PathBuf>,
+    /// Token counts of a one-hot token model (.npy, shape (vocab,)): the Gaussian with the
+    /// token distribution's mean p and covariance diag(p) − ppᵀ.
+    #[arg(long)]
+    pub token_counts: Option<PathBuf>,
+}
+
+impl DistArgs {
+    /// The distribution the flags give, if any, refused for a metric it does not apply to.
+    pub fn load(&self, kind: Kind) -> Result<Option<InputDistribution>> {
+        use tensim::metrics::inputs::read_array;
+        let name = |p: &Path| p.display().to_string();
+        let dist = match (
+            &self.input_stats,
+            &self.input_mean,
+            &self.input_cov,
+            &self.token_counts,
+        ) {
+            (Some(x), ..) => {
+                let (shape, values) = read_array(x)?;
+                InputDistribution::from_sample_array(&shape, &values, &name(x))?
+            }
+            (_, Some(m), Some(c), _) => {
+                let ((ms, mv), (cs, cv)) = (read_array(m)?, read_array(c)?);
+                let source = format!("{} and {}", name(m), name(c));
+                InputDistribution::from_moment_arrays((&ms, mv), (&cs, &cv), &source)?
+            }
+            (.., Some(t)) => {
+                let (shape, values) = read_array(t)?;
+                InputDistribution::from_count_array(&shape, &values, &name(t))?
+            }
+            _ => return Ok(None),
+        };
+        tensim::metrics::check_distribution(Some(&dist), kind)?;
+        Ok(Some(dist))
+    }
+}
+
+/// Calibration against independent initialisations.
+#[derive(Args)]
+pub struct NullArg {
+    /// Also compute the metric for K pairs of independent initialisations of the architecture
+    /// (PyTorch's default, U(±1/√fan_in) per weight and bias, seeded by --seed) and report their
+    /// mean and standard deviation and the z-score of the observed value.
+    #[arg(long, value_name = "K")]
+    pub null: Option<usize>,
 }

@@ -7,7 +7,7 @@ use clap::Args;
 use tensim::linalg::Par;
 use tensim::metrics::{self, Kind, Options};
 
-use crate::args::{metric, ArchArgs, GaussArgs, InputArgs, SymArgs};
+use crate::args::{metric, ArchArgs, DistArgs, GaussArgs, InputArgs, NullArg, SymArgs};
 
 #[derive(Args)]
 pub struct CompareArgs {
@@ -26,6 +26,10 @@ pub struct CompareArgs {
     gauss: GaussArgs,
     #[command(flatten)]
     inputs: InputArgs,
+    #[command(flatten)]
+    dist: DistArgs,
+    #[command(flatten)]
+    null: NullArg,
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
@@ -33,6 +37,7 @@ pub struct CompareArgs {
 
 pub fn run(args: CompareArgs) -> Result<()> {
     let metric = metric(args.metric, &args.sym, args.gauss.options(), &args.inputs)?;
+    let dist = args.dist.load(metric.kind())?;
     let (ma, mb) = args.arch.load_pair(&args.a, &args.b)?;
     let data = metric
         .needs_inputs()
@@ -42,8 +47,10 @@ pub fn run(args: CompareArgs) -> Result<()> {
         per_output: args.per_output,
         par: Par::rayon(0),
     };
-    let r = metrics::compare(&ma, &mb, &metric, data.as_ref(), &opts)
-        .with_context(|| format!("comparing {} with {}", args.a.display(), args.b.display()))?;
+    let null = args.null.null.map(|k| (k, args.inputs.seed));
+    let r =
+        metrics::compare_calibrated(&ma, &mb, &metric, data.as_ref(), &opts, dist.as_ref(), null)
+            .with_context(|| format!("comparing {} with {}", args.a.display(), args.b.display()))?;
     if let Some(w) = &r.warning {
         eprintln!("warning: {w}");
     }

@@ -8,7 +8,8 @@ use tensim::metrics::Kind;
 use tensim::trajectory::{self, checkpoints, tiles::TileStore, MatrixOptions};
 
 use crate::args::{
-    description, draw_heatmap, metric, warn_unused, InputArgs, KeyArg, NCtxArg, PlotArgs, SymArgs,
+    description, draw_heatmap, metric, warn_unused, DistArgs, InputArgs, KeyArg, NCtxArg, NullArg,
+    PlotArgs, SymArgs,
 };
 
 #[derive(Args)]
@@ -65,6 +66,10 @@ pub struct MatrixArgs {
     quiet: bool,
     #[command(flatten)]
     inputs: InputArgs,
+    #[command(flatten)]
+    dist: DistArgs,
+    #[command(flatten)]
+    null: NullArg,
 }
 
 pub fn run(args: MatrixArgs) -> Result<()> {
@@ -79,8 +84,16 @@ pub fn run(args: MatrixArgs) -> Result<()> {
         Some(found)
     });
     let sidecar = description(arch.as_deref(), args.n_ctx.n_ctx)?;
-    let cks = checkpoints::load_with(&paths, sidecar.as_ref(), args.key.key.as_deref())?;
+    let dist = args.dist.load(metric.kind())?;
+    let mut cks = checkpoints::load_with(&paths, sidecar.as_ref(), args.key.key.as_deref())?;
     warn_unused(&paths[0], &cks[0].unused);
+    let plain = cks[0].model.clone();
+    if let Some(d) = &dist {
+        cks = cks
+            .into_iter()
+            .map(|c| c.under(d))
+            .collect::<Result<_, _>>()?;
+    }
     let labels = checkpoints::labels(&cks, args.labels.as_deref(), args.labels_from_names)?;
     args.plot
         .check(cks.len(), cks.iter().all(|c| c.step.is_some()))?;
@@ -124,6 +137,21 @@ pub fn run(args: MatrixArgs) -> Result<()> {
         },
     )?;
     bar.finish_and_clear();
+    let null = match args.null.null {
+        Some(k) => {
+            let (seed, par) = (args.inputs.seed, tensim::linalg::Par::rayon(0));
+            let opts = (data.as_ref(), dist.as_ref());
+            let n = tensim::metrics::null_of(&plain, &metric, opts.0, opts.1, (k, seed), par)?;
+            eprintln!(
+                "null: {} between {k} pairs of independent initialisations: {:.6} ± {:.6}",
+                metric.name(),
+                n.mean,
+                n.std
+            );
+            Some(n)
+        }
+        None => None,
+    };
     let n = cks.len();
     let undefined: Vec<&str> = (0..n)
         .filter(|&i| result.similarity[(i, i)].is_nan())
@@ -159,7 +187,15 @@ pub fn run(args: MatrixArgs) -> Result<()> {
     }
     if args.json {
         let names: Vec<String> = cks.iter().map(|c| c.name.clone()).collect();
-        let v = result.to_json(metric.name(), &labels, &names);
+        let mut v = result.to_json(metric.name(), &labels, &names);
+        if let Some(d) = &dist {
+            v["input_distribution"] = serde_json::to_value(d.info())?;
+        }
+        if let Some(n) = &null {
+            v["null_mean"] = n.mean.into();
+            v["null_std"] = n.std.into();
+            v["null_pairs"] = n.pairs.into();
+        }
         println!("{}", serde_json::to_string(&v)?);
     } else if !args.quiet {
         eprintln!(

@@ -957,3 +957,204 @@ fn a_run_folder_with_a_language_model_config_needs_no_flags() {
     ));
     assert_ne!(two["similarity"], m["similarity"][0][2]);
 }
+
+#[test]
+fn input_distributions_and_the_null_from_the_command_line() {
+    let d = workdir("distribution");
+    small_models(&d, 3);
+    let (a, b) = ("r/random-000.safetensors", "r/random-001.safetensors");
+    // 40 rows in 4 dimensions, and their mean and covariance (n − 1) computed here.
+    let rows: Vec<Vec<f64>> = (0..40)
+        .map(|i| {
+            (0..4)
+                .map(|j| ((i * 7 + j * 3) % 11) as f64 / 5.0 - 1.0 + j as f64)
+                .collect()
+        })
+        .collect();
+    let mean: Vec<f64> = (0..4)
+        .map(|j| rows.iter().map(|r| r[j]).sum::<f64>() / 40.0)
+        .collect();
+    let cov: Vec<f64> = (0..16)
+        .map(|k| {
+            let (i, j) = (k / 4, k % 4);
+            rows.iter()
+                .map(|r| (r[i] - mean[i]) * (r[j] - mean[j]))
+                .sum::<f64>()
+                / 39.0
+        })
+        .collect();
+    let flat: Vec<f64> = rows.concat();
+    let npy = |name: &str, shape: &[usize], v: &[f64]| {
+        tensim::io::write_npy(&d.join(name), shape, v).unwrap();
+        name.to_string()
+    };
+    let x = npy("x.npy", &[40, 4], &flat);
+    let m = npy("m.npy", &[4], &mean);
+    let s = npy("s.npy", &[4, 4], &cov);
+    for metric in ["gaussian", "tensor"] {
+        let from_rows = json(&tensim(
+            &[
+                "compare",
+                a,
+                b,
+                "--metric",
+                metric,
+                "--input-stats",
+                &x,
+                "--json",
+            ],
+            &d,
+        ));
+        let given = json(&tensim(
+            &[
+                "compare",
+                a,
+                b,
+                "--metric",
+                metric,
+                "--input-mean",
+                &m,
+                "--input-cov",
+                &s,
+                "--json",
+            ],
+            &d,
+        ));
+        let plain = json(&tensim(
+            &["compare", a, b, "--metric", metric, "--json"],
+            &d,
+        ));
+        let sim = |v: &serde_json::Value| v["similarity"].as_f64().unwrap();
+        assert!(
+            (sim(&from_rows) - sim(&given)).abs() < 1e-12,
+            "{from_rows} {given}"
+        );
+        assert!(
+            (sim(&from_rows) - sim(&plain)).abs() > 1e-6,
+            "{from_rows} {plain}"
+        );
+        let info = &from_rows["input_distribution"];
+        assert_eq!(
+            (info["kind"].as_str(), info["rows"].as_u64()),
+            (Some("samples"), Some(40))
+        );
+        assert_eq!(given["input_distribution"]["kind"], "moments");
+    }
+    // The null: in JSON and text, the same under the same seed.
+    let args = [
+        "compare", a, b, "--metric", "gaussian", "--null", "4", "--seed", "3",
+    ];
+    let r = json(&tensim(&[&args[..], &["--json"]].concat(), &d));
+    let (mean, std) = (
+        r["null_mean"].as_f64().unwrap(),
+        r["null_std"].as_f64().unwrap(),
+    );
+    let z = (r["similarity"].as_f64().unwrap() - mean) / std;
+    assert!(
+        (r["z"].as_f64().unwrap() - z).abs() < 1e-12 && r["null_pairs"] == 4,
+        "{r}"
+    );
+    let text = stdout(&tensim(&args, &d));
+    assert!(
+        text.contains(&format!("null        {mean:.6} ± {std:.6} (4 pairs")),
+        "{text}"
+    );
+    // Token counts of a one-hot input.
+    let c = npy("c.npy", &[4], &[1.0, 2.0, 0.0, 3.0]);
+    let r = json(&tensim(
+        &[
+            "compare",
+            a,
+            b,
+            "--metric",
+            "gaussian",
+            "--token-counts",
+            &c,
+            "--json",
+        ],
+        &d,
+    ));
+    let info = &r["input_distribution"];
+    assert_eq!(
+        (info["kind"].as_str(), info["rank"].as_u64()),
+        (Some("token-counts"), Some(2))
+    );
+    // The matrix under the same distribution, with one shared null.
+    let o = tensim(
+        &[
+            "matrix",
+            "r",
+            "--metric",
+            "gaussian",
+            "--input-stats",
+            &x,
+            "--null",
+            "3",
+            "--json",
+            "--no-resume",
+            "--quiet",
+        ],
+        &d,
+    );
+    let v = json(&o);
+    let pair = json(&tensim(
+        &[
+            "compare",
+            a,
+            b,
+            "--metric",
+            "gaussian",
+            "--input-stats",
+            &x,
+            "--json",
+        ],
+        &d,
+    ));
+    let entry = v["similarity"][0][1].as_f64().unwrap();
+    assert!(
+        (entry - pair["similarity"].as_f64().unwrap()).abs() < 1e-12,
+        "{v}"
+    );
+    assert!(
+        v["null_mean"].is_f64() && v["null_pairs"] == 3 && v["input_distribution"]["rows"] == 40
+    );
+    // Bad input: refused, naming what is wrong.
+    let mut bad_cov = cov.clone();
+    bad_cov[1] += 1.0;
+    let asym = npy("asym.npy", &[4, 4], &bad_cov);
+    let mut nan = flat.clone();
+    nan[4 * 7 + 2] = f64::NAN;
+    let nan = npy("nan.npy", &[40, 4], &nan);
+    let cube = npy("cube.npy", &[10, 4, 4], &flat);
+    let one = npy("one.npy", &[1, 4], &flat[..4]);
+    let small = npy("small.npy", &[40, 2], &flat[..80]);
+    for (args, want) in [
+        (
+            vec!["--input-stats", &x, "--metric", "matrix"],
+            "tensor and gaussian metrics",
+        ),
+        (
+            vec!["--input-mean", &m, "--input-cov", &asym],
+            "not symmetric: entry (1, 0)",
+        ),
+        (vec!["--input-stats", &nan], "row 7"),
+        (
+            vec!["--input-stats", &cube],
+            "per-position statistics are not supported",
+        ),
+        (vec!["--input-stats", &one], "at least 2 rows, got 1"),
+        (
+            vec!["--input-stats", &small],
+            "dimension 2, but the model takes inputs of size 4",
+        ),
+        (vec!["--input-mean", &m], "--input-cov"),
+        (vec!["--null", "1"], "at least 2 pairs"),
+    ] {
+        let o = tensim(&[&["compare", a, b][..], &args].concat(), &d);
+        assert!(
+            !o.status.success() && stderr(&o).contains(want),
+            "{args:?}: {}",
+            stderr(&o)
+        );
+    }
+}

@@ -13,8 +13,9 @@ use rand::seq::SliceRandom;
 use rand::{RngExt, SeedableRng};
 use serde::Serialize;
 
+use tensim::distribution::InputDistribution;
 use tensim::linalg::Mat;
-use tensim::metrics::{Inputs, Metric};
+use tensim::metrics::{compare_calibrated, Inputs, Metric, Options};
 use tensim::trajectory::checkpoints::in_memory;
 use tensim::trajectory::{similarity_matrix, MatrixOptions};
 use tensim::Model;
@@ -113,6 +114,8 @@ pub struct Summary {
     pub boundary: usize,
     /// Similarity of the last clean checkpoint to the final one, per metric.
     pub across_boundary: Vec<(String, f64)>,
+    /// The same pair under `N(0, I)` and under the clean images' `N(μ, Σ)`, per metric.
+    pub input_statistics: Vec<(String, f64, f64)>,
     pub seconds: f64,
 }
 
@@ -248,6 +251,7 @@ fn analyse(
     )?;
     let steps: Vec<usize> = history.iter().map(|r| r.step).collect();
     let across = write_panels(out, &panels, &steps, boundary)?;
+    let input_statistics = under_image_statistics(&models[boundary], &models[n - 1], &clean)?;
     let per_class_values: Vec<f64> = per_class
         .iter()
         .flat_map(|m| (0..n * n).map(move |k| m[(k / n, k % n)]))
@@ -268,6 +272,7 @@ fn analyse(
         history,
         boundary,
         across_boundary: across,
+        input_statistics,
         seconds: started.elapsed().as_secs_f64(),
     };
     tensim::io::write_atomic(&out.join("report.md"), report(&summary).as_bytes())?;
@@ -292,7 +297,47 @@ fn report(s: &Summary) -> String {
     for (name, v) in &s.across_boundary {
         r += &format!("| {name} | {v:.4} | {:.4} |\n", 1.0 - v);
     }
+    r += &input_statistics_table(&s.input_statistics, "clean test images");
     r += &format!("\nTook {:.1} s. Files: `checkpoints/`, `history.json`, one `.npy` per matrix (`tensor_per_class.npy`: 10 × N × N), `figure.png`, `figure.svg`.\n", s.seconds);
+    r
+}
+
+/// The similarity of `a` and `b` under the tensor and gaussian metrics with standard Gaussian
+/// input and with the Gaussian of the `images`' own mean and covariance:
+/// `(metric, N(0, I), N(μ, Σ))`.
+pub(crate) fn under_image_statistics(
+    a: &Model,
+    b: &Model,
+    images: &Inputs,
+) -> Result<Vec<(String, f64, f64)>, TrainError> {
+    let dist = InputDistribution::from_samples(images.x.as_ref(), &images.source)?;
+    let metrics = [
+        ("tensor", Metric::TENSOR),
+        ("gaussian", Metric::Gaussian(Default::default())),
+    ];
+    metrics
+        .iter()
+        .map(|(name, metric)| {
+            let sim = |d| compare_calibrated(a, b, metric, None, &Options::default(), d, None);
+            Ok((
+                name.to_string(),
+                sim(None)?.similarity,
+                sim(Some(&dist))?.similarity,
+            ))
+        })
+        .collect()
+}
+
+/// [`under_image_statistics`] as a Markdown paragraph and table.
+pub(crate) fn input_statistics_table(rows: &[(String, f64, f64)], images: &str) -> String {
+    let mut r = format!(
+        "\nThe same pair with standard Gaussian input and with the Gaussian of the {images}' \
+         own mean and covariance (`--input-stats`): the second weighs the directions the images \
+         use.\n\n| metric | N(0, I) | images' N(μ, Σ) |\n|---|---|---|\n"
+    );
+    for (name, iso, data) in rows {
+        r += &format!("| {name} | {iso:.4} | {data:.4} |\n");
+    }
     r
 }
 

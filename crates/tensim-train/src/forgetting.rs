@@ -9,7 +9,10 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use serde::Serialize;
 
-use crate::backdoor::{digit_panels, image_inputs, load_split, tensor, write_panels};
+use crate::backdoor::{
+    digit_panels, image_inputs, input_statistics_table, load_split, tensor, under_image_statistics,
+    write_panels,
+};
 use crate::data::Source;
 use crate::model::{evaluate, Params};
 use crate::TrainError;
@@ -71,6 +74,8 @@ pub struct Summary {
     pub across_boundary: Vec<(String, f64)>,
     /// Per-class tensor similarity of the end of stage 1 to the final checkpoint.
     pub per_class_across: Vec<f64>,
+    /// The same pair under `N(0, I)` and under the test images' `N(μ, Σ)`, per metric.
+    pub input_statistics: Vec<(String, f64, f64)>,
     pub seconds: f64,
 }
 
@@ -169,6 +174,12 @@ pub fn run_demo(
     let across = write_panels(out, &panels, &steps, boundary)?;
     let last = history.len() - 1;
     let per_class_across: Vec<f64> = per_class.iter().map(|m| m[(boundary, last)]).collect();
+    let all_test: Vec<Vec<f32>> = test.iter().map(|&i| data.pixels[i].clone()).collect();
+    let input_statistics = under_image_statistics(
+        &models[boundary],
+        &models[last],
+        &image_inputs(&all_test, "test images"),
+    )?;
     let text =
         serde_json::to_string_pretty(&serde_json::json!({"config": cfg, "history": history}))
             .expect("serialisable");
@@ -180,6 +191,7 @@ pub fn run_demo(
         boundary,
         across_boundary: across,
         per_class_across,
+        input_statistics,
         seconds: started.elapsed().as_secs_f64(),
     };
     tensim::io::write_atomic(&out.join("report.md"), report(&summary).as_bytes())?;
@@ -216,6 +228,7 @@ fn report(s: &Summary) -> String {
             }
         );
     }
+    r += &input_statistics_table(&s.input_statistics, "test images");
     r += &format!("\nTook {:.1} s.\n", s.seconds);
     r
 }

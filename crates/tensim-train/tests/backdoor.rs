@@ -25,6 +25,22 @@ fn a_short_run_inserts_the_backdoor() {
         b.attack_success,
         last.attack_success
     );
+    // The pair under the clean images' own N(μ, Σ), beside N(0, I) (the tensor panel's value).
+    let tensor = s
+        .across_boundary
+        .iter()
+        .find(|(n, _)| n == "tensor")
+        .unwrap()
+        .1;
+    let rows = &s.input_statistics;
+    assert_eq!(
+        (rows[0].0.as_str(), rows[1].0.as_str()),
+        ("tensor", "gaussian")
+    );
+    assert!((rows[0].1 - tensor).abs() < 1e-12, "{rows:?} vs {tensor}");
+    assert!(rows
+        .iter()
+        .all(|(_, iso, data)| data.abs() <= 1.0 && (iso - data).abs() > 1e-6));
     for f in [
         "tensor.npy",
         "tensor_class9.npy",

@@ -17,7 +17,9 @@
 pub mod arch;
 pub mod bench;
 pub mod budget;
+pub mod calibration;
 pub mod demo;
+pub mod distribution;
 pub mod einsum;
 pub mod error;
 pub mod gram;

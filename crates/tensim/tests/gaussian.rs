@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::random_attention;
+use common::{agrees, monte_carlo, random_attention};
 use faer::linalg::solvers::DenseSolveCore;
 use proptest::prelude::*;
 use rand::{RngExt, SeedableRng};
@@ -13,8 +13,8 @@ use tensim::layers::{Attention, Bilinear, Layer, Linear};
 use tensim::linalg::{Mat, Par};
 use tensim::metrics::gaussian::{self, GaussOptions, Mode};
 use tensim::metrics::inputs::outputs;
+use tensim::metrics::Inputs;
 use tensim::metrics::Method;
-use tensim::metrics::{Comparison, Inputs};
 use tensim::Model;
 
 fn mat(rng: &mut rand::rngs::StdRng, r: usize, c: usize, s: f64) -> Mat<f64> {
@@ -70,50 +70,6 @@ fn closure() -> GaussOptions {
     GaussOptions {
         mode: Some(Mode::Closure),
         ..Default::default()
-    }
-}
-
-/// Monte-Carlo `(E⟨f_a,f_b⟩, E|f_a|², E|f_b|²)` with standard errors, `batches × 250 000` inputs.
-fn monte_carlo(a: &Model, b: &Model, batches: u64, seed: u64) -> [(f64, f64); 3] {
-    let (n, d) = (a.input().n_ctx, a.in_dim());
-    let mut sums = [[0.0f64; 2]; 3];
-    let mut count = 0.0;
-    for k in 0..batches {
-        let x = Inputs::gaussian(250_000, n, d, seed * 1000 + k).unwrap();
-        let (ya, yb) = (
-            outputs(a, &x, Par::rayon(0)).unwrap(),
-            outputs(b, &x, Par::rayon(0)).unwrap(),
-        );
-        for r in 0..x.rows {
-            let dot = |p: &Mat<f64>, q: &Mat<f64>| {
-                (0..p.ncols()).map(|c| p[(r, c)] * q[(r, c)]).sum::<f64>()
-            };
-            for (s, v) in sums
-                .iter_mut()
-                .zip([dot(&ya, &yb), dot(&ya, &ya), dot(&yb, &yb)])
-            {
-                s[0] += v;
-                s[1] += v * v;
-            }
-            count += 1.0;
-        }
-    }
-    sums.map(|[s, s2]| {
-        let mean = s / count;
-        (mean, ((s2 / count - mean * mean) / count).sqrt())
-    })
-}
-
-fn agrees(r: &Comparison, mc: &[(f64, f64); 3], what: &str) {
-    for (got, (want, se), name) in [
-        (r.inner, mc[0], "E<f_a,f_b>"),
-        (r.norm2_a, mc[1], "E|f_a|^2"),
-        (r.norm2_b, mc[2], "E|f_b|^2"),
-    ] {
-        assert!(
-            (got - want).abs() <= 4.0 * se,
-            "{what}: {name} exact {got} vs Monte-Carlo {want} ± {se}"
-        );
     }
 }
 
@@ -208,7 +164,7 @@ fn one_bilinear_layer_with_biases_and_residual_matches_monte_carlo() {
     let a = Model::new(3, 1, vec![bilinear(&mut rng, 3, 4, 3, true, lerp)]).unwrap();
     let b = Model::new(3, 1, vec![bilinear(&mut rng, 3, 5, 3, true, None)]).unwrap();
     let r = gaussian::similarity(&a, &b, &exact(), Par::rayon(0)).unwrap();
-    agrees(&r, &monte_carlo(&a, &b, 4, 3), "bilinear");
+    agrees(&r, &monte_carlo(&a, &b, 4, 3, None), "bilinear");
     let c = gaussian::similarity(&a, &b, &closure(), Par::rayon(0)).unwrap();
     assert!(
         (c.inner - r.inner).abs() < 1e-12 * r.inner.abs().max(1.0),
@@ -234,7 +190,7 @@ fn one_attention_layer_matches_monte_carlo() {
     .unwrap();
     let r = gaussian::similarity(&a, &b, &exact(), Par::rayon(0)).unwrap();
     assert_eq!(r.mode, Some(Method::Exact));
-    agrees(&r, &monte_carlo(&a, &b, 4, 4), "attention");
+    agrees(&r, &monte_carlo(&a, &b, 4, 4, None), "attention");
     let c = gaussian::similarity(&a, &b, &closure(), Par::rayon(0)).unwrap();
     assert!(
         (c.similarity - r.similarity).abs() < 1e-12,
@@ -269,7 +225,11 @@ fn two_layer_stacks_exact_matches_monte_carlo_and_the_closure_error_is_measured(
         Some(Method::Exact),
         "default: exact when affordable"
     );
-    agrees(&r, &monte_carlo(&a, &b, 4, 5), "2-layer bilinear stack");
+    agrees(
+        &r,
+        &monte_carlo(&a, &b, 4, 5, None),
+        "2-layer bilinear stack",
+    );
     let c = gaussian::similarity(&a, &b, &closure(), Par::rayon(0)).unwrap();
     assert_eq!(c.mode, Some(Method::Closure));
     // Without residuals the closure keeps only the hierarchical pairings (MATH.md §5.5): its
@@ -309,7 +269,11 @@ fn embed_attention_head_exact_matches_monte_carlo_and_deep_exact_is_refused() {
     };
     let (a, b) = (model(&mut rng), model(&mut rng));
     let r = gaussian::similarity(&a, &b, &exact(), Par::rayon(0)).unwrap();
-    agrees(&r, &monte_carlo(&a, &b, 4, 6), "embed + attention + head");
+    agrees(
+        &r,
+        &monte_carlo(&a, &b, 4, 6, None),
+        "embed + attention + head",
+    );
     // Attention followed by a bilinear layer has degree 10 per model: 20 legs, far too many.
     let deep = Model::new(
         2,

@@ -48,27 +48,7 @@ impl Inputs {
     /// Read a C-ordered `.npy` array of floats or integers, checking it against the model's
     /// input size `dim` and `n_ctx`.
     pub fn from_npy(path: &Path, n_ctx: usize, dim: usize) -> Result<Inputs> {
-        let bad = |reason: String| Error::Data {
-            path: path.to_path_buf(),
-            reason,
-        };
-        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-        let npy = npyz::NpyFile::new(&bytes[..])
-            .map_err(|e| bad(format!("not a valid .npy file: {e}")))?;
-        let shape: Vec<usize> = npy.shape().iter().map(|&s| s as usize).collect();
-        if npy.order() == npyz::Order::Fortran {
-            return Err(bad(
-                "Fortran-ordered arrays are not supported; save np.ascontiguousarray(x)".into(),
-            ));
-        }
-        let dtype = npy.dtype().descr();
-        let values = read_values(npy)
-            .ok_or_else(|| {
-                bad(format!(
-                    "unsupported dtype {dtype}; use float or integer data"
-                ))
-            })?
-            .map_err(|e| bad(format!("truncated or corrupt data: {e}")))?;
+        let (shape, values) = read_array(path)?;
         Inputs::from_array(&shape, values, n_ctx, dim, &path.display().to_string())
     }
 
@@ -111,6 +91,32 @@ impl Inputs {
             source: origin.to_string(),
         })
     }
+}
+
+/// A C-ordered `.npy` array of floats (f16 to f64) or integers, as f64: `(shape, values)`.
+pub fn read_array(path: &Path) -> Result<(Vec<usize>, Vec<f64>)> {
+    let bad = |reason: String| Error::Data {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let npy =
+        npyz::NpyFile::new(&bytes[..]).map_err(|e| bad(format!("not a valid .npy file: {e}")))?;
+    let shape: Vec<usize> = npy.shape().iter().map(|&s| s as usize).collect();
+    if npy.order() == npyz::Order::Fortran {
+        return Err(bad(
+            "Fortran-ordered arrays are not supported; save np.ascontiguousarray(x)".into(),
+        ));
+    }
+    let dtype = npy.dtype().descr();
+    let values = read_values(npy)
+        .ok_or_else(|| {
+            bad(format!(
+                "unsupported dtype {dtype}; use float or integer data"
+            ))
+        })?
+        .map_err(|e| bad(format!("truncated or corrupt data: {e}")))?;
+    Ok((shape, values))
 }
 
 fn read_values(npy: npyz::NpyFile<&[u8]>) -> Option<std::io::Result<Vec<f64>>> {

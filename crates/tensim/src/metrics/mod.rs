@@ -14,6 +14,8 @@ use std::borrow::Cow;
 
 use serde::Serialize;
 
+use crate::calibration;
+use crate::distribution::{DistributionInfo, InputDistribution};
 use crate::error::{Error, Result};
 use crate::linalg::Par;
 use crate::model::Model;
@@ -216,6 +218,19 @@ pub struct Comparison {
     /// What the value cannot be trusted for (an unresolved Monte-Carlo estimate).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub warning: Option<String>,
+    /// The Gaussian input distribution the models were read under (default `N(0, I)`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub input_distribution: Option<DistributionInfo>,
+    /// Mean, standard deviation and number of the null pairs' similarities (`--null K`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub null_mean: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub null_std: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub null_pairs: Option<usize>,
+    /// `(similarity − null_mean) / null_std`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub z: Option<f64>,
 }
 
 /// The text `tensim compare` prints: one `name  value` line per field, then the per-degree and
@@ -241,6 +256,16 @@ impl std::fmt::Display for Comparison {
         }
         if let Some(w) = &self.warning {
             writeln!(f, "warning     {w}")?;
+        }
+        if let Some(d) = &self.input_distribution {
+            writeln!(f, "input       {d}")?;
+        }
+        if let (Some(m), Some(s), Some(k)) = (self.null_mean, self.null_std, self.null_pairs) {
+            let z = self.z.map_or("undefined".into(), |z| format!("{z:.2}"));
+            writeln!(
+                f,
+                "null        {m:.6} ± {s:.6} ({k} pairs of independent initialisations); z = {z}"
+            )?;
         }
         let list = |f: &mut std::fmt::Formatter<'_>, title, values: &[Option<f64>], zero| {
             writeln!(f, "{title}:")?;
@@ -318,6 +343,68 @@ pub fn compare(
         });
     }
     Ok(r)
+}
+
+/// [`compare`] with both models read under `dist` (tensor and gaussian metrics) and, with
+/// `null = Some((K, seed))`, the value's z-score against `K` pairs of independent
+/// initialisations of A's architecture (read under `dist` too).
+pub fn compare_calibrated(
+    a: &Model,
+    b: &Model,
+    metric: &Metric,
+    inputs: Option<&Inputs>,
+    opts: &Options,
+    dist: Option<&InputDistribution>,
+    null: Option<(usize, u64)>,
+) -> Result<Comparison> {
+    check_distribution(dist, metric.kind())?;
+    let mut r = compare(&*under(a, dist)?, &*under(b, dist)?, metric, inputs, opts)?;
+    r.input_distribution = dist.map(|d| d.info().clone());
+    if let Some((pairs, seed)) = null {
+        let n = null_of(a, metric, inputs, dist, (pairs, seed), opts.par)?;
+        r.z = n.z(r.similarity);
+        (r.null_mean, r.null_std, r.null_pairs) = (Some(n.mean), Some(n.std), Some(n.pairs));
+    }
+    Ok(r)
+}
+
+/// `metric` (under `dist`) between `pairs` pairs of independent initialisations of `model`'s
+/// architecture drawn from `seed` ([`calibration::null`]).
+pub fn null_of(
+    model: &Model,
+    metric: &Metric,
+    inputs: Option<&Inputs>,
+    dist: Option<&InputDistribution>,
+    (pairs, seed): (usize, u64),
+    par: Par,
+) -> Result<calibration::Null> {
+    let opts = Options {
+        per_output: false,
+        par,
+    };
+    calibration::null(model, pairs, seed, |x, y| {
+        let r = compare(&*under(x, dist)?, &*under(y, dist)?, metric, inputs, &opts)?;
+        Ok(r.similarity)
+    })
+}
+
+/// `m` read under `dist` ([`InputDistribution::apply`]), or `m` itself.
+fn under<'m>(m: &'m Model, dist: Option<&InputDistribution>) -> Result<Cow<'m, Model>> {
+    Ok(match dist {
+        Some(d) => Cow::Owned(d.apply(m)?),
+        None => Cow::Borrowed(m),
+    })
+}
+
+/// An input distribution applies to the metrics computed from the weights under Gaussian
+/// input: `tensor` and `gaussian`.
+pub fn check_distribution(dist: Option<&InputDistribution>, kind: Kind) -> Result<()> {
+    match dist {
+        Some(_) if !matches!(kind, Kind::Tensor | Kind::Gaussian) => Err(Error::Invalid(format!(
+            "an input distribution applies to the tensor and gaussian metrics, not to {kind}"
+        ))),
+        _ => Ok(()),
+    }
 }
 
 /// `m`, rescaled where extreme and homogeneous ([`scale::rescaled`]), unless the metric reads

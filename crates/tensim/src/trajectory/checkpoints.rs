@@ -25,6 +25,16 @@ pub struct Checkpoint {
 }
 
 impl Checkpoint {
+    /// The checkpoint's model read under `dist` ([`InputDistribution::apply`]), keyed anew.
+    pub fn under(self, dist: &crate::distribution::InputDistribution) -> Result<Checkpoint> {
+        let model = dist.apply(&self.model)?;
+        Ok(Checkpoint {
+            hash: io::model_hash(&model)?,
+            model,
+            ..self
+        })
+    }
+
     /// An in-memory model named `name`, keyed by `hash`.
     pub fn new(model: Model, name: impl Into<String>, hash: impl Into<String>) -> Checkpoint {
         Checkpoint {

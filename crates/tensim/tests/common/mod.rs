@@ -5,7 +5,9 @@
 use rand::{RngExt, SeedableRng};
 use tensim::arch::{Mask, Residual, ResidualMode};
 use tensim::layers::{Attention, Bilinear, Layer, Linear, PaddedLayer};
-use tensim::linalg::Mat;
+use tensim::linalg::{Mat, Par};
+use tensim::metrics::inputs::outputs;
+use tensim::metrics::{Comparison, Inputs};
 use tensim::Model;
 
 /// A dense tensor `U[o; i_1, …, i_k]`, row-major, every leg of size `dim`.
@@ -438,5 +440,61 @@ pub fn random_attention(
         mask,
         rotary,
         residual,
+    }
+}
+
+/// Monte-Carlo `(E⟨f_a,f_b⟩, E|f_a|², E|f_b|²)` with standard errors, `batches × 250 000` inputs,
+/// every position `N(0, I)`, or `μ + F w` with `w ~ N(0, I)` for `law = Some((μ, F))`.
+pub fn monte_carlo(
+    a: &Model,
+    b: &Model,
+    batches: u64,
+    seed: u64,
+    law: Option<(&[f64], &Mat<f64>)>,
+) -> [(f64, f64); 3] {
+    let n = a.input().n_ctx;
+    let d = law.map_or(a.in_dim(), |(_, f)| f.ncols());
+    let mut sums = [[0.0f64; 2]; 3];
+    let mut count = 0.0;
+    for k in 0..batches {
+        let mut x = Inputs::gaussian(250_000, n, d, seed * 1000 + k).unwrap();
+        if let Some((mu, f)) = law {
+            let y = tensim::linalg::mul_t(x.x.as_ref(), f.as_ref(), Par::rayon(0));
+            x.x = Mat::from_fn(y.nrows(), y.ncols(), |i, j| y[(i, j)] + mu[j]);
+        }
+        let (ya, yb) = (
+            outputs(a, &x, Par::rayon(0)).unwrap(),
+            outputs(b, &x, Par::rayon(0)).unwrap(),
+        );
+        for r in 0..x.rows {
+            let dot = |p: &Mat<f64>, q: &Mat<f64>| {
+                (0..p.ncols()).map(|c| p[(r, c)] * q[(r, c)]).sum::<f64>()
+            };
+            for (s, v) in sums
+                .iter_mut()
+                .zip([dot(&ya, &yb), dot(&ya, &ya), dot(&yb, &yb)])
+            {
+                s[0] += v;
+                s[1] += v * v;
+            }
+            count += 1.0;
+        }
+    }
+    sums.map(|[s, s2]| {
+        let mean = s / count;
+        (mean, ((s2 / count - mean * mean) / count).sqrt())
+    })
+}
+
+pub fn agrees(r: &Comparison, mc: &[(f64, f64); 3], what: &str) {
+    for (got, (want, se), name) in [
+        (r.inner, mc[0], "E<f_a,f_b>"),
+        (r.norm2_a, mc[1], "E|f_a|^2"),
+        (r.norm2_b, mc[2], "E|f_b|^2"),
+    ] {
+        assert!(
+            (got - want).abs() <= 4.0 * se,
+            "{what}: {name} exact {got} vs Monte-Carlo {want} ± {se}"
+        );
     }
 }

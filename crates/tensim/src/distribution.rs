@@ -1,0 +1,468 @@
+//! Gaussian input distributions `N(μ, Σ)` for the data-free metrics (`--input-stats`,
+//! `--input-mean`/`--input-cov`, `--token-counts`).
+//!
+//! `x = μ + S z` with `S Sᵀ = Σ` and `z ~ N(0, I_r)` is one affine layer in front of the network,
+//! so `E⟨f_a(x), f_b(x)⟩` under `N(μ, Σ)` is the gaussian metric of the models with that layer
+//! folded in, and the tensor metric of those models contracts every input leg with
+//! `ÂÂᵀ = [[1, μᵀ], [μ, Σ + μμᵀ]]` (`Â` the padded affine map). The layer is folded into the
+//! first layer where that is linear (`W ↦ WS`, `b ↦ b + Wμ`) or bilinear without a residual
+//! (`L ↦ LS`, `b_L ↦ b_L + Lμ`, the same for `R`); otherwise it is prepended. Every position of a
+//! sequence reads the same distribution, independently of the others.
+
+use faer::Side;
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::layers::{Bilinear, Layer, Linear};
+use crate::linalg::{mul, Mat, MatRef, Par};
+use crate::model::Model;
+
+/// `N(μ, Σ)`, held as `μ` and a root `S` (`dim × k`, `S Sᵀ = Σ`).
+#[derive(Clone, Debug)]
+pub struct InputDistribution {
+    mean: Vec<f64>,
+    root: Root,
+    info: DistributionInfo,
+}
+
+/// The root `S`: dense, or `diag(√p) − p√pᵀ` restricted to the columns `seen` (`p_j > 0`), kept
+/// in that form so that a vocabulary-sized `S` is never formed unless a layer must be prepended.
+#[derive(Clone, Debug)]
+enum Root {
+    Dense(Mat<f64>),
+    Categorical { p: Vec<f64>, seen: Vec<usize> },
+}
+
+impl Root {
+    fn ncols(&self) -> usize {
+        match self {
+            Root::Dense(s) => s.ncols(),
+            Root::Categorical { seen, .. } => seen.len(),
+        }
+    }
+
+    /// `W S`: for the categorical root, column `c` (token `j`) is `√p_j (W[:, j] − W p)`.
+    fn right_of(&self, w: MatRef<'_, f64>) -> Mat<f64> {
+        match self {
+            Root::Dense(s) => mul(w, s.as_ref(), Par::rayon(0)),
+            Root::Categorical { p, seen } => {
+                let wp: Vec<f64> = (0..w.nrows())
+                    .map(|i| (0..w.ncols()).map(|j| w[(i, j)] * p[j]).sum())
+                    .collect();
+                Mat::from_fn(w.nrows(), seen.len(), |i, c| {
+                    p[seen[c]].sqrt() * (w[(i, seen[c])] - wp[i])
+                })
+            }
+        }
+    }
+
+    /// `S` itself (`dim` rows), after checking that it fits in memory.
+    fn dense(&self, dim: usize) -> Result<Mat<f64>> {
+        crate::budget::check("the input distribution's root", (dim * self.ncols()) as f64)?;
+        Ok(match self {
+            Root::Dense(s) => s.clone(),
+            Root::Categorical { p, seen } => Mat::from_fn(dim, seen.len(), |i, c| {
+                let j = seen[c];
+                f64::from(u8::from(i == j)) * p[j].sqrt() - p[i] * p[j].sqrt()
+            }),
+        })
+    }
+}
+
+/// What `--json` reports of the distribution a comparison used.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct DistributionInfo {
+    /// `samples` (mean and covariance of data rows), `moments` (given) or `token-counts`
+    /// (a categorical distribution's mean `p` and covariance `diag(p) − ppᵀ`).
+    pub kind: &'static str,
+    /// The file(s) or array it came from.
+    pub source: String,
+    /// Rows the statistics were estimated from (`samples`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rows: Option<usize>,
+    pub dim: usize,
+    /// Rank of `Σ` (eigenvalues above `dim·ε·λ_max`).
+    pub rank: usize,
+    /// `tr Σ`.
+    pub trace: f64,
+    /// `|μ|`.
+    pub mean_norm: f64,
+}
+
+impl std::fmt::Display for DistributionInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "N(μ, Σ) from {} ({}", self.source, self.kind)?;
+        if let Some(rows) = self.rows {
+            write!(f, ", {rows} rows")?;
+        }
+        write!(
+            f,
+            "; dim {}, rank {}, tr Σ {:.4e}, |μ| {:.4e})",
+            self.dim, self.rank, self.trace, self.mean_norm
+        )
+    }
+}
+
+impl InputDistribution {
+    /// The mean and covariance (`n − 1` normalisation, as `np.cov`) of the rows of `x`.
+    /// `source` names the data in messages.
+    pub fn from_samples(x: MatRef<'_, f64>, source: &str) -> Result<InputDistribution> {
+        let (n, d) = (x.nrows(), x.ncols());
+        let bad = |reason: String| Error::Data {
+            path: source.into(),
+            reason,
+        };
+        if n < 2 {
+            return Err(bad(format!(
+                "input statistics need at least 2 rows, got {n}"
+            )));
+        }
+        for i in 0..n {
+            if let Some(j) = (0..d).find(|&j| !x[(i, j)].is_finite()) {
+                return Err(bad(format!(
+                    "row {i} holds a non-finite value ({}) in column {j}",
+                    x[(i, j)]
+                )));
+            }
+        }
+        crate::budget::check("the input covariance", (n * d + 3 * d * d) as f64)?;
+        let mean: Vec<f64> = (0..d)
+            .map(|j| (0..n).map(|i| x[(i, j)]).sum::<f64>() / n as f64)
+            .collect();
+        let centred = Mat::from_fn(n, d, |i, j| x[(i, j)] - mean[j]);
+        let sum = mul(centred.transpose(), centred.as_ref(), Par::rayon(0));
+        let cov = Mat::from_fn(d, d, |i, j| sum[(i, j)] / (n - 1) as f64);
+        let mut dist = InputDistribution::from_moments(mean, cov.as_ref(), source)?;
+        dist.info.kind = "samples";
+        dist.info.rows = Some(n);
+        Ok(dist)
+    }
+
+    /// `N(mean, cov)` given directly; `cov` must be symmetric positive semidefinite (within
+    /// rounding); a singular one is fine (its root has fewer columns).
+    pub fn from_moments(
+        mean: Vec<f64>,
+        cov: MatRef<'_, f64>,
+        source: &str,
+    ) -> Result<InputDistribution> {
+        let d = mean.len();
+        let bad = |reason: String| Error::Data {
+            path: source.into(),
+            reason,
+        };
+        if d == 0 {
+            return Err(bad("the input mean is empty".into()));
+        }
+        if (cov.nrows(), cov.ncols()) != (d, d) {
+            return Err(bad(format!(
+                "the covariance has shape [{}, {}], expected [{d}, {d}] (the mean has {d} entries)",
+                cov.nrows(),
+                cov.ncols()
+            )));
+        }
+        if let Some(k) = mean.iter().position(|v| !v.is_finite()) {
+            return Err(bad(format!(
+                "the mean has a non-finite value ({}) at {k}",
+                mean[k]
+            )));
+        }
+        crate::budget::check("the covariance's eigendecomposition", 4.0 * (d * d) as f64)?;
+        let root = Root::Dense(psd_root(cov).map_err(bad)?);
+        let info = DistributionInfo {
+            kind: "moments",
+            source: source.into(),
+            rows: None,
+            dim: d,
+            rank: root.ncols(),
+            trace: (0..d).map(|i| cov[(i, i)]).sum(),
+            mean_norm: mean.iter().map(|v| v * v).sum::<f64>().sqrt(),
+        };
+        Ok(InputDistribution { mean, root, info }.at_least_one_column())
+    }
+
+    /// The Gaussian with a categorical distribution's moments, from token counts `c`:
+    /// `p = c/Σc`, `μ = p`, `Σ = diag(p) − ppᵀ` with the exact root `S = diag(√p) − p√pᵀ`
+    /// (`S Sᵀ = Σ` because `Σ√p = 1`), columns of unseen tokens dropped.
+    pub fn from_token_counts(counts: &[f64], source: &str) -> Result<InputDistribution> {
+        let bad = |reason: String| Error::Data {
+            path: source.into(),
+            reason,
+        };
+        if let Some(k) = counts.iter().position(|c| !c.is_finite() || *c < 0.0) {
+            return Err(bad(format!(
+                "token counts must be finite and non-negative; entry {k} is {}",
+                counts[k]
+            )));
+        }
+        let total: f64 = counts.iter().sum();
+        if total <= 0.0 {
+            return Err(bad("the token counts are all zero".into()));
+        }
+        let p: Vec<f64> = counts.iter().map(|c| c / total).collect();
+        let seen: Vec<usize> = (0..p.len()).filter(|&j| p[j] > 0.0).collect();
+        let info = DistributionInfo {
+            kind: "token-counts",
+            source: source.into(),
+            rows: None,
+            dim: p.len(),
+            rank: seen.len() - 1,
+            trace: p.iter().map(|q| q - q * q).sum(),
+            mean_norm: p.iter().map(|q| q * q).sum::<f64>().sqrt(),
+        };
+        Ok(InputDistribution {
+            mean: p.clone(),
+            root: Root::Categorical { p, seen },
+            info,
+        })
+    }
+
+    /// [`from_samples`](Self::from_samples) of a C-ordered array of shape `(rows, dim)`.
+    pub fn from_sample_array(
+        shape: &[usize],
+        values: &[f64],
+        source: &str,
+    ) -> Result<InputDistribution> {
+        match *shape {
+            [rows, dim] => {
+                let x = MatRef::from_row_major_slice(values, rows, dim);
+                InputDistribution::from_samples(x, source)
+            }
+            [_, _, dim] => Err(Error::Data {
+                path: source.into(),
+                reason: format!(
+                    "has shape {shape:?} (rows, n_ctx, dim): per-position statistics are not \
+                     supported; reshape to (rows·n_ctx, {dim}) for one distribution shared by \
+                     every position"
+                ),
+            }),
+            _ => Err(Error::Data {
+                path: source.into(),
+                reason: format!("has shape {shape:?}, expected (rows, dim)"),
+            }),
+        }
+    }
+
+    /// [`from_moments`](Self::from_moments) of arrays of shapes `(dim,)` and `(dim, dim)`.
+    pub fn from_moment_arrays(
+        (mean_shape, mean): (&[usize], Vec<f64>),
+        (cov_shape, cov): (&[usize], &[f64]),
+        source: &str,
+    ) -> Result<InputDistribution> {
+        let bad = |reason: String| Error::Data {
+            path: source.into(),
+            reason,
+        };
+        if mean_shape.len() != 1 {
+            return Err(bad(format!(
+                "the mean has shape {mean_shape:?}, expected ({},)",
+                mean.len()
+            )));
+        }
+        let d = mean.len();
+        let [r, c] = *cov_shape else {
+            return Err(bad(format!(
+                "the covariance has shape {cov_shape:?}, expected ({d}, {d})"
+            )));
+        };
+        InputDistribution::from_moments(mean, MatRef::from_row_major_slice(cov, r, c), source)
+    }
+
+    /// [`from_token_counts`](Self::from_token_counts) of an array of shape `(vocab,)`.
+    pub fn from_count_array(
+        shape: &[usize],
+        counts: &[f64],
+        source: &str,
+    ) -> Result<InputDistribution> {
+        if shape.len() != 1 {
+            return Err(Error::Data {
+                path: source.into(),
+                reason: format!("token counts have shape {shape:?}, expected (vocab,)"),
+            });
+        }
+        InputDistribution::from_token_counts(counts, source)
+    }
+
+    pub fn info(&self) -> &DistributionInfo {
+        &self.info
+    }
+
+    pub fn mean(&self) -> &[f64] {
+        &self.mean
+    }
+
+    /// `S` (`dim × k`, `S Sᵀ = Σ`), formed after a memory check.
+    pub fn root(&self) -> Result<Mat<f64>> {
+        self.root.dense(self.mean.len())
+    }
+
+    /// `z ↦ f(μ + S z)`: `model` read under this distribution, as a model of standard Gaussian
+    /// input `z` (of size `rank`; at least 1).
+    pub fn apply(&self, model: &Model) -> Result<Model> {
+        if model.in_dim() != self.mean.len() {
+            return Err(Error::Invalid(format!(
+                "the input distribution from {} has dimension {}, but the model takes inputs of \
+                 size {}",
+                self.info.source,
+                self.mean.len(),
+                model.in_dim()
+            )));
+        }
+        let (s, mu) = (&self.root, &self.mean);
+        // `Wμ + b`.
+        let shifted = |w: &Mat<f64>, b: &Option<Vec<f64>>| -> Vec<f64> {
+            (0..w.nrows())
+                .map(|i| {
+                    let wm: f64 = (0..w.ncols()).map(|j| w[(i, j)] * mu[j]).sum();
+                    wm + b.as_ref().map_or(0.0, |b| b[i])
+                })
+                .collect()
+        };
+        let mut layers = model.layers().to_vec();
+        match &layers[0] {
+            Layer::Linear(l) => {
+                layers[0] = Layer::Linear(Linear {
+                    weight: s.right_of(l.weight.as_ref()),
+                    bias: Some(shifted(&l.weight, &l.bias)),
+                })
+            }
+            Layer::Bilinear(b) if b.residual.is_none() => {
+                layers[0] = Layer::Bilinear(Bilinear {
+                    left: s.right_of(b.left.as_ref()),
+                    right: s.right_of(b.right.as_ref()),
+                    left_bias: Some(shifted(&b.left, &b.left_bias)),
+                    right_bias: Some(shifted(&b.right, &b.right_bias)),
+                    ..b.clone()
+                })
+            }
+            _ => layers.insert(
+                0,
+                Layer::Linear(Linear {
+                    weight: self.root()?,
+                    bias: Some(mu.clone()),
+                }),
+            ),
+        }
+        Model::new(self.root.ncols(), model.input().n_ctx, layers)
+    }
+
+    /// A zero covariance (a point mass) keeps one zero column, so that models of it have an
+    /// input.
+    fn at_least_one_column(mut self) -> InputDistribution {
+        if self.root.ncols() == 0 {
+            self.root = Root::Dense(Mat::zeros(self.mean.len(), 1));
+        }
+        self
+    }
+}
+
+/// `V_+ diag(√λ_+)` from `Σ = V diag(λ) Vᵀ`, keeping eigenvalues above `d·ε·λ_max`; an error
+/// naming what is wrong if `Σ` is not symmetric or has an eigenvalue below `−10⁻⁸·λ_max`.
+fn psd_root(cov: MatRef<'_, f64>) -> std::result::Result<Mat<f64>, String> {
+    let d = cov.nrows();
+    let scale = crate::linalg::max_abs(cov);
+    for i in 0..d {
+        for j in 0..i {
+            let (a, b) = (cov[(i, j)], cov[(j, i)]);
+            if !a.is_finite() || !b.is_finite() {
+                return Err(format!(
+                    "the covariance has a non-finite entry at ({i}, {j})"
+                ));
+            }
+            if (a - b).abs() > 1e-8 * scale {
+                return Err(format!(
+                    "the covariance is not symmetric: entry ({i}, {j}) is {a} but ({j}, {i}) is {b}"
+                ));
+            }
+        }
+        if !cov[(i, i)].is_finite() {
+            return Err(format!(
+                "the covariance has a non-finite entry at ({i}, {i})"
+            ));
+        }
+    }
+    let sym = Mat::from_fn(d, d, |i, j| 0.5 * (cov[(i, j)] + cov[(j, i)]));
+    let eig = sym
+        .self_adjoint_eigen(Side::Lower)
+        .map_err(|e| format!("the covariance's eigendecomposition failed: {e:?}"))?;
+    let lambda: Vec<f64> = (0..d).map(|k| eig.S()[k]).collect();
+    let max = lambda.iter().fold(0.0f64, |m, &l| m.max(l));
+    let min = lambda.iter().fold(f64::INFINITY, |m, &l| m.min(l));
+    if min < -1e-8 * max.max(f64::MIN_POSITIVE) {
+        return Err(format!(
+            "the covariance is not positive semidefinite: its smallest eigenvalue is {min:.6e} \
+             (largest {max:.6e})"
+        ));
+    }
+    let keep: Vec<usize> = (0..d)
+        .filter(|&k| lambda[k] > d as f64 * f64::EPSILON * max)
+        .collect();
+    let v = eig.U();
+    Ok(Mat::from_fn(d, keep.len(), |i, c| {
+        v[(i, keep[c])] * lambda[keep[c]].sqrt()
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::linalg::mul_t;
+
+    #[test]
+    fn roots_reproduce_the_covariance() {
+        // Rank 2 in 3 dimensions.
+        let a = Mat::from_fn(3, 2, |i, j| (i + 2 * j) as f64 - 1.5);
+        let cov = mul_t(a.as_ref(), a.as_ref(), Par::Seq);
+        let dist =
+            InputDistribution::from_moments(vec![0.5, -1.0, 2.0], cov.as_ref(), "t").unwrap();
+        assert_eq!(dist.info().rank, 2);
+        let s = dist.root().unwrap();
+        let back = mul_t(s.as_ref(), s.as_ref(), Par::Seq);
+        assert!(crate::linalg::max_abs((&back - &cov).as_ref()) < 1e-12);
+
+        let counts = [3.0, 0.0, 1.0, 4.0];
+        let dist = InputDistribution::from_token_counts(&counts, "c").unwrap();
+        let s = dist.root().unwrap();
+        let back = mul_t(s.as_ref(), s.as_ref(), Par::Seq);
+        let p = [0.375, 0.0, 0.125, 0.5];
+        let want = Mat::from_fn(4, 4, |i, j| {
+            f64::from(u8::from(i == j)) * p[i] - p[i] * p[j]
+        });
+        assert!(crate::linalg::max_abs((&back - &want).as_ref()) < 1e-15);
+        assert_eq!((dist.info().rank, s.ncols()), (2, 3));
+        // `W S` in the factored form equals the product with the formed root.
+        let w = Mat::from_fn(2, 4, |i, j| (i * 4 + j) as f64 - 3.5);
+        let ws = mul(w.as_ref(), s.as_ref(), Par::Seq);
+        let fast = dist.root.right_of(w.as_ref());
+        assert!(crate::linalg::max_abs((&fast - &ws).as_ref()) < 1e-14);
+    }
+
+    #[test]
+    fn bad_covariances_are_refused_naming_the_fault() {
+        let asym = Mat::from_fn(2, 2, |i, j| if (i, j) == (0, 1) { 0.5 } else { 1.0 });
+        let e = InputDistribution::from_moments(vec![0.0; 2], asym.as_ref(), "s.npy")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not symmetric: entry (1, 0)"), "{e}");
+        let indefinite = Mat::from_fn(2, 2, |i, j| if i == j { 1.0 } else { 2.0 });
+        let e = InputDistribution::from_moments(vec![0.0; 2], indefinite.as_ref(), "s.npy")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("not positive semidefinite") && e.contains("-1.0"),
+            "{e}"
+        );
+        let e = InputDistribution::from_moments(vec![0.0; 3], asym.as_ref(), "s.npy")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("shape [2, 2], expected [3, 3]"), "{e}");
+        let x = Mat::from_fn(3, 2, |i, j| if (i, j) == (2, 1) { f64::NAN } else { 1.0 });
+        let e = InputDistribution::from_samples(x.as_ref(), "x.npy")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("row 2"), "{e}");
+        let e = InputDistribution::from_samples(x.subrows(0, 1), "x.npy")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("at least 2 rows, got 1"), "{e}");
+    }
+}
