@@ -311,7 +311,7 @@ fn inputs(
 /// Compare two models; the result as JSON text (the fields of `tensim compare --json`).
 #[pyfunction]
 #[allow(clippy::too_many_arguments)]
-#[pyo3(signature = (a, b, metric_name, per_output=false, data=None, samples=10000, seed=0, mode=None, symmetrize="layer", by_degree=false, dist=None, null=None))]
+#[pyo3(signature = (a, b, metric_name, per_output=false, data=None, samples=10000, seed=0, mode=None, symmetrize="layer", by_degree=false, dist=None, null=None, per_tensor=false))]
 fn _compare(
     py: Python<'_>,
     a: &Model,
@@ -326,6 +326,7 @@ fn _compare(
     by_degree: bool,
     dist: Option<PyRef<'_, Distribution>>,
     null: Option<usize>,
+    per_tensor: bool,
 ) -> PyResult<String> {
     let m = configured(metric_name, symmetrize, by_degree, mode, samples, seed)?;
     let dist = dist.as_ref().map(|d| &d.inner);
@@ -335,6 +336,7 @@ fn _compare(
         .transpose()?;
     let opts = Options {
         per_output,
+        per_tensor,
         par: Par::rayon(0),
     };
     let null = null.map(|k| (k, seed));

@@ -218,13 +218,14 @@ def compare(
     input_cov: Any = None,
     token_counts: Any = None,
     null: int | None = None,
+    per_tensor: bool = False,
 ) -> dict:
     """Compare two models; returns the fields of ``tensim compare --json``: ``similarity``,
     ``inner``, ``norm2_a``, ``norm2_b`` and, as they apply, ``per_output``, ``samples``, ``inputs``,
     ``symmetrize``, ``mode``, ``stderr``, ``by_degree``, ``input_distribution``, ``null_mean``,
-    ``null_std``, ``null_pairs``, ``z``.
+    ``null_std``, ``null_pairs``, ``z``, ``per_tensor``.
 
-    ``metric``: ``"tensor"`` (exact, from the weights), ``"matrix"`` (cosine of flattened weights),
+    ``metric``: ``"tensor"`` (exact, from the weights), ``"matrix"`` (cosine of flattened weights; ``per_tensor=True`` adds each tensor's cosine),
     ``"behavioral"`` or ``"cka"`` (on ``data``, a ``(rows, in_dim)`` array, else ``samples``
     standard Gaussian inputs drawn with ``seed``), ``"gaussian"`` (``E<f_a(x), f_b(x)>`` under
     Gaussian input, from the weights; ``mode="exact"`` or ``"closure"``, default exact when
@@ -256,6 +257,7 @@ def compare(
             by_degree=by_degree,
             dist=_distribution(input_stats, input_mean, input_cov, token_counts),
             null=null,
+            per_tensor=per_tensor,
             **_inputs(data, samples, seed),
         )
     )

@@ -56,6 +56,7 @@ def _compare(
     by_degree: bool = False,
     dist: Optional[Distribution] = None,
     null: Optional[int] = None,
+    per_tensor: bool = False,
 ) -> str: ...
 class Distribution:
     def info_json(self) -> str: ...

@@ -465,6 +465,8 @@ def test_input_distributions_and_the_null_equal_the_command_line_tool(cli, tmp_p
         assert got[k] == pytest.approx(want[k], abs=1e-12), k
     n = tensim.null(models[0], "gaussian", pairs=5, seed=2)
     assert (n["mean"], n["std"], len(n["values"])) == (got["null_mean"], got["null_std"], 5)
+    per = tensim.compare(models[0], models[1], "matrix", per_tensor=True)["per_tensor"]
+    assert [t["tensor"] for t in per] == [t["tensor"] for t in run("--metric", "matrix", "--per-tensor")["per_tensor"]]
     counts = tensim.compare(models[0], models[1], "gaussian", token_counts=np.array([1, 2, 0, 3, 1, 1]))
     assert counts["input_distribution"]["rank"] == 4
     # Refused: other metrics, bad covariances, per-position statistics.

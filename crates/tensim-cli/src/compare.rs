@@ -20,6 +20,9 @@ pub struct CompareArgs {
     /// Also report the metric for each output coordinate (per-class slice similarity).
     #[arg(long)]
     per_output: bool,
+    /// matrix: also the cosine of each parameter tensor (`layers.{i}.{role}`).
+    #[arg(long)]
+    per_tensor: bool,
     #[command(flatten)]
     sym: SymArgs,
     #[command(flatten)]
@@ -45,6 +48,7 @@ pub fn run(args: CompareArgs) -> Result<()> {
         .transpose()?;
     let opts = Options {
         per_output: args.per_output,
+        per_tensor: args.per_tensor,
         par: Par::rayon(0),
     };
     let null = args.null.null.map(|k| (k, args.inputs.seed));

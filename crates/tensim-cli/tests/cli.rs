@@ -1118,6 +1118,26 @@ fn input_distributions_and_the_null_from_the_command_line() {
     assert!(
         v["null_mean"].is_f64() && v["null_pairs"] == 3 && v["input_distribution"]["rows"] == 40
     );
+    // The weight baseline per tensor.
+    let r = json(&tensim(
+        &[
+            "compare",
+            a,
+            b,
+            "--metric",
+            "matrix",
+            "--per-tensor",
+            "--json",
+        ],
+        &d,
+    ));
+    let per = r["per_tensor"].as_array().unwrap();
+    assert_eq!(per[0]["tensor"], "layers.0.weight", "{r}");
+    assert!(per
+        .iter()
+        .all(|t| t["similarity"].as_f64().unwrap().abs() <= 1.0));
+    let o = tensim(&["compare", a, b, "--per-tensor"], &d);
+    assert!(!o.status.success() && stderr(&o).contains("matrix metric"));
     // Bad input: refused, naming what is wrong.
     let mut bad_cov = cov.clone();
     bad_cov[1] += 1.0;

@@ -67,6 +67,7 @@ fn pair(c: &mut Criterion) {
         for (name, par) in [("seq", Par::Seq), ("rayon", Par::rayon(0))] {
             let opts = Options {
                 per_output: false,
+                per_tensor: false,
                 par,
             };
             g.bench_with_input(BenchmarkId::new(name, &label), &label, |bch, _| {

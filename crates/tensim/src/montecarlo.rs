@@ -131,6 +131,7 @@ pub fn verify(a: &Model, b: &Model, samples: usize, seed: u64, par: Par) -> Resu
         b,
         &Options {
             per_output: false,
+            per_tensor: false,
             par,
         },
     )?;

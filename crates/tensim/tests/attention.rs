@@ -325,6 +325,7 @@ fn every_metric_covers_transformers() {
     let inputs = Inputs::gaussian(200, 3, 5, 0).unwrap();
     let opts = Options {
         per_output: false,
+        per_tensor: false,
         par: Par::Seq,
     };
     for metric in [&Metric::Behavioral, &Metric::Matrix] {

@@ -63,6 +63,7 @@ fn behavioral_self_similarity_is_exactly_one_at_any_scale() {
 fn opts() -> Options {
     Options {
         per_output: true,
+        per_tensor: false,
         par: Par::Seq,
     }
 }
@@ -169,6 +170,57 @@ fn matrix_is_the_cosine_of_flattened_parameters_and_needs_equal_shapes() {
         e.contains("identical architectures") && e.contains("--metric tensor"),
         "{e}"
     );
+}
+
+/// Per tensor: each stored tensor's cosine (against the tensors `io::parameter_tensors` lists,
+/// by name); a tensor changed alone moves only its own value; a zero tensor is undefined.
+#[test]
+fn matrix_per_tensor_is_the_cosine_of_each_stored_tensor() {
+    let spec = Spec {
+        d_in: 4,
+        d: 3,
+        h: 5,
+        d_out: 2,
+        depth: 2,
+        residual: lerp(0.5),
+        bias: true,
+        embed: true,
+    };
+    let (a, b) = (random_model(spec, 1), random_model(spec, 2));
+    let o = Options {
+        per_tensor: true,
+        ..opts()
+    };
+    let per = matrix::similarity(&a, &b, &o).unwrap().per_tensor.unwrap();
+    let (ta, tb) = (
+        tensim::io::parameter_tensors(&a),
+        tensim::io::parameter_tensors(&b),
+    );
+    assert_eq!(per.len(), ta.len());
+    for (t, ((name, _, x), (_, _, y))) in per.iter().zip(ta.iter().zip(&tb)) {
+        let dot = |u: &[f64], v: &[f64]| u.iter().zip(v).map(|(p, q)| p * q).sum::<f64>();
+        let want = dot(x, y) / (dot(x, x) * dot(y, y)).sqrt();
+        assert_eq!(&t.tensor, name);
+        assert!((t.similarity.unwrap() - want).abs() < 1e-14, "{name}");
+    }
+    // Change the head alone: every other tensor keeps similarity 1.
+    let mut layers = a.layers().to_vec();
+    let Layer::Linear(head) = layers.last_mut().unwrap() else {
+        unreachable!()
+    };
+    head.weight = Mat::zeros(2, 3);
+    let c = Model::new(4, 1, layers).unwrap();
+    let per = matrix::similarity(&a, &c, &o).unwrap().per_tensor.unwrap();
+    for t in &per {
+        match t.tensor.as_str() {
+            "layers.3.weight" => assert_eq!(t.similarity, None),
+            _ => assert!((t.similarity.unwrap() - 1.0).abs() < 1e-15, "{}", t.tensor),
+        }
+    }
+    let e = tensim::metrics::compare(&a, &b, &tensim::metrics::Metric::TENSOR, None, &o)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("matrix metric"), "{e}");
 }
 
 #[test]

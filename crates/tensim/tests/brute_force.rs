@@ -11,6 +11,7 @@ use tensim::montecarlo::eval_symmetrised;
 fn opts(per_output: bool) -> Options {
     Options {
         per_output,
+        per_tensor: false,
         par: Par::Seq,
     }
 }

@@ -56,6 +56,7 @@ fn depth2_closed_form_equals_brute_force_symmetrisation() {
 fn full(a: &Model, b: &Model) -> tensim::metrics::Comparison {
     let opts = tensim::metrics::Options {
         per_output: false,
+        per_tensor: false,
         par: Par::Seq,
     };
     let fo = FullOptions {
@@ -194,6 +195,7 @@ fn complex_gaussian_monte_carlo_is_unbiased() {
     };
     let opts = tensim::metrics::Options {
         per_output: false,
+        per_tensor: false,
         par: Par::Seq,
     };
     let r = fullsym::similarity(
@@ -281,6 +283,7 @@ mod laws {
     fn fs(a: &Model, b: &Model) -> f64 {
         let opts = tensim::metrics::Options {
             per_output: false,
+            per_tensor: false,
             par: Par::Seq,
         };
         fullsym::similarity(a, b, &opts, &FullOptions::default())

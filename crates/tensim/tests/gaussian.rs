@@ -473,6 +473,7 @@ fn per_output_values_are_the_similarities_of_the_single_output_models() {
         let (fa, fb) = (with(&a, &ha), with(&b, &hb));
         let o = tensim::metrics::Options {
             per_output: true,
+            per_tensor: false,
             ..Default::default()
         };
         let metric = tensim::metrics::Metric::Gaussian(opts.clone());
@@ -493,6 +494,7 @@ fn per_output_values_are_the_similarities_of_the_single_output_models() {
     let (fa, fb) = (with(&a, &ha), with(&b, &hb));
     let o = tensim::metrics::Options {
         per_output: true,
+        per_tensor: false,
         ..Default::default()
     };
     let r = tensim::metrics::compare(&fa, &fb, &tensim::metrics::Metric::TENSOR, None, &o).unwrap();

@@ -52,6 +52,7 @@ fn golden_mlp(off: f64, depth: usize) -> Model {
 fn opts() -> Options {
     Options {
         per_output: false,
+        per_tensor: false,
         par: Par::Seq,
     }
 }

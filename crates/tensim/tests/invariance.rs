@@ -19,6 +19,7 @@ fn ts(a: &Model, b: &Model) -> f64 {
         b,
         &Options {
             per_output: false,
+            per_tensor: false,
             par: Par::Seq,
         },
     )
@@ -192,6 +193,7 @@ fn the_weight_cosine_is_not_invariant() {
     same_function(&b, &b2);
     let opts = Options {
         per_output: false,
+        per_tensor: false,
         par: Par::Seq,
     };
     assert!(matrix::similarity(&b, &b2, &opts).unwrap().similarity < 0.99);

@@ -140,6 +140,7 @@ fn half_and_single_precision_storage() {
             &m64,
             &Options {
                 per_output: false,
+                per_tensor: false,
                 par: Par::Seq,
             },
         )
@@ -367,6 +368,7 @@ fn incomparable_and_zero_norm_models() {
     let m = io::load(&w, Some(&a)).unwrap();
     let opts = Options {
         per_output: true,
+        per_tensor: false,
         par: Par::Seq,
     };
     // Different output size.

@@ -17,6 +17,7 @@ use tensim::Model;
 
 const OPTS: Options = Options {
     per_output: false,
+    per_tensor: false,
     par: Par::Seq,
 };
 

@@ -64,6 +64,7 @@ fn the_network_recursion_equals_the_gram_recursion_on_bilinear_stacks() {
     let (a, b) = (model(&mut rng), model(&mut rng));
     let opts = Options {
         per_output: false,
+        per_tensor: false,
         par: Par::Seq,
     };
     let gram = tensor::similarity(&a, &b, &opts).unwrap();
@@ -242,6 +243,7 @@ fn laws_self_symmetry_head_permutation_and_score_pair_swap() {
     // Through the metric dispatch too.
     let opts = Options {
         per_output: false,
+        per_tensor: false,
         par: Par::Seq,
     };
     assert!(

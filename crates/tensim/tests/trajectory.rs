@@ -43,6 +43,7 @@ fn check_against_pairs(models: &[Model], metric: &Metric, inputs: Option<&Inputs
         .similarity;
     let pair_opts = Options {
         per_output: false,
+        per_tensor: false,
         par: Par::Seq,
     };
     for i in 0..models.len() {
@@ -359,6 +360,7 @@ fn per_output_matrices_equal_single_pair_slices() {
         assert_eq!(per.len(), 3);
         let pair_opts = Options {
             per_output: true,
+            per_tensor: false,
             par: Par::Seq,
         };
         for i in 0..4 {
@@ -403,6 +405,7 @@ fn per_output_matrices_equal_single_pair_slices() {
             .unwrap();
         let pair_opts = Options {
             per_output: true,
+            per_tensor: false,
             par: Par::Seq,
         };
         for i in 0..3 {
@@ -448,6 +451,7 @@ fn fully_symmetrised_matrix_equals_single_pairs() {
         .similarity;
     let o = Options {
         per_output: false,
+        per_tensor: false,
         par: Par::Seq,
     };
     for i in 0..4 {
@@ -571,6 +575,7 @@ fn a_checkpoint_of_zero_norm_gets_nan_and_the_rest_is_computed() {
                 .similarity;
             let pair_opts = Options {
                 per_output: false,
+                per_tensor: false,
                 par: Par::Seq,
             };
             for i in 0..4 {

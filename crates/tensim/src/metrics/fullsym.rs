@@ -319,6 +319,7 @@ pub fn similarity(
 pub fn batch<'a>(models: &'a [&'a Model], full: FullOptions) -> impl Batch + 'a {
     let opts = crate::metrics::Options {
         per_output: false,
+        per_tensor: false,
         par: Par::Seq,
     };
     PerPair {

@@ -3,6 +3,8 @@
 //! Defined only for models of identical architecture. Per output `c`: the cosine of the final
 //! layer's row `c` (weights and bias of that output).
 
+use serde::Serialize;
+
 use crate::error::{Error, Result};
 use crate::layers::Layer;
 use crate::linalg::to_row_major;
@@ -33,10 +35,35 @@ pub fn similarity(a: &Model, b: &Model, opts: &Options) -> Result<Comparison> {
         norm2_a,
         norm2_b,
         per_output,
-        samples: None,
-        inputs: None,
+        per_tensor: opts.per_tensor.then(|| per_tensor(a, b)),
         ..Default::default()
     })
+}
+
+/// The cosine of one parameter tensor of the two models.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct TensorCosine {
+    /// `layers.{i}.{role}` (the name [`crate::io::save`] writes).
+    pub tensor: String,
+    /// `None` where either tensor is zero.
+    pub similarity: Option<f64>,
+}
+
+/// The cosine of each parameter tensor, layer by layer (models of the same architecture).
+fn per_tensor(a: &Model, b: &Model) -> Vec<TensorCosine> {
+    let dot = |x: &[f64], y: &[f64]| x.iter().zip(y).map(|(u, v)| u * v).sum::<f64>();
+    let layers = a.layers().iter().zip(b.layers()).enumerate();
+    layers
+        .flat_map(|(i, (la, lb))| {
+            la.parameters()
+                .into_iter()
+                .zip(lb.parameters())
+                .map(move |((role, x), (_, y))| TensorCosine {
+                    tensor: Model::tensor_name(i, role),
+                    similarity: cosines(&[dot(&x, &y)], &[dot(&x, &x)], &[dot(&y, &y)])[0],
+                })
+        })
+        .collect()
 }
 
 fn flat(m: &Model) -> Vec<f64> {

@@ -197,6 +197,9 @@ pub struct Comparison {
     /// The same metric per output coordinate; `None` where one model's slice is zero.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub per_output: Option<Vec<Option<f64>>>,
+    /// The matrix metric per parameter tensor (`--per-tensor`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub per_tensor: Option<Vec<matrix::TensorCosine>>,
     /// Number of inputs used (behavioural metrics).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub samples: Option<usize>,
@@ -283,6 +286,15 @@ impl std::fmt::Display for Comparison {
         if let Some(per) = &self.per_output {
             list(f, "per output", per, "zero slice")?;
         }
+        if let Some(per) = &self.per_tensor {
+            writeln!(f, "per tensor:")?;
+            for t in per {
+                match t.similarity {
+                    Some(s) => writeln!(f, "  {:<24}  {s:.12}", t.tensor)?,
+                    None => writeln!(f, "  {:<24}  undefined (zero tensor)", t.tensor)?,
+                }
+            }
+        }
         Ok(())
     }
 }
@@ -292,6 +304,8 @@ impl std::fmt::Display for Comparison {
 pub struct Options {
     /// Also compute the metric per output coordinate.
     pub per_output: bool,
+    /// Also the matrix metric per parameter tensor.
+    pub per_tensor: bool,
     /// Parallelism of the computation (GEMMs and the gaussian moments).
     pub par: Par,
 }
@@ -300,6 +314,7 @@ impl Default for Options {
     fn default() -> Options {
         Options {
             per_output: false,
+            per_tensor: false,
             par: Par::rayon(0),
         }
     }
@@ -314,6 +329,12 @@ pub fn compare(
     opts: &Options,
 ) -> Result<Comparison> {
     check_io(a, b)?;
+    if opts.per_tensor && metric.kind() != Kind::Matrix {
+        return Err(Error::Invalid(format!(
+            "per-tensor values are reported by the matrix metric, not by {}",
+            metric.name()
+        )));
+    }
     let (a, b) = (scale_free(a, metric), scale_free(b, metric));
     let (a, b) = (a.as_ref(), b.as_ref());
     let inputs = inputs.map(|x| scale::rescaled_inputs(x, &[a, b]));
@@ -379,8 +400,8 @@ pub fn null_of(
     par: Par,
 ) -> Result<calibration::Null> {
     let opts = Options {
-        per_output: false,
         par,
+        ..Default::default()
     };
     calibration::null(model, pairs, seed, |x, y| {
         let r = compare(&*under(x, dist)?, &*under(y, dist)?, metric, inputs, &opts)?;

@@ -312,6 +312,7 @@ pub fn cancellation(m: &Model) -> f64 {
     use tensim::metrics::{tensor, Options};
     let opts = Options {
         per_output: false,
+        per_tensor: false,
         par: tensim::linalg::Par::Seq,
     };
     let norm = |x: &Model| {

@@ -310,6 +310,7 @@ pub fn batch<'a>(models: &'a [&'a Model], per_output: bool) -> Result<Box<dyn Ba
             None => {
                 let opts = Options {
                     per_output,
+                    per_tensor: false,
                     par: Par::Seq,
                 };
                 let r = similarity(models[i], models[j], &opts)?;
