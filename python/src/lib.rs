@@ -347,6 +347,46 @@ fn _compare(
     Ok(serde_json::to_string(&r).expect("a comparison always serialises"))
 }
 
+/// The metric between the changes `a − a0` and `b − b0` (either base optional; JSON text).
+#[pyfunction]
+#[allow(clippy::too_many_arguments)]
+#[pyo3(signature = (a, a0, b, b0, metric_name, mode=None, dist=None))]
+fn _compare_changes(
+    py: Python<'_>,
+    a: &Model,
+    a0: Option<&Model>,
+    b: &Model,
+    b0: Option<&Model>,
+    metric_name: &str,
+    mode: Option<&str>,
+    dist: Option<PyRef<'_, Distribution>>,
+) -> PyResult<String> {
+    let m = configured(metric_name, "layer", false, mode, 0, 0)?;
+    let dist = dist.as_ref().map(|d| &d.inner);
+    let r = py
+        .detach(|| {
+            tensim::metrics::check_distribution(dist, m.kind())?;
+            let read = |x: &tensim::Model| match dist {
+                Some(d) => d.apply(x),
+                None => Ok(x.clone()),
+            };
+            let (a, b) = (read(&a.inner)?, read(&b.inner)?);
+            let a0 = a0.map(|x| read(&x.inner)).transpose()?;
+            let b0 = b0.map(|x| read(&x.inner)).transpose()?;
+            let opts = Options::default();
+            let mut r = tensim::metrics::difference::similarity(
+                (&a, a0.as_ref()),
+                (&b, b0.as_ref()),
+                &m,
+                &opts,
+            )?;
+            r.input_distribution = dist.map(|d| d.info().clone());
+            Ok(r)
+        })
+        .map_err(err)?;
+    Ok(serde_json::to_string(&r).expect("a comparison always serialises"))
+}
+
 /// A Gaussian input distribution `N(μ, Σ)` for the tensor and gaussian metrics.
 #[pyclass(frozen)]
 struct Distribution {
@@ -709,6 +749,7 @@ fn _tensim(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Distribution>()?;
     m.add_function(wrap_pyfunction!(_distribution, m)?)?;
     m.add_function(wrap_pyfunction!(_null, m)?)?;
+    m.add_function(wrap_pyfunction!(_compare_changes, m)?)?;
     m.add_function(wrap_pyfunction!(_load, m)?)?;
     m.add_function(wrap_pyfunction!(_compare, m)?)?;
     m.add_function(wrap_pyfunction!(_matrix, m)?)?;

@@ -219,6 +219,8 @@ def compare(
     token_counts: Any = None,
     null: int | None = None,
     per_tensor: bool = False,
+    minus_a: Model | PathLike | None = None,
+    minus_b: Model | PathLike | None = None,
 ) -> dict:
     """Compare two models; returns the fields of ``tensim compare --json``: ``similarity``,
     ``inner``, ``norm2_a``, ``norm2_b`` and, as they apply, ``per_output``, ``samples``, ``inputs``,
@@ -243,9 +245,19 @@ def compare(
     ``null=K``: also the metric between ``K`` pairs of independent initialisations of A's
     architecture (PyTorch's default, seeded by ``seed``) and the z-score of the observed value.
 
+    ``minus_a=A0`` / ``minus_b=B0``: compare the changes ``f_A - f_A0`` and ``f_B - f_B0`` (either
+    optional) from the inner products, exactly (``tensor``, ``gaussian`` when exact, ``matrix``);
+    a change too small to resolve in f64 next to the models raises. As ``--minus-a``/``--minus-b``.
+
     Paths are read as by :func:`load`, with ``arch``, ``key`` and ``n_ctx``.
     """
     a, b = _model(a, arch, key, n_ctx), _model(b, arch, key, n_ctx)
+    dist = _distribution(input_stats, input_mean, input_cov, token_counts)
+    if minus_a is not None or minus_b is not None:
+        base = lambda x: None if x is None else _model(x, arch, key, n_ctx)._m  # noqa: E731
+        return json.loads(
+            _tensim._compare_changes(a._m, base(minus_a), b._m, base(minus_b), metric, mode=mode, dist=dist)
+        )
     return json.loads(
         _tensim._compare(
             a._m,
@@ -255,7 +267,7 @@ def compare(
             mode=mode,
             symmetrize=symmetrize,
             by_degree=by_degree,
-            dist=_distribution(input_stats, input_mean, input_cov, token_counts),
+            dist=dist,
             null=null,
             per_tensor=per_tensor,
             **_inputs(data, samples, seed),

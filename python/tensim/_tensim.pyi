@@ -58,6 +58,16 @@ def _compare(
     null: Optional[int] = None,
     per_tensor: bool = False,
 ) -> str: ...
+def _compare_changes(
+    a: Model,
+    a0: Optional[Model],
+    b: Model,
+    b0: Optional[Model],
+    metric_name: str,
+    mode: Optional[str] = None,
+    dist: Optional[Distribution] = None,
+) -> str: ...
+
 class Distribution:
     def info_json(self) -> str: ...
 

@@ -467,6 +467,11 @@ def test_input_distributions_and_the_null_equal_the_command_line_tool(cli, tmp_p
     assert (n["mean"], n["std"], len(n["values"])) == (got["null_mean"], got["null_std"], 5)
     per = tensim.compare(models[0], models[1], "matrix", per_tensor=True)["per_tensor"]
     assert [t["tensor"] for t in per] == [t["tensor"] for t in run("--metric", "matrix", "--per-tensor")["per_tensor"]]
+    changes = run("--metric", "gaussian", "--minus-a", files[1], "--minus-b", files[1])
+    got = tensim.compare(models[0], models[2], "gaussian", minus_a=models[1], minus_b=files[1], arch=sidecar)
+    assert got["similarity"] == pytest.approx(changes["similarity"], abs=1e-12)
+    with pytest.raises(tensim.TensimError, match="zero or too small"):
+        tensim.compare(models[0], models[2], minus_a=models[0])
     counts = tensim.compare(models[0], models[1], "gaussian", token_counts=np.array([1, 2, 0, 3, 1, 1]))
     assert counts["input_distribution"]["rank"] == 4
     # Refused: other metrics, bad covariances, per-position statistics.

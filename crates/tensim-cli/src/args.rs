@@ -64,15 +64,15 @@ pub struct KeyArg {
 impl ArchArgs {
     /// Both models, each with its own description or the shared one.
     pub fn load_pair(&self, a: &Path, b: &Path) -> Result<(Model, Model)> {
-        let shared = self.arch.as_deref();
-        let key = self.key.key.as_deref();
-        let load = |path: &Path, arch: Option<&Path>| {
-            load(path, description(arch, self.n_ctx.n_ctx)?.as_ref(), key)
-        };
-        Ok((
-            load(a, self.arch_a.as_deref().or(shared))?,
-            load(b, self.arch_b.as_deref().or(shared))?,
-        ))
+        Ok((self.load_side(a, true)?, self.load_side(b, false)?))
+    }
+
+    /// A model of side A (`--arch-a`) or B (`--arch-b`), else with the shared description.
+    pub fn load_side(&self, path: &Path, side_a: bool) -> Result<Model> {
+        let own = if side_a { &self.arch_a } else { &self.arch_b };
+        let arch = own.as_deref().or(self.arch.as_deref());
+        let sidecar = description(arch, self.n_ctx.n_ctx)?;
+        load(path, sidecar.as_ref(), self.key.key.as_deref())
     }
 }
 

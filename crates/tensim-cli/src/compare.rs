@@ -4,8 +4,10 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Args;
+use tensim::distribution::InputDistribution;
 use tensim::linalg::Par;
-use tensim::metrics::{self, Kind, Options};
+use tensim::metrics::{self, Comparison, Kind, Metric, Options};
+use tensim::Model;
 
 use crate::args::{metric, ArchArgs, DistArgs, GaussArgs, InputArgs, NullArg, SymArgs};
 
@@ -33,6 +35,13 @@ pub struct CompareArgs {
     dist: DistArgs,
     #[command(flatten)]
     null: NullArg,
+    /// Compare the change f_A − f_A0 (with --minus-b, of both sides), from the inner products
+    /// (tensor, gaussian when exact, matrix): is this change the same as the other one?
+    #[arg(long, value_name = "A0", conflicts_with = "null")]
+    minus_a: Option<PathBuf>,
+    /// Compare the change f_B − f_B0 (read with --arch-b or --arch).
+    #[arg(long, value_name = "B0", conflicts_with = "null")]
+    minus_b: Option<PathBuf>,
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
@@ -51,10 +60,15 @@ pub fn run(args: CompareArgs) -> Result<()> {
         per_tensor: args.per_tensor,
         par: Par::rayon(0),
     };
-    let null = args.null.null.map(|k| (k, args.inputs.seed));
-    let r =
-        metrics::compare_calibrated(&ma, &mb, &metric, data.as_ref(), &opts, dist.as_ref(), null)
-            .with_context(|| format!("comparing {} with {}", args.a.display(), args.b.display()))?;
+    let what = || format!("comparing {} with {}", args.a.display(), args.b.display());
+    let r = if args.minus_a.is_some() || args.minus_b.is_some() {
+        changes(&args, (&ma, &mb), &metric, &opts, dist.as_ref()).with_context(what)?
+    } else {
+        let null = args.null.null.map(|k| (k, args.inputs.seed));
+        let dist = dist.as_ref();
+        metrics::compare_calibrated(&ma, &mb, &metric, data.as_ref(), &opts, dist, null)
+            .with_context(what)?
+    };
     if let Some(w) = &r.warning {
         eprintln!("warning: {w}");
     }
@@ -64,4 +78,31 @@ pub fn run(args: CompareArgs) -> Result<()> {
         print!("{r}");
     }
     Ok(())
+}
+
+/// `--minus-a A0` / `--minus-b B0`: the metric between the changes `f_A − f_A0` and `f_B − f_B0`
+/// (all four models read under the input distribution, if any).
+fn changes(
+    args: &CompareArgs,
+    (a, b): (&Model, &Model),
+    metric: &Metric,
+    opts: &Options,
+    dist: Option<&InputDistribution>,
+) -> Result<Comparison> {
+    let read = |m: Model| match dist {
+        Some(d) => d.apply(&m),
+        None => Ok(m),
+    };
+    let base = |path: &Option<PathBuf>, side_a| -> Result<Option<Model>> {
+        match path {
+            Some(p) => Ok(Some(read(args.arch.load_side(p, side_a)?)?)),
+            None => Ok(None),
+        }
+    };
+    let (a0, b0) = (base(&args.minus_a, true)?, base(&args.minus_b, false)?);
+    let (a, b) = (read(a.clone())?, read(b.clone())?);
+    let mut r =
+        metrics::difference::similarity((&a, a0.as_ref()), (&b, b0.as_ref()), metric, opts)?;
+    r.input_distribution = dist.map(|d| d.info().clone());
+    Ok(r)
 }

@@ -1118,6 +1118,48 @@ fn input_distributions_and_the_null_from_the_command_line() {
     assert!(
         v["null_mean"].is_f64() && v["null_pairs"] == 3 && v["input_distribution"]["rows"] == 40
     );
+    // Changes: A − C against B − C, and a change against itself.
+    let c0 = "r/random-002.safetensors";
+    let r = json(&tensim(
+        &[
+            "compare",
+            a,
+            b,
+            "--minus-a",
+            c0,
+            "--minus-b",
+            c0,
+            "--metric",
+            "gaussian",
+            "--json",
+        ],
+        &d,
+    ));
+    // The same from the pairs' inner products, expanded by hand.
+    let ip = |x: &str, y: &str| {
+        let v = json(&tensim(
+            &["compare", x, y, "--metric", "gaussian", "--json"],
+            &d,
+        ));
+        v["inner"].as_f64().unwrap()
+    };
+    let (ab, ac, cb, cc) = (ip(a, b), ip(a, c0), ip(c0, b), ip(c0, c0));
+    let (aa, bb) = (ip(a, a), ip(b, b));
+    let want = (ab - ac - cb + cc) / ((aa - 2.0 * ac + cc) * (bb - 2.0 * cb + cc)).sqrt();
+    assert!(
+        (r["similarity"].as_f64().unwrap() - want).abs() < 1e-9,
+        "{r} vs {want}"
+    );
+    let r = json(&tensim(
+        &["compare", a, a, "--minus-a", c0, "--minus-b", c0, "--json"],
+        &d,
+    ));
+    assert!(
+        (r["similarity"].as_f64().unwrap() - 1.0).abs() < 1e-12,
+        "{r}"
+    );
+    let o = tensim(&["compare", a, b, "--minus-a", a], &d);
+    assert!(!o.status.success() && stderr(&o).contains("zero or too small"));
     // The weight baseline per tensor.
     let r = json(&tensim(
         &[

@@ -4,6 +4,7 @@
 pub mod batch;
 pub mod behavioral;
 pub mod cka;
+pub mod difference;
 pub mod fullsym;
 pub mod gaussian;
 pub mod inputs;

@@ -1,0 +1,134 @@
+//! Similarity of changes: the metric between `f_A − f_A0` and `f_B − f_B0` (either base may be
+//! absent), from the bilinearity of the inner products — no difference network is built:
+//!
+//! ```text
+//! ⟨A − A0, B − B0⟩ = ⟨A, B⟩ − ⟨A, B0⟩ − ⟨A0, B⟩ + ⟨A0, B0⟩
+//! ‖A − A0‖²        = ⟨A, A⟩ − 2⟨A, A0⟩ + ⟨A0, A0⟩
+//! ```
+//!
+//! Exact for the bilinear forms: the tensor metric (per-layer symmetrisation is linear), the
+//! gaussian metric when computed exactly, and the weight cosine. Rounding in the terms is bounded
+//! by `10⁻¹²·Σ|terms|`; a result that bound does not resolve (a change too small for f64 next to
+//! the models) is refused, never printed.
+
+use crate::error::{Error, Result};
+use crate::metrics::{
+    check_io, gaussian, matrix, tensor, Comparison, Method, Metric, Options, Symmetrize,
+};
+use crate::model::Model;
+
+/// Relative accuracy assumed of each computed inner product.
+const TERM_ACCURACY: f64 = 1e-12;
+/// Largest rounding bound on the similarity that is still reported.
+const MAX_ERROR: f64 = 1e-6;
+
+/// The metric between `f_a − f_a0` and `f_b − f_b0`.
+pub fn similarity(
+    (a, a0): (&Model, Option<&Model>),
+    (b, b0): (&Model, Option<&Model>),
+    metric: &Metric,
+    opts: &Options,
+) -> Result<Comparison> {
+    if opts.per_output || opts.per_tensor {
+        return Err(Error::Invalid(
+            "differences of models report the total similarity only (no per-output or \
+             per-tensor values)"
+                .into(),
+        ));
+    }
+    let mut xs = vec![(a, 1.0)];
+    xs.extend(a0.map(|m| (m, -1.0)));
+    let mut ys = vec![(b, 1.0)];
+    ys.extend(b0.map(|m| (m, -1.0)));
+    for (x, _) in xs.iter().chain(&ys) {
+        check_io(a, x)?;
+    }
+    // Σ_ij c_i c_j ⟨x_i, y_j⟩ with its rounding bound.
+    let form = |left: &[(&Model, f64)], right: &[(&Model, f64)]| -> Result<(f64, f64)> {
+        let mut sum = 0.0;
+        let mut size = 0.0;
+        for &(x, cx) in left {
+            for &(y, cy) in right {
+                let v = cx * cy * inner(x, y, metric, opts)?;
+                sum += v;
+                size += v.abs();
+            }
+        }
+        Ok((sum, TERM_ACCURACY * size))
+    };
+    let (inner_ab, err_ab) = form(&xs, &ys)?;
+    let (norm2_a, err_a) = form(&xs, &xs)?;
+    let (norm2_b, err_b) = form(&ys, &ys)?;
+    for (n, err, which) in [(norm2_a, err_a, "A"), (norm2_b, err_b, "B")] {
+        if n <= err {
+            return Err(Error::Invalid(format!(
+                "the change of model {which} is zero or too small to resolve next to the models \
+                 ({n:.3e}, rounding bound {err:.3e}) under the {} metric",
+                metric.name()
+            )));
+        }
+    }
+    let scale = (norm2_a * norm2_b).sqrt();
+    // d(ab/√(aa·bb)) ≤ δab/√(aa·bb) + ½|s|(δaa/aa + δbb/bb).
+    let s = inner_ab / scale;
+    let bound = err_ab / scale + 0.5 * s.abs() * (err_a / norm2_a + err_b / norm2_b);
+    if bound.is_nan() || bound > MAX_ERROR {
+        return Err(Error::Invalid(format!(
+            "the similarity of the changes is not resolved in f64 (rounding bound {bound:.1e}): \
+             the changes are too small next to the models"
+        )));
+    }
+    Ok(Comparison {
+        metric: metric.kind(),
+        similarity: s.clamp(-1.0, 1.0),
+        inner: inner_ab,
+        norm2_a,
+        norm2_b,
+        ..Default::default()
+    })
+}
+
+/// `⟨x, y⟩` of a bilinear metric, on the models as given.
+fn inner(x: &Model, y: &Model, metric: &Metric, opts: &Options) -> Result<f64> {
+    let r = match metric {
+        Metric::Tensor(Symmetrize::Layer) => {
+            if x.n_bilinear() != y.n_bilinear() {
+                return Err(Error::Invalid(
+                    "differences under the tensor metric need models with the same number of \
+                     bilinear layers"
+                        .into(),
+                ));
+            }
+            tensor::similarity(x, y, opts)?
+        }
+        Metric::Matrix => matrix::similarity(x, y, opts)?,
+        Metric::Gaussian(g) => {
+            let r = gaussian::similarity(x, y, g, opts.par)?;
+            if r.mode != Some(Method::Exact) {
+                return Err(Error::Invalid(
+                    "differences under the gaussian metric need its exact value; the closure is \
+                     not bilinear in the models (these models are too deep for --exact)"
+                        .into(),
+                ));
+            }
+            r
+        }
+        _ => {
+            return Err(Error::Invalid(format!(
+                "differences of models apply to the tensor (per-layer), gaussian and matrix \
+                 metrics, not to {}",
+                match metric {
+                    Metric::Tensor(_) => "the fully symmetrised tensor metric",
+                    m => m.name(),
+                }
+            )))
+        }
+    };
+    if !r.inner.is_finite() {
+        return Err(Error::OutOfRange {
+            metric: metric.name().into(),
+            what: format!("inner product = {}", r.inner),
+        });
+    }
+    Ok(r.inner)
+}
