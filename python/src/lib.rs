@@ -504,7 +504,7 @@ impl Progress {
 
 /// All-pairs similarity matrix; `(1 + out_dim, N, N)` with `per_output` (plane 0 the total).
 #[pyfunction]
-#[pyo3(signature = (models, names, metric_name, resume_dir=None, per_output=false, data=None, samples=10000, seed=0, tile=0, progress=None, symmetrize="layer", dist=None))]
+#[pyo3(signature = (models, names, metric_name, resume_dir=None, per_output=false, data=None, samples=10000, seed=0, tile=0, progress=None, symmetrize="layer", dist=None, minus=None))]
 #[allow(clippy::too_many_arguments)]
 fn _matrix<'py>(
     py: Python<'py>,
@@ -520,7 +520,14 @@ fn _matrix<'py>(
     progress: Option<Py<PyAny>>,
     symmetrize: &str,
     dist: Option<PyRef<'py, Distribution>>,
+    minus: Option<PyRef<'py, Model>>,
 ) -> PyResult<Bound<'py, PyAny>> {
+    if minus.is_some() && per_output {
+        return Err(TensimError::new_err(
+            "minus= gives the total similarity of changes only (no per_output)",
+        ));
+    }
+    let minus = minus.map(|b| b.inner.clone());
     let m = configured(metric_name, symmetrize, false, None, samples, seed)?;
     let dist = dist.as_ref().map(|d| &d.inner);
     tensim::metrics::check_distribution(dist, m.kind()).map_err(err)?;
@@ -550,6 +557,20 @@ fn _matrix<'py>(
     };
     let result = py
         .detach(|| {
+            if let Some(base) = &minus {
+                let base = match dist {
+                    Some(d) => d.apply(base)?,
+                    None => base.clone(),
+                };
+                let models: Vec<&tensim::Model> = checkpoints.iter().map(|c| &c.model).collect();
+                let k = models.len() as u64 + 1;
+                let tick = |done| progress.tick(done, k * (k + 1) / 2);
+                let similarity = tensim::metrics::difference::matrix(&models, &base, &m, &tick)?;
+                return Ok(trajectory::AllPairs {
+                    similarity,
+                    per_output: None,
+                });
+            }
             let store = resume_dir
                 .map(|dir| TileStore::open(&dir, m.name(), &checkpoints))
                 .transpose()?;

@@ -380,6 +380,7 @@ def matrix(
     input_mean: Any = None,
     input_cov: Any = None,
     token_counts: Any = None,
+    minus: Model | PathLike | None = None,
 ) -> np.ndarray:
     """All-pairs similarity matrix (``N x N``; with ``per_output`` ``(1 + out_dim, N, N)``, plane 0
     the total) of models, model files, glob patterns or folders of checkpoints (ordered by step).
@@ -388,7 +389,9 @@ def matrix(
     interrupted run resumes and a changed checkpoint recomputes only its tiles; the same tiles
     as ``tensim matrix --resume``. ``progress``: a bar on stderr, or a callable
     ``progress(done_pairs, total_pairs)``. ``symmetrize`` and the input distribution
-    (``input_stats`` …): as in :func:`compare`; :func:`null` calibrates the values. Paths are read
+    (``input_stats`` …): as in :func:`compare`; :func:`null` calibrates the values.
+    ``minus=BASE``: the matrix of every model's change from ``BASE`` (as ``--minus``; not
+    resumable, ``NaN`` where a change is zero or too small to resolve). Paths are read
     as by :func:`load`, with ``arch``, ``key`` and ``n_ctx``; without ``arch``, a training run's folder
     (``run/`` holding ``checkpoints/`` and ``config.json``) is described by its ``config.json``. The GIL is released while the matrix is
     computed.
@@ -415,6 +418,7 @@ def matrix(
         progress=callback,
         symmetrize=symmetrize,
         dist=_distribution(input_stats, input_mean, input_cov, token_counts),
+        minus=None if minus is None else _model(minus, arch, key, n_ctx)._m,
         **_inputs(data, samples, seed),
     )
 

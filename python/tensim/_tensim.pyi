@@ -103,6 +103,7 @@ def _matrix(
     progress: Optional[Callable[[int, int], None]] = None,
     symmetrize: str = "layer",
     dist: Optional[Distribution] = None,
+    minus: Optional[Model] = None,
 ) -> _F64: ...
 def _tile(
     rows: Sequence[_Path],

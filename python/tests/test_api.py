@@ -470,6 +470,8 @@ def test_input_distributions_and_the_null_equal_the_command_line_tool(cli, tmp_p
     changes = run("--metric", "gaussian", "--minus-a", files[1], "--minus-b", files[1])
     got = tensim.compare(models[0], models[2], "gaussian", minus_a=models[1], minus_b=files[1], arch=sidecar)
     assert got["similarity"] == pytest.approx(changes["similarity"], abs=1e-12)
+    changes = tensim.matrix(models, "gaussian", minus=files[1], arch=sidecar, progress=False)
+    assert changes[0, 2] == pytest.approx(got["similarity"], abs=1e-12) and np.isnan(changes[1, 1])
     with pytest.raises(tensim.TensimError, match="zero or too small"):
         tensim.compare(models[0], models[2], minus_a=models[0])
     counts = tensim.compare(models[0], models[1], "gaussian", token_counts=np.array([1, 2, 0, 3, 1, 1]))

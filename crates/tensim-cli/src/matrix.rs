@@ -70,6 +70,11 @@ pub struct MatrixArgs {
     dist: DistArgs,
     #[command(flatten)]
     null: NullArg,
+    /// Compare every checkpoint's change from CKPT, f_i − f_CKPT (tensor, gaussian when exact,
+    /// matrix; NaN where a change is zero or too small to resolve). Its pairs are not stored as
+    /// tiles.
+    #[arg(long, value_name = "CKPT", conflicts_with_all = ["per_output", "null"])]
+    minus: Option<PathBuf>,
 }
 
 pub fn run(args: MatrixArgs) -> Result<()> {
@@ -100,7 +105,7 @@ pub fn run(args: MatrixArgs) -> Result<()> {
     let out = args
         .out
         .unwrap_or_else(|| PathBuf::from(format!("tensim-{}.npy", metric.name())));
-    let store = if args.no_resume {
+    let store = if args.no_resume || args.minus.is_some() {
         None
     } else {
         let dir = PathBuf::from(format!("{}.tiles", out.display()));
@@ -121,21 +126,39 @@ pub fn run(args: MatrixArgs) -> Result<()> {
         bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
     let started = std::time::Instant::now();
-    let result = trajectory::similarity_matrix(
-        &cks,
-        &metric,
-        &MatrixOptions {
-            tile: args.tile,
-            store: store.as_ref(),
-            inputs: data.as_ref(),
-            per_output: args.per_output,
-            flops: None,
-        },
-        &|done, total| {
-            bar.set_length(total);
-            bar.inc(done);
-        },
-    )?;
+    let result = match &args.minus {
+        Some(base) => {
+            let base = crate::args::load(base, sidecar.as_ref(), args.key.key.as_deref())?;
+            let base = match &dist {
+                Some(d) => d.apply(&base)?,
+                None => base,
+            };
+            let n = cks.len() as u64 + 1;
+            bar.set_length(n * (n + 1) / 2);
+            let models: Vec<&tensim::Model> = cks.iter().map(|c| &c.model).collect();
+            let similarity =
+                tensim::metrics::difference::matrix(&models, &base, &metric, &|k| bar.inc(k))?;
+            trajectory::AllPairs {
+                similarity,
+                per_output: None,
+            }
+        }
+        None => trajectory::similarity_matrix(
+            &cks,
+            &metric,
+            &MatrixOptions {
+                tile: args.tile,
+                store: store.as_ref(),
+                inputs: data.as_ref(),
+                per_output: args.per_output,
+                flops: None,
+            },
+            &|done, total| {
+                bar.set_length(total);
+                bar.inc(done);
+            },
+        )?,
+    };
     bar.finish_and_clear();
     let null = match args.null.null {
         Some(k) => {
@@ -160,7 +183,7 @@ pub fn run(args: MatrixArgs) -> Result<()> {
     if !undefined.is_empty() {
         eprintln!(
             "warning: {} of the checkpoints have no similarity under the {} metric (zero \
-             norm, or values beyond floating-point range); their rows and columns are NaN (null \
+             norm, values beyond floating-point range, or with --minus a change too small to resolve); their rows and columns are NaN (null \
              in JSON, grey in plots): {}",
             undefined.len(),
             metric.name(),

@@ -1160,6 +1160,37 @@ fn input_distributions_and_the_null_from_the_command_line() {
     );
     let o = tensim(&["compare", a, b, "--minus-a", a], &d);
     assert!(!o.status.success() && stderr(&o).contains("zero or too small"));
+    // Every checkpoint's change from C: the pair's value, and no value for C itself.
+    let v = json(&tensim(
+        &[
+            "matrix", "r", "--minus", c0, "--metric", "gaussian", "--json", "--quiet",
+        ],
+        &d,
+    ));
+    let pair = json(&tensim(
+        &[
+            "compare",
+            a,
+            b,
+            "--minus-a",
+            c0,
+            "--minus-b",
+            c0,
+            "--metric",
+            "gaussian",
+            "--json",
+        ],
+        &d,
+    ));
+    let entry = v["similarity"][0][1].as_f64().unwrap();
+    assert!(
+        (entry - pair["similarity"].as_f64().unwrap()).abs() < 1e-12,
+        "{v}"
+    );
+    assert!(
+        v["similarity"][2][2].is_null() && v["similarity"][0][2].is_null(),
+        "{v}"
+    );
     // The weight baseline per tensor.
     let r = json(&tensim(
         &[

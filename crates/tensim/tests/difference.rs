@@ -187,3 +187,27 @@ fn changes_too_small_to_resolve_and_other_metrics_are_refused() {
         .to_string();
     assert!(e.contains("not to behavioral"), "{e}");
 }
+
+#[test]
+fn the_matrix_of_changes_holds_the_pairwise_values_and_nan_for_no_change() {
+    let [a0, a, _, _] = four(1);
+    let b = map_parameters(&a, |v| v + 0.2 * v.cos());
+    let models = [&a, &a0, &b];
+    let count = std::sync::atomic::AtomicU64::new(0);
+    let progress = |k| {
+        count.fetch_add(k, std::sync::atomic::Ordering::Relaxed);
+    };
+    let m = tensim::metrics::difference::matrix(&models, &a0, &Metric::TENSOR, &progress).unwrap();
+    assert_eq!(count.into_inner(), 10);
+    let pair = |x: &Model, y: &Model| {
+        similarity((x, Some(&a0)), (y, Some(&a0)), &Metric::TENSOR, &opts())
+            .unwrap()
+            .similarity
+    };
+    assert!((m[(0, 2)] - pair(&a, &b)).abs() < 1e-12 && (m[(2, 0)] - m[(0, 2)]).abs() == 0.0);
+    assert!((m[(0, 0)] - 1.0).abs() < 1e-12);
+    assert!(
+        (0..3).all(|k| m[(1, k)].is_nan() && m[(k, 1)].is_nan()),
+        "the base's own row"
+    );
+}

@@ -12,6 +12,7 @@
 //! the models) is refused, never printed.
 
 use crate::error::{Error, Result};
+use crate::linalg::Mat;
 use crate::metrics::{
     check_io, gaussian, matrix, tensor, Comparison, Method, Metric, Options, Symmetrize,
 };
@@ -86,6 +87,62 @@ pub fn similarity(
         norm2_b,
         ..Default::default()
     })
+}
+
+/// The all-pairs matrix of the changes `f_i − f_base`: from the inner products `G` of the list
+/// `[base, m_1, …, m_N]`, `D_ij = G_ij − G_0i − G_0j + G_00`, `S_ij = D_ij/√(D_ii D_jj)`; `NaN`
+/// where a change is zero or the rounding bound leaves `S_ij` unresolved. Pairs run in
+/// parallel, each single-threaded; `progress(1)` after each inner product.
+pub fn matrix(
+    models: &[&Model],
+    base: &Model,
+    metric: &Metric,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<Mat<f64>> {
+    use rayon::prelude::*;
+    let all: Vec<&Model> = std::iter::once(base)
+        .chain(models.iter().copied())
+        .collect();
+    for m in &all {
+        check_io(base, m)?;
+    }
+    let n = all.len();
+    let pairs: Vec<(usize, usize)> = (0..n).flat_map(|i| (i..n).map(move |j| (i, j))).collect();
+    let opts = Options {
+        par: crate::linalg::Par::Seq,
+        ..Default::default()
+    };
+    let values: Vec<f64> = pairs
+        .par_iter()
+        .map(|&(i, j)| {
+            let v = inner(all[i], all[j], metric, &opts);
+            progress(1);
+            v
+        })
+        .collect::<Result<_>>()?;
+    let mut g = Mat::zeros(n, n);
+    for (&(i, j), v) in pairs.iter().zip(values) {
+        (g[(i, j)], g[(j, i)]) = (v, v);
+    }
+    let d = |i: usize, j: usize| {
+        let terms = [g[(i, j)], -g[(0, i)], -g[(0, j)], g[(0, 0)]];
+        let size: f64 = terms.iter().map(|t| t.abs()).sum();
+        (terms.iter().sum::<f64>(), TERM_ACCURACY * size)
+    };
+    Ok(Mat::from_fn(n - 1, n - 1, |i, j| {
+        let ((ab, e_ab), (aa, e_a), (bb, e_b)) =
+            (d(i + 1, j + 1), d(i + 1, i + 1), d(j + 1, j + 1));
+        if aa <= e_a || bb <= e_b {
+            return f64::NAN;
+        }
+        let s = ab / (aa * bb).sqrt();
+        let bound = e_ab / (aa * bb).sqrt() + 0.5 * s.abs() * (e_a / aa + e_b / bb);
+        if bound.is_nan() || bound > MAX_ERROR {
+            f64::NAN
+        } else {
+            s.clamp(-1.0, 1.0)
+        }
+    }))
 }
 
 /// `⟨x, y⟩` of a bilinear metric, on the models as given.
