@@ -92,7 +92,8 @@ pub fn run(args: MatrixArgs) -> Result<()> {
     let dist = args.dist.load(metric.kind())?;
     let mut cks = checkpoints::load_with(&paths, sidecar.as_ref(), args.key.key.as_deref())?;
     warn_unused(&paths[0], &cks[0].unused);
-    let plain = cks[0].model.clone();
+    // The null draws from the architecture as stored (it is read under the distribution).
+    let plain = args.null.null.map(|_| cks[0].model.clone());
     if let Some(d) = &dist {
         cks = cks
             .into_iter()
@@ -160,11 +161,11 @@ pub fn run(args: MatrixArgs) -> Result<()> {
         )?,
     };
     bar.finish_and_clear();
-    let null = match args.null.null {
-        Some(k) => {
+    let null = match (args.null.null, &plain) {
+        (Some(k), Some(plain)) => {
             let (seed, par) = (args.inputs.seed, tensim::linalg::Par::rayon(0));
             let opts = (data.as_ref(), dist.as_ref());
-            let n = tensim::metrics::null_of(&plain, &metric, opts.0, opts.1, (k, seed), par)?;
+            let n = tensim::metrics::null_of(plain, &metric, opts.0, opts.1, (k, seed), par)?;
             eprintln!(
                 "null: {} between {k} pairs of independent initialisations: {:.6} ± {:.6}",
                 metric.name(),
@@ -173,7 +174,7 @@ pub fn run(args: MatrixArgs) -> Result<()> {
             );
             Some(n)
         }
-        None => None,
+        _ => None,
     };
     let n = cks.len();
     let undefined: Vec<&str> = (0..n)

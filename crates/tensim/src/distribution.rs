@@ -41,18 +41,14 @@ impl Root {
         }
     }
 
-    /// `W S`: for the categorical root, column `c` (token `j`) is `√p_j (W[:, j] − W p)`.
-    fn right_of(&self, w: MatRef<'_, f64>) -> Mat<f64> {
+    /// `W S`, given `Wμ`: for the categorical root (`μ = p`), column `c` (token `j`) is
+    /// `√p_j (W[:, j] − W p)`.
+    fn right_of(&self, w: MatRef<'_, f64>, w_mean: &[f64]) -> Mat<f64> {
         match self {
             Root::Dense(s) => mul(w, s.as_ref(), Par::rayon(0)),
-            Root::Categorical { p, seen } => {
-                let wp: Vec<f64> = (0..w.nrows())
-                    .map(|i| (0..w.ncols()).map(|j| w[(i, j)] * p[j]).sum())
-                    .collect();
-                Mat::from_fn(w.nrows(), seen.len(), |i, c| {
-                    p[seen[c]].sqrt() * (w[(i, seen[c])] - wp[i])
-                })
-            }
+            Root::Categorical { p, seen } => Mat::from_fn(w.nrows(), seen.len(), |i, c| {
+                p[seen[c]].sqrt() * (w[(i, seen[c])] - w_mean[i])
+            }),
         }
     }
 
@@ -307,31 +303,35 @@ impl InputDistribution {
                 model.in_dim()
             )));
         }
-        let (s, mu) = (&self.root, &self.mean);
-        // `Wμ + b`.
-        let shifted = |w: &Mat<f64>, b: &Option<Vec<f64>>| -> Vec<f64> {
-            (0..w.nrows())
-                .map(|i| {
-                    let wm: f64 = (0..w.ncols()).map(|j| w[(i, j)] * mu[j]).sum();
-                    wm + b.as_ref().map_or(0.0, |b| b[i])
-                })
-                .collect()
+        let mu = &self.mean;
+        // `(W S, Wμ + b)`.
+        let fold = |w: &Mat<f64>, b: &Option<Vec<f64>>| -> (Mat<f64>, Option<Vec<f64>>) {
+            let w_mean: Vec<f64> = (0..w.nrows())
+                .map(|i| (0..w.ncols()).map(|j| w[(i, j)] * mu[j]).sum())
+                .collect();
+            let bias = match b {
+                Some(b) => w_mean.iter().zip(b).map(|(x, y)| x + y).collect(),
+                None => w_mean.clone(),
+            };
+            (self.root.right_of(w.as_ref(), &w_mean), Some(bias))
         };
         let mut layers = model.layers().to_vec();
         match &layers[0] {
             Layer::Linear(l) => {
-                layers[0] = Layer::Linear(Linear {
-                    weight: s.right_of(l.weight.as_ref()),
-                    bias: Some(shifted(&l.weight, &l.bias)),
-                })
+                let (weight, bias) = fold(&l.weight, &l.bias);
+                layers[0] = Layer::Linear(Linear { weight, bias })
             }
             Layer::Bilinear(b) if b.residual.is_none() => {
+                let ((left, left_bias), (right, right_bias)) =
+                    (fold(&b.left, &b.left_bias), fold(&b.right, &b.right_bias));
                 layers[0] = Layer::Bilinear(Bilinear {
-                    left: s.right_of(b.left.as_ref()),
-                    right: s.right_of(b.right.as_ref()),
-                    left_bias: Some(shifted(&b.left, &b.left_bias)),
-                    right_bias: Some(shifted(&b.right, &b.right_bias)),
-                    ..b.clone()
+                    left,
+                    right,
+                    left_bias,
+                    right_bias,
+                    down: b.down.clone(),
+                    down_bias: b.down_bias.clone(),
+                    residual: None,
                 })
             }
             _ => layers.insert(
@@ -432,7 +432,10 @@ mod tests {
         // `W S` in the factored form equals the product with the formed root.
         let w = Mat::from_fn(2, 4, |i, j| (i * 4 + j) as f64 - 3.5);
         let ws = mul(w.as_ref(), s.as_ref(), Par::Seq);
-        let fast = dist.root.right_of(w.as_ref());
+        let wp: Vec<f64> = (0..2)
+            .map(|i| (0..4).map(|j| w[(i, j)] * p[j]).sum())
+            .collect();
+        let fast = dist.root.right_of(w.as_ref(), &wp);
         assert!(crate::linalg::max_abs((&fast - &ws).as_ref()) < 1e-14);
     }
 

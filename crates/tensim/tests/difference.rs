@@ -182,6 +182,21 @@ fn changes_too_small_to_resolve_and_other_metrics_are_refused() {
     .unwrap_err()
     .to_string();
     assert!(e.contains("too small"), "{e}");
+    // The README's threshold: a change of about 2·10⁻² is resolved, one of about 2·10⁻⁴ is not.
+    let near = |eps: f64| map_parameters(&a0, |v| v + eps * v.cos());
+    let resolved = |eps| {
+        similarity(
+            (&near(eps), Some(&a0)),
+            (&b, Some(&b0)),
+            &Metric::TENSOR,
+            &opts(),
+        )
+    };
+    assert!(resolved(1e-2).is_ok());
+    assert!(resolved(1e-4)
+        .unwrap_err()
+        .to_string()
+        .contains("not resolved"));
     let e = similarity((&a0, None), (&b, Some(&b0)), &Metric::Behavioral, &opts())
         .unwrap_err()
         .to_string();

@@ -156,6 +156,9 @@ fn inner(x: &Model, y: &Model, metric: &Metric, opts: &Options) -> Result<f64> {
                         .into(),
                 ));
             }
+            if x.first_attention().is_none() && y.first_attention().is_none() {
+                return finite(tensor::inner(x, y, opts.par)?, metric);
+            }
             tensor::similarity(x, y, opts)?
         }
         Metric::Matrix => matrix::similarity(x, y, opts)?,
@@ -181,11 +184,16 @@ fn inner(x: &Model, y: &Model, metric: &Metric, opts: &Options) -> Result<f64> {
             )))
         }
     };
-    if !r.inner.is_finite() {
+    finite(r.inner, metric)
+}
+
+/// `v`, or an error if it overflowed.
+fn finite(v: f64, metric: &Metric) -> Result<f64> {
+    if !v.is_finite() {
         return Err(Error::OutOfRange {
             metric: metric.name().into(),
-            what: format!("inner product = {}", r.inner),
+            what: format!("inner product = {v}"),
         });
     }
-    Ok(r.inner)
+    Ok(v)
 }

@@ -105,12 +105,28 @@ fn workspace(a: &[PaddedLayer], b: &[PaddedLayer]) -> usize {
     pairs + 2 * dims(a) * dims(b)
 }
 
-/// The three Grams `(G_ab, G_aa, G_bb)` of the recursion, after a memory check.
-pub fn grams(a: &Model, b: &Model, par: Par) -> Result<(Gram, Gram, Gram)> {
+/// Both models' node lists, lifted to the deeper one's bilinear depth (position-wise models).
+fn lifted_pair(a: &Model, b: &Model) -> Result<(Vec<PaddedLayer>, Vec<PaddedLayer>)> {
     a.require_position_wise("the tensor metric")?;
     b.require_position_wise("the tensor metric")?;
     let depth = a.n_bilinear().max(b.n_bilinear());
-    let (na, nb) = (lifted_nodes(a, depth), lifted_nodes(b, depth));
+    Ok((lifted_nodes(a, depth), lifted_nodes(b, depth)))
+}
+
+/// `inner(a, b)` alone: the cross recursion only, after a memory check.
+pub fn inner(a: &Model, b: &Model, par: Par) -> Result<f64> {
+    let (na, nb) = lifted_pair(a, b)?;
+    budget::check(
+        "the tensor-similarity recursion",
+        workspace(&na, &nb) as f64,
+    )?;
+    let (t, s) = trace(&cross_gram(&na, &nb, false, par));
+    Ok(t * s.exp())
+}
+
+/// The three Grams `(G_ab, G_aa, G_bb)` of the recursion, after a memory check.
+pub fn grams(a: &Model, b: &Model, par: Par) -> Result<(Gram, Gram, Gram)> {
+    let (na, nb) = lifted_pair(a, b)?;
     let ws = workspace(&na, &nb)
         .max(workspace(&na, &na))
         .max(workspace(&nb, &nb));
