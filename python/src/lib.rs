@@ -14,7 +14,7 @@ use pyo3::exceptions::{PyException, PyFileNotFoundError};
 use pyo3::prelude::*;
 
 use tensim::distribution::InputDistribution;
-use tensim::linalg::{from_row_major, Mat, Par};
+use tensim::linalg::{from_row_major, to_row_major, Mat, Par};
 use tensim::metrics::{Inputs, Kind, Metric, Options};
 use tensim::trajectory::checkpoints::{self, Checkpoint};
 use tensim::trajectory::{self, tiles::TileStore, MatrixOptions};
@@ -345,6 +345,44 @@ fn _compare(
         .detach(|| tensim::metrics::compare_calibrated(a, b, &m, x, &opts, dist, null))
         .map_err(err)?;
     Ok(serde_json::to_string(&r).expect("a comparison always serialises"))
+}
+
+/// The breakdown of `⟨a, b⟩` (`inner`, from `_compare`) over the units or heads of the last
+/// non-linear layers: its JSON text, the contributions (A's parts × B's) and, with `per_output`,
+/// `(outputs, A's parts, B's parts)`.
+#[pyfunction]
+#[allow(clippy::too_many_arguments)]
+#[pyo3(signature = (a, b, metric_name, inner, per_output=false, mode=None, symmetrize="layer", dist=None))]
+fn _breakdown<'py>(
+    py: Python<'py>,
+    a: &Model,
+    b: &Model,
+    metric_name: &str,
+    inner: f64,
+    per_output: bool,
+    mode: Option<&str>,
+    symmetrize: &str,
+    dist: Option<PyRef<'_, Distribution>>,
+) -> PyResult<(String, Bound<'py, PyAny>, Option<Bound<'py, PyAny>>)> {
+    let m = configured(metric_name, symmetrize, false, mode, 0, 0)?;
+    let dist = dist.as_ref().map(|d| &d.inner);
+    let (a, b) = (&a.inner, &b.inner);
+    let r = py
+        .detach(|| tensim::metrics::breakdown_of(a, b, &m, dist, inner, per_output))
+        .map_err(err)?;
+    let c = &r.contributions;
+    let per = match &r.per_output {
+        Some(per) => {
+            let values = per
+                .iter()
+                .flat_map(|p| to_row_major(p.contributions.as_ref()))
+                .collect();
+            Some(array(py, &[per.len(), c.nrows(), c.ncols()], values)?)
+        }
+        None => None,
+    };
+    let text = serde_json::to_string(&r).expect("a breakdown always serialises");
+    Ok((text, mat_array(py, c)?, per))
 }
 
 /// The metric between the changes `a − a0` and `b − b0` (either base optional; JSON text).
@@ -773,6 +811,7 @@ fn _tensim(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(_compare_changes, m)?)?;
     m.add_function(wrap_pyfunction!(_load, m)?)?;
     m.add_function(wrap_pyfunction!(_compare, m)?)?;
+    m.add_function(wrap_pyfunction!(_breakdown, m)?)?;
     m.add_function(wrap_pyfunction!(_matrix, m)?)?;
     m.add_function(wrap_pyfunction!(_verify, m)?)?;
     m.add_function(wrap_pyfunction!(_tile, m)?)?;

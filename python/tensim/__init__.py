@@ -36,6 +36,8 @@ __all__ = [
     "phases",
     "plot",
     "checkpoints",
+    "diff",
+    "Diff",
 ]
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -160,6 +162,34 @@ def _model(x: Model | PathLike, arch: Arch | None, key: str | None = None, n_ctx
     raise TypeError(f"expected a tensim.Model or a path, got {type(x).__name__}")
 
 
+class Diff:
+    """The change ``f_model - f_base`` of a model from a base (see :func:`diff`)."""
+
+    def __init__(self, model: Model | PathLike, base: Model | PathLike):
+        self.model, self.base = model, base
+
+    def __repr__(self) -> str:
+        return f"tensim.diff({self.model!r}, {self.base!r})"
+
+
+def diff(model: Model | PathLike, base: Model | PathLike) -> Diff:
+    """The change ``f_model - f_base`` as one object, usable as a model by :func:`compare` (for
+    ``a`` or ``b``: ``compare(diff(a, a0), diff(b, b0))`` is ``compare(a, b, minus_a=a0,
+    minus_b=b0)``) and by :func:`matrix` (a list of changes from one base: ``matrix([diff(m,
+    base) for m in ms])`` is ``matrix(ms, minus=base)``). Exact, from the inner products; no
+    difference network is built."""
+    return Diff(model, base)
+
+
+def _unpack_diff(x: Any, minus: Any) -> tuple:
+    """``(model, base)`` of a :class:`Diff` or of a model with an optional ``minus_*`` base."""
+    if isinstance(x, Diff):
+        if minus is not None:
+            raise ValueError("a tensim.diff already has its base; drop minus_a/minus_b for it")
+        return x.model, x.base
+    return x, minus
+
+
 def _distribution(
     input_stats: Any = None, input_mean: Any = None, input_cov: Any = None, token_counts: Any = None
 ) -> Optional[_tensim.Distribution]:
@@ -221,11 +251,12 @@ def compare(
     per_tensor: bool = False,
     minus_a: Model | PathLike | None = None,
     minus_b: Model | PathLike | None = None,
+    breakdown: bool = False,
 ) -> dict:
     """Compare two models; returns the fields of ``tensim compare --json``: ``similarity``,
     ``inner``, ``norm2_a``, ``norm2_b`` and, as they apply, ``per_output``, ``samples``, ``inputs``,
     ``symmetrize``, ``mode``, ``stderr``, ``by_degree``, ``input_distribution``, ``null_mean``,
-    ``null_std``, ``null_pairs``, ``z``, ``per_tensor``.
+    ``null_std``, ``null_pairs``, ``z``, ``per_tensor``, ``breakdown``.
 
     ``metric``: ``"tensor"`` (exact, from the weights), ``"matrix"`` (cosine of flattened weights; ``per_tensor=True`` adds each tensor's cosine),
     ``"behavioral"`` or ``"cka"`` (on ``data``, a ``(rows, in_dim)`` array, else ``samples``
@@ -249,16 +280,26 @@ def compare(
     optional) from the inner products, exactly (``tensor``, ``gaussian`` when exact, ``matrix``);
     a change too small to resolve in f64 next to the models raises. As ``--minus-a``/``--minus-b``.
 
+    ``breakdown=True`` (``tensor``, ``gaussian``): where the inner product comes from, as
+    ``--breakdown``: ``result["breakdown"]`` has ``parts`` (``"units"`` of the last bilinear
+    layers or ``"heads"`` of the last attention layers), ``contributions`` (an array, A's parts x
+    B's, that sums with ``remainder`` to ``inner``), ``matching`` (A's parts assigned to B's by
+    maximum ``|contribution|``, largest first, each with its ``share`` of ``inner``) and, with
+    ``per_output=True``, ``per_output`` and ``per_output_contributions`` ``(outputs, A, B)``.
+
     Paths are read as by :func:`load`, with ``arch``, ``key`` and ``n_ctx``.
     """
+    (a, minus_a), (b, minus_b) = _unpack_diff(a, minus_a), _unpack_diff(b, minus_b)
     a, b = _model(a, arch, key, n_ctx), _model(b, arch, key, n_ctx)
     dist = _distribution(input_stats, input_mean, input_cov, token_counts)
+    if breakdown and (minus_a is not None or minus_b is not None):
+        raise ValueError("breakdown=True breaks down one pair of models, not changes (minus_a/minus_b)")
     if minus_a is not None or minus_b is not None:
         base = lambda x: None if x is None else _model(x, arch, key, n_ctx)._m  # noqa: E731
         return json.loads(
             _tensim._compare_changes(a._m, base(minus_a), b._m, base(minus_b), metric, mode=mode, dist=dist)
         )
-    return json.loads(
+    r = json.loads(
         _tensim._compare(
             a._m,
             b._m,
@@ -273,6 +314,15 @@ def compare(
             **_inputs(data, samples, seed),
         )
     )
+    if breakdown:
+        text, contributions, per = _tensim._breakdown(
+            a._m, b._m, metric, r["inner"], per_output, mode=mode, symmetrize=symmetrize, dist=dist
+        )
+        r["breakdown"] = json.loads(text)
+        r["breakdown"]["contributions"] = contributions
+        if per is not None:
+            r["breakdown"]["per_output_contributions"] = per
+    return r
 
 
 def null(
@@ -390,7 +440,8 @@ def matrix(
     as ``tensim matrix --resume``. ``progress``: a bar on stderr, or a callable
     ``progress(done_pairs, total_pairs)``. ``symmetrize`` and the input distribution
     (``input_stats`` …): as in :func:`compare`; :func:`null` calibrates the values.
-    ``minus=BASE``: the matrix of every model's change from ``BASE`` (as ``--minus``; not
+    ``minus=BASE`` (or a list of :func:`diff` objects sharing one base): the matrix of every
+    model's change from ``BASE`` (as ``--minus``; not
     resumable, ``NaN`` where a change is zero or too small to resolve). Paths are read
     as by :func:`load`, with ``arch``, ``key`` and ``n_ctx``; without ``arch``, a training run's folder
     (``run/`` holding ``checkpoints/`` and ``config.json``) is described by its ``config.json``. The GIL is released while the matrix is
@@ -398,6 +449,13 @@ def matrix(
     """
     if isinstance(models_or_paths, (str, os.PathLike)):
         models_or_paths = [models_or_paths]
+    if any(isinstance(x, Diff) for x in models_or_paths):
+        base = getattr(models_or_paths[0], "base", None)
+        path = lambda x: os.fspath(x) if isinstance(x, (str, os.PathLike)) else None  # noqa: E731
+        shared = lambda x: isinstance(x, Diff) and (x.base is base or path(x.base) == path(base) is not None)  # noqa: E731
+        if minus is not None or not all(shared(x) for x in models_or_paths):
+            raise ValueError("a matrix of tensim.diff objects needs them all to share one base (and no minus=)")
+        minus, models_or_paths = base, [x.model for x in models_or_paths]
     if arch is None and all(isinstance(x, (str, os.PathLike)) for x in models_or_paths):
         arch = _tensim._find_description([os.fspath(x) for x in models_or_paths])
         if arch is not None:

@@ -58,6 +58,16 @@ def _compare(
     null: Optional[int] = None,
     per_tensor: bool = False,
 ) -> str: ...
+def _breakdown(
+    a: Model,
+    b: Model,
+    metric_name: str,
+    inner: float,
+    per_output: bool = False,
+    mode: Optional[str] = None,
+    symmetrize: str = "layer",
+    dist: Optional[Distribution] = None,
+) -> tuple[str, _F64, Optional[_F64]]: ...
 def _compare_changes(
     a: Model,
     a0: Optional[Model],

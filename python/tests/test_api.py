@@ -483,3 +483,37 @@ def test_input_distributions_and_the_null_equal_the_command_line_tool(cli, tmp_p
         tensim.compare(models[0], models[1], "gaussian", input_mean=np.zeros(6), input_cov=-np.eye(6))
     with pytest.raises(tensim.TensimError, match="per-position"):
         tensim.compare(models[0], models[1], "gaussian", input_stats=x.reshape(5, 6, 6))
+
+
+def test_breakdowns_and_diffs_equal_the_command_line_tool(cli, tmp_path):
+    sidecar = trajectory(tmp_path / "ckpts", 3, depth=1)
+    files = tensim.checkpoints(tmp_path / "ckpts")
+    models = [tensim.load(f, arch=sidecar) for f in files]
+    for metric in ["tensor", "gaussian"]:
+        out = subprocess.run(
+            [cli, "compare", files[0], files[2], "--arch", str(sidecar), "--metric", metric, "--json",
+             "--per-output", "--breakdown", str(tmp_path / "c.npy")],
+            check=True, capture_output=True, text=True,
+        ).stdout
+        want = json.loads(out)["breakdown"]
+        got = tensim.compare(models[0], models[2], metric, breakdown=True, per_output=True)
+        b = got["breakdown"]
+        c = b["contributions"]
+        np.testing.assert_allclose(c, np.load(tmp_path / "c.npy"), rtol=1e-12, atol=1e-15)
+        np.testing.assert_allclose(b["per_output_contributions"], np.load(tmp_path / "c.per-output.npy"), rtol=1e-12, atol=1e-15)
+        assert [(m["a"], m["b"]) for m in b["matching"]] == [(m["a"], m["b"]) for m in want["matching"]]
+        assert c.sum() + b["remainder"] == pytest.approx(got["inner"], rel=1e-12)
+        assert b["parts"] == "units" and b["per_output"][0]["inner"] == pytest.approx(want["per_output"][0]["inner"])
+    with pytest.raises(tensim.TensimError, match="tensor \\(per layer\\) and gaussian"):
+        tensim.compare(models[0], models[2], "matrix", breakdown=True)
+    # tensim.diff: the change as one object, in compare and matrix.
+    d = tensim.compare(tensim.diff(models[0], models[1]), tensim.diff(models[2], files[1]), arch=sidecar)
+    want = tensim.compare(models[0], models[2], minus_a=models[1], minus_b=models[1])
+    assert d["similarity"] == pytest.approx(want["similarity"], abs=1e-12)
+    got = tensim.matrix([tensim.diff(f, files[1]) for f in files], arch=sidecar, progress=False)
+    want = tensim.matrix(models, minus=files[1], arch=sidecar, progress=False)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match="share one base"):
+        tensim.matrix([tensim.diff(models[0], models[1]), tensim.diff(models[2], models[0])], progress=False)
+    with pytest.raises(ValueError, match="already has its base"):
+        tensim.compare(tensim.diff(models[0], models[1]), models[2], minus_a=models[1])

@@ -42,6 +42,14 @@ pub struct CompareArgs {
     /// Compare the change f_B − f_B0 (read with --arch-b or --arch).
     #[arg(long, value_name = "B0", conflicts_with = "null")]
     minus_b: Option<PathBuf>,
+    /// Write the inner product's breakdown over the units (heads) of the last bilinear
+    /// (attention) layers to FILE.npy (A's × B's; with --per-output also FILE.per-output.npy,
+    /// outputs × A's × B's) and report the matching of A's to B's (tensor, gaussian).
+    #[arg(long, value_name = "FILE.npy", conflicts_with_all = ["minus_a", "minus_b"])]
+    breakdown: Option<PathBuf>,
+    /// Draw the breakdown (.png or .svg), ordered by the matching.
+    #[arg(long, value_name = "FIG", requires = "breakdown")]
+    plot: Option<PathBuf>,
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
@@ -49,6 +57,9 @@ pub struct CompareArgs {
 
 pub fn run(args: CompareArgs) -> Result<()> {
     let metric = metric(args.metric, &args.sym, args.gauss.options(), &args.inputs)?;
+    if let Some(p) = &args.plot {
+        tensim::plot::format_of(p)?;
+    }
     let dist = args.dist.load(metric.kind())?;
     let (ma, mb) = args.arch.load_pair(&args.a, &args.b)?;
     let data = metric
@@ -66,8 +77,16 @@ pub fn run(args: CompareArgs) -> Result<()> {
     } else {
         let null = args.null.null.map(|k| (k, args.inputs.seed));
         let dist = dist.as_ref();
-        metrics::compare_calibrated(&ma, &mb, &metric, data.as_ref(), &opts, dist, null)
-            .with_context(what)?
+        let mut r =
+            metrics::compare_calibrated(&ma, &mb, &metric, data.as_ref(), &opts, dist, null)
+                .with_context(what)?;
+        if let Some(file) = &args.breakdown {
+            let b = metrics::breakdown_of(&ma, &mb, &metric, dist, r.inner, args.per_output)
+                .with_context(what)?;
+            crate::breakdown::write(&b, file, args.plot.as_deref())?;
+            r.breakdown = Some(b);
+        }
+        r
     };
     if let Some(w) = &r.warning {
         eprintln!("warning: {w}");

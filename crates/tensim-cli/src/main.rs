@@ -3,6 +3,7 @@
 
 mod args;
 mod bench;
+mod breakdown;
 mod compare;
 mod demo;
 mod init_arch;
@@ -71,6 +72,9 @@ enum Command {
     /// (2) a Monte-Carlo estimate of the Gaussian functional inner product E⟨f_a(x), f_b(x)⟩,
     /// x ~ N(0, I), with its standard error.
     Verify(verify::VerifyArgs),
+    /// Draw a breakdown written by `compare --breakdown` (contributions of A's units or heads
+    /// with B's), rows and columns ordered by the matching: a permuted copy shows a diagonal.
+    PlotBreakdown(breakdown::PlotBreakdownArgs),
     /// Time this machine's GEMM and the all-pairs tensor-similarity matrix for the reference
     /// shapes; report pairs/s, achieved GFLOP/s and the ratio to the GEMM throughput.
     Bench(bench::BenchArgs),
@@ -102,6 +106,7 @@ fn main() -> ExitCode {
         Command::InitArch(a) => init_arch::run(a),
         Command::Layouts => init_arch::layouts(),
         Command::Verify(a) => verify::run(a),
+        Command::PlotBreakdown(a) => breakdown::plot_run(a),
         Command::Bench(a) => bench::run(a),
         Command::Demo { which } => demo::run(which),
     };

@@ -1231,3 +1231,87 @@ fn input_distributions_and_the_null_from_the_command_line() {
         );
     }
 }
+
+#[test]
+fn breakdowns_from_the_command_line() {
+    let d = workdir("breakdown");
+    small_models(&d, 2);
+    let (a, b) = ("r/random-000.safetensors", "r/random-001.safetensors");
+    for metric in ["tensor", "gaussian"] {
+        let v = json(&tensim(
+            &[
+                "compare",
+                a,
+                b,
+                "--metric",
+                metric,
+                "--breakdown",
+                "c.npy",
+                "--per-output",
+                "--plot",
+                "c.svg",
+                "--json",
+            ],
+            &d,
+        ));
+        let bd = &v["breakdown"];
+        assert_eq!(bd["parts"], "units");
+        assert_eq!(bd["shape"], serde_json::json!([5, 5]));
+        let (shape, c) = tensim::io::read_npy(&d.join("c.npy")).unwrap();
+        assert_eq!(shape, vec![5, 5]);
+        let inner = v["inner"].as_f64().unwrap();
+        let total = c.iter().sum::<f64>() + bd["remainder"].as_f64().unwrap();
+        assert!(
+            (total - inner).abs() <= 1e-12 * inner.abs().max(1.0),
+            "{metric}"
+        );
+        // Per output: (3, 5, 5), each slice with its remainder summing to its inner product.
+        let (shape, per) = tensim::io::read_npy(&d.join("c.per-output.npy")).unwrap();
+        assert_eq!(shape, vec![3, 5, 5]);
+        for (o, p) in bd["per_output"].as_array().unwrap().iter().enumerate() {
+            let s: f64 = per[o * 25..(o + 1) * 25].iter().sum();
+            let want = p["inner"].as_f64().unwrap();
+            assert!((s + p["remainder"].as_f64().unwrap() - want).abs() <= 1e-12);
+        }
+        assert_eq!(bd["matching"].as_array().unwrap().len(), 5);
+        assert!(d.join("c.svg").exists());
+    }
+    // Text output names the parts and the matching; plot-breakdown draws a written file.
+    let o = tensim(&["compare", a, b, "--breakdown", "c.npy"], &d);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("breakdown   units: layer 1 of A (5) × layer 1 of B (5)"));
+    assert!(stdout(&o).contains("matching    5 pairs"));
+    let o = tensim(&["plot-breakdown", "c.npy", "--out", "p.png"], &d);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(d.join("p.png").exists());
+    // Refused before any work, with a reason: a figure that is no figure, the matrix metric,
+    // a 3-D file to plot.
+    let o = tensim(
+        &["compare", a, b, "--breakdown", "x.npy", "--plot", "x.txt"],
+        &d,
+    );
+    assert!(!o.status.success() && stderr(&o).contains(".png or .svg"));
+    assert!(!d.join("x.npy").exists());
+    let o = tensim(
+        &[
+            "compare",
+            a,
+            b,
+            "--metric",
+            "matrix",
+            "--breakdown",
+            "x.npy",
+        ],
+        &d,
+    );
+    assert!(!o.status.success() && stderr(&o).contains("tensor (per layer) and gaussian"));
+    let o = tensim(
+        &["plot-breakdown", "c.per-output.npy", "--out", "q.png"],
+        &d,
+    );
+    assert!(
+        !o.status.success() && stderr(&o).contains("got shape [3, 5, 5]"),
+        "{}",
+        stderr(&o)
+    );
+}

@@ -20,6 +20,7 @@ use tensim::trajectory::checkpoints::in_memory;
 use tensim::trajectory::{similarity_matrix, MatrixOptions};
 use tensim::Model;
 
+use crate::carriers::{carriers, Carriers};
 use crate::data::{Images, Source};
 use crate::model::{evaluate, Params};
 use crate::TrainError;
@@ -116,6 +117,9 @@ pub struct Summary {
     pub across_boundary: Vec<(String, f64)>,
     /// The same pair under `N(0, I)` and under the clean images' `N(μ, Σ)`, per metric.
     pub input_statistics: Vec<(String, f64, f64)>,
+    /// The same pair's breakdown over hidden units: the matching, and the units carrying the
+    /// target class's change (with their weight on the trigger's pixels).
+    pub carriers: Carriers,
     pub seconds: f64,
 }
 
@@ -252,6 +256,22 @@ fn analyse(
     let steps: Vec<usize> = history.iter().map(|r| r.step).collect();
     let across = write_panels(out, &panels, &steps, boundary)?;
     let input_statistics = under_image_statistics(&models[boundary], &models[n - 1], &clean)?;
+    let (bd, carriers) = carriers(
+        &models[boundary],
+        &models[n - 1],
+        [t, other],
+        &data.trigger(),
+        5,
+    )?;
+    let c = &bd.contributions;
+    let values = tensim::linalg::to_row_major(c.as_ref());
+    tensim::io::write_npy(&out.join("breakdown.npy"), &[c.nrows(), c.ncols()], &values)?;
+    let title = format!(
+        "⟨step {}, step {}⟩ over hidden units, matched",
+        history[boundary].step,
+        history[n - 1].step
+    );
+    tensim::plot::breakdown(c, "unit", &title, &out.join("breakdown.png"))?;
     let per_class_values: Vec<f64> = per_class
         .iter()
         .flat_map(|m| (0..n * n).map(move |k| m[(k / n, k % n)]))
@@ -273,6 +293,7 @@ fn analyse(
         boundary,
         across_boundary: across,
         input_statistics,
+        carriers,
         seconds: started.elapsed().as_secs_f64(),
     };
     tensim::io::write_atomic(&out.join("report.md"), report(&summary).as_bytes())?;
@@ -298,7 +319,52 @@ fn report(s: &Summary) -> String {
         r += &format!("| {name} | {v:.4} | {:.4} |\n", 1.0 - v);
     }
     r += &input_statistics_table(&s.input_statistics, "clean test images");
-    r += &format!("\nTook {:.1} s. Files: `checkpoints/`, `history.json`, one `.npy` per matrix (`tensor_per_class.npy`: 10 × N × N), `figure.png`, `figure.svg`.\n", s.seconds);
+    r += &carriers_section(s);
+    r += &format!("\nTook {:.1} s. Files: `checkpoints/`, `history.json`, one `.npy` per matrix (`tensor_per_class.npy`: 10 × N × N), `figure.png`, `figure.svg`, `breakdown.npy`, `breakdown.png`.\n", s.seconds);
+    r
+}
+
+/// The report's section on the units that carry the backdoor.
+fn carriers_section(s: &Summary) -> String {
+    let (c, t) = (&s.carriers, s.config.target);
+    let (b, last) = (
+        s.history[s.boundary].step,
+        s.history.last().expect("checkpoints").step,
+    );
+    let mut r = format!(
+        "\n## Where the backdoor sits\n\nThe tensor inner product of step {b} (A) with step {last} (B) \
+         over their hidden units (`tensim compare A B --breakdown breakdown.npy --plot \
+         breakdown.png`): the matching pairs {} of {} units with themselves (fine-tuning keeps \
+         units in place), and the matched pairs carry {:.1} % of ⟨A, B⟩.\n\n\
+         Units carrying the change of class {t}, Δf = f_B − f_A: each unit's share \
+         ⟨Δu_i, Δf_{t}⟩ / ‖Δf_{t}‖², the same for class {}, and the unit's input weights \
+         (‖L_i‖² + ‖R_i‖² in B) on the trigger's pixels, {:.1} % of the image:\n\n\
+         | unit | class {t} change | class {} change | weights on the trigger |\n|---|---|---|---|\n",
+        c.kept,
+        c.units,
+        100.0 * c.matched_share,
+        (t + 7) % 10,
+        100.0 * c.pixel_fraction,
+        (t + 7) % 10,
+    );
+    for u in &c.top {
+        r += &format!(
+            "| {} | {:.1} % | {:.1} % | {:.1} % |\n",
+            u.unit,
+            100.0 * u.shares[0],
+            100.0 * u.shares[1],
+            100.0 * u.on_pixels
+        );
+    }
+    let listed: f64 = c.top.iter().map(|u| u.shares[0]).sum();
+    r += &format!(
+        "\nThese {} units carry {:.1} % of class {t}'s change; all {} units put {:.1} % of their \
+         input weights on the trigger on average.\n",
+        c.top.len(),
+        100.0 * listed,
+        c.units,
+        100.0 * c.mean_on_pixels
+    );
     r
 }
 

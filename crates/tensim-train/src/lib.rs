@@ -2,6 +2,7 @@
 //! checkpoints written as self-describing tensim/1 files.
 
 pub mod backdoor;
+pub mod carriers;
 pub mod data;
 pub mod forgetting;
 pub mod grokking;

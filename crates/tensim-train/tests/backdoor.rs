@@ -41,7 +41,17 @@ fn a_short_run_inserts_the_backdoor() {
     assert!(rows
         .iter()
         .all(|(_, iso, data)| data.abs() <= 1.0 && (iso - data).abs() > 1e-6));
+    // The breakdown of the same pair: units kept in place by fine-tuning, and the units that
+    // carry the target class's change lean on the trigger more than the average unit does.
+    let c = &s.carriers;
+    eprintln!("{c:?}");
+    assert!(c.kept * 2 > c.units, "{c:?}");
+    assert_eq!(c.top.len(), 5);
+    let top_on_trigger = c.top.iter().map(|u| u.on_pixels).sum::<f64>() / 5.0;
+    assert!(top_on_trigger > c.mean_on_pixels, "{c:?}");
     for f in [
+        "breakdown.npy",
+        "breakdown.png",
         "tensor.npy",
         "tensor_class9.npy",
         "tensor_per_class.npy",

@@ -112,6 +112,71 @@ pub fn heatmap(sim: &Mat<f64>, path: &Path, opts: &HeatmapOptions) -> Result<()>
     render(path, (960, 820), &Heat(sim, opts))
 }
 
+/// A breakdown's contributions (`parts of A × parts of B`, parts named `what`) into `path`, rows
+/// and columns in the matching's order (matched pairs on the diagonal,
+/// [`matched_order`](crate::metrics::breakdown::matched_order)), coloured on `[−max|c|, max|c|]`,
+/// tick labels the parts' own indices.
+pub fn breakdown(c: &Mat<f64>, what: &str, title: &str, path: &Path) -> Result<()> {
+    struct Cells<'a>(&'a Mat<f64>, &'a [usize], &'a [usize], &'a str, &'a str);
+    impl Painter for Cells<'_> {
+        fn paint<DB: DrawingBackend>(
+            &self,
+            root: &DrawingArea<DB, Shift>,
+        ) -> std::result::Result<(), String> {
+            let Cells(c, rows, cols, what, title) = *self;
+            let err = |e: &dyn std::fmt::Display| e.to_string();
+            root.fill(&WHITE).map_err(|x| err(&x))?;
+            let (main, bar) = root.split_horizontally(root.dim_in_pixel().0 - 110);
+            let (nr, nc) = (rows.len(), cols.len());
+            let mut chart = ChartBuilder::on(&main)
+                .caption(title, ("sans-serif", 22))
+                .margin(12)
+                .x_label_area_size(50)
+                .y_label_area_size(60)
+                .build_cartesian_2d(-0.5..nc as f64 - 0.5, nr as f64 - 0.5..-0.5)
+                .map_err(|x| err(&x))?;
+            let tick = |order: &[usize], v: f64| {
+                let i = v.round();
+                match ((v - i).abs() < 1e-9, order.get(i.max(0.0) as usize)) {
+                    (true, Some(k)) if i >= 0.0 => k.to_string(),
+                    _ => String::new(),
+                }
+            };
+            let (xd, yd) = (format!("{what} of B"), format!("{what} of A"));
+            chart
+                .configure_mesh()
+                .disable_mesh()
+                .x_desc(xd)
+                .y_desc(yd)
+                .label_style(("sans-serif", 13))
+                .x_labels(nc.min(16))
+                .y_labels(nr.min(16))
+                .x_label_formatter(&|v| tick(cols, *v))
+                .y_label_formatter(&|v| tick(rows, *v))
+                .draw()
+                .map_err(|x| err(&x))?;
+            let max = crate::linalg::max_abs(c.as_ref());
+            let scale = if max > 0.0 { max } else { 1.0 };
+            chart
+                .draw_series(
+                    (0..nr)
+                        .flat_map(|i| (0..nc).map(move |j| (i, j)))
+                        .map(|(i, j)| {
+                            let (x, y) = (j as f64, i as f64);
+                            Rectangle::new(
+                                [(x - 0.5, y - 0.5), (x + 0.5, y + 0.5)],
+                                diverging(c[(rows[i], cols[j])] / scale).filled(),
+                            )
+                        }),
+                )
+                .map_err(|x| err(&x))?;
+            colour_bar(&bar, scale).map_err(|x| err(&x))
+        }
+    }
+    let (rows, cols) = crate::metrics::breakdown::matched_order(c);
+    render(path, (960, 820), &Cells(c, &rows, &cols, what, title))
+}
+
 /// The paper-style figure: `curves` over the checkpoints' (log) step axis on top, the heat-map of
 /// `sim` below on the same axis, phases outlined.
 pub fn training_figure(
@@ -388,11 +453,13 @@ fn draw<DB: DrawingBackend>(
             )
         }))
         .map_err(|x| err(&x))?;
-    colour_bar(&bar).map_err(|x| err(&x))
+    colour_bar(&bar, 1.0).map_err(|x| err(&x))
 }
 
+/// The colour bar of [`diverging`] for values in `[−max, max]`.
 fn colour_bar<DB: DrawingBackend>(
     area: &DrawingArea<DB, Shift>,
+    max: f64,
 ) -> std::result::Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
     let mut chart = ChartBuilder::on(area)
         .margin_top(46)
@@ -406,7 +473,13 @@ fn colour_bar<DB: DrawingBackend>(
         .disable_mesh()
         .disable_x_axis()
         .y_labels(9)
-        .y_label_formatter(&|v| format!("{v:.2}"))
+        .y_label_formatter(&|v| {
+            if max == 1.0 {
+                format!("{v:.2}")
+            } else {
+                format!("{:.1e}", v * max)
+            }
+        })
         .label_style(("sans-serif", 13))
         .draw()?;
     let steps = 200;

@@ -602,6 +602,23 @@ impl Traces {
 /// The closure, step by step. `cached`: both self chains computed before (all-pairs
 /// matrices).
 pub fn closure_traces(a: &Model, b: &Model, cached: Option<(&Chain, &Chain)>) -> Result<Traces> {
+    let (sab, sa, sb) = closure_ends(a, b, cached)?;
+    let (pa, pb) = (split(a), split(b));
+    let heads = (pa.head(), pb.head());
+    Ok(Traces::new(
+        &sab,
+        &sa,
+        &sb,
+        (heads.0.as_deref(), heads.1.as_deref()),
+    ))
+}
+
+/// The closure's moments after both bodies: `(Σ̃_ab, Σ_aa, Σ_bb)`, `Σ_ab = e^{(s_a+s_b)/2} Σ̃_ab`.
+pub fn closure_ends(
+    a: &Model,
+    b: &Model,
+    cached: Option<(&Chain, &Chain)>,
+) -> Result<(Tensor, Moment, Moment)> {
     if cached.is_none() {
         // With cached chains the batch form checked once for all pairs.
         check_memory(&[a, b], 1.0, 1)?;
@@ -674,16 +691,17 @@ pub fn closure_traces(a: &Model, b: &Model, cached: Option<(&Chain, &Chain)>) ->
         (sa, sb) = (na?, nb?);
         sab = matched(ab?, &sa, &sb);
     }
-    Ok(Traces::new(
-        &sab,
-        &sa,
-        &sb,
-        (pa.head().as_deref(), pb.head().as_deref()),
-    ))
+    Ok((sab, sa, sb))
 }
 
 /// The exact Wick sum of both models composed into one network each.
 pub fn exact_traces(a: &Model, b: &Model) -> Result<Traces> {
+    let (sab, ea, eb) = exact_ends(a, b)?;
+    Ok(Traces::new(&sab, &ea, &eb, (None, None)))
+}
+
+/// The exact output moments `(Σ̃_ab, Σ_aa, Σ_bb)` as [`closure_ends`] gives them.
+pub fn exact_ends(a: &Model, b: &Model) -> Result<(Tensor, Moment, Moment)> {
     // The input's moment and the output's are formed, a dozen copies.
     let w = (a.in_dim().max(a.out_dim()).max(b.out_dim()) + 1) * a.input().n_ctx;
     crate::budget::check(
@@ -697,7 +715,7 @@ pub fn exact_traces(a: &Model, b: &Model) -> Result<Traces> {
         self_step(&s0, Step::Terms(&tb))?,
     );
     let sab = cross_step(&s0.m, (&s0, &s0), (Step::Terms(&ta), Step::Terms(&tb)))?;
-    Ok(Traces::new(&matched(sab, &ea, &eb), &ea, &eb, (None, None)))
+    Ok((matched(sab, &ea, &eb), ea, eb))
 }
 
 #[cfg(test)]

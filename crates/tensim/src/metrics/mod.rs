@@ -3,6 +3,7 @@
 
 pub mod batch;
 pub mod behavioral;
+pub mod breakdown;
 pub mod cka;
 pub mod difference;
 pub mod fullsym;
@@ -235,6 +236,9 @@ pub struct Comparison {
     /// `(similarity − null_mean) / null_std`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub z: Option<f64>,
+    /// The inner product over the units or heads of the last non-linear layers (`--breakdown`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub breakdown: Option<breakdown::Breakdown>,
 }
 
 /// The text `tensim compare` prints: one `name  value` line per field, then the per-degree and
@@ -286,6 +290,9 @@ impl std::fmt::Display for Comparison {
         }
         if let Some(per) = &self.per_output {
             list(f, "per output", per, "zero slice")?;
+        }
+        if let Some(b) = &self.breakdown {
+            write!(f, "{b}")?;
         }
         if let Some(per) = &self.per_tensor {
             writeln!(f, "per tensor:")?;
@@ -388,6 +395,21 @@ pub fn compare_calibrated(
         (r.null_mean, r.null_std, r.null_pairs) = (Some(n.mean), Some(n.std), Some(n.pairs));
     }
     Ok(r)
+}
+
+/// The breakdown ([`breakdown::breakdown`]) of a pair whose inner product [`compare_calibrated`]
+/// gave as `inner`, on the models as the metric read them (under `dist`, rescaled).
+pub fn breakdown_of(
+    a: &Model,
+    b: &Model,
+    metric: &Metric,
+    dist: Option<&InputDistribution>,
+    inner: f64,
+    per_output: bool,
+) -> Result<breakdown::Breakdown> {
+    let (a, b) = (under(a, dist)?, under(b, dist)?);
+    let (a, b) = (scale_free(&a, metric), scale_free(&b, metric));
+    breakdown::breakdown(&a, &b, metric, Some(inner), per_output)
 }
 
 /// `metric` (under `dist`) between `pairs` pairs of independent initialisations of `model`'s

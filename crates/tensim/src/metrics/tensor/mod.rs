@@ -202,7 +202,35 @@ fn identity_gram(n: usize, w: usize) -> Tensor {
 /// (terms of different leg counts are orthogonal). Both models need the same layer kinds in the
 /// same order and the same `n_ctx`.
 pub fn network_similarity(a: &Model, b: &Model) -> Result<Comparison> {
-    use crate::layers::linear::moment::{from_input, readout};
+    use crate::layers::linear::moment::readout;
+    let (gab, ga, gb) = network_ends(a, b)?;
+    let (pa, pb) = (crate::propagate::split(a), crate::propagate::split(b));
+    let (ha, hb) = (pa.head(), pb.head());
+    let (dab, daa, dbb) = (
+        readout(&gab, ha.as_deref(), hb.as_deref()),
+        readout(&ga.m, ha.as_deref(), ha.as_deref()),
+        readout(&gb.m, hb.as_deref(), hb.as_deref()),
+    );
+    let sum = |v: &[f64]| v.iter().sum::<f64>();
+    let (ab, aa, bb) = (sum(&dab), sum(&daa), sum(&dbb));
+    Ok(Comparison {
+        metric: Kind::Tensor,
+        similarity: cosine(ab, aa, bb, Kind::Tensor)?,
+        inner: ab * (0.5 * (ga.scale + gb.scale)).exp(),
+        norm2_a: aa * ga.scale.exp(),
+        norm2_b: bb * gb.scale.exp(),
+        per_output: Some(cosines(&dab, &daa, &dbb)),
+        ..Default::default()
+    })
+}
+
+/// The Grams after both bodies of [`network_similarity`]: `(G̃_ab, G_aa, G_bb)` with
+/// `G_ab = e^{(s_a+s_b)/2} G̃_ab`.
+pub fn network_ends(
+    a: &Model,
+    b: &Model,
+) -> Result<(Tensor, crate::moment::Moment, crate::moment::Moment)> {
+    use crate::layers::linear::moment::from_input;
     use crate::layers::Layer;
     use crate::moment::{combine, Moment};
     use crate::propagate::{split, symmetrised_parts};
@@ -220,7 +248,7 @@ pub fn network_similarity(a: &Model, b: &Model) -> Result<Comparison> {
     }
     crate::propagate::check_memory(&[a, b], 1.0, 1)?;
     let (n, pa, pb) = (a.input().n_ctx, split(a), split(b));
-    let (la, lb, ha, hb) = (pa.body, pb.body, pa.head(), pb.head());
+    let (la, lb) = (pa.body, pb.body);
     // The first step from the identity Gram: `δ_tt' Ŵ_a Ŵ_bᵀ` for two linear layers.
     let first = |x: &Layer, y: &Layer| -> Result<Tensor> {
         Ok(match (x, y) {
@@ -259,22 +287,7 @@ pub fn network_similarity(a: &Model, b: &Model) -> Result<Comparison> {
         .0;
         (ga, gb) = (na, nb);
     }
-    let (dab, daa, dbb) = (
-        readout(&gab, ha.as_deref(), hb.as_deref()),
-        readout(&ga.m, ha.as_deref(), ha.as_deref()),
-        readout(&gb.m, hb.as_deref(), hb.as_deref()),
-    );
-    let sum = |v: &[f64]| v.iter().sum::<f64>();
-    let (ab, aa, bb) = (sum(&dab), sum(&daa), sum(&dbb));
-    Ok(Comparison {
-        metric: Kind::Tensor,
-        similarity: cosine(ab, aa, bb, Kind::Tensor)?,
-        inner: ab * (0.5 * (ga.scale + gb.scale)).exp(),
-        norm2_a: aa * ga.scale.exp(),
-        norm2_b: bb * gb.scale.exp(),
-        per_output: Some(cosines(&dab, &daa, &dbb)),
-        ..Default::default()
-    })
+    Ok((gab, ga, gb))
 }
 
 /// The batch form: stacked GEMMs for one-bilinear-layer models (`stacked.rs`), otherwise pair by
