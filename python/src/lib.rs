@@ -370,6 +370,14 @@ fn _breakdown<'py>(
     let r = py
         .detach(|| tensim::metrics::breakdown_of(a, b, &m, dist, inner, per_output))
         .map_err(err)?;
+    breakdown_arrays(py, &r)
+}
+
+/// A breakdown as JSON text, its contributions and its per-output contributions.
+fn breakdown_arrays<'py>(
+    py: Python<'py>,
+    r: &tensim::metrics::breakdown::Breakdown,
+) -> PyResult<(String, Bound<'py, PyAny>, Option<Bound<'py, PyAny>>)> {
     let c = &r.contributions;
     let per = match &r.per_output {
         Some(per) => {
@@ -381,16 +389,23 @@ fn _breakdown<'py>(
         }
         None => None,
     };
-    let text = serde_json::to_string(&r).expect("a breakdown always serialises");
+    let text = serde_json::to_string(r).expect("a breakdown always serialises");
     Ok((text, mat_array(py, c)?, per))
 }
 
-/// The metric between the changes `a − a0` and `b − b0` (either base optional; JSON text).
+/// `_compare_changes`' JSON text and, if asked for, the breakdown's (as `_breakdown` gives it).
+type Changes<'py> = (
+    String,
+    Option<(String, Bound<'py, PyAny>, Option<Bound<'py, PyAny>>)>,
+);
+
+/// The metric between the changes `a − a0` and `b − b0` (either base optional; JSON text), and
+/// with `breakdown` the changes' breakdown over units or heads.
 #[pyfunction]
 #[allow(clippy::too_many_arguments)]
-#[pyo3(signature = (a, a0, b, b0, metric_name, mode=None, dist=None))]
-fn _compare_changes(
-    py: Python<'_>,
+#[pyo3(signature = (a, a0, b, b0, metric_name, mode=None, dist=None, breakdown=false, per_output=false))]
+fn _compare_changes<'py>(
+    py: Python<'py>,
     a: &Model,
     a0: Option<&Model>,
     b: &Model,
@@ -398,7 +413,9 @@ fn _compare_changes(
     metric_name: &str,
     mode: Option<&str>,
     dist: Option<PyRef<'_, Distribution>>,
-) -> PyResult<String> {
+    breakdown: bool,
+    per_output: bool,
+) -> PyResult<Changes<'py>> {
     let m = configured(metric_name, "layer", false, mode, 0, 0)?;
     let dist = dist.as_ref().map(|d| &d.inner);
     let r = py
@@ -412,17 +429,19 @@ fn _compare_changes(
             let a0 = a0.map(|x| read(&x.inner)).transpose()?;
             let b0 = b0.map(|x| read(&x.inner)).transpose()?;
             let opts = Options::default();
-            let mut r = tensim::metrics::difference::similarity(
-                (&a, a0.as_ref()),
-                (&b, b0.as_ref()),
-                &m,
-                &opts,
-            )?;
+            let (a, b) = ((&a, a0.as_ref()), (&b, b0.as_ref()));
+            let mut r = tensim::metrics::difference::similarity(a, b, &m, &opts)?;
             r.input_distribution = dist.map(|d| d.info().clone());
-            Ok(r)
+            let parts = breakdown
+                .then(|| {
+                    tensim::metrics::breakdown::of_changes(a, b, &m, Some(r.inner), per_output)
+                })
+                .transpose()?;
+            Ok((r, parts))
         })
         .map_err(err)?;
-    Ok(serde_json::to_string(&r).expect("a comparison always serialises"))
+    let text = serde_json::to_string(&r.0).expect("a comparison always serialises");
+    Ok((text, r.1.map(|b| breakdown_arrays(py, &b)).transpose()?))
 }
 
 /// A Gaussian input distribution `N(μ, Σ)` for the tensor and gaussian metrics.
@@ -540,9 +559,10 @@ impl Progress {
     }
 }
 
-/// All-pairs similarity matrix; `(1 + out_dim, N, N)` with `per_output` (plane 0 the total).
+/// All-pairs similarity matrix; `(1 + out_dim, N, N)` with `per_output`, `(1 + tensors, N, N)`
+/// with `per_tensor` (plane 0 the total).
 #[pyfunction]
-#[pyo3(signature = (models, names, metric_name, resume_dir=None, per_output=false, data=None, samples=10000, seed=0, tile=0, progress=None, symmetrize="layer", dist=None, minus=None))]
+#[pyo3(signature = (models, names, metric_name, resume_dir=None, per_output=false, data=None, samples=10000, seed=0, tile=0, progress=None, symmetrize="layer", dist=None, minus=None, per_tensor=false))]
 #[allow(clippy::too_many_arguments)]
 fn _matrix<'py>(
     py: Python<'py>,
@@ -559,7 +579,13 @@ fn _matrix<'py>(
     symmetrize: &str,
     dist: Option<PyRef<'py, Distribution>>,
     minus: Option<PyRef<'py, Model>>,
+    per_tensor: bool,
 ) -> PyResult<Bound<'py, PyAny>> {
+    if per_tensor && (metric_name != "matrix" || per_output || minus.is_some()) {
+        return Err(TensimError::new_err(
+            "per_tensor=True is a value of the matrix metric alone (no per_output or minus=)",
+        ));
+    }
     if minus.is_some() && per_output {
         return Err(TensimError::new_err(
             "minus= gives the total similarity of changes only (no per_output)",
@@ -625,11 +651,19 @@ fn _matrix<'py>(
     let n = checkpoints.len();
     let mut planes = vec![result.similarity];
     planes.extend(result.per_output.unwrap_or_default());
+    if per_tensor {
+        let models: Vec<&tensim::Model> = checkpoints.iter().map(|c| &c.model).collect();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        let per = py
+            .detach(|| tensim::metrics::matrix::per_tensor_matrices(&models, &names))
+            .map_err(err)?;
+        planes.extend(per.into_iter().map(|(_, m)| m));
+    }
     let values: Vec<f64> = planes
         .iter()
         .flat_map(|p| (0..n).flat_map(move |i| (0..n).map(move |j| p[(i, j)])))
         .collect();
-    if per_output {
+    if per_output || per_tensor {
         array(py, &[planes.len(), n, n], values)
     } else {
         array(py, &[n, n], values)

@@ -285,39 +285,42 @@ def compare(
     layers or ``"heads"`` of the last attention layers), ``contributions`` (an array, A's parts x
     B's, that sums with ``remainder`` to ``inner``), ``matching`` (A's parts assigned to B's by
     maximum ``|contribution|``, largest first, each with its ``share`` of ``inner``) and, with
-    ``per_output=True``, ``per_output`` and ``per_output_contributions`` ``(outputs, A, B)``.
+    ``per_output=True``, ``per_output`` and ``per_output_contributions`` ``(outputs, A, B)``. With
+    ``minus_a``/``minus_b``, of the changes: which units carry them.
 
     Paths are read as by :func:`load`, with ``arch``, ``key`` and ``n_ctx``.
     """
     (a, minus_a), (b, minus_b) = _unpack_diff(a, minus_a), _unpack_diff(b, minus_b)
     a, b = _model(a, arch, key, n_ctx), _model(b, arch, key, n_ctx)
     dist = _distribution(input_stats, input_mean, input_cov, token_counts)
-    if breakdown and (minus_a is not None or minus_b is not None):
-        raise ValueError("breakdown=True breaks down one pair of models, not changes (minus_a/minus_b)")
     if minus_a is not None or minus_b is not None:
         base = lambda x: None if x is None else _model(x, arch, key, n_ctx)._m  # noqa: E731
-        return json.loads(
-            _tensim._compare_changes(a._m, base(minus_a), b._m, base(minus_b), metric, mode=mode, dist=dist)
+        text, parts = _tensim._compare_changes(
+            a._m, base(minus_a), b._m, base(minus_b), metric, mode=mode, dist=dist,
+            breakdown=breakdown, per_output=per_output,
         )
-    r = json.loads(
-        _tensim._compare(
-            a._m,
-            b._m,
-            metric,
-            per_output,
-            mode=mode,
-            symmetrize=symmetrize,
-            by_degree=by_degree,
-            dist=dist,
-            null=null,
-            per_tensor=per_tensor,
-            **_inputs(data, samples, seed),
+        r = json.loads(text)
+    else:
+        r = json.loads(
+            _tensim._compare(
+                a._m,
+                b._m,
+                metric,
+                per_output,
+                mode=mode,
+                symmetrize=symmetrize,
+                by_degree=by_degree,
+                dist=dist,
+                null=null,
+                per_tensor=per_tensor,
+                **_inputs(data, samples, seed),
+            )
         )
-    )
-    if breakdown:
-        text, contributions, per = _tensim._breakdown(
+        parts = breakdown and _tensim._breakdown(
             a._m, b._m, metric, r["inner"], per_output, mode=mode, symmetrize=symmetrize, dist=dist
         )
+    if parts:
+        text, contributions, per = parts
         r["breakdown"] = json.loads(text)
         r["breakdown"]["contributions"] = contributions
         if per is not None:
@@ -431,9 +434,12 @@ def matrix(
     input_cov: Any = None,
     token_counts: Any = None,
     minus: Model | PathLike | None = None,
+    per_tensor: bool = False,
 ) -> np.ndarray:
-    """All-pairs similarity matrix (``N x N``; with ``per_output`` ``(1 + out_dim, N, N)``, plane 0
-    the total) of models, model files, glob patterns or folders of checkpoints (ordered by step).
+    """All-pairs similarity matrix (``N x N``; with ``per_output`` ``(1 + out_dim, N, N)``, with
+    ``per_tensor`` (``"matrix"`` metric) ``(1 + tensors, N, N)`` in the order of
+    ``compare(..., per_tensor=True)["per_tensor"]``; plane 0 the total) of models, model files,
+    glob patterns or folders of checkpoints (ordered by step).
 
     ``resume_dir`` keeps finished tiles (keyed by the hashes of the checkpoints' models) so that an
     interrupted run resumes and a changed checkpoint recomputes only its tiles; the same tiles
@@ -477,6 +483,7 @@ def matrix(
         symmetrize=symmetrize,
         dist=_distribution(input_stats, input_mean, input_cov, token_counts),
         minus=None if minus is None else _model(minus, arch, key, n_ctx)._m,
+        per_tensor=per_tensor,
         **_inputs(data, samples, seed),
     )
 

@@ -76,7 +76,9 @@ def _compare_changes(
     metric_name: str,
     mode: Optional[str] = None,
     dist: Optional[Distribution] = None,
-) -> str: ...
+    breakdown: bool = False,
+    per_output: bool = False,
+) -> tuple[str, Optional[tuple[str, _F64, Optional[_F64]]]]: ...
 
 class Distribution:
     def info_json(self) -> str: ...
@@ -114,6 +116,7 @@ def _matrix(
     symmetrize: str = "layer",
     dist: Optional[Distribution] = None,
     minus: Optional[Model] = None,
+    per_tensor: bool = False,
 ) -> _F64: ...
 def _tile(
     rows: Sequence[_Path],

@@ -513,6 +513,20 @@ def test_breakdowns_and_diffs_equal_the_command_line_tool(cli, tmp_path):
     got = tensim.matrix([tensim.diff(f, files[1]) for f in files], arch=sidecar, progress=False)
     want = tensim.matrix(models, minus=files[1], arch=sidecar, progress=False)
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)
+    # The breakdown of changes: contributions and remainder sum to the changes' inner product.
+    ch = tensim.compare(models[0], models[2], "gaussian", minus_a=models[1], minus_b=models[1], breakdown=True, per_output=True)
+    b = ch["breakdown"]
+    assert b["contributions"].sum() + b["remainder"] == pytest.approx(ch["inner"], rel=1e-10)
+    assert b["per_output_contributions"].shape[0] == len(b["per_output"])
+    # The weight cosine per parameter tensor, all pairs: planes in compare's per_tensor order.
+    per = tensim.matrix(models, "matrix", per_tensor=True, progress=False)
+    want = tensim.compare(models[0], models[2], "matrix", per_tensor=True)["per_tensor"]
+    assert per.shape == (1 + len(want), 3, 3)
+    assert per[0, 0, 2] == pytest.approx(tensim.compare(models[0], models[2], "matrix")["similarity"], abs=1e-12)
+    for t, w in enumerate(want):
+        assert per[1 + t, 0, 2] == pytest.approx(w["similarity"], abs=1e-12), w["tensor"]
+    with pytest.raises(tensim.TensimError, match="matrix metric alone"):
+        tensim.matrix(models, "tensor", per_tensor=True, progress=False)
     with pytest.raises(ValueError, match="share one base"):
         tensim.matrix([tensim.diff(models[0], models[1]), tensim.diff(models[2], models[0])], progress=False)
     with pytest.raises(ValueError, match="already has its base"):

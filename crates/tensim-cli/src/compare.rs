@@ -44,8 +44,9 @@ pub struct CompareArgs {
     minus_b: Option<PathBuf>,
     /// Write the inner product's breakdown over the units (heads) of the last bilinear
     /// (attention) layers to FILE.npy (A's × B's; with --per-output also FILE.per-output.npy,
-    /// outputs × A's × B's) and report the matching of A's to B's (tensor, gaussian).
-    #[arg(long, value_name = "FILE.npy", conflicts_with_all = ["minus_a", "minus_b"])]
+    /// outputs × A's × B's) and report the matching of A's to B's (tensor, gaussian). With
+    /// --minus-a/--minus-b, of the changes: which units carry them.
+    #[arg(long, value_name = "FILE.npy")]
     breakdown: Option<PathBuf>,
     /// Draw the breakdown (.png or .svg), ordered by the matching.
     #[arg(long, value_name = "FIG", requires = "breakdown")]
@@ -120,8 +121,20 @@ fn changes(
     };
     let (a0, b0) = (base(&args.minus_a, true)?, base(&args.minus_b, false)?);
     let (a, b) = (read(a.clone())?, read(b.clone())?);
-    let mut r =
-        metrics::difference::similarity((&a, a0.as_ref()), (&b, b0.as_ref()), metric, opts)?;
+    let (a, b) = ((&a, a0.as_ref()), (&b, b0.as_ref()));
+    // With a breakdown, the per-output values are the breakdown's.
+    let per_output = opts.per_output && args.breakdown.is_none();
+    let total = Options {
+        per_output,
+        ..opts.clone()
+    };
+    let mut r = metrics::difference::similarity(a, b, metric, &total)?;
     r.input_distribution = dist.map(|d| d.info().clone());
+    if let Some(file) = &args.breakdown {
+        let per_output = opts.per_output;
+        let bd = metrics::breakdown::of_changes(a, b, metric, Some(r.inner), per_output)?;
+        crate::breakdown::write(&bd, file, args.plot.as_deref())?;
+        r.breakdown = Some(bd);
+    }
     Ok(r)
 }

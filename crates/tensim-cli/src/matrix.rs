@@ -31,6 +31,10 @@ pub struct MatrixArgs {
     /// written to OUT with `.per-output.npy` as an array (outputs, N, N); NaN where a slice is zero.
     #[arg(long)]
     per_output: bool,
+    /// matrix: also one matrix per parameter tensor (`layers.{i}.{role}`), written to OUT with
+    /// `.per-tensor.npy` as an array (tensors, N, N), the names in the JSON.
+    #[arg(long, conflicts_with = "minus")]
+    per_tensor: bool,
     #[command(flatten)]
     sym: SymArgs,
     /// Labels, one per line, in checkpoint order.
@@ -79,6 +83,9 @@ pub struct MatrixArgs {
 
 pub fn run(args: MatrixArgs) -> Result<()> {
     let metric = metric(args.metric, &args.sym, Default::default(), &args.inputs)?;
+    if args.per_tensor && args.metric != Kind::Matrix {
+        anyhow::bail!("--per-tensor is a matrix-metric value (--metric matrix)");
+    }
     let mut paths = checkpoints::expand(&args.checkpoints)?;
     if !args.no_sort {
         checkpoints::natural_sort(&mut paths);
@@ -192,6 +199,23 @@ pub fn run(args: MatrixArgs) -> Result<()> {
         );
     }
     result.write_npy(&out)?;
+    let per_tensor = if args.per_tensor {
+        let models: Vec<&tensim::Model> = cks.iter().map(|c| &c.model).collect();
+        let names: Vec<&str> = cks.iter().map(|c| c.name.as_str()).collect();
+        let per = tensim::metrics::matrix::per_tensor_matrices(&models, &names)?;
+        let values: Vec<f64> = per
+            .iter()
+            .flat_map(|(_, m)| tensim::linalg::to_row_major(m.as_ref()))
+            .collect();
+        let path = out.with_extension("per-tensor.npy");
+        tensim::io::write_npy(&path, &[per.len(), n, n], &values)?;
+        if !args.quiet {
+            eprintln!("per tensor → {}", path.display());
+        }
+        Some(per)
+    } else {
+        None
+    };
     if let Some(csv) = &args.csv {
         result.write_csv(csv, &labels)?;
     }
@@ -214,6 +238,17 @@ pub fn run(args: MatrixArgs) -> Result<()> {
         let mut v = result.to_json(metric.name(), &labels, &names);
         if let Some(d) = &dist {
             v["input_distribution"] = serde_json::to_value(d.info())?;
+        }
+        if let Some(per) = &per_tensor {
+            let rows = |m: &tensim::linalg::Mat<f64>| -> Vec<Vec<f64>> {
+                (0..n)
+                    .map(|i| (0..n).map(|j| m[(i, j)]).collect())
+                    .collect()
+            };
+            v["per_tensor"] = serde_json::json!({
+                "tensors": per.iter().map(|(t, _)| t).collect::<Vec<_>>(),
+                "similarity": per.iter().map(|(_, m)| rows(m)).collect::<Vec<_>>(),
+            });
         }
         if let Some(n) = &null {
             v["null_mean"] = n.mean.into();

@@ -1276,6 +1276,29 @@ fn breakdowns_from_the_command_line() {
         assert_eq!(bd["matching"].as_array().unwrap().len(), 5);
         assert!(d.join("c.svg").exists());
     }
+    // Of a change: ⟨A − B, B⟩ over units, remainder included, is the change's inner product.
+    let v = json(&tensim(
+        &[
+            "compare",
+            a,
+            b,
+            "--minus-a",
+            b,
+            "--breakdown",
+            "d.npy",
+            "--per-output",
+            "--json",
+        ],
+        &d,
+    ));
+    let (_, c) = tensim::io::read_npy(&d.join("d.npy")).unwrap();
+    let inner = v["inner"].as_f64().unwrap();
+    let total = c.iter().sum::<f64>() + v["breakdown"]["remainder"].as_f64().unwrap();
+    assert!(
+        (total - inner).abs() <= 1e-10 * inner.abs(),
+        "{total} vs {inner}"
+    );
+    assert_eq!(v["breakdown"]["per_output"].as_array().unwrap().len(), 3);
     // Text output names the parts and the matching; plot-breakdown draws a written file.
     let o = tensim(&["compare", a, b, "--breakdown", "c.npy"], &d);
     assert!(o.status.success(), "{}", stderr(&o));
@@ -1314,4 +1337,52 @@ fn breakdowns_from_the_command_line() {
         "{}",
         stderr(&o)
     );
+}
+
+#[test]
+fn matrix_per_tensor_equals_compare_per_tensor() {
+    let d = workdir("per-tensor");
+    small_models(&d, 3);
+    let v = json(&tensim(
+        &[
+            "matrix",
+            "r",
+            "--metric",
+            "matrix",
+            "--per-tensor",
+            "--out",
+            "m.npy",
+            "--json",
+            "--quiet",
+        ],
+        &d,
+    ));
+    let c = json(&tensim(
+        &[
+            "compare",
+            "r/random-000.safetensors",
+            "r/random-002.safetensors",
+            "--metric",
+            "matrix",
+            "--per-tensor",
+            "--json",
+        ],
+        &d,
+    ));
+    let want = c["per_tensor"].as_array().unwrap();
+    let names = v["per_tensor"]["tensors"].as_array().unwrap();
+    assert_eq!(names.len(), want.len());
+    let (shape, values) = tensim::io::read_npy(&d.join("m.per-tensor.npy")).unwrap();
+    assert_eq!(shape, vec![want.len(), 3, 3]);
+    for (t, w) in want.iter().enumerate() {
+        assert_eq!(names[t], w["tensor"]);
+        let got = v["per_tensor"]["similarity"][t][0][2].as_f64().unwrap();
+        assert!(
+            (got - w["similarity"].as_f64().unwrap()).abs() < 1e-12,
+            "{t}"
+        );
+        assert!((values[t * 9 + 2] - got).abs() < 1e-15 && (values[t * 9] - 1.0).abs() < 1e-12);
+    }
+    let o = tensim(&["matrix", "r", "--per-tensor"], &d);
+    assert!(!o.status.success() && stderr(&o).contains("--metric matrix"));
 }

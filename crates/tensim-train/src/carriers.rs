@@ -2,15 +2,13 @@
 //! `a` against a later one `b` of the same run.
 //!
 //! With `Δf = f_b − f_a` and unit `i`'s change `Δu_i = u_{b,i} − u_{a,i}` (fine-tuning keeps
-//! units in place), unit `i` carries `⟨Δu_i, Δf_o⟩ / ‖Δf_o‖²` of output `o`'s change; from the
-//! contributions `C_xy` of `⟨x, y⟩` (`x, y ∈ {a, b}`), by bilinearity
-//! `⟨Δu_i, Δf_o⟩ = Σ_j (C_bb − C_ba − C_ab + C_aa)[i, j] + ⟨Δu_i, Δ remainder⟩`, the last term
-//! left out (the head's bias change).
+//! units in place), unit `i` carries `⟨Δu_i, Δf_o⟩ / ‖Δf_o‖²` of output `o`'s change: row `i` of
+//! the breakdown of `⟨Δf, Δf⟩` ([`of_changes`]) for output `o`, over its inner product (the rest,
+//! such as the head's bias change, is the remainder).
 
 use serde::Serialize;
 use tensim::layers::Layer;
-use tensim::linalg::Mat;
-use tensim::metrics::breakdown::{breakdown, Breakdown, OutputBreakdown};
+use tensim::metrics::breakdown::{breakdown, of_changes, Breakdown};
 use tensim::metrics::Metric;
 use tensim::Model;
 
@@ -50,31 +48,17 @@ pub fn carriers(
     pixels: &[usize],
     count: usize,
 ) -> Result<(Breakdown, Carriers), TrainError> {
-    let per = |x: &Model, y: &Model| breakdown(x, y, &Metric::TENSOR, None, true);
-    let (ab, ba, aa, bb) = (per(a, b)?, per(b, a)?, per(a, a)?, per(b, b)?);
+    let ab = breakdown(a, b, &Metric::TENSOR, None, false)?;
+    let change = of_changes((b, Some(a)), (b, Some(a)), &Metric::TENSOR, None, true)?;
+    let per = change.per_output.as_ref().expect("per output");
     let units = ab.shape[0];
-    // ⟨Δu_i, Δf_o⟩ / ‖Δf_o‖² for every unit i.
-    let change = |o: usize| -> Vec<f64> {
-        let signed = [(&bb, 1.0), (&ba, -1.0), (&ab, -1.0), (&aa, 1.0)];
-        fn at(x: &Breakdown, o: usize) -> &OutputBreakdown {
-            &x.per_output.as_ref().expect("per output")[o]
-        }
-        let norm: f64 = signed
-            .iter()
-            .map(|(x, s)| s * at(x, o).inner.expect("units give the inner product"))
-            .sum();
-        let row = |c: &Mat<f64>, i: usize| (0..c.ncols()).map(|j| c[(i, j)]).sum::<f64>();
+    // ⟨Δu_i, Δf_o⟩ / ‖Δf_o‖²: row i of output o's contributions over its inner product.
+    let shares = classes.map(|o| {
+        let (c, norm) = (&per[o].contributions, per[o].inner.expect("units give it"));
         (0..units)
-            .map(|i| {
-                let v: f64 = signed
-                    .iter()
-                    .map(|(x, s)| s * row(&at(x, o).contributions, i))
-                    .sum();
-                v / norm
-            })
-            .collect()
-    };
-    let shares = classes.map(change);
+            .map(|i| (0..c.ncols()).map(|j| c[(i, j)]).sum::<f64>() / norm)
+            .collect::<Vec<f64>>()
+    });
     let Layer::Bilinear(first) = &b.layers()[ab.layer_b] else {
         unreachable!("a breakdown over units is of a bilinear layer")
     };

@@ -320,3 +320,57 @@ fn matching_of_rectangular_matrices_and_refusals() {
     let e = breakdown(&lin, &lin, &Metric::TENSOR, None, false).unwrap_err();
     assert!(e.to_string().contains("linear"), "{e}");
 }
+
+#[test]
+fn breakdowns_of_changes_equal_the_one_unit_changes() {
+    use tensim::metrics::breakdown::of_changes;
+    use tensim::metrics::difference;
+    // A = A0 + a 30 % change (same units), B = B0 + another.
+    let (a0, b0) = (
+        random_model(spec(4, 1, true), 21),
+        random_model(spec(5, 1, true), 22),
+    );
+    let mix = |m: &Model, seed: u64| {
+        let other = random_model(spec(3, 1, true), seed);
+        let flat: Vec<f64> = tensim::io::parameter_tensors(&other)
+            .into_iter()
+            .flat_map(|(_, _, v)| v)
+            .collect();
+        let k = std::cell::Cell::new(0);
+        common::map_parameters(m, |v| {
+            k.set(k.get() + 1);
+            v + 0.3 * flat[k.get() % flat.len()]
+        })
+    };
+    let (a, b) = (mix(&a0, 24), mix(&b0, 25));
+    for metric in [Metric::TENSOR, Metric::Gaussian(GaussOptions::default())] {
+        let opts = Options::default();
+        let d = difference::similarity((&a, Some(&a0)), (&b, Some(&b0)), &metric, &opts).unwrap();
+        let r = of_changes((&a, Some(&a0)), (&b, Some(&b0)), &metric, None, true).unwrap();
+        let what = metric.name();
+        assert!((r.inner - d.inner).abs() <= 1e-10 * d.inner.abs(), "{what}");
+        assert_eq!(r.shape, [4, 5]);
+        for (i, j) in [(0, 0), (3, 4)] {
+            let (x, x0) = (one_unit(&a, 1, i), one_unit(&a0, 1, i));
+            let (y, y0) = (one_unit(&b, 1, j), one_unit(&b0, 1, j));
+            let v = difference::similarity((&x, Some(&x0)), (&y, Some(&y0)), &metric, &opts)
+                .unwrap()
+                .inner;
+            let got = r.contributions[(i, j)];
+            assert!(
+                (got - v).abs() <= 1e-9 * v.abs().max(1e-3),
+                "{what} ({i}, {j}): {got} vs {v}"
+            );
+        }
+        // One side only: ⟨A − A0, B⟩.
+        let one = of_changes((&a, Some(&a0)), (&b, None), &metric, None, false).unwrap();
+        let want = inner(&a, &b, &metric).inner - inner(&a0, &b, &metric).inner;
+        assert!(
+            (one.inner - want).abs() <= 1e-10 * want.abs().max(1.0),
+            "{what}"
+        );
+    }
+    // A base with other units than its model is refused.
+    let e = of_changes((&a, Some(&b0)), (&b, None), &Metric::TENSOR, None, false).unwrap_err();
+    assert!(e.to_string().contains("same parts"), "{e}");
+}

@@ -27,6 +27,7 @@ use crate::einsum::Tensor;
 use crate::error::{Error, Result};
 use crate::layers::{compose_linear, Attention, Bilinear, Layer, PaddedLayer};
 use crate::linalg::{mul, Mat, Par};
+use crate::metrics::difference::signed;
 use crate::metrics::{gaussian, tensor, Metric, Symmetrize};
 use crate::model::Model;
 use crate::propagate;
@@ -57,7 +58,8 @@ pub struct OutputBreakdown {
     pub output: usize,
     pub inner: Option<f64>,
     pub remainder: Option<f64>,
-    /// The matching of this output's contributions, largest first.
+    /// The matching of this output's contributions, largest first; shares of `inner` (heads:
+    /// of the heads' own total).
     pub matching: Vec<Matched>,
     #[serde(skip)]
     pub contributions: Mat<f64>,
@@ -239,6 +241,91 @@ pub fn breakdown(
     inner: Option<f64>,
     per_output: bool,
 ) -> Result<Breakdown> {
+    finish(sums(a, b, metric, per_output)?, inner)
+}
+
+/// The breakdown of the changes `⟨f_a − f_a0, f_b − f_b0⟩` (either base optional) over the parts
+/// of the models (a base has its model's parts: a fine-tune keeps them in place), by
+/// bilinearity `C = C_ab − C_ab0 − C_a0b + C_a0b0`. `inner`: as in [`breakdown`], of the changes.
+pub fn of_changes(
+    (a, a0): (&Model, Option<&Model>),
+    (b, b0): (&Model, Option<&Model>),
+    metric: &Metric,
+    inner: Option<f64>,
+    per_output: bool,
+) -> Result<Breakdown> {
+    let mut total: Option<Sums> = None;
+    for &(x, cx) in &signed(a, a0) {
+        for &(y, cy) in &signed(b, b0) {
+            let s = sums(x, y, metric, per_output)?;
+            total = Some(match total {
+                None => s.scaled(cx * cy),
+                Some(t) => t.plus(&s, cx * cy)?,
+            });
+        }
+    }
+    finish(total.expect("one pair at least"), inner)
+}
+
+/// The linear part of a breakdown: contributions and their totals over all opened outputs
+/// (with the rest), overall and per output.
+#[derive(Clone)]
+struct Sums {
+    parts: Parts,
+    layers: [usize; 2],
+    contributions: Mat<f64>,
+    total: f64,
+    per_output: Option<Vec<(Mat<f64>, f64)>>,
+    /// The parts cover the whole function (bilinear layers).
+    exact: bool,
+}
+
+impl Sums {
+    fn scaled(mut self, c: f64) -> Sums {
+        self.contributions = Mat::from_fn(
+            self.contributions.nrows(),
+            self.contributions.ncols(),
+            |i, j| c * self.contributions[(i, j)],
+        );
+        self.total *= c;
+        for (m, t) in self.per_output.iter_mut().flatten() {
+            *m = Mat::from_fn(m.nrows(), m.ncols(), |i, j| c * m[(i, j)]);
+            *t *= c;
+        }
+        self
+    }
+
+    /// `self + c·other`, for breakdowns over the same parts.
+    fn plus(mut self, other: &Sums, c: f64) -> Result<Sums> {
+        let (x, y) = (&self.contributions, &other.contributions);
+        if self.parts != other.parts || (x.nrows(), x.ncols()) != (y.nrows(), y.ncols()) {
+            return Err(Error::Incompatible(format!(
+                "the breakdown of a change needs each model and its base to have the same parts \
+                 (got {}×{} and {}×{} {:?})",
+                x.nrows(),
+                x.ncols(),
+                y.nrows(),
+                y.ncols(),
+                other.parts
+            )));
+        }
+        let add = |x: &Mat<f64>, y: &Mat<f64>| {
+            Mat::from_fn(x.nrows(), x.ncols(), |i, j| x[(i, j)] + c * y[(i, j)])
+        };
+        self.contributions = add(x, y);
+        self.total += c * other.total;
+        if let (Some(p), Some(q)) = (&mut self.per_output, &other.per_output) {
+            for ((m, t), (n, u)) in p.iter_mut().zip(q) {
+                *m = add(m, n);
+                *t += c * u;
+            }
+        }
+        self.exact &= other.exact;
+        Ok(self)
+    }
+}
+
+fn sums(a: &Model, b: &Model, metric: &Metric, per_output: bool) -> Result<Sums> {
     let (oa, ob) = (open(a)?, open(b)?);
     if oa.parts != ob.parts {
         return Err(Error::Incompatible(format!(
@@ -260,14 +347,10 @@ pub fn breakdown(
     }
     let outputs = oa.map.nrows();
     let (na, nb) = (oa.parts_count, ob.parts_count);
+    let per = if per_output { outputs * na * nb } else { 0 };
     budget::check(
         "the breakdown",
-        (oa.map.ncols() * ob.map.ncols()) as f64 * 3.0
-            + if per_output {
-                (outputs * na * nb) as f64
-            } else {
-                0.0
-            },
+        (3 * oa.map.ncols() * ob.map.ncols() + per) as f64,
     )?;
     // The opened pair under the mode the pair itself resolves to.
     let metric = match metric {
@@ -296,11 +379,27 @@ pub fn breakdown(
     };
     let gamma = crate::linalg::mul(oa.map.transpose(), ob.map.as_ref(), Par::rayon(0));
     let (contributions, total) = grouped(&|p, q| gamma[(p, q)]);
-    // A bilinear layer's parts cover the whole function; an attention layer's leave out the
-    // residual path, whose share is read from the metric's own inner product.
-    let exact = oa.rest && ob.rest;
-    let inner = match (exact, inner) {
-        (true, _) => total,
+    let per_output = per_output.then(|| {
+        (0..outputs)
+            .map(|o| grouped(&|p, q| oa.map[(o, p)] * ob.map[(o, q)]))
+            .collect()
+    });
+    Ok(Sums {
+        parts: oa.parts,
+        layers: [oa.layer, ob.layer],
+        contributions,
+        total,
+        per_output,
+        exact: oa.rest && ob.rest,
+    })
+}
+
+/// Remainders and matchings of summed contributions. A bilinear layer's parts cover the whole
+/// function; an attention layer's leave out the residual path, whose share is read from the
+/// metric's own inner product `inner`.
+fn finish(s: Sums, inner: Option<f64>) -> Result<Breakdown> {
+    let inner = match (s.exact, inner) {
+        (true, _) => s.total,
         (false, Some(inner)) => inner,
         (false, None) => {
             return Err(Error::Invalid(
@@ -313,35 +412,27 @@ pub fn breakdown(
             .map(|j| (0..c.nrows()).map(|i| c[(i, j)]).sum::<f64>())
             .sum::<f64>()
     };
-    let remainder = inner - sum(&contributions);
-    let per_output = per_output.then(|| {
-        (0..outputs)
-            .map(|o| {
-                let (c, total) = grouped(&|p, q| oa.map[(o, p)] * ob.map[(o, q)]);
-                let (inner, remainder) = if exact {
-                    (Some(total), Some(total - sum(&c)))
-                } else {
-                    (None, None)
-                };
-                OutputBreakdown {
-                    output: o,
-                    inner,
-                    remainder,
-                    matching: matched(&c, total),
-                    contributions: c,
-                }
+    let per_output = s.per_output.map(|per| {
+        per.into_iter()
+            .enumerate()
+            .map(|(o, (c, total))| OutputBreakdown {
+                output: o,
+                inner: s.exact.then_some(total),
+                remainder: s.exact.then(|| total - sum(&c)),
+                matching: matched(&c, total),
+                contributions: c,
             })
             .collect()
     });
     Ok(Breakdown {
-        parts: oa.parts,
-        layer_a: oa.layer,
-        layer_b: ob.layer,
-        shape: [na, nb],
+        parts: s.parts,
+        layer_a: s.layers[0],
+        layer_b: s.layers[1],
+        shape: [s.contributions.nrows(), s.contributions.ncols()],
         inner,
-        remainder,
-        matching: matched(&contributions, inner),
-        contributions,
+        remainder: inner - sum(&s.contributions),
+        matching: matched(&s.contributions, inner),
+        contributions: s.contributions,
         per_output,
     })
 }

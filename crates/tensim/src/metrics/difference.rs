@@ -23,6 +23,13 @@ const TERM_ACCURACY: f64 = 1e-12;
 /// Largest rounding bound on the similarity that is still reported.
 const MAX_ERROR: f64 = 1e-6;
 
+/// `f_x − f_x0` as signed terms `[(x, 1), (x0, −1)]` (no base: `[(x, 1)]`).
+pub(crate) fn signed<'m>(x: &'m Model, x0: Option<&'m Model>) -> Vec<(&'m Model, f64)> {
+    let mut v = vec![(x, 1.0)];
+    v.extend(x0.map(|m| (m, -1.0)));
+    v
+}
+
 /// The metric between `f_a − f_a0` and `f_b − f_b0`.
 pub fn similarity(
     (a, a0): (&Model, Option<&Model>),
@@ -37,10 +44,7 @@ pub fn similarity(
                 .into(),
         ));
     }
-    let mut xs = vec![(a, 1.0)];
-    xs.extend(a0.map(|m| (m, -1.0)));
-    let mut ys = vec![(b, 1.0)];
-    ys.extend(b0.map(|m| (m, -1.0)));
+    let (xs, ys) = (signed(a, a0), signed(b, b0));
     for (x, _) in xs.iter().chain(&ys) {
         check_io(a, x)?;
     }

@@ -66,6 +66,42 @@ fn per_tensor(a: &Model, b: &Model) -> Vec<TensorCosine> {
         .collect()
 }
 
+/// The all-pairs weight cosine of each parameter tensor: `(name, N × N)` per tensor, layer by
+/// layer (`NaN` where a checkpoint's tensor is zero). One Gram `X Xᵀ` per tensor, `X` its
+/// flattened values, a row per model.
+pub fn per_tensor_matrices(models: &[&Model], names: &[&str]) -> Result<Vec<(String, Mat<f64>)>> {
+    for (m, name) in models.iter().zip(names).skip(1) {
+        same_architecture(models[0], m)
+            .map_err(|e| e.context(format!("A = {}, B = {name}", names[0])))?;
+    }
+    let n = models.len();
+    let params: Vec<Vec<(&'static str, Vec<f64>)>> = models
+        .iter()
+        .map(|m| m.layers().iter().flat_map(|l| l.parameters()).collect())
+        .collect();
+    let total: usize = params[0].iter().map(|(_, v)| v.len()).sum();
+    crate::budget::check(
+        "the per-tensor matrices",
+        (2 * n * total) as f64 + (params[0].len() * n * n) as f64,
+    )?;
+    let roles = models[0].layers().iter().enumerate().flat_map(|(i, l)| {
+        l.parameters()
+            .into_iter()
+            .map(move |(role, _)| Model::tensor_name(i, role))
+    });
+    Ok(roles
+        .enumerate()
+        .map(|(t, name)| {
+            let x = Mat::from_fn(n, params[0][t].1.len(), |i, j| params[i][t].1[j]);
+            let g = crate::linalg::mul_t(x.as_ref(), x.as_ref(), crate::linalg::Par::rayon(0));
+            let c = Mat::from_fn(n, n, |i, j| {
+                cosines(&[g[(i, j)]], &[g[(i, i)]], &[g[(j, j)]])[0].unwrap_or(f64::NAN)
+            });
+            (name, c)
+        })
+        .collect())
+}
+
 fn flat(m: &Model) -> Vec<f64> {
     m.layers()
         .iter()
