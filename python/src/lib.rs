@@ -621,23 +621,29 @@ fn _matrix<'py>(
     };
     let result = py
         .detach(|| {
+            let store = resume_dir
+                .map(|dir| TileStore::open(&dir, m.name(), &checkpoints))
+                .transpose()?;
             if let Some(base) = &minus {
                 let base = match dist {
                     Some(d) => d.apply(base)?,
                     None => base.clone(),
                 };
                 let models: Vec<&tensim::Model> = checkpoints.iter().map(|c| &c.model).collect();
+                let base_hash = tensim::io::model_hash(&base)?;
+                let hashes: Vec<&str> = std::iter::once(base_hash.as_str())
+                    .chain(checkpoints.iter().map(|c| c.hash.as_str()))
+                    .collect();
+                let store = store.as_ref().map(|s| (s, hashes.as_slice()));
                 let k = models.len() as u64 + 1;
                 let tick = |done| progress.tick(done, k * (k + 1) / 2);
-                let similarity = tensim::metrics::difference::matrix(&models, &base, &m, &tick)?;
+                let similarity =
+                    tensim::metrics::difference::matrix(&models, &base, &m, store, &tick)?;
                 return Ok(trajectory::AllPairs {
                     similarity,
                     per_output: None,
                 });
             }
-            let store = resume_dir
-                .map(|dir| TileStore::open(&dir, m.name(), &checkpoints))
-                .transpose()?;
             let opts = MatrixOptions {
                 tile,
                 store: store.as_ref(),

@@ -447,8 +447,8 @@ def matrix(
     ``progress(done_pairs, total_pairs)``. ``symmetrize`` and the input distribution
     (``input_stats`` …): as in :func:`compare`; :func:`null` calibrates the values.
     ``minus=BASE`` (or a list of :func:`diff` objects sharing one base): the matrix of every
-    model's change from ``BASE`` (as ``--minus``; not
-    resumable, ``NaN`` where a change is zero or too small to resolve). Paths are read
+    model's change from ``BASE`` (as ``--minus``; with ``resume_dir`` each inner product is kept,
+    ``NaN`` where a change is zero or too small to resolve). Paths are read
     as by :func:`load`, with ``arch``, ``key`` and ``n_ctx``; without ``arch``, a training run's folder
     (``run/`` holding ``checkpoints/`` and ``config.json``) is described by its ``config.json``. The GIL is released while the matrix is
     computed.

@@ -513,6 +513,11 @@ def test_breakdowns_and_diffs_equal_the_command_line_tool(cli, tmp_path):
     got = tensim.matrix([tensim.diff(f, files[1]) for f in files], arch=sidecar, progress=False)
     want = tensim.matrix(models, minus=files[1], arch=sidecar, progress=False)
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)
+    # Resumable: the inner products are kept as tiles, and a second run reads them.
+    for _ in range(2):
+        kept = tensim.matrix(models, minus=files[1], arch=sidecar, progress=False, resume_dir=tmp_path / "t")
+        np.testing.assert_allclose(kept, want, rtol=0, atol=1e-12)
+    assert len(list((tmp_path / "t").glob("tile-*.npy"))) == 6
     # The breakdown of changes: contributions and remainder sum to the changes' inner product.
     ch = tensim.compare(models[0], models[2], "gaussian", minus_a=models[1], minus_b=models[1], breakdown=True, per_output=True)
     b = ch["breakdown"]

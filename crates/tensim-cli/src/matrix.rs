@@ -75,8 +75,8 @@ pub struct MatrixArgs {
     #[command(flatten)]
     null: NullArg,
     /// Compare every checkpoint's change from CKPT, f_i − f_CKPT (tensor, gaussian when exact,
-    /// matrix; NaN where a change is zero or too small to resolve). Its pairs are not stored as
-    /// tiles.
+    /// matrix; NaN where a change is zero or too small to resolve). Each inner product is kept
+    /// in OUT.tiles/, so that a run resumes.
     #[arg(long, value_name = "CKPT", conflicts_with_all = ["per_output", "null"])]
     minus: Option<PathBuf>,
 }
@@ -113,7 +113,7 @@ pub fn run(args: MatrixArgs) -> Result<()> {
     let out = args
         .out
         .unwrap_or_else(|| PathBuf::from(format!("tensim-{}.npy", metric.name())));
-    let store = if args.no_resume || args.minus.is_some() {
+    let store = if args.no_resume {
         None
     } else {
         let dir = PathBuf::from(format!("{}.tiles", out.display()));
@@ -144,8 +144,14 @@ pub fn run(args: MatrixArgs) -> Result<()> {
             let n = cks.len() as u64 + 1;
             bar.set_length(n * (n + 1) / 2);
             let models: Vec<&tensim::Model> = cks.iter().map(|c| &c.model).collect();
+            let base_hash = tensim::io::model_hash(&base)?;
+            let hashes: Vec<&str> = std::iter::once(base_hash.as_str())
+                .chain(cks.iter().map(|c| c.hash.as_str()))
+                .collect();
+            let store = store.as_ref().map(|s| (s, hashes.as_slice()));
+            let tick = |k| bar.inc(k);
             let similarity =
-                tensim::metrics::difference::matrix(&models, &base, &metric, &|k| bar.inc(k))?;
+                tensim::metrics::difference::matrix(&models, &base, &metric, store, &tick)?;
             trajectory::AllPairs {
                 similarity,
                 per_output: None,

@@ -1171,6 +1171,18 @@ fn input_distributions_and_the_null_from_the_command_line() {
         v["similarity"][2][2].is_null() && v["similarity"][0][2].is_null(),
         "{v}"
     );
+    // Its inner products were kept, a tile and a checksum each, keyed by content: the base is
+    // one of the 3 checkpoints, so 6 distinct pairs. A second run reads them, same matrix.
+    let tiles = d.join("tensim-gaussian.npy.tiles");
+    let count = std::fs::read_dir(&tiles).unwrap().count();
+    assert_eq!(count, 2 * 6 + 1, "tiles and the manifest");
+    let again = json(&tensim(
+        &[
+            "matrix", "r", "--minus", c0, "--metric", "gaussian", "--json", "--quiet",
+        ],
+        &d,
+    ));
+    assert_eq!(again["similarity"], v["similarity"]);
     // The weight baseline per tensor.
     let r = json(&tensim(
         &[

@@ -212,7 +212,8 @@ fn the_matrix_of_changes_holds_the_pairwise_values_and_nan_for_no_change() {
     let progress = |k| {
         count.fetch_add(k, std::sync::atomic::Ordering::Relaxed);
     };
-    let m = tensim::metrics::difference::matrix(&models, &a0, &Metric::TENSOR, &progress).unwrap();
+    let m = tensim::metrics::difference::matrix(&models, &a0, &Metric::TENSOR, None, &progress)
+        .unwrap();
     assert_eq!(count.into_inner(), 10);
     let pair = |x: &Model, y: &Model| {
         similarity((x, Some(&a0)), (y, Some(&a0)), &Metric::TENSOR, &opts())
@@ -225,4 +226,44 @@ fn the_matrix_of_changes_holds_the_pairwise_values_and_nan_for_no_change() {
         (0..3).all(|k| m[(1, k)].is_nan() && m[(k, 1)].is_nan()),
         "the base's own row"
     );
+}
+
+#[test]
+fn the_matrix_of_changes_resumes_from_stored_inner_products() {
+    use tensim::metrics::difference::matrix;
+    use tensim::trajectory::tiles::TileStore;
+    let [a0, a, _, _] = four(1);
+    let b = map_parameters(&a, |v| v + 0.2 * v.cos());
+    let models = [&a, &b];
+    let dir = std::env::temp_dir().join(format!("tensim-minus-tiles-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let store = TileStore::at(&dir).unwrap();
+    let hashes = ["base", "a", "b"];
+    let run = || {
+        matrix(
+            &models,
+            &a0,
+            &Metric::TENSOR,
+            Some((&store, &hashes)),
+            &|_| {},
+        )
+        .unwrap()
+    };
+    let first = run();
+    // One tile (and its checksum) per inner product of [base, a, b].
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 2 * 6);
+    assert!((run()[(0, 1)] - first[(0, 1)]).abs() == 0.0);
+    // A second run reads the stored values: change ⟨a, b⟩ on disk, and the result follows.
+    let key = TileStore::key(
+        &format!(
+            "inner {}",
+            tensim::trajectory::tile_tag(&Metric::TENSOR, false, None)
+        ),
+        &["a"],
+        &["b"],
+    );
+    let ab = store.get(&key, &[1]).unwrap()[0];
+    store.put(&key, &[1], &[ab * 0.5]).unwrap();
+    assert!((run()[(0, 1)] - first[(0, 1)]).abs() > 1e-3);
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -17,6 +17,7 @@ use crate::metrics::{
     check_io, gaussian, matrix, tensor, Comparison, Method, Metric, Options, Symmetrize,
 };
 use crate::model::Model;
+use crate::trajectory::{tile_tag, tiles::TileStore};
 
 /// Relative accuracy assumed of each computed inner product.
 const TERM_ACCURACY: f64 = 1e-12;
@@ -96,11 +97,14 @@ pub fn similarity(
 /// The all-pairs matrix of the changes `f_i − f_base`: from the inner products `G` of the list
 /// `[base, m_1, …, m_N]`, `D_ij = G_ij − G_0i − G_0j + G_00`, `S_ij = D_ij/√(D_ii D_jj)`; `NaN`
 /// where a change is zero or the rounding bound leaves `S_ij` unresolved. Pairs run in
-/// parallel, each single-threaded; `progress(1)` after each inner product.
+/// parallel, each single-threaded; `progress(1)` after each inner product. `store`: the tile
+/// store and the models' hashes (`[base, m_1, …]`), each inner product kept as a tile keyed by
+/// its two models, so that an interrupted run resumes.
 pub fn matrix(
     models: &[&Model],
     base: &Model,
     metric: &Metric,
+    store: Option<(&TileStore, &[&str])>,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<Mat<f64>> {
     use rayon::prelude::*;
@@ -119,9 +123,30 @@ pub fn matrix(
     let values: Vec<f64> = pairs
         .par_iter()
         .map(|&(i, j)| {
-            let v = inner(all[i], all[j], metric, &opts);
+            // ⟨x, y⟩ = ⟨y, x⟩: the key reads the two hashes in order.
+            let key = store.map(|(_, h)| {
+                let (x, y) = (h[i].min(h[j]), h[i].max(h[j]));
+                TileStore::key(
+                    &format!("inner {}", tile_tag(metric, false, None)),
+                    &[x],
+                    &[y],
+                )
+            });
+            let stored = store
+                .zip(key.as_ref())
+                .and_then(|((s, _), k)| s.get(k, &[1]));
+            let v = match stored {
+                Some(v) => v[0],
+                None => {
+                    let v = inner(all[i], all[j], metric, &opts)?;
+                    if let (Some((s, _)), Some(k)) = (store, &key) {
+                        s.put(k, &[1], &[v])?;
+                    }
+                    v
+                }
+            };
             progress(1);
-            v
+            Ok(v)
         })
         .collect::<Result<_>>()?;
     let mut g = Mat::zeros(n, n);
