@@ -61,6 +61,9 @@ pub fn run(args: CompareArgs) -> Result<()> {
     if let Some(p) = &args.plot {
         tensim::plot::format_of(p)?;
     }
+    if args.breakdown.is_some() {
+        metrics::breakdown::check_metric(&metric)?;
+    }
     let dist = args.dist.load(metric.kind())?;
     let (ma, mb) = args.arch.load_pair(&args.a, &args.b)?;
     let data = metric

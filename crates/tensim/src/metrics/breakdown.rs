@@ -96,8 +96,9 @@ struct Opened {
     /// The part each opened output belongs to (`None`: the rest).
     owner: Vec<Option<usize>>,
     parts_count: usize,
-    /// Parts after the reported ones (a bilinear layer's residual units and unit slot).
-    rest: bool,
+    /// The opened outputs carry the whole function (a bilinear layer's residual units and unit
+    /// slot are among them; an attention layer's residual path is not).
+    complete: bool,
 }
 
 fn open(model: &Model) -> Result<Opened> {
@@ -119,7 +120,7 @@ fn open(model: &Model) -> Result<Opened> {
         };
         x.as_ref().subrows(1, x.nrows() - 1).to_owned()
     };
-    let (layer, parts, map, (owner, parts_count), rest) = match &layers[k] {
+    let (layer, parts, map, (owner, parts_count), complete) = match &layers[k] {
         Layer::Bilinear(b) => {
             let p = b.padded();
             let units = p.l.nrows();
@@ -181,7 +182,7 @@ fn open(model: &Model) -> Result<Opened> {
         map,
         owner,
         parts_count,
-        rest,
+        complete,
     })
 }
 
@@ -223,9 +224,20 @@ fn part_moments(a: &Model, b: &Model, metric: &Metric) -> Result<(Mat<f64>, f64)
             };
             Ok((summed(&sab), half(&sa, &sb)))
         }
+        _ => unreachable!("refused by check_metric"),
+    }
+}
+
+/// Refuse metrics without breakdowns (all but the tensor (per layer) and gaussian metrics).
+pub fn check_metric(metric: &Metric) -> Result<()> {
+    match metric {
+        Metric::Tensor(Symmetrize::Layer) | Metric::Gaussian(_) => Ok(()),
         _ => Err(Error::Invalid(format!(
             "a breakdown is computed for the tensor (per layer) and gaussian metrics, not for {}",
-            metric.name()
+            match metric {
+                Metric::Tensor(_) => "the fully symmetrised tensor metric",
+                m => m.name(),
+            }
         ))),
     }
 }
@@ -276,8 +288,8 @@ struct Sums {
     contributions: Mat<f64>,
     total: f64,
     per_output: Option<Vec<(Mat<f64>, f64)>>,
-    /// The parts cover the whole function (bilinear layers).
-    exact: bool,
+    /// The opened outputs carry the whole function (bilinear layers).
+    complete: bool,
 }
 
 impl Sums {
@@ -320,12 +332,13 @@ impl Sums {
                 *t += c * u;
             }
         }
-        self.exact &= other.exact;
+        self.complete &= other.complete;
         Ok(self)
     }
 }
 
 fn sums(a: &Model, b: &Model, metric: &Metric, per_output: bool) -> Result<Sums> {
+    check_metric(metric)?;
     let (oa, ob) = (open(a)?, open(b)?);
     if oa.parts != ob.parts {
         return Err(Error::Incompatible(format!(
@@ -390,7 +403,7 @@ fn sums(a: &Model, b: &Model, metric: &Metric, per_output: bool) -> Result<Sums>
         contributions,
         total,
         per_output,
-        exact: oa.rest && ob.rest,
+        complete: oa.complete && ob.complete,
     })
 }
 
@@ -398,7 +411,7 @@ fn sums(a: &Model, b: &Model, metric: &Metric, per_output: bool) -> Result<Sums>
 /// function; an attention layer's leave out the residual path, whose share is read from the
 /// metric's own inner product `inner`.
 fn finish(s: Sums, inner: Option<f64>) -> Result<Breakdown> {
-    let inner = match (s.exact, inner) {
+    let inner = match (s.complete, inner) {
         (true, _) => s.total,
         (false, Some(inner)) => inner,
         (false, None) => {
@@ -417,8 +430,8 @@ fn finish(s: Sums, inner: Option<f64>) -> Result<Breakdown> {
             .enumerate()
             .map(|(o, (c, total))| OutputBreakdown {
                 output: o,
-                inner: s.exact.then_some(total),
-                remainder: s.exact.then(|| total - sum(&c)),
+                inner: s.complete.then_some(total),
+                remainder: s.complete.then(|| total - sum(&c)),
                 matching: matched(&c, total),
                 contributions: c,
             })
