@@ -270,7 +270,8 @@ def compare(
     ``by_degree=True`` with ``"full"`` adds the similarity of each degree part.
 
     Input distribution (``tensor`` and ``gaussian``; default ``N(0, I)`` at every position): the
-    Gaussian with the mean and covariance of data rows ``input_stats`` (``(rows, in_dim)``), or
+    Gaussian with the mean and covariance of data rows ``input_stats`` (``(rows, in_dim)``; for
+    models with attention ``(rows, n_ctx, in_dim)`` gives each position its own), or
     ``input_mean`` with ``input_cov``, or, for one-hot token inputs, ``token_counts`` (mean ``p``,
     covariance ``diag(p) - pp^T``); arrays, tensors or ``.npy`` paths; as ``--input-stats`` etc.
     ``null=K``: also the metric between ``K`` pairs of independent initialisations of A's

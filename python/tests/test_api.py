@@ -481,7 +481,7 @@ def test_input_distributions_and_the_null_equal_the_command_line_tool(cli, tmp_p
         tensim.compare(models[0], models[1], "matrix", input_stats=x)
     with pytest.raises(tensim.TensimError, match="not positive semidefinite"):
         tensim.compare(models[0], models[1], "gaussian", input_mean=np.zeros(6), input_cov=-np.eye(6))
-    with pytest.raises(tensim.TensimError, match="per-position"):
+    with pytest.raises(tensim.TensimError, match="per position, but the model has no attention"):
         tensim.compare(models[0], models[1], "gaussian", input_stats=x.reshape(5, 6, 6))
 
 

@@ -254,7 +254,8 @@ pub fn draw_heatmap(
 #[derive(Args)]
 pub struct DistArgs {
     /// Data rows (.npy, shape (rows, dim)): read the models under the Gaussian with the rows'
-    /// mean and covariance (n − 1), shared by every position.
+    /// mean and covariance (n − 1), shared by every position; sequences (rows, n_ctx, dim):
+    /// each position its own, positions independent (models with attention).
     #[arg(long, conflicts_with_all = ["input_mean", "token_counts"])]
     pub input_stats: Option<PathBuf>,
     /// The input mean (.npy, shape (dim,)); with --input-cov.

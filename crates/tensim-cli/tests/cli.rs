@@ -1225,7 +1225,7 @@ fn input_distributions_and_the_null_from_the_command_line() {
         (vec!["--input-stats", &nan], "row 7"),
         (
             vec!["--input-stats", &cube],
-            "per-position statistics are not supported",
+            "per position, but the model has no attention",
         ),
         (vec!["--input-stats", &one], "at least 2 rows, got 1"),
         (
@@ -1242,6 +1242,93 @@ fn input_distributions_and_the_null_from_the_command_line() {
             stderr(&o)
         );
     }
+    // Per-position statistics of an attention model: with every position's rows alike, the
+    // shared distribution of those rows.
+    let o = tensim(
+        &[
+            "demo",
+            "random",
+            "--out",
+            "s",
+            "--d-in",
+            "4",
+            "--d-model",
+            "4",
+            "--hidden",
+            "0",
+            "--layers",
+            "1",
+            "--heads",
+            "1",
+            "--n-ctx",
+            "2",
+            "--d-out",
+            "3",
+            "--count",
+            "3",
+        ],
+        &d,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let alike: Vec<f64> = rows
+        .iter()
+        .flat_map(|r| [r.clone(), r.clone()])
+        .flatten()
+        .collect();
+    let alike = npy("alike.npy", &[40, 2, 4], &alike);
+    let (sa, sb) = ("s/random-000.safetensors", "s/random-001.safetensors");
+    for metric in ["gaussian", "tensor"] {
+        let run = |stats: &str| {
+            let args = [
+                "compare",
+                sa,
+                sb,
+                "--metric",
+                metric,
+                "--input-stats",
+                stats,
+                "--json",
+            ];
+            json(&tensim(&args, &d))
+        };
+        let (per, shared) = (run(&alike), run(&x));
+        let (p, q) = (&per["similarity"], &shared["similarity"]);
+        assert!(
+            (p.as_f64().unwrap() - q.as_f64().unwrap()).abs() < 1e-12,
+            "{per} vs {shared}"
+        );
+        assert_eq!(per["input_distribution"]["positions"], 2, "{per}");
+    }
+    let v = json(&tensim(
+        &[
+            "matrix",
+            "s",
+            "--metric",
+            "gaussian",
+            "--input-stats",
+            &alike,
+            "--json",
+            "--quiet",
+        ],
+        &d,
+    ));
+    let pair = json(&tensim(
+        &[
+            "compare",
+            sa,
+            sb,
+            "--metric",
+            "gaussian",
+            "--input-stats",
+            &alike,
+            "--json",
+        ],
+        &d,
+    ));
+    assert!(
+        (v["similarity"][0][1].as_f64().unwrap() - pair["similarity"].as_f64().unwrap()).abs()
+            < 1e-12
+    );
 }
 
 #[test]

@@ -73,7 +73,7 @@ pub fn initialise_like<R: Rng>(model: &Model, rng: &mut R) -> Result<Model> {
             }
         })
         .collect();
-    Model::new(model.in_dim(), model.input().n_ctx, layers)
+    model.with_layers(layers)
 }
 
 /// `similarity` between the two models of each of `pairs` pairs of independent initialisations

@@ -223,5 +223,5 @@ fn perturb(model: &Model, level: f64, rng: &mut impl Rng) -> Result<Model> {
             })),
         })
         .collect();
-    Model::new(model.in_dim(), model.input().n_ctx, layers)
+    model.with_layers(layers)
 }

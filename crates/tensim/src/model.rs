@@ -1,18 +1,23 @@
 //! A validated model: input size plus a stack of layers whose sizes chain. Metrics only ever see
 //! a `Model`, so every shape and value check happens once, here or in [`crate::io`].
 
+use std::sync::Arc;
+
 use crate::arch::{
     Arch, AttentionSpec, BilinearSpec, InputSpec, LayerSpec, LinearSpec, Rotary, FORMAT,
 };
+use crate::distribution::PositionLaw;
 use crate::error::{Error, Result};
 use crate::layers::{Layer, PaddedLayer};
 use crate::linalg::{pad_ones, unpad, Mat, MatRef, Par};
 
-/// A tensor-network model.
+/// A tensor-network model, and the law of its input positions where that is not i.i.d.
+/// `N(0, I)` ([`PositionLaw`]: per-position statistics, which no layer can fold in).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Model {
     input: InputSpec,
     layers: Vec<Layer>,
+    law: Option<Arc<PositionLaw>>,
 }
 
 impl Model {
@@ -69,7 +74,34 @@ impl Model {
                 n_ctx,
             },
             layers,
+            law: None,
         })
+    }
+
+    /// The same model read with its positions drawn from `law` (of its `n_ctx` and input size;
+    /// for models with attention: the metrics of position-wise layers read `N(0, I)`).
+    pub fn with_law(mut self, law: Arc<PositionLaw>) -> Model {
+        assert_eq!((law.n_ctx(), law.dim()), (self.input.n_ctx, self.input.dim));
+        assert!(
+            self.first_attention().is_some(),
+            "a law of positions needs attention"
+        );
+        self.law = Some(law);
+        self
+    }
+
+    /// Other layers of the same input (and input law).
+    pub fn with_layers(&self, layers: Vec<Layer>) -> Result<Model> {
+        let m = Model::new(self.in_dim(), self.input.n_ctx, layers)?;
+        Ok(Model {
+            law: self.law.clone(),
+            ..m
+        })
+    }
+
+    /// The law of the input positions; `None`: i.i.d. `N(0, I)`.
+    pub fn law(&self) -> Option<&PositionLaw> {
+        self.law.as_deref()
     }
 
     pub fn layers(&self) -> &[Layer] {

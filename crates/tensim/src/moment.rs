@@ -6,6 +6,7 @@
 //! States are kept scaled: `Σ_xx = e^{s_x} Σ̃_xx`, `Σ_ab = e^{(s_a+s_b)/2} Σ̃_ab`; a term pair with
 //! `k_l`, `k_r` legs picks up `e^{(k_l s_l + k_r s_r)/2}`.
 
+use crate::distribution::PositionLaw;
 use crate::einsum::Tensor;
 use crate::linalg::Mat;
 
@@ -31,6 +32,18 @@ impl Moment {
             }
         }
         Moment { m: s, scale: 0.0 }
+    }
+
+    /// `Σ⁰` of a model's input: [`Moment::initial`], or from its positions' law
+    /// (`m_t m_t'ᵀ + δ_tt' diag(0, S_t S_tᵀ)`, [`PositionLaw::moment`]).
+    pub fn input(n: usize, d: usize, law: Option<&PositionLaw>) -> Moment {
+        match law {
+            None => Moment::initial(n, d),
+            Some(law) => Moment {
+                m: law.moment(None, None, false),
+                scale: 0.0,
+            },
+        }
     }
 
     /// A self moment normalised by its largest entry (the scale takes its logarithm).

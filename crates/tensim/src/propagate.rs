@@ -347,20 +347,26 @@ pub fn one_pair_at_a_time(models: &[&Model]) -> bool {
     8.0 * covariances(models) > 256e6
 }
 
-/// The first step's moment `(m, shift)` of `left` against `right` from the Gaussian input: two
-/// linear layers in closed form ([`linear::moment::from_input`], no input-sized moment),
-/// anything else through `Σ⁰`.
-fn first_step(left: Step<'_>, right: Step<'_>, d: usize, symmetric: bool) -> Result<(Tensor, f64)> {
+/// The first step's moment `(m, shift)` of `left` against `right` from the Gaussian input of
+/// `model` (both read the same): two linear layers in closed form
+/// ([`linear::moment::from_input`], no input-sized moment), anything else through `Σ⁰`.
+fn first_step(
+    left: Step<'_>,
+    right: Step<'_>,
+    model: &Model,
+    symmetric: bool,
+) -> Result<(Tensor, f64)> {
+    let (d, law) = (model.in_dim(), model.law());
     match (left, right) {
         (Step::Layer(Layer::Linear(a), n, p), Step::Layer(Layer::Linear(b), ..)) => {
-            Ok((linear::moment::from_input(a, b, n, p.local), 0.0))
+            Ok((linear::moment::from_input(a, b, n, p.local, law), 0.0))
         }
         (Step::Layer(_, n, _), _) if symmetric => {
-            let s = self_step(&Moment::initial(n, d), left)?;
+            let s = self_step(&Moment::input(n, d, law), left)?;
             Ok((s.m, s.scale))
         }
         (Step::Layer(_, n, _), _) => {
-            let s0 = Moment::initial(n, d);
+            let s0 = Moment::input(n, d, law);
             cross_step(&s0.m, (&s0, &s0), (left, right))
         }
         (Step::Terms(_), _) => unreachable!("the closure steps through layers"),
@@ -370,7 +376,7 @@ fn first_step(left: Step<'_>, right: Step<'_>, d: usize, symmetric: bool) -> Res
 /// `Σ_aa` after the first body layer.
 fn first_self(p: &Split<'_>, model: &Model) -> Result<Moment> {
     let step = Step::Layer(&p.body[0], model.input().n_ctx, positions(p.body, 0));
-    let (m, scale) = first_step(step, step, model.in_dim(), true)?;
+    let (m, scale) = first_step(step, step, model, true)?;
     Ok(Moment::normalised(m, scale))
 }
 
@@ -638,7 +644,7 @@ pub fn closure_ends(
     let (sa, sb, ab) = match cached {
         Some((ca, cb)) => {
             let (x, y) = steps(0);
-            let ab = first_step(x, y, a.in_dim(), false)?;
+            let ab = first_step(x, y, a, false)?;
             (
                 self::cached(&pa, a, ca, 0)?,
                 self::cached(&pb, b, cb, 0)?,
@@ -650,7 +656,7 @@ pub fn closure_ends(
                 || rayon::join(|| first_self(&pa, a), || first_self(&pb, b)),
                 || {
                     let (x, y) = steps(0);
-                    first_step(x, y, a.in_dim(), false)
+                    first_step(x, y, a, false)
                 },
             );
             (na?, nb?, ab?)
@@ -708,7 +714,7 @@ pub fn exact_ends(a: &Model, b: &Model) -> Result<(Tensor, Moment, Moment)> {
         "the Gaussian moments of the input and output",
         13.0 * (w as f64).powi(2),
     )?;
-    let s0 = Moment::initial(a.input().n_ctx, a.in_dim());
+    let s0 = Moment::input(a.input().n_ctx, a.in_dim(), a.law());
     let (ta, tb) = (composed(a), composed(b));
     let (ea, eb) = (
         self_step(&s0, Step::Terms(&ta))?,

@@ -15,7 +15,7 @@ fn bilinear_mut(layers: &mut [Layer], i: usize) -> Result<&mut Bilinear> {
 }
 
 fn rebuild(model: &Model, layers: Vec<Layer>) -> Result<Model> {
-    Model::new(model.in_dim(), model.input().n_ctx, layers)
+    model.with_layers(layers)
 }
 
 fn down_or_identity(b: &Bilinear) -> Mat<f64> {

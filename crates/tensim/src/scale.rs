@@ -154,7 +154,7 @@ pub fn rescaled(m: &Model) -> Cow<'_, Model> {
             }
         }
     }
-    Cow::Owned(Model::new(m.in_dim(), m.input().n_ctx, layers).expect("a rescaled valid model"))
+    Cow::Owned(m.with_layers(layers).expect("a rescaled valid model"))
 }
 
 /// `x`, or (every model homogeneous and `|ln RMS(x)| · degree` beyond `LIMIT`) `x` divided by its

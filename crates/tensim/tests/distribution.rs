@@ -1,13 +1,17 @@
 //! Both metrics under a Gaussian input distribution `N(μ, Σ)`: the closed form of one bilinear
 //! layer, Monte Carlo on inputs drawn as `μ + F w` (`Σ = F Fᵀ`, not the root tensim takes) for
 //! every way the distribution enters a model, the tensor metric against the materialised tensor
-//! contracted with `[[1, 0], [μ, F]]` on every leg, `N(0, I)` giving the default, and the null.
+//! contracted with `[[1, 0], [μ, F]]` on every leg, `N(0, I)` giving the default, the null, and
+//! per-position statistics (Monte Carlo; equal positions give the shared distribution).
 
 mod common;
 
 use std::cell::RefCell;
 
-use common::{agrees, monte_carlo, random_attention, random_model, symmetrise, tree_group, Spec};
+use common::{
+    agrees, monte_carlo, monte_carlo_positions, random_attention, random_model, symmetrise,
+    tree_group, Spec,
+};
 use rand::{RngExt, SeedableRng};
 use tensim::arch::Mask;
 use tensim::calibration::{initialise_like, null};
@@ -352,4 +356,104 @@ fn under_err(a: &Model, b: &Model, d: &InputDistribution) -> String {
     )
     .unwrap_err()
     .to_string()
+}
+
+/// A position's `(μ, F)`.
+type Law = (Vec<f64>, Mat<f64>);
+
+/// Sequences `(rows, n_ctx, dim)` as a C-ordered array, and each position's sample mean and
+/// factor `F_t = (X_t − μ_t)ᵀ/√(rows − 1)` (`F_t F_tᵀ` is the sample covariance; not the
+/// eigenvector root tensim takes).
+fn sequences(seed: u64, rows: usize, n: usize, d: usize) -> (Vec<f64>, Vec<Law>) {
+    let mut r = rng(seed);
+    let x: Vec<f64> = (0..rows * n * d)
+        .map(|k| r.random_range(-1.0..1.0) + (k % (n * d)) as f64 * 0.3)
+        .collect();
+    let laws = (0..n)
+        .map(|t| {
+            let at = |i: usize, j: usize| x[(i * n + t) * d + j];
+            let mu: Vec<f64> = (0..d)
+                .map(|j| (0..rows).map(|i| at(i, j)).sum::<f64>() / rows as f64)
+                .collect();
+            let f = Mat::from_fn(d, rows, |j, i| {
+                (at(i, j) - mu[j]) / ((rows - 1) as f64).sqrt()
+            });
+            (mu, f)
+        })
+        .collect();
+    (x, laws)
+}
+
+#[test]
+fn per_position_statistics_match_monte_carlo() {
+    let (x, laws) = sequences(4, 3, 2, 3);
+    let d = InputDistribution::from_sample_array(&[3, 2, 3], &x, "x").unwrap();
+    assert_eq!(d.info().positions, Some(2));
+    let laws: Vec<(&[f64], &Mat<f64>)> = laws.iter().map(|(m, f)| (&m[..], f)).collect();
+    for (k, (what, a, b)) in shapes(12).into_iter().skip(3).enumerate() {
+        for metric in [exact(), Metric::Gaussian(Default::default())] {
+            let r = under(&a, &b, &metric, &d);
+            let mc = monte_carlo_positions(&a, &b, 4, 40 + k as u64, Some(&laws));
+            agrees(&r, &mc, what);
+        }
+    }
+}
+
+#[test]
+fn per_position_statistics_equal_to_every_position_give_the_shared_distribution() {
+    let (rows, n, dim) = (5, 2, 3);
+    let (one, _) = sequences(6, rows, 1, dim);
+    let repeated: Vec<f64> = (0..rows * n * dim)
+        .map(|k| one[k / (n * dim) * dim + k % dim])
+        .collect();
+    let per = InputDistribution::from_sample_array(&[rows, n, dim], &repeated, "x").unwrap();
+    let shared = InputDistribution::from_sample_array(&[rows, dim], &one, "x").unwrap();
+    for (what, a, b) in shapes(9).into_iter().skip(3) {
+        for metric in [
+            Metric::TENSOR,
+            exact(),
+            Metric::Gaussian(Default::default()),
+        ] {
+            let (p, s) = (
+                under(&a, &b, &metric, &per),
+                under(&a, &b, &metric, &shared),
+            );
+            assert!(
+                (p.similarity - s.similarity).abs() < 1e-12 && rel(p.inner, s.inner) < 1e-10,
+                "{what}, {}: {} vs {}",
+                metric.name(),
+                p.similarity,
+                s.similarity
+            );
+        }
+    }
+}
+
+#[test]
+fn per_position_statistics_are_refused_where_they_cannot_apply() {
+    let (x, _) = sequences(1, 4, 2, 3);
+    let d = InputDistribution::from_sample_array(&[4, 2, 3], &x, "x.npy").unwrap();
+    let (_, mlp, mlp2) = shapes(1).remove(1);
+    let e = under_err(&mlp, &mlp2, &d);
+    assert!(
+        e.contains("no attention") && e.contains("(rows·n_ctx, 3)"),
+        "{e}"
+    );
+    let (_, a, b) = shapes(1).remove(4);
+    let d3 = InputDistribution::from_sample_array(&[2, 3, 3], &x[..18], "x.npy").unwrap();
+    let e = under_err(&a, &b, &d3);
+    assert!(e.contains("3 positions") && e.contains("n_ctx 2"), "{e}");
+    let mut bad = x.clone();
+    bad[3 * 2 * 3 - 2] = f64::NAN;
+    let e = InputDistribution::from_sample_array(&[4, 2, 3], &bad, "x.npy")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("row 2, position 1, column 1"), "{e}");
+    // Read under the law, a model keys its tiles apart and has no file form.
+    let read = d.apply(&a).unwrap();
+    let hash = tensim::io::model_hash;
+    assert_ne!(hash(&read).unwrap(), hash(&a).unwrap());
+    let path = std::env::temp_dir().join("tensim-law-model.safetensors");
+    let e = tensim::io::save(&read, &path).unwrap_err().to_string();
+    assert!(e.contains("per-position"), "{e}");
 }

@@ -460,3 +460,21 @@ fn bilinear_without_down_outputs_the_hidden_product() {
         "{e}"
     );
 }
+
+#[test]
+fn threads_writing_one_file_atomically_all_succeed() {
+    // Equal tiles of a matrix are written by several threads at once.
+    let path = tmpdir("atomic").join("tile.npy");
+    std::thread::scope(|s| {
+        for k in 0..4u8 {
+            let path = &path;
+            s.spawn(move || {
+                for _ in 0..50 {
+                    io::write_atomic(path, &[k; 64]).unwrap();
+                }
+            });
+        }
+    });
+    let bytes = std::fs::read(&path).unwrap();
+    assert!(bytes.len() == 64 && bytes.iter().all(|&b| b == bytes[0]));
+}

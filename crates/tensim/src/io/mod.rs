@@ -579,7 +579,11 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         .file_name()
         .map(|n| n.to_string_lossy().to_string())
         .unwrap_or_default();
-    let tmp = dir.join(format!(".{file_name}.{}.tmp", std::process::id()));
+    // Unique per process and call: threads writing the same file (equal tiles) must not share
+    // a temporary file.
+    static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = dir.join(format!(".{file_name}.{}.{call}.tmp", std::process::id()));
     let result = (|| {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(bytes)?;
@@ -597,15 +601,28 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 /// (`layers.{i}.{role}`) and the architecture in the `"tensim"` metadata key. Reloading gives
 /// the identical model.
 pub fn save(model: &Model, path: &Path) -> Result<()> {
+    if model.law().is_some() {
+        return Err(Error::Invalid(format!(
+            "{}: a model read under per-position input statistics has no file form (save the \
+             model itself)",
+            path.display()
+        )));
+    }
     write_atomic(path, &serialize(model, HashMap::new())?)
 }
 
 /// blake3 hash of the model's `tensim/1` serialisation: equal to the content hash of the file
-/// [`save`] writes, so in-memory models and saved checkpoints share resumable tiles.
+/// [`save`] writes, so in-memory models and saved checkpoints share resumable tiles; a law of
+/// its positions is hashed after it.
 pub fn model_hash(model: &Model) -> Result<String> {
-    Ok(blake3::hash(&serialize(model, HashMap::new())?)
-        .to_hex()
-        .to_string())
+    let mut h = blake3::Hasher::new();
+    h.update(&serialize(model, HashMap::new())?);
+    if let Some(law) = model.law() {
+        law.values().for_each(|v| {
+            h.update(&v.to_le_bytes());
+        });
+    }
+    Ok(h.finalize().to_hex().to_string())
 }
 
 /// Every parameter of `model` as `(canonical name, shape, row-major values)`, in layer order.

@@ -176,7 +176,7 @@ fn open(model: &Model) -> Result<Opened> {
     let mut kept = layers[..k].to_vec();
     kept.push(layer);
     Ok(Opened {
-        model: Model::new(model.in_dim(), model.input().n_ctx, kept)?,
+        model: model.with_layers(kept)?,
         parts,
         layer: k,
         map,

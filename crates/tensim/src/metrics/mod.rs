@@ -471,6 +471,11 @@ pub fn check_io(a: &Model, b: &Model) -> Result<()> {
             return Err(Error::Mismatch { what, a: x, b: y });
         }
     }
+    if a.law() != b.law() {
+        return Err(Error::Incompatible(
+            "the two models are read under different per-position input statistics".into(),
+        ));
+    }
     Ok(())
 }
 

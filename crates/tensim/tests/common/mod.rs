@@ -453,15 +453,33 @@ pub fn monte_carlo(
     seed: u64,
     law: Option<(&[f64], &Mat<f64>)>,
 ) -> [(f64, f64); 3] {
+    let laws = law.map(|l| vec![l; a.input().n_ctx]);
+    monte_carlo_positions(a, b, batches, seed, laws.as_deref())
+}
+
+/// [`monte_carlo`] with position `t` drawn as `μ_t + F_t w` for `laws[t] = (μ_t, F_t)` (the
+/// `F_t` of one width).
+pub fn monte_carlo_positions(
+    a: &Model,
+    b: &Model,
+    batches: u64,
+    seed: u64,
+    laws: Option<&[(&[f64], &Mat<f64>)]>,
+) -> [(f64, f64); 3] {
     let n = a.input().n_ctx;
-    let d = law.map_or(a.in_dim(), |(_, f)| f.ncols());
+    let d = laws.map_or(a.in_dim(), |l| l[0].1.ncols());
     let mut sums = [[0.0f64; 2]; 3];
     let mut count = 0.0;
     for k in 0..batches {
         let mut x = Inputs::gaussian(250_000, n, d, seed * 1000 + k).unwrap();
-        if let Some((mu, f)) = law {
-            let y = tensim::linalg::mul_t(x.x.as_ref(), f.as_ref(), Par::rayon(0));
-            x.x = Mat::from_fn(y.nrows(), y.ncols(), |i, j| y[(i, j)] + mu[j]);
+        if let Some(laws) = laws {
+            let ys: Vec<Mat<f64>> = laws
+                .iter()
+                .map(|(_, f)| tensim::linalg::mul_t(x.x.as_ref(), f.as_ref(), Par::rayon(0)))
+                .collect();
+            x.x = Mat::from_fn(x.x.nrows(), laws[0].1.nrows(), |i, j| {
+                ys[i % n][(i, j)] + laws[i % n].0[j]
+            });
         }
         let (ya, yb) = (
             outputs(a, &x, Par::rayon(0)).unwrap(),

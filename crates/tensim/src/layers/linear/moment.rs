@@ -4,6 +4,7 @@
 //! out of memory: the first step from the Gaussian input ([`from_input`]) and the readout of
 //! a final linear layer ([`readout`]).
 
+use crate::distribution::PositionLaw;
 use crate::einsum::Tensor;
 use crate::layers::{Linear, PaddedLinear};
 use crate::linalg::{mul, mul_t, Mat, Par};
@@ -51,8 +52,17 @@ fn bias_column(l: &Linear) -> Vec<f64> {
 /// positions, without forming it: `ŵ₀ŵ'₀ᵀ + δ_tt' Ŵ_d Ŵ'_dᵀ`, `ŵ₀ = [1, b]` the bias column and
 /// `Ŵ_d Ŵ'_dᵀ = diag(0, W W'ᵀ)` (read from the weights, not padded copies). With `local`
 /// (blocks `t = t'` alone) it is `δ_tt' ŴŴ'ᵀ`, also the Gram of the tensor metric after a
-/// first linear layer.
-pub fn from_input(l: &Linear, r: &Linear, n: usize, local: bool) -> Tensor {
+/// first linear layer. With a law of the positions, `(ŴÂ_t)(Ŵ'Â_t')ᵀ` ([`PositionLaw::moment`]).
+pub fn from_input(
+    l: &Linear,
+    r: &Linear,
+    n: usize,
+    local: bool,
+    law: Option<&PositionLaw>,
+) -> Tensor {
+    if let Some(law) = law {
+        return law.moment(Some(l), Some(r), local);
+    }
     let (wl, wr) = (l.out_dim() + 1, r.out_dim() + 1);
     let weights = mul_t(l.weight.as_ref(), r.weight.as_ref(), Par::Seq);
     let (bl, br) = (bias_column(l), bias_column(r));
@@ -156,7 +166,7 @@ mod tests {
                 cov: [&c, &c, &c],
             };
             let want = moment(&pl, &pr, &gaussian, local);
-            let err = max_diff(&from_input(&l, &r, n, local).data, &want.data);
+            let err = max_diff(&from_input(&l, &r, n, local, None).data, &want.data);
             assert!(err < 1e-12, "local {local}: {err}");
         }
         let gram = Moments {
@@ -164,7 +174,7 @@ mod tests {
             cov: [&identity, &identity, &identity],
         };
         let want = moment(&pl, &pr, &gram, true);
-        assert!(max_diff(&from_input(&l, &r, n, true).data, &want.data) < 1e-12);
+        assert!(max_diff(&from_input(&l, &r, n, true, None).data, &want.data) < 1e-12);
     }
 
     /// The readout equals the data diagonal of the general update's output moment, through two

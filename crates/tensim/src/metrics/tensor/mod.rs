@@ -186,8 +186,14 @@ pub fn similarity(a: &Model, b: &Model, opts: &Options) -> Result<Comparison> {
     })
 }
 
-/// `δ_tt' δ_ij` on `n` positions of padded size `w`: the Gram of the padded input.
-fn identity_gram(n: usize, w: usize) -> Tensor {
+/// The Gram of the padded input of `model`: `δ_tt' δ_ij` on `n` positions of padded size `w`,
+/// or `δ_tt' Â_t Â_tᵀ` under a law of its positions
+/// ([`PositionLaw::moment`](crate::distribution::PositionLaw::moment)).
+fn input_gram(model: &Model) -> Tensor {
+    let (n, w) = (model.input().n_ctx, model.in_dim() + 1);
+    if let Some(law) = model.law() {
+        return law.moment(None, None, true);
+    }
     let mut g = Tensor::zeros(vec![n, w, n, w]);
     for k in 0..n * w {
         g.data[k * n * w + k] = 1.0;
@@ -252,9 +258,9 @@ pub fn network_ends(
     // The first step from the identity Gram: `δ_tt' Ŵ_a Ŵ_bᵀ` for two linear layers.
     let first = |x: &Layer, y: &Layer| -> Result<Tensor> {
         Ok(match (x, y) {
-            (Layer::Linear(x), Layer::Linear(y)) => from_input(x, y, n, true),
+            (Layer::Linear(x), Layer::Linear(y)) => from_input(x, y, n, true, a.law()),
             _ => {
-                let g = identity_gram(n, a.in_dim() + 1);
+                let g = input_gram(a);
                 combine(symmetrised_parts(x, y, n, &g)?, (0.0, 0.0), None).0
             }
         })

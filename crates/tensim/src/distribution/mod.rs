@@ -7,7 +7,12 @@
 //! `ÂÂᵀ = [[1, μᵀ], [μ, Σ + μμᵀ]]` (`Â` the padded affine map). The layer is folded into the
 //! first layer where that is linear (`W ↦ WS`, `b ↦ b + Wμ`) or bilinear without a residual
 //! (`L ↦ LS`, `b_L ↦ b_L + Lμ`, the same for `R`); otherwise it is prepended. Every position of a
-//! sequence reads the same distribution, independently of the others.
+//! sequence reads the same distribution, independently of the others, unless statistics are
+//! given per position ([`positions`]).
+
+mod positions;
+
+use std::sync::Arc;
 
 use faer::Side;
 use serde::Serialize;
@@ -16,13 +21,20 @@ use crate::error::{Error, Result};
 use crate::layers::{Bilinear, Layer, Linear};
 use crate::linalg::{mul, Mat, MatRef, Par};
 use crate::model::Model;
+pub use positions::PositionLaw;
 
-/// `N(μ, Σ)`, held as `μ` and a root `S` (`dim × k`, `S Sᵀ = Σ`).
+/// `N(μ, Σ)` at every position, held as `μ` and a root `S` (`dim × k`, `S Sᵀ = Σ`), or one
+/// such law per position.
 #[derive(Clone, Debug)]
 pub struct InputDistribution {
-    mean: Vec<f64>,
-    root: Root,
+    law: Law,
     info: DistributionInfo,
+}
+
+#[derive(Clone, Debug)]
+enum Law {
+    Shared { mean: Vec<f64>, root: Root },
+    PerPosition(Arc<PositionLaw>),
 }
 
 /// The root `S`: dense, or `diag(√p) − p√pᵀ` restricted to the columns `seen` (`p_j > 0`), kept
@@ -52,6 +64,15 @@ impl Root {
         }
     }
 
+    /// A zero covariance (a point mass) keeps one zero column, so that models of it have an
+    /// input.
+    fn at_least_one_column(self, dim: usize) -> Root {
+        match self.ncols() {
+            0 => Root::Dense(Mat::zeros(dim, 1)),
+            _ => self,
+        }
+    }
+
     /// `S` itself (`dim` rows), after checking that it fits in memory.
     fn dense(&self, dim: usize) -> Result<Mat<f64>> {
         crate::budget::check("the input distribution's root", (dim * self.ncols()) as f64)?;
@@ -77,6 +98,10 @@ pub struct DistributionInfo {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rows: Option<usize>,
     pub dim: usize,
+    /// Per-position statistics: the positions, each with its own `N(μ_t, Σ_t)` (then `rank` is
+    /// the largest of the positions', `trace` and `mean_norm` their means).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub positions: Option<usize>,
     /// Rank of `Σ` (eigenvalues above `dim·ε·λ_max`).
     pub rank: usize,
     /// `tr Σ`.
@@ -90,6 +115,12 @@ impl std::fmt::Display for DistributionInfo {
         write!(f, "N(μ, Σ) from {} ({}", self.source, self.kind)?;
         if let Some(rows) = self.rows {
             write!(f, ", {rows} rows")?;
+        }
+        if let Some(n) = self.positions {
+            write!(
+                f,
+                "; each of {n} positions its own, positions independent; means over them"
+            )?;
         }
         write!(
             f,
@@ -168,12 +199,19 @@ impl InputDistribution {
             kind: "moments",
             source: source.into(),
             rows: None,
+            positions: None,
             dim: d,
             rank: root.ncols(),
             trace: (0..d).map(|i| cov[(i, i)]).sum(),
             mean_norm: mean.iter().map(|v| v * v).sum::<f64>().sqrt(),
         };
-        Ok(InputDistribution { mean, root, info }.at_least_one_column())
+        Ok(InputDistribution {
+            law: Law::Shared {
+                mean,
+                root: root.at_least_one_column(d),
+            },
+            info,
+        })
     }
 
     /// The Gaussian with a categorical distribution's moments, from token counts `c`:
@@ -200,42 +238,93 @@ impl InputDistribution {
             kind: "token-counts",
             source: source.into(),
             rows: None,
+            positions: None,
             dim: p.len(),
             rank: seen.len() - 1,
             trace: p.iter().map(|q| q - q * q).sum(),
             mean_norm: p.iter().map(|q| q * q).sum::<f64>().sqrt(),
         };
         Ok(InputDistribution {
-            mean: p.clone(),
-            root: Root::Categorical { p, seen },
+            law: Law::Shared {
+                mean: p.clone(),
+                root: Root::Categorical { p, seen },
+            },
             info,
         })
     }
 
-    /// [`from_samples`](Self::from_samples) of a C-ordered array of shape `(rows, dim)`.
+    /// [`from_samples`](Self::from_samples) of a C-ordered array of shape `(rows, dim)`, or
+    /// [`from_position_samples`](Self::from_position_samples) of one of shape
+    /// `(rows, n_ctx, dim)`.
     pub fn from_sample_array(
         shape: &[usize],
         values: &[f64],
         source: &str,
     ) -> Result<InputDistribution> {
         match *shape {
-            [rows, dim] => {
+            [rows, dim] | [rows, 1, dim] => {
                 let x = MatRef::from_row_major_slice(values, rows, dim);
                 InputDistribution::from_samples(x, source)
             }
-            [_, _, dim] => Err(Error::Data {
-                path: source.into(),
-                reason: format!(
-                    "has shape {shape:?} (rows, n_ctx, dim): per-position statistics are not \
-                     supported; reshape to (rows·n_ctx, {dim}) for one distribution shared by \
-                     every position"
-                ),
-            }),
+            [rows, n_ctx, dim] => {
+                InputDistribution::from_position_samples(values, (rows, n_ctx, dim), source)
+            }
             _ => Err(Error::Data {
                 path: source.into(),
-                reason: format!("has shape {shape:?}, expected (rows, dim)"),
+                reason: format!("has shape {shape:?}, expected (rows, dim) or (rows, n_ctx, dim)"),
             }),
         }
+    }
+
+    /// Per-position statistics of sequences `x[row, t, :]` (C order, `(rows, n_ctx, dim)`):
+    /// position `t` reads the mean and covariance of its own rows, positions independent.
+    pub fn from_position_samples(
+        values: &[f64],
+        (rows, n_ctx, dim): (usize, usize, usize),
+        source: &str,
+    ) -> Result<InputDistribution> {
+        let bad = |reason: String| Error::Data {
+            path: source.into(),
+            reason,
+        };
+        if let Some(k) = values.iter().position(|v| !v.is_finite()) {
+            return Err(bad(format!(
+                "row {}, position {}, column {} holds a non-finite value ({})",
+                k / (n_ctx * dim),
+                k / dim % n_ctx,
+                k % dim,
+                values[k]
+            )));
+        }
+        let (mut mean, mut root) = (vec![], vec![]);
+        let (mut rank, mut trace, mut norm2) = (0, 0.0, 0.0);
+        for t in 0..n_ctx {
+            let x = Mat::from_fn(rows, dim, |i, j| values[(i * n_ctx + t) * dim + j]);
+            let at = InputDistribution::from_samples(x.as_ref(), &format!("{source}[:, {t}]"))?;
+            let Law::Shared { mean: mu, root: s } = at.law else {
+                unreachable!("statistics of rows are shared")
+            };
+            (rank, trace, norm2) = (
+                rank.max(at.info.rank),
+                trace + at.info.trace / n_ctx as f64,
+                norm2 + at.info.mean_norm.powi(2) / n_ctx as f64,
+            );
+            mean.push(mu);
+            root.push(s.dense(dim)?);
+        }
+        Ok(InputDistribution {
+            law: Law::PerPosition(Arc::new(PositionLaw::new(mean, root))),
+            info: DistributionInfo {
+                kind: "samples",
+                source: source.into(),
+                rows: Some(rows),
+                positions: Some(n_ctx),
+                dim,
+                rank,
+                trace,
+                mean_norm: norm2.sqrt(),
+            },
+        })
     }
 
     /// [`from_moments`](Self::from_moments) of arrays of shapes `(dim,)` and `(dim, dim)`.
@@ -282,77 +371,89 @@ impl InputDistribution {
         &self.info
     }
 
-    pub fn mean(&self) -> &[f64] {
-        &self.mean
-    }
-
-    /// `S` (`dim × k`, `S Sᵀ = Σ`), formed after a memory check.
-    pub fn root(&self) -> Result<Mat<f64>> {
-        self.root.dense(self.mean.len())
-    }
-
     /// `z ↦ f(μ + S z)`: `model` read under this distribution, as a model of standard Gaussian
-    /// input `z` (of size `rank`; at least 1).
+    /// input `z` (of size `rank`; at least 1). Per-position statistics are carried by the
+    /// model instead ([`Model::with_law`]).
     pub fn apply(&self, model: &Model) -> Result<Model> {
-        if model.in_dim() != self.mean.len() {
+        if model.in_dim() != self.info.dim {
             return Err(Error::Invalid(format!(
                 "the input distribution from {} has dimension {}, but the model takes inputs of \
                  size {}",
                 self.info.source,
-                self.mean.len(),
+                self.info.dim,
                 model.in_dim()
             )));
         }
-        let mu = &self.mean;
-        // `(W S, Wμ + b)`.
-        let fold = |w: &Mat<f64>, b: &Option<Vec<f64>>| -> (Mat<f64>, Option<Vec<f64>>) {
-            let w_mean: Vec<f64> = (0..w.nrows())
-                .map(|i| (0..w.ncols()).map(|j| w[(i, j)] * mu[j]).sum())
-                .collect();
-            let bias = match b {
-                Some(b) => w_mean.iter().zip(b).map(|(x, y)| x + y).collect(),
-                None => w_mean.clone(),
-            };
-            (self.root.right_of(w.as_ref(), &w_mean), Some(bias))
-        };
-        let mut layers = model.layers().to_vec();
-        match &layers[0] {
-            Layer::Linear(l) => {
-                let (weight, bias) = fold(&l.weight, &l.bias);
-                layers[0] = Layer::Linear(Linear { weight, bias })
-            }
-            Layer::Bilinear(b) if b.residual.is_none() => {
-                let ((left, left_bias), (right, right_bias)) =
-                    (fold(&b.left, &b.left_bias), fold(&b.right, &b.right_bias));
-                layers[0] = Layer::Bilinear(Bilinear {
-                    left,
-                    right,
-                    left_bias,
-                    right_bias,
-                    down: b.down.clone(),
-                    down_bias: b.down_bias.clone(),
-                    residual: None,
-                })
-            }
-            _ => layers.insert(
-                0,
-                Layer::Linear(Linear {
-                    weight: self.root()?,
-                    bias: Some(mu.clone()),
-                }),
-            ),
+        match &self.law {
+            Law::Shared { mean, root } => fold(mean, root, model),
+            Law::PerPosition(law) => self.carried(law, model),
         }
-        Model::new(self.root.ncols(), model.input().n_ctx, layers)
     }
 
-    /// A zero covariance (a point mass) keeps one zero column, so that models of it have an
-    /// input.
-    fn at_least_one_column(mut self) -> InputDistribution {
-        if self.root.ncols() == 0 {
-            self.root = Root::Dense(Mat::zeros(self.mean.len(), 1));
+    /// `model` with its positions drawn from `law`.
+    fn carried(&self, law: &Arc<PositionLaw>, model: &Model) -> Result<Model> {
+        let source = &self.info.source;
+        if model.first_attention().is_none() {
+            return Err(Error::Invalid(format!(
+                "the input statistics from {source} are per position, but the model has no \
+                 attention: each position is read alone, by the same layers; reshape them to \
+                 (rows·n_ctx, {}) for one distribution shared by every position",
+                law.dim()
+            )));
         }
-        self
+        if law.n_ctx() != model.input().n_ctx {
+            return Err(Error::Invalid(format!(
+                "the input statistics from {source} are per position for {} positions, but the \
+                 model reads n_ctx {}",
+                law.n_ctx(),
+                model.input().n_ctx
+            )));
+        }
+        Ok(model.clone().with_law(law.clone()))
     }
+}
+
+/// `z ↦ f(μ + S z)` with the affine map folded into `model`'s first layer or prepended.
+fn fold(mu: &[f64], root: &Root, model: &Model) -> Result<Model> {
+    // `(W S, Wμ + b)`.
+    let fold = |w: &Mat<f64>, b: &Option<Vec<f64>>| -> (Mat<f64>, Option<Vec<f64>>) {
+        let w_mean: Vec<f64> = (0..w.nrows())
+            .map(|i| (0..w.ncols()).map(|j| w[(i, j)] * mu[j]).sum())
+            .collect();
+        let bias = match b {
+            Some(b) => w_mean.iter().zip(b).map(|(x, y)| x + y).collect(),
+            None => w_mean.clone(),
+        };
+        (root.right_of(w.as_ref(), &w_mean), Some(bias))
+    };
+    let mut layers = model.layers().to_vec();
+    match &layers[0] {
+        Layer::Linear(l) => {
+            let (weight, bias) = fold(&l.weight, &l.bias);
+            layers[0] = Layer::Linear(Linear { weight, bias })
+        }
+        Layer::Bilinear(b) if b.residual.is_none() => {
+            let ((left, left_bias), (right, right_bias)) =
+                (fold(&b.left, &b.left_bias), fold(&b.right, &b.right_bias));
+            layers[0] = Layer::Bilinear(Bilinear {
+                left,
+                right,
+                left_bias,
+                right_bias,
+                down: b.down.clone(),
+                down_bias: b.down_bias.clone(),
+                residual: None,
+            })
+        }
+        _ => layers.insert(
+            0,
+            Layer::Linear(Linear {
+                weight: root.dense(mu.len())?,
+                bias: Some(mu.to_vec()),
+            }),
+        ),
+    }
+    Model::new(root.ncols(), model.input().n_ctx, layers)
 }
 
 /// `V_+ diag(√λ_+)` from `Σ = V diag(λ) Vᵀ`, keeping eigenvalues above `d·ε·λ_max`; an error
@@ -407,6 +508,13 @@ mod tests {
     use super::*;
     use crate::linalg::mul_t;
 
+    fn root(d: &InputDistribution) -> &Root {
+        match &d.law {
+            Law::Shared { root, .. } => root,
+            Law::PerPosition(_) => unreachable!(),
+        }
+    }
+
     #[test]
     fn roots_reproduce_the_covariance() {
         // Rank 2 in 3 dimensions.
@@ -415,13 +523,13 @@ mod tests {
         let dist =
             InputDistribution::from_moments(vec![0.5, -1.0, 2.0], cov.as_ref(), "t").unwrap();
         assert_eq!(dist.info().rank, 2);
-        let s = dist.root().unwrap();
+        let s = root(&dist).dense(dist.info().dim).unwrap();
         let back = mul_t(s.as_ref(), s.as_ref(), Par::Seq);
         assert!(crate::linalg::max_abs((&back - &cov).as_ref()) < 1e-12);
 
         let counts = [3.0, 0.0, 1.0, 4.0];
         let dist = InputDistribution::from_token_counts(&counts, "c").unwrap();
-        let s = dist.root().unwrap();
+        let s = root(&dist).dense(dist.info().dim).unwrap();
         let back = mul_t(s.as_ref(), s.as_ref(), Par::Seq);
         let p = [0.375, 0.0, 0.125, 0.5];
         let want = Mat::from_fn(4, 4, |i, j| {
@@ -435,7 +543,7 @@ mod tests {
         let wp: Vec<f64> = (0..2)
             .map(|i| (0..4).map(|j| w[(i, j)] * p[j]).sum())
             .collect();
-        let fast = dist.root.right_of(w.as_ref(), &wp);
+        let fast = root(&dist).right_of(w.as_ref(), &wp);
         assert!(crate::linalg::max_abs((&fast - &ws).as_ref()) < 1e-14);
     }
 
