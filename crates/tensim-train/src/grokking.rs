@@ -166,6 +166,10 @@ pub struct Summary {
     /// Tensor and behavioural similarity of every checkpoint to the last one.
     pub tensor_to_final: Vec<f64>,
     pub behavioral_to_final: Vec<f64>,
+    /// Mean tensor similarity of distinct checkpoints within the last third, and between the
+    /// first and last thirds (consolidation: the first high, the second near 0).
+    pub last_third: f64,
+    pub first_vs_last_third: f64,
     pub seconds_training: f64,
     pub seconds_analysis: f64,
 }
@@ -247,6 +251,7 @@ pub fn run_demo(
     }
     let (tensor_sim, behavioral_sim) = (&mats[0], &mats[2]);
     let segmentation = tensim::phases::segment(tensor_sim, phases.min(n))?;
+    let third = (n / 3).max(1);
     let steps: Vec<f64> = history.iter().map(|r| r.step as f64).collect();
     let series =
         |name: &str, f: fn(&Record) -> f64| (name.to_string(), history.iter().map(f).collect());
@@ -298,12 +303,26 @@ pub fn run_demo(
             .collect(),
         tensor_to_final: (0..n).map(|i| tensor_sim[(i, n - 1)]).collect(),
         behavioral_to_final: (0..n).map(|i| behavioral_sim[(i, n - 1)]).collect(),
+        last_third: mean(tensor_sim, (n - third..n, n - third..n)),
+        first_vs_last_third: mean(tensor_sim, (0..third, n - third..n)),
         history,
         seconds_training,
         seconds_analysis: analysis.elapsed().as_secs_f64(),
     };
     tensim::io::write_atomic(&out.join("report.md"), report(&summary).as_bytes())?;
     Ok(summary)
+}
+
+/// Mean of `m[i, j]` over `i ∈ rows`, `j ∈ cols`, `i ≠ j`.
+fn mean(m: &Mat<f64>, (rows, cols): (std::ops::Range<usize>, std::ops::Range<usize>)) -> f64 {
+    let pairs: Vec<f64> = rows
+        .flat_map(|i| {
+            cols.clone()
+                .filter(move |&j| j != i)
+                .map(move |j| m[(i, j)])
+        })
+        .collect();
+    pairs.iter().sum::<f64>() / pairs.len().max(1) as f64
 }
 
 fn report(s: &Summary) -> String {
@@ -327,8 +346,15 @@ fn report(s: &Summary) -> String {
         "Phases of the tensor-similarity matrix start at steps {:?}.\n\n",
         s.phase_starts
     );
-    r += "| step | train acc | val acc | tensor sim. to final | behavioural sim. to final |\n|---|---|---|---|---|\n";
     let n = s.history.len();
+    r += &format!(
+        "Consolidation: mean tensor similarity within the last third of the checkpoints (steps ≥ {}) \
+         {:.3}, between the first and last thirds {:.3}.\n\n",
+        s.history[n - (n / 3).max(1)].step,
+        s.last_third,
+        s.first_vs_last_third
+    );
+    r += "| step | train acc | val acc | tensor sim. to final | behavioural sim. to final |\n|---|---|---|---|---|\n";
     let picks: Vec<usize> = (0..8).map(|k| k * (n - 1) / 7).collect();
     for &i in picks.iter().collect::<std::collections::BTreeSet<_>>() {
         let h = &s.history[i];

@@ -65,6 +65,21 @@ fn demo_writes_reloadable_checkpoints_matrices_figures_and_report() {
     let (shape, sim) = tensim::io::read_npy(&out.join("tensor.npy")).unwrap();
     assert_eq!(shape, [n, n]);
     assert!((sim[n * n - 1] - 1.0).abs() < 1e-12);
+    // Consolidation: means over the last third (distinct pairs) and first × last thirds.
+    let k = n / 3;
+    let (mut within, mut count) = (0.0, 0.0);
+    for i in n - k..n {
+        for j in (n - k..n).filter(|&j| j != i) {
+            (within, count) = (within + sim[i * n + j], count + 1.0);
+        }
+    }
+    let across: f64 = (0..k)
+        .flat_map(|i| (n - k..n).map(move |j| (i, j)))
+        .map(|(i, j)| sim[i * n + j])
+        .sum::<f64>()
+        / (k * k) as f64;
+    assert!(k >= 2 && (s.last_third - within / count).abs() < 1e-12);
+    assert!((s.first_vs_last_third - across).abs() < 1e-12);
     // The last checkpoint reloads bit-exactly and matches the saved tensor similarity.
     let last = out.join(format!("checkpoints/step_{:06}.safetensors", 300));
     let m = tensim::io::load(&last, None).unwrap();
