@@ -476,6 +476,26 @@ def test_input_distributions_and_the_null_equal_the_command_line_tool(cli, tmp_p
         tensim.compare(models[0], models[2], minus_a=models[0])
     counts = tensim.compare(models[0], models[1], "gaussian", token_counts=np.array([1, 2, 0, 3, 1, 1]))
     assert counts["input_distribution"]["rank"] == 4
+    # Per-position statistics of a sequence model: as the command line reads them, and with every
+    # position's rows alike, the shared statistics of those rows.
+    subprocess.run(
+        [cli, "demo", "random", "--out", str(tmp_path / "s"), "--d-in", "6", "--d-model", "4", "--hidden", "0",
+         "--layers", "1", "--heads", "2", "--n-ctx", "3", "--d-out", "2", "--count", "2"],
+        check=True, capture_output=True,
+    )
+    s0, s1 = (str(tmp_path / "s" / f"random-00{i}.safetensors") for i in range(2))
+    alike = np.repeat(x[:, None, :], 3, axis=1)
+    shared = tensim.compare(s0, s1, "gaussian", input_stats=x)
+    assert tensim.compare(s0, s1, "gaussian", input_stats=alike)["similarity"] == pytest.approx(shared["similarity"], abs=1e-12)
+    np.save(tmp_path / "seqs.npy", alike + np.arange(3.0)[None, :, None])
+    out = subprocess.run(
+        [cli, "compare", s0, s1, "--metric", "gaussian", "--json", "--input-stats", str(tmp_path / "seqs.npy")],
+        check=True, capture_output=True, text=True,
+    ).stdout
+    want = json.loads(out)
+    got = tensim.compare(s0, s1, "gaussian", input_stats=str(tmp_path / "seqs.npy"))
+    assert got["similarity"] == pytest.approx(want["similarity"], abs=1e-12) and got["similarity"] != shared["similarity"]
+    assert got["input_distribution"] == want["input_distribution"] and want["input_distribution"]["positions"] == 3
     # Refused: other metrics, bad covariances, per-position statistics.
     with pytest.raises(tensim.TensimError, match="tensor and gaussian"):
         tensim.compare(models[0], models[1], "matrix", input_stats=x)
