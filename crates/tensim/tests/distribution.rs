@@ -389,6 +389,11 @@ fn per_position_statistics_match_monte_carlo() {
     let (x, laws) = sequences(4, 3, 2, 3);
     let d = InputDistribution::from_sample_array(&[3, 2, 3], &x, "x").unwrap();
     assert_eq!(d.info().positions, Some(2));
+    // Reported: the positions' mean `tr Σ_t = ‖F_t‖²` and mean `|μ_t|`.
+    let mean = |f: &dyn Fn(&Law) -> f64| laws.iter().map(f).sum::<f64>() / 2.0;
+    let trace = mean(&|(_, f)| f.norm_l2().powi(2));
+    let norm = mean(&|(m, _)| m.iter().map(|v| v * v).sum::<f64>().sqrt());
+    assert!((d.info().trace - trace).abs() < 1e-12 && (d.info().mean_norm - norm).abs() < 1e-12);
     let laws: Vec<(&[f64], &Mat<f64>)> = laws.iter().map(|(m, f)| (&m[..], f)).collect();
     for (k, (what, a, b)) in shapes(12).into_iter().skip(3).enumerate() {
         for metric in [exact(), Metric::Gaussian(Default::default())] {

@@ -297,17 +297,17 @@ impl InputDistribution {
             )));
         }
         let (mut mean, mut root) = (vec![], vec![]);
-        let (mut rank, mut trace, mut norm2) = (0, 0.0, 0.0);
+        let (mut rank, mut trace, mut norm) = (0, 0.0, 0.0);
         for t in 0..n_ctx {
             let x = Mat::from_fn(rows, dim, |i, j| values[(i * n_ctx + t) * dim + j]);
             let at = InputDistribution::from_samples(x.as_ref(), &format!("{source}[:, {t}]"))?;
             let Law::Shared { mean: mu, root: s } = at.law else {
                 unreachable!("statistics of rows are shared")
             };
-            (rank, trace, norm2) = (
+            (rank, trace, norm) = (
                 rank.max(at.info.rank),
                 trace + at.info.trace / n_ctx as f64,
-                norm2 + at.info.mean_norm.powi(2) / n_ctx as f64,
+                norm + at.info.mean_norm / n_ctx as f64,
             );
             mean.push(mu);
             root.push(s.dense(dim)?);
@@ -322,7 +322,7 @@ impl InputDistribution {
                 dim,
                 rank,
                 trace,
-                mean_norm: norm2.sqrt(),
+                mean_norm: norm,
             },
         })
     }
