@@ -97,9 +97,9 @@ pub fn similarity(
 /// The all-pairs matrix of the changes `f_i − f_base`: from the inner products `G` of the list
 /// `[base, m_1, …, m_N]`, `D_ij = G_ij − G_0i − G_0j + G_00`, `S_ij = D_ij/√(D_ii D_jj)`; `NaN`
 /// where a change is zero or the rounding bound leaves `S_ij` unresolved. Pairs run in
-/// parallel, each single-threaded; `progress(1)` after each inner product. `store`: the tile
-/// store and the models' hashes (`[base, m_1, …]`), each inner product kept as a tile keyed by
-/// its two models, so that an interrupted run resumes.
+/// parallel, each single-threaded; `progress(k)` after each inner product (`k` the pairs it
+/// fills). `store`: the tile store and the models' hashes (`[base, m_1, …]`), each inner
+/// product kept as a tile keyed by its two models, so that an interrupted run resumes.
 pub fn matrix(
     models: &[&Model],
     base: &Model,
@@ -116,20 +116,38 @@ pub fn matrix(
     }
     let n = all.len();
     let pairs: Vec<(usize, usize)> = (0..n).flat_map(|i| (i..n).map(move |j| (i, j))).collect();
+    // Each pair of contents once, its models in the order of their hashes (with a store: models
+    // of equal content are one), so that a resumed run equals a fresh one to the last bit.
+    let first = |i: usize| store.map_or(i, |(_, h)| (0..=i).find(|&k| h[k] == h[i]).unwrap_or(i));
+    let before = |a: usize, b: usize| store.map_or(a <= b, |(_, h)| h[a] <= h[b]);
+    let job = |(i, j): (usize, usize)| {
+        let (a, b) = (first(i), first(j));
+        if before(a, b) {
+            (a, b)
+        } else {
+            (b, a)
+        }
+    };
+    let of_pair: Vec<(usize, usize)> = pairs.iter().map(|&p| job(p)).collect();
+    let mut jobs = of_pair.clone();
+    jobs.sort_unstable();
+    jobs.dedup();
+    let index = |p: &(usize, usize)| jobs.binary_search(p).expect("every pair has a job");
+    let mut count = vec![0u64; jobs.len()];
+    of_pair.iter().for_each(|p| count[index(p)] += 1);
     let opts = Options {
         par: crate::linalg::Par::Seq,
         ..Default::default()
     };
-    let values: Vec<f64> = pairs
-        .par_iter()
-        .map(|&(i, j)| {
-            // ⟨x, y⟩ = ⟨y, x⟩: the key reads the two hashes in order.
+    let values: Vec<f64> = (0..jobs.len())
+        .into_par_iter()
+        .map(|k| {
+            let (i, j) = jobs[k];
             let key = store.map(|(_, h)| {
-                let (x, y) = (h[i].min(h[j]), h[i].max(h[j]));
                 TileStore::key(
                     &format!("inner {}", tile_tag(metric, false, None)),
-                    &[x],
-                    &[y],
+                    &[h[i]],
+                    &[h[j]],
                 )
             });
             let stored = store
@@ -145,12 +163,13 @@ pub fn matrix(
                     v
                 }
             };
-            progress(1);
+            progress(count[k]);
             Ok(v)
         })
         .collect::<Result<_>>()?;
     let mut g = Mat::zeros(n, n);
-    for (&(i, j), v) in pairs.iter().zip(values) {
+    for (&(i, j), p) in pairs.iter().zip(&of_pair) {
+        let v = values[index(p)];
         (g[(i, j)], g[(j, i)]) = (v, v);
     }
     let d = |i: usize, j: usize| {
