@@ -93,9 +93,9 @@ impl Model {
     /// Other layers of the same input (and input law).
     pub fn with_layers(&self, layers: Vec<Layer>) -> Result<Model> {
         let m = Model::new(self.in_dim(), self.input.n_ctx, layers)?;
-        Ok(Model {
-            law: self.law.clone(),
-            ..m
+        Ok(match &self.law {
+            Some(law) => m.with_law(law.clone()),
+            None => m,
         })
     }
 

@@ -112,6 +112,17 @@ pub fn second(c: &Tensor, mx: &Tensor, my: &Tensor, t: usize, t2: usize) -> Mat<
     })
 }
 
+/// Copy the `(w × w')` block `y` into `out[t, ·, t', ·]`.
+pub fn put_block(out: &mut Tensor, t: usize, t2: usize, y: &Mat<f64>) {
+    let (n, wl, wr) = (out.shape[0], out.shape[1], out.shape[3]);
+    for o in 0..wl {
+        let row = ((t * wl + o) * n + t2) * wr;
+        for (o2, x) in out.data[row..row + wr].iter_mut().enumerate() {
+            *x = y[(o, o2)];
+        }
+    }
+}
+
 /// `m` with its blocks across positions set to zero.
 pub fn same_position(mut m: Tensor) -> Tensor {
     let (n, w, w2) = (m.shape[0], m.shape[1], m.shape[3]);

@@ -9,6 +9,7 @@
 use crate::einsum::Tensor;
 use crate::layers::Linear;
 use crate::linalg::{mul, mul_t, Mat, Par};
+use crate::moment::put_block;
 
 /// `N(μ_t, S_t S_tᵀ)` at each position `t`, positions independent.
 #[derive(Clone, Debug, PartialEq)]
@@ -78,22 +79,15 @@ impl PositionLaw {
         let (wl, wr) = (x[0].nrows(), y[0].nrows());
         let mut out = Tensor::zeros(vec![n, wl, n, wr]);
         for t in 0..n {
-            for t2 in 0..n {
-                let at = |o: usize| ((t * wl + o) * n + t2) * wr;
-                if t == t2 {
-                    let block = mul_t(x[t].as_ref(), y[t].as_ref(), Par::Seq);
-                    for o in 0..wl {
-                        for o2 in 0..wr {
-                            out.data[at(o) + o2] = block[(o, o2)];
-                        }
-                    }
-                } else if !local {
-                    for o in 0..wl {
-                        for o2 in 0..wr {
-                            out.data[at(o) + o2] = x[t][(o, 0)] * y[t2][(o2, 0)];
-                        }
-                    }
-                }
+            put_block(
+                &mut out,
+                t,
+                t,
+                &mul_t(x[t].as_ref(), y[t].as_ref(), Par::Seq),
+            );
+            for t2 in (0..n).filter(|&t2| !local && t2 != t) {
+                let means = Mat::from_fn(wl, wr, |o, o2| x[t][(o, 0)] * y[t2][(o2, 0)]);
+                put_block(&mut out, t, t2, &means);
             }
         }
         out

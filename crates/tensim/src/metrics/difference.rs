@@ -116,16 +116,18 @@ pub fn matrix(
     }
     let n = all.len();
     let pairs: Vec<(usize, usize)> = (0..n).flat_map(|i| (i..n).map(move |j| (i, j))).collect();
-    // Each pair of contents once, its models in the order of their hashes (with a store: models
-    // of equal content are one), so that a resumed run equals a fresh one to the last bit.
-    let first = |i: usize| store.map_or(i, |(_, h)| (0..=i).find(|&k| h[k] == h[i]).unwrap_or(i));
-    let before = |a: usize, b: usize| store.map_or(a <= b, |(_, h)| h[a] <= h[b]);
-    let job = |(i, j): (usize, usize)| {
-        let (a, b) = (first(i), first(j));
-        if before(a, b) {
-            (a, b)
-        } else {
-            (b, a)
+    // With a store, each pair of contents once (models of equal content are one), its models in
+    // the order of their hashes, so that a resumed run equals a fresh one to the last bit.
+    let job = |(i, j): (usize, usize)| match store {
+        None => (i, j),
+        Some((_, h)) => {
+            let first = |k: usize| h.iter().position(|x| *x == h[k]).unwrap_or(k);
+            let (a, b) = (first(i), first(j));
+            if h[a] <= h[b] {
+                (a, b)
+            } else {
+                (b, a)
+            }
         }
     };
     let of_pair: Vec<(usize, usize)> = pairs.iter().map(|&p| job(p)).collect();

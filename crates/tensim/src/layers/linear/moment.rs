@@ -8,19 +8,8 @@ use crate::distribution::PositionLaw;
 use crate::einsum::Tensor;
 use crate::layers::{Linear, PaddedLinear};
 use crate::linalg::{mul, mul_t, Mat, Par};
-use crate::moment::second;
+use crate::moment::{put_block, second};
 use crate::wick::Moments;
-
-/// Copy the `(w × w')` block `y` into `out[t, ·, t', ·]`.
-fn put_block(out: &mut Tensor, t: usize, t2: usize, y: &Mat<f64>) {
-    let (n, wl, wr) = (out.shape[0], out.shape[1], out.shape[3]);
-    for o in 0..wl {
-        let row = ((t * wl + o) * n + t2) * wr;
-        for (o2, x) in out.data[row..row + wr].iter_mut().enumerate() {
-            *x = y[(o, o2)];
-        }
-    }
-}
 
 /// `Σ'[t, o, t', o']` of the left node against the right one; `local`: blocks `t = t'` only
 /// (the others stay zero).
