@@ -28,6 +28,11 @@ pub enum Demo {
     /// Train a digit classifier on classes 0–4, then on 5–9 only; similarity matrices show the
     /// first classes' mechanism being overwritten.
     Forgetting(ForgettingArgs),
+    /// Train a two-layer bilinear-attention language model on sequences with repeated
+    /// segments until induction heads form; checkpoints, history (induction accuracy,
+    /// in-context score), gaussian/tensor/matrix/behavioral similarity matrices, a figure and a
+    /// report.
+    Induction(InductionArgs),
     /// Write randomly initialised `embed → bilinear × n → head` models (PyTorch initialisation),
     /// e.g. to try the tool or time it on a given shape; with `--heads` each block starts with
     /// attention (`--hidden 0`: attention only, as the paper's language model).
@@ -64,6 +69,49 @@ pub struct GrokkingArgs {
     #[arg(long)]
     train_fraction: Option<f64>,
     /// Phases to find in the tensor-similarity matrix.
+    #[arg(long, default_value_t = 3)]
+    phases: usize,
+    #[command(flatten)]
+    common: DemoArgs,
+}
+
+#[derive(Args)]
+pub struct InductionArgs {
+    /// Output folder.
+    #[arg(long, default_value = "tensim-induction")]
+    out: PathBuf,
+    /// The paper's LM shape (vocabulary 4096, d_model 256, 8 heads); the other flags still
+    /// override it.
+    #[arg(long)]
+    paper: bool,
+    /// Training steps.
+    #[arg(long)]
+    steps: Option<usize>,
+    /// Checkpoints on a log-spaced schedule.
+    #[arg(long)]
+    checkpoints: Option<usize>,
+    #[arg(long)]
+    vocab: Option<usize>,
+    #[arg(long)]
+    d_model: Option<usize>,
+    #[arg(long)]
+    heads: Option<usize>,
+    /// Training context (positions per sequence).
+    #[arg(long)]
+    n_ctx: Option<usize>,
+    /// Length of the repeated segment.
+    #[arg(long)]
+    segment: Option<usize>,
+    /// Probability that a token is followed by its favourite successor (0: no bigram phase).
+    #[arg(long)]
+    markov: Option<f64>,
+    #[arg(long)]
+    lr: Option<f64>,
+    #[arg(long)]
+    weight_decay: Option<f64>,
+    #[arg(long)]
+    batch: Option<usize>,
+    /// Phases to find in the gaussian matrix.
     #[arg(long, default_value_t = 3)]
     phases: usize,
     #[command(flatten)]
@@ -218,6 +266,7 @@ pub fn run(which: Demo) -> Result<()> {
         Demo::Symmetries { out, seed } => demo_symmetries(&out, seed),
         Demo::Random(args) => demo_random(&args),
         Demo::Grokking(args) => demo_grokking(&args),
+        Demo::Induction(args) => demo_induction(&args),
         Demo::Backdoor(args) => demo_backdoor(&args),
         Demo::Forgetting(args) => demo_forgetting(&args),
     }
@@ -337,6 +386,50 @@ fn demo_grokking(args: &GrokkingArgs) -> Result<()> {
                 bar.set_message(format!(
                     "loss {:.3}/{:.3}  acc {:.3}/{:.3} (train/val)",
                     r.train_loss, r.val_loss, r.train_accuracy, r.val_accuracy
+                ));
+            }
+        }
+    })?;
+    finish_demo(&bar, &args.out);
+    eprintln!(
+        "wrote {} (training {:.0} s, analysis {:.0} s)",
+        args.out.display(),
+        summary.seconds_training,
+        summary.seconds_analysis
+    );
+    Ok(())
+}
+
+fn demo_induction(args: &InductionArgs) -> Result<()> {
+    use tensim_train::induction::InductionConfig;
+    let mut cfg = if args.paper {
+        InductionConfig::paper()
+    } else {
+        InductionConfig::default()
+    };
+    cfg.steps = args.steps.unwrap_or(cfg.steps);
+    cfg.checkpoints = args.checkpoints.unwrap_or(cfg.checkpoints);
+    cfg.shape.vocab = args.vocab.unwrap_or(cfg.shape.vocab);
+    cfg.shape.d_model = args.d_model.unwrap_or(cfg.shape.d_model);
+    cfg.shape.heads = args.heads.unwrap_or(cfg.shape.heads);
+    cfg.n_ctx = args.n_ctx.unwrap_or(cfg.n_ctx);
+    cfg.segment = args.segment.unwrap_or(cfg.segment);
+    cfg.markov = args.markov.unwrap_or(cfg.markov);
+    cfg.lr = args.lr.unwrap_or(cfg.lr);
+    cfg.weight_decay = args.weight_decay.unwrap_or(cfg.weight_decay);
+    cfg.batch = args.batch.unwrap_or(cfg.batch);
+    cfg.seed = args.common.seed.unwrap_or(cfg.seed);
+    cfg.check()?;
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
+    let bar = args.common.start(cfg.steps);
+    let summary = tensim_train::induction::run_demo(&cfg, args.phases, &args.out, |step, last| {
+        if step % 20 == 0 {
+            bar.set_position(step as u64);
+            if let Some(r) = last {
+                bar.set_message(format!(
+                    "val loss {:.3}  induction acc {:.3}",
+                    r.val_loss, r.induction_accuracy
                 ));
             }
         }

@@ -1485,3 +1485,79 @@ fn matrix_per_tensor_equals_compare_per_tensor() {
     let o = tensim(&["matrix", "r", "--per-tensor"], &d);
     assert!(!o.status.success() && stderr(&o).contains("--metric matrix"));
 }
+
+#[test]
+fn induction_demo_runs_small_and_refuses_impossible_shapes() {
+    let d = workdir("induction");
+    let small = [
+        "demo",
+        "induction",
+        "--out",
+        "ind",
+        "--vocab",
+        "10",
+        "--d-model",
+        "8",
+        "--heads",
+        "2",
+        "--n-ctx",
+        "6",
+        "--segment",
+        "3",
+        "--steps",
+        "30",
+        "--checkpoints",
+        "4",
+        "--quiet",
+    ];
+    let o = tensim(&small, &d);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("| milestone |"), "{}", stdout(&o));
+    // The saved checkpoints are what `tensim matrix` reads: it reproduces gaussian.npy.
+    let o = tensim(
+        &[
+            "matrix",
+            "ind/checkpoints",
+            "--metric",
+            "gaussian",
+            "--out",
+            "g.npy",
+            "--quiet",
+        ],
+        &d,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let (_, demo) = tensim::io::read_npy(&d.join("ind/gaussian.npy")).unwrap();
+    let (_, cli) = tensim::io::read_npy(&d.join("g.npy")).unwrap();
+    assert_eq!(demo.len(), cli.len());
+    for (a, b) in demo.iter().zip(&cli) {
+        assert!((a - b).abs() < 1e-12, "{a} vs {b}");
+    }
+    // And with the demo's token counts, gaussian_tokens.npy.
+    let o = tensim(
+        &[
+            "matrix",
+            "ind/checkpoints",
+            "--metric",
+            "gaussian",
+            "--token-counts",
+            "ind/token_counts.npy",
+            "--out",
+            "t.npy",
+            "--quiet",
+        ],
+        &d,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let (_, demo) = tensim::io::read_npy(&d.join("ind/gaussian_tokens.npy")).unwrap();
+    let (_, cli) = tensim::io::read_npy(&d.join("t.npy")).unwrap();
+    for (a, b) in demo.iter().zip(&cli) {
+        assert!((a - b).abs() < 1e-12, "{a} vs {b}");
+    }
+    // A segment that cannot occur twice in the sequence is refused before training.
+    let mut bad = small.to_vec();
+    bad[13] = "4";
+    let o = tensim(&bad, &d);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("segment of 4 tokens"), "{}", stderr(&o));
+}

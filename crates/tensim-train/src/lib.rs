@@ -6,6 +6,7 @@ pub mod carriers;
 pub mod data;
 pub mod forgetting;
 pub mod grokking;
+pub mod induction;
 pub mod model;
 pub mod schedule;
 
