@@ -379,23 +379,17 @@ fn demo_grokking(args: &GrokkingArgs) -> Result<()> {
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
     let bar = args.common.start(cfg.steps);
-    let summary = tensim_train::grokking::run_demo(&cfg, args.phases, &args.out, |step, last| {
-        if step % 50 == 0 {
-            bar.set_position(step as u64);
-            if let Some(r) = last {
-                bar.set_message(format!(
-                    "loss {:.3}/{:.3}  acc {:.3}/{:.3} (train/val)",
-                    r.train_loss, r.val_loss, r.train_accuracy, r.val_accuracy
-                ));
-            }
-        }
-    })?;
-    finish_demo(&bar, &args.out);
-    eprintln!(
-        "wrote {} (training {:.0} s, analysis {:.0} s)",
-        args.out.display(),
-        summary.seconds_training,
-        summary.seconds_analysis
+    let progress = every(&bar, 50, |r: &tensim_train::grokking::Record| {
+        format!(
+            "loss {:.3}/{:.3}  acc {:.3}/{:.3} (train/val)",
+            r.train_loss, r.val_loss, r.train_accuracy, r.val_accuracy
+        )
+    });
+    let s = tensim_train::grokking::run_demo(&cfg, args.phases, &args.out, progress)?;
+    finish_demo(
+        &bar,
+        &args.out,
+        Some((s.seconds_training, s.seconds_analysis)),
     );
     Ok(())
 }
@@ -423,34 +417,52 @@ fn demo_induction(args: &InductionArgs) -> Result<()> {
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
     let bar = args.common.start(cfg.steps);
-    let summary = tensim_train::induction::run_demo(&cfg, args.phases, &args.out, |step, last| {
-        if step % 20 == 0 {
-            bar.set_position(step as u64);
-            if let Some(r) = last {
-                bar.set_message(format!(
-                    "val loss {:.3}  induction acc {:.3}",
-                    r.val_loss, r.induction_accuracy
-                ));
-            }
-        }
-    })?;
-    finish_demo(&bar, &args.out);
-    eprintln!(
-        "wrote {} (training {:.0} s, analysis {:.0} s)",
-        args.out.display(),
-        summary.seconds_training,
-        summary.seconds_analysis
+    let progress = every(&bar, 20, |r: &tensim_train::induction::Record| {
+        format!(
+            "val loss {:.3}  induction acc {:.3}",
+            r.val_loss, r.induction_accuracy
+        )
+    });
+    let s = tensim_train::induction::run_demo(&cfg, args.phases, &args.out, progress)?;
+    finish_demo(
+        &bar,
+        &args.out,
+        Some((s.seconds_training, s.seconds_analysis)),
     );
     Ok(())
 }
 
-/// Clear a demo's progress bar and print the report it wrote into `out`.
-fn finish_demo(bar: &indicatif::ProgressBar, out: &Path) {
+/// A training demo's progress callback: every `k` steps, the step and the latest record's
+/// `message` on the bar.
+fn every<'a, R>(
+    bar: &'a indicatif::ProgressBar,
+    k: usize,
+    message: impl Fn(&R) -> String + 'a,
+) -> impl FnMut(usize, Option<&R>) + 'a {
+    move |step, last| {
+        if step % k == 0 {
+            bar.set_position(step as u64);
+            if let Some(r) = last {
+                bar.set_message(message(r));
+            }
+        }
+    }
+}
+
+/// Clear a demo's progress bar and print the report it wrote into `out` (and the seconds of
+/// training and analysis, if given).
+fn finish_demo(bar: &indicatif::ProgressBar, out: &Path, seconds: Option<(f64, f64)>) {
     bar.finish_and_clear();
     println!(
         "{}",
         std::fs::read_to_string(out.join("report.md")).unwrap_or_default()
     );
+    if let Some((training, analysis)) = seconds {
+        eprintln!(
+            "wrote {} (training {training:.0} s, analysis {analysis:.0} s)",
+            out.display()
+        );
+    }
 }
 
 fn demo_backdoor(args: &BackdoorArgs) -> Result<()> {
@@ -468,18 +480,14 @@ fn demo_backdoor(args: &BackdoorArgs) -> Result<()> {
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
     let bar = args.common.start(cfg.clean_steps + cfg.poison_steps);
-    tensim_train::backdoor::run_demo(&cfg, &args.out, |step, last| {
-        if step % 50 == 0 {
-            bar.set_position(step as u64);
-            if let Some(r) = last {
-                bar.set_message(format!(
-                    "test acc {:.3}  attack success {:.3}",
-                    r.test_accuracy, r.attack_success
-                ));
-            }
-        }
-    })?;
-    finish_demo(&bar, &args.out);
+    let progress = every(&bar, 50, |r: &tensim_train::backdoor::Record| {
+        format!(
+            "test acc {:.3}  attack success {:.3}",
+            r.test_accuracy, r.attack_success
+        )
+    });
+    tensim_train::backdoor::run_demo(&cfg, &args.out, progress)?;
+    finish_demo(&bar, &args.out, None);
     Ok(())
 }
 
@@ -493,6 +501,6 @@ fn demo_forgetting(args: &ForgettingArgs) -> Result<()> {
         .with_context(|| format!("creating {}", args.out.display()))?;
     let bar = args.common.start(2 * cfg.steps_per_stage);
     tensim_train::forgetting::run_demo(&cfg, &args.out, |step| bar.set_position(step as u64))?;
-    finish_demo(&bar, &args.out);
+    finish_demo(&bar, &args.out, None);
     Ok(())
 }

@@ -165,9 +165,7 @@ pub fn run_demo(
     let params = Params::init(data.dim(), cfg.hidden, 10, cfg.seed ^ 0x5eed, &dev)?;
     let mut opt = params.adamw(cfg.lr, cfg.weight_decay)?;
     let mut rng = rand::rngs::StdRng::seed_from_u64(cfg.seed.wrapping_add(7));
-    let ck_dir = out.join("checkpoints");
-    std::fs::create_dir_all(&ck_dir)
-        .map_err(|e| tensim::Error::Invalid(format!("{}: {e}", ck_dir.display())))?;
+    let ck_dir = crate::output::checkpoint_dir(out)?;
     let total = cfg.clean_steps + cfg.poison_steps;
     let per_epoch = (train_x.len() / cfg.batch).max(1);
     let mut perm: Vec<u32> = (0..train_x.len() as u32).collect();
@@ -281,10 +279,7 @@ fn analyse(
         &[10, n, n],
         &per_class_values,
     )?;
-    let text =
-        serde_json::to_string_pretty(&serde_json::json!({"config": cfg, "history": history}))
-            .expect("serialisable");
-    tensim::io::write_atomic(&out.join("history.json"), text.as_bytes())?;
+    crate::output::write_history(out, cfg, &history)?;
     let summary = Summary {
         config: cfg.clone(),
         data: data.name.clone(),
@@ -417,8 +412,7 @@ pub(crate) fn write_panels(
 ) -> Result<Vec<(String, f64)>, TrainError> {
     let n = steps.len();
     for (file, _, m) in panels {
-        let v: Vec<f64> = (0..n * n).map(|k| m[(k / n, k % n)]).collect();
-        tensim::io::write_npy(&out.join(format!("{file}.npy")), &[n, n], &v)?;
+        crate::output::write(out, file, m)?;
     }
     let across: Vec<(String, f64)> = panels
         .iter()

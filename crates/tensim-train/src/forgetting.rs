@@ -104,9 +104,7 @@ pub fn run_demo(
     let ((xo, yo), (xn, yn)) = (as_tensors(&test_old)?, as_tensors(&test_new)?);
 
     let params = Params::init(data.dim(), cfg.hidden, 10, cfg.seed, &dev)?;
-    let ck_dir = out.join("checkpoints");
-    std::fs::create_dir_all(&ck_dir)
-        .map_err(|e| tensim::Error::Invalid(format!("{}: {e}", ck_dir.display())))?;
+    let ck_dir = crate::output::checkpoint_dir(out)?;
     let mut rng = rand::rngs::StdRng::seed_from_u64(cfg.seed.wrapping_add(3));
     let (mut history, mut models) = (Vec::new(), Vec::new());
     let mut step = 0;
@@ -180,10 +178,7 @@ pub fn run_demo(
         &models[last],
         &image_inputs(&all_test, "test images"),
     )?;
-    let text =
-        serde_json::to_string_pretty(&serde_json::json!({"config": cfg, "history": history}))
-            .expect("serialisable");
-    tensim::io::write_atomic(&out.join("history.json"), text.as_bytes())?;
+    crate::output::write_history(out, cfg, &history)?;
     let summary = Summary {
         config: cfg.clone(),
         data: data.name.clone(),

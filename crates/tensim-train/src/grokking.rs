@@ -14,6 +14,7 @@ use tensim::linalg::Mat;
 use tensim::Model;
 
 use crate::model::{evaluate, select, Params};
+use crate::output::block_mean;
 use crate::TrainError;
 
 /// Configuration of a grokking run.
@@ -188,9 +189,7 @@ pub fn run_demo(
 ) -> Result<Summary, TrainError> {
     use tensim::metrics::{Inputs, Metric};
     use tensim::trajectory::{similarity_matrix, MatrixOptions};
-    let ck_dir = out.join("checkpoints");
-    std::fs::create_dir_all(&ck_dir)
-        .map_err(|e| tensim::Error::Invalid(format!("{}: {e}", ck_dir.display())))?;
+    let ck_dir = crate::output::checkpoint_dir(out)?;
     let schedule = crate::schedule::power(cfg.steps, cfg.checkpoints, cfg.exponent);
     let started = std::time::Instant::now();
     let mut models = Vec::new();
@@ -207,10 +206,7 @@ pub fn run_demo(
     let seconds_training = started.elapsed().as_secs_f64();
     let analysis = std::time::Instant::now();
 
-    let text =
-        serde_json::to_string_pretty(&serde_json::json!({"config": cfg, "history": history}))
-            .expect("serialisable");
-    tensim::io::write_atomic(&out.join("history.json"), text.as_bytes())?;
+    crate::output::write_history(out, cfg, &history)?;
     let mut csv = String::from("step,train_loss,train_accuracy,val_loss,val_accuracy\n");
     for r in &history {
         csv += &format!(
@@ -241,12 +237,7 @@ pub fn run_demo(
             ..Default::default()
         };
         let sim = similarity_matrix(&checkpoints, &metric, &opts, &|_, _| {})?.similarity;
-        let values: Vec<f64> = (0..n * n).map(|k| sim[(k / n, k % n)]).collect();
-        tensim::io::write_npy(
-            &out.join(format!("{}.npy", metric.name())),
-            &[n, n],
-            &values,
-        )?;
+        crate::output::write(out, metric.name(), &sim)?;
         mats.push(sim);
     }
     let (tensor_sim, behavioral_sim) = (&mats[0], &mats[2]);
@@ -303,26 +294,14 @@ pub fn run_demo(
             .collect(),
         tensor_to_final: (0..n).map(|i| tensor_sim[(i, n - 1)]).collect(),
         behavioral_to_final: (0..n).map(|i| behavioral_sim[(i, n - 1)]).collect(),
-        last_third: mean(tensor_sim, (n - third..n, n - third..n)),
-        first_vs_last_third: mean(tensor_sim, (0..third, n - third..n)),
+        last_third: block_mean(tensor_sim, n - third..n, n - third..n),
+        first_vs_last_third: block_mean(tensor_sim, 0..third, n - third..n),
         history,
         seconds_training,
         seconds_analysis: analysis.elapsed().as_secs_f64(),
     };
     tensim::io::write_atomic(&out.join("report.md"), report(&summary).as_bytes())?;
     Ok(summary)
-}
-
-/// Mean of `m[i, j]` over `i ∈ rows`, `j ∈ cols`, `i ≠ j`.
-fn mean(m: &Mat<f64>, (rows, cols): (std::ops::Range<usize>, std::ops::Range<usize>)) -> f64 {
-    let pairs: Vec<f64> = rows
-        .flat_map(|i| {
-            cols.clone()
-                .filter(move |&j| j != i)
-                .map(move |j| m[(i, j)])
-        })
-        .collect();
-    pairs.iter().sum::<f64>() / pairs.len().max(1) as f64
 }
 
 fn report(s: &Summary) -> String {

@@ -8,6 +8,7 @@ pub mod forgetting;
 pub mod grokking;
 pub mod induction;
 pub mod model;
+pub mod output;
 pub mod schedule;
 
 /// Errors of the training code: candle's and tensim's.

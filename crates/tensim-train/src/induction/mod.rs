@@ -14,6 +14,7 @@ use serde::Serialize;
 
 use tensim::linalg::Mat;
 
+use crate::output::block_mean;
 use crate::TrainError;
 use data::{Batch, Sequences};
 use model::{token_losses, Lm, LmShape};
@@ -283,9 +284,9 @@ impl Blocks {
     fn of(m: &Mat<f64>, transition: usize) -> Blocks {
         let n = m.nrows();
         Blocks {
-            within_pre: mean(m, 0..transition, 0..transition),
-            within_post: mean(m, transition..n, transition..n),
-            across: mean(m, 0..transition, transition..n),
+            within_pre: block_mean(m, 0..transition, 0..transition),
+            within_post: block_mean(m, transition..n, transition..n),
+            across: block_mean(m, 0..transition, transition..n),
         }
     }
 }
@@ -295,18 +296,6 @@ fn one_hot(tokens: &[u32], vocab: usize) -> Mat<f64> {
     Mat::from_fn(tokens.len(), vocab, |i, j| {
         (tokens[i] as usize == j) as u8 as f64
     })
-}
-
-/// Mean of `m[i, j]` over `i ∈ rows`, `j ∈ cols`, `i ≠ j`.
-fn mean(m: &Mat<f64>, rows: std::ops::Range<usize>, cols: std::ops::Range<usize>) -> f64 {
-    let v: Vec<f64> = rows
-        .flat_map(|i| {
-            cols.clone()
-                .filter(move |&j| j != i)
-                .map(move |j| m[(i, j)])
-        })
-        .collect();
-    v.iter().sum::<f64>() / v.len().max(1) as f64
 }
 
 /// Train, then write into `out`: `checkpoints/` (read at `analysis_ctx` positions),
@@ -322,9 +311,7 @@ pub fn run_demo(
 ) -> Result<Summary, TrainError> {
     use tensim::metrics::{Inputs, Kind, Metric};
     use tensim::trajectory::{checkpoints::in_memory, similarity_matrix, MatrixOptions};
-    let ck_dir = out.join("checkpoints");
-    std::fs::create_dir_all(&ck_dir)
-        .map_err(|e| tensim::Error::Invalid(format!("{}: {e}", ck_dir.display())))?;
+    let ck_dir = crate::output::checkpoint_dir(out)?;
     cfg.check()?;
     let schedule = crate::schedule::log(cfg.steps, cfg.checkpoints);
     let started = std::time::Instant::now();
@@ -344,10 +331,7 @@ pub fn run_demo(
     let seconds_training = started.elapsed().as_secs_f64();
     let analysis = std::time::Instant::now();
 
-    let text =
-        serde_json::to_string_pretty(&serde_json::json!({"config": cfg, "history": history}))
-            .expect("serialisable");
-    tensim::io::write_atomic(&out.join("history.json"), text.as_bytes())?;
+    crate::output::write_history(out, cfg, &history)?;
     let mut csv =
         String::from("step,train_loss,val_loss,induction_accuracy,in_context_score,rms\n");
     for r in &history {
@@ -395,8 +379,7 @@ pub fn run_demo(
     let mut mats = Vec::new();
     for (name, metric, checkpoints) in jobs {
         let sim = similarity_matrix(&checkpoints, &metric, &opts, &|_, _| {})?.similarity;
-        let values: Vec<f64> = (0..n * n).map(|k| sim[(k / n, k % n)]).collect();
-        tensim::io::write_npy(&out.join(format!("{name}.npy")), &[n, n], &values)?;
+        crate::output::write(out, name, &sim)?;
         mats.push(sim);
     }
     let (gaussian, tokens, behavioral) = (&mats[0], &mats[1], &mats[4]);
