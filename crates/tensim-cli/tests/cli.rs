@@ -1560,4 +1560,14 @@ fn induction_demo_runs_small_and_refuses_impossible_shapes() {
     let o = tensim(&bad, &d);
     assert!(!o.status.success());
     assert!(stderr(&o).contains("segment of 4 tokens"), "{}", stderr(&o));
+    // So are heads without an even size and a model too large to train here.
+    for (flag, value, message) in [
+        ("--d-model", "0", "heads of even size"),
+        ("--vocab", "100000000", "needs about"),
+    ] {
+        let o = tensim(&["demo", "induction", "--out", "big", flag, value], &d);
+        assert_eq!(o.status.code(), Some(1), "{flag}: {}", stderr(&o));
+        assert!(stderr(&o).contains(message), "{flag}: {}", stderr(&o));
+        assert!(!d.join("big/checkpoints").exists());
+    }
 }

@@ -90,8 +90,8 @@ impl InductionConfig {
         let bad = |m: String| Err(tensim::Error::Invalid(m));
         if l.vocab < 2
             || l.heads == 0
-            || !l.d_model.is_multiple_of(l.heads)
-            || !(l.d_model / l.heads).is_multiple_of(2)
+            || l.d_model < 2 * l.heads
+            || !l.d_model.is_multiple_of(2 * l.heads)
         {
             return bad(format!(
                 "vocabulary {} with d_model {} and {} heads: need a vocabulary of at least 2 and \
@@ -117,7 +117,22 @@ impl InductionConfig {
         {
             return bad("steps, batch and lr must be positive and checkpoints at least 2".into());
         }
-        Ok(())
+        // Parameters with their gradients and AdamW's two moments (f32), and one batch's
+        // activations (the stream and its projections, scores, logits), in f64 entries.
+        let (v, d, n, b) = (
+            l.vocab as f64,
+            l.d_model as f64,
+            self.n_ctx as f64,
+            self.batch as f64,
+        );
+        let layers = l.layers as f64;
+        let params = 2.0 * v * d + layers * (6.0 * d * d + 4.0 * d);
+        let activations =
+            b * n * (v + 32.0 * d * layers) + b * l.heads as f64 * n * n * 8.0 * layers;
+        tensim::budget::check(
+            "the language model's training state",
+            2.0 * params + 0.5 * activations,
+        )
     }
 }
 
