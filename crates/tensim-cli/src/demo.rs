@@ -68,6 +68,9 @@ pub struct GrokkingArgs {
     /// Fraction of the P² pairs used for training.
     #[arg(long)]
     train_fraction: Option<f64>,
+    /// Pairs per optimisation step.
+    #[arg(long)]
+    batch: Option<usize>,
     /// Phases to find in the tensor-similarity matrix.
     #[arg(long, default_value_t = 3)]
     phases: usize,
@@ -370,6 +373,7 @@ fn grokking_config(args: &GrokkingArgs) -> tensim_train::grokking::GrokkingConfi
     cfg.weight_decay = args.weight_decay.unwrap_or(cfg.weight_decay);
     cfg.lr = args.lr.unwrap_or(cfg.lr);
     cfg.train_fraction = args.train_fraction.unwrap_or(cfg.train_fraction);
+    cfg.batch = args.batch.unwrap_or(cfg.batch);
     cfg.seed = args.common.seed.unwrap_or(cfg.seed);
     cfg
 }
@@ -476,6 +480,12 @@ fn demo_backdoor(args: &BackdoorArgs) -> Result<()> {
     cfg.max_images = args.images.max_images;
     if cfg.target > 9 {
         bail!("--target must be a digit class 0–9");
+    }
+    if !(0.0..=1.0).contains(&cfg.poison_fraction) {
+        bail!(
+            "--poison-fraction must be a fraction of the batch in [0, 1], got {}",
+            cfg.poison_fraction
+        );
     }
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;

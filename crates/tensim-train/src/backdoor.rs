@@ -100,6 +100,21 @@ pub(crate) fn load_split(
     order.truncate(max_images.unwrap_or(usize::MAX));
     let n_test = (order.len() as f64 * test_fraction) as usize;
     let train = order.split_off(n_test);
+    // Both splits need every class (the demos train and score per class).
+    for (name, split) in [("test", &order), ("training", &train)] {
+        let missing: Vec<u32> = (0..10)
+            .filter(|c| !split.iter().any(|&i| images.labels[i] == *c))
+            .collect();
+        if !missing.is_empty() {
+            return Err(tensim::Error::Invalid(format!(
+                "{} images leave the {name} split ({} images) without class {missing:?}; use more \
+                 images (--max-images)",
+                order.len() + train.len(),
+                split.len()
+            ))
+            .into());
+        }
+    }
     Ok((images, order, train))
 }
 

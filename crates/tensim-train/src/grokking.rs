@@ -52,6 +52,44 @@ impl GrokkingConfig {
     }
 }
 
+impl GrokkingConfig {
+    /// Refuse what the task or the model cannot take, and a task too large for memory.
+    pub fn check(&self) -> Result<(), tensim::Error> {
+        let bad = |m: String| Err(tensim::Error::Invalid(m));
+        if self.p < 2 || self.hidden == 0 || self.batch == 0 {
+            return bad(format!(
+                "P {} with {} hidden units and batch {}: need P ≥ 2 and at least one hidden unit \
+                 and one pair per batch",
+                self.p, self.hidden, self.batch
+            ));
+        }
+        let pairs = self.p * self.p;
+        let n_train = (pairs as f64 * self.train_fraction) as usize;
+        if !(self.train_fraction > 0.0 && self.train_fraction < 1.0)
+            || n_train < self.batch
+            || n_train == pairs
+        {
+            return bad(format!(
+                "train fraction {} of the {pairs} pairs gives {n_train} training pairs: need at \
+                 least one batch ({}) for training and one pair for validation",
+                self.train_fraction, self.batch
+            ));
+        }
+        if !(self.lr > 0.0 && self.lr.is_finite() && self.weight_decay >= 0.0) {
+            return bad(format!(
+                "lr {} and weight decay {}: need lr > 0 and weight decay ≥ 0",
+                self.lr, self.weight_decay
+            ));
+        }
+        // The one-hot pairs (f32) and the parameters with AdamW's state, in f64 entries.
+        let p = self.p as f64;
+        tensim::budget::check(
+            "the grokking task's inputs and parameters",
+            p * p * p + 2.0 * 3.0 * p * self.hidden as f64,
+        )
+    }
+}
+
 /// Metrics of one checkpoint.
 #[derive(Clone, Debug, Serialize)]
 pub struct Record {
@@ -106,6 +144,7 @@ pub fn train(
     mut checkpoint: impl FnMut(&Model, &Record) -> Result<(), TrainError>,
     mut progress: impl FnMut(usize, Option<&Record>),
 ) -> Result<Vec<Record>, TrainError> {
+    cfg.check()?;
     let dev = Device::Cpu;
     let task = Task::new(cfg.p, cfg.train_fraction, cfg.seed, &dev)?;
     let params = Params::init(2 * cfg.p, cfg.hidden, cfg.p, cfg.seed ^ 0x9e37_79b9, &dev)?;

@@ -66,3 +66,23 @@ fn a_short_run_inserts_the_backdoor() {
         assert!(std::fs::metadata(out.join(f)).unwrap().len() > 100, "{f}");
     }
 }
+
+#[test]
+fn too_few_images_for_every_class_are_refused() {
+    let out = std::env::temp_dir().join(format!("tensim-backdoor-few-{}", std::process::id()));
+    let cfg = BackdoorConfig {
+        max_images: Some(12),
+        ..Default::default()
+    };
+    let e = run_demo(&cfg, &out, |_, _| {}).err().expect("refused");
+    assert!(e.to_string().contains("without class"), "{e}");
+    assert!(!out.join("checkpoints").exists());
+    let cfg = tensim_train::forgetting::ForgettingConfig {
+        max_images: Some(12),
+        ..Default::default()
+    };
+    let e = tensim_train::forgetting::run_demo(&cfg, &out, |_| {})
+        .err()
+        .expect("refused");
+    assert!(e.to_string().contains("without class"), "{e}");
+}

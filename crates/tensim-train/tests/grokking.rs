@@ -95,3 +95,24 @@ fn demo_writes_reloadable_checkpoints_matrices_figures_and_report() {
         .unwrap()
         .contains("| milestone |"));
 }
+
+#[test]
+fn impossible_configurations_are_refused_before_training() {
+    type Change = fn(&mut GrokkingConfig);
+    let cases: [(Change, &str); 5] = [
+        (|c| c.p = 1, "P ≥ 2"),
+        (|c| c.hidden = 0, "one hidden unit"),
+        (|c| c.train_fraction = 1.0, "one pair for validation"),
+        (|c| c.batch = 100, "at least one batch"),
+        (|c| c.p = 1 << 20, "needs about"),
+    ];
+    for (change, message) in cases {
+        let mut cfg = tiny();
+        change(&mut cfg);
+        let steps = schedule::power(cfg.steps, cfg.checkpoints, cfg.exponent);
+        let e = train(&cfg, &steps, |_, _| Ok(()), |_, _| {})
+            .err()
+            .expect("refused");
+        assert!(e.to_string().contains(message), "{message}: {e}");
+    }
+}
