@@ -74,15 +74,13 @@ fn too_few_images_for_every_class_are_refused() {
         max_images: Some(12),
         ..Default::default()
     };
-    let e = run_demo(&cfg, &out, |_, _| {}).err().expect("refused");
+    let e = run_demo(&cfg, &out, |_, _| {}).expect_err("refused");
     assert!(e.to_string().contains("without class"), "{e}");
     assert!(!out.join("checkpoints").exists());
     let cfg = tensim_train::forgetting::ForgettingConfig {
         max_images: Some(12),
         ..Default::default()
     };
-    let e = tensim_train::forgetting::run_demo(&cfg, &out, |_| {})
-        .err()
-        .expect("refused");
+    let e = tensim_train::forgetting::run_demo(&cfg, &out, |_| {}).expect_err("refused");
     assert!(e.to_string().contains("without class"), "{e}");
 }

@@ -110,9 +110,7 @@ fn impossible_configurations_are_refused_before_training() {
         let mut cfg = tiny();
         change(&mut cfg);
         let steps = schedule::power(cfg.steps, cfg.checkpoints, cfg.exponent);
-        let e = train(&cfg, &steps, |_, _| Ok(()), |_, _| {})
-            .err()
-            .expect("refused");
+        let e = train(&cfg, &steps, |_, _| Ok(()), |_, _| {}).expect_err("refused");
         assert!(e.to_string().contains(message), "{message}: {e}");
     }
 }
