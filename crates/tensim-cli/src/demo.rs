@@ -338,6 +338,9 @@ fn demo_random(args: &RandomArgs) -> Result<()> {
         heads: args.heads,
         n_ctx: args.n_ctx,
     };
+    if args.d_model == 0 || args.d_out == 0 {
+        bail!("--d-model and --d-out must be at least 1 (a layer without outputs cannot be saved)");
+    }
     if args.hidden == 0 && args.heads == 0 {
         bail!("--hidden 0 (attention-only blocks) needs --heads");
     }
