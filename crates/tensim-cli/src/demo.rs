@@ -383,8 +383,6 @@ fn grokking_config(args: &GrokkingArgs) -> tensim_train::grokking::GrokkingConfi
 
 fn demo_grokking(args: &GrokkingArgs) -> Result<()> {
     let cfg = grokking_config(args);
-    std::fs::create_dir_all(&args.out)
-        .with_context(|| format!("creating {}", args.out.display()))?;
     let bar = args.common.start(cfg.steps);
     let progress = every(&bar, 50, |r: &tensim_train::grokking::Record| {
         format!(
@@ -420,9 +418,6 @@ fn demo_induction(args: &InductionArgs) -> Result<()> {
     cfg.weight_decay = args.weight_decay.unwrap_or(cfg.weight_decay);
     cfg.batch = args.batch.unwrap_or(cfg.batch);
     cfg.seed = args.common.seed.unwrap_or(cfg.seed);
-    cfg.check()?;
-    std::fs::create_dir_all(&args.out)
-        .with_context(|| format!("creating {}", args.out.display()))?;
     let bar = args.common.start(cfg.steps);
     let progress = every(&bar, 20, |r: &tensim_train::induction::Record| {
         format!(
@@ -481,17 +476,6 @@ fn demo_backdoor(args: &BackdoorArgs) -> Result<()> {
     cfg.seed = args.common.seed.unwrap_or(cfg.seed);
     cfg.data = args.images.source()?;
     cfg.max_images = args.images.max_images;
-    if cfg.target > 9 {
-        bail!("--target must be a digit class 0–9");
-    }
-    if !(0.0..=1.0).contains(&cfg.poison_fraction) {
-        bail!(
-            "--poison-fraction must be a fraction of the batch in [0, 1], got {}",
-            cfg.poison_fraction
-        );
-    }
-    std::fs::create_dir_all(&args.out)
-        .with_context(|| format!("creating {}", args.out.display()))?;
     let bar = args.common.start(cfg.clean_steps + cfg.poison_steps);
     let progress = every(&bar, 50, |r: &tensim_train::backdoor::Record| {
         format!(
@@ -510,8 +494,6 @@ fn demo_forgetting(args: &ForgettingArgs) -> Result<()> {
     cfg.seed = args.common.seed.unwrap_or(cfg.seed);
     cfg.data = args.images.source()?;
     cfg.max_images = args.images.max_images;
-    std::fs::create_dir_all(&args.out)
-        .with_context(|| format!("creating {}", args.out.display()))?;
     let bar = args.common.start(2 * cfg.steps_per_stage);
     tensim_train::forgetting::run_demo(&cfg, &args.out, |step| bar.set_position(step as u64))?;
     finish_demo(&bar, &args.out, None);

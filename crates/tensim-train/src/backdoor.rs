@@ -145,6 +145,13 @@ pub fn run_demo(
     out: &std::path::Path,
     mut progress: impl FnMut(usize, Option<&Record>),
 ) -> Result<Summary, TrainError> {
+    if cfg.target > 9 || !(0.0..=1.0).contains(&cfg.poison_fraction) {
+        return Err(tensim::Error::Invalid(format!(
+            "target {} and poison fraction {}: need a digit class 0–9 and a fraction in [0, 1]",
+            cfg.target, cfg.poison_fraction
+        ))
+        .into());
+    }
     let started = std::time::Instant::now();
     let dev = Device::Cpu;
     let (data, test_idx, train_idx) =

@@ -81,11 +81,12 @@ impl GrokkingConfig {
                 self.lr, self.weight_decay
             ));
         }
-        // The one-hot pairs (f32) and the parameters with AdamW's state, in f64 entries.
+        // The one-hot pairs (P² × 2P) and the 5Ph parameters with their gradients and AdamW's
+        // two moments, all f32, in f64 entries.
         let p = self.p as f64;
         tensim::budget::check(
             "the grokking task's inputs and parameters",
-            p * p * p + 2.0 * 3.0 * p * self.hidden as f64,
+            p * p * p + 10.0 * p * self.hidden as f64,
         )
     }
 }
@@ -228,6 +229,7 @@ pub fn run_demo(
 ) -> Result<Summary, TrainError> {
     use tensim::metrics::{Inputs, Metric};
     use tensim::trajectory::{similarity_matrix, MatrixOptions};
+    cfg.check()?;
     let ck_dir = crate::output::checkpoint_dir(out)?;
     let schedule = crate::schedule::power(cfg.steps, cfg.checkpoints, cfg.exponent);
     let started = std::time::Instant::now();

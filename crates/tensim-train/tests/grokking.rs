@@ -112,5 +112,9 @@ fn impossible_configurations_are_refused_before_training() {
         let steps = schedule::power(cfg.steps, cfg.checkpoints, cfg.exponent);
         let e = train(&cfg, &steps, |_, _| Ok(()), |_, _| {}).expect_err("refused");
         assert!(e.to_string().contains(message), "{message}: {e}");
+        // The demo refuses before it writes anything.
+        let out = std::env::temp_dir().join(format!("tensim-grok-bad-{}", std::process::id()));
+        let e = run_demo(&cfg, 2, &out, |_, _| {}).expect_err("refused");
+        assert!(e.to_string().contains(message) && !out.exists(), "{e}");
     }
 }

@@ -151,19 +151,23 @@ pub struct Record {
     pub rms: f64,
 }
 
-/// The held-out sequences (metrics over training and the behavioural matrix).
-fn held_out(cfg: &InductionConfig) -> Batch {
-    let seq = Sequences::new(
-        cfg.shape.vocab,
-        cfg.n_ctx,
-        cfg.segment,
-        cfg.markov,
-        cfg.seed,
-    );
-    seq.batch(
-        cfg.val_rows,
-        &mut rand::rngs::StdRng::seed_from_u64(cfg.seed ^ 0x5eed_da7a),
-    )
+impl InductionConfig {
+    /// The sequence distribution.
+    fn sequences(&self) -> Sequences {
+        Sequences::new(
+            self.shape.vocab,
+            self.n_ctx,
+            self.segment,
+            self.markov,
+            self.seed,
+        )
+    }
+
+    /// The held-out sequences (metrics over training and the behavioural matrix).
+    fn held_out(&self) -> Batch {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(self.seed ^ 0x5eed_da7a);
+        self.sequences().batch(self.val_rows, &mut rng)
+    }
 }
 
 fn tokens(b: &Batch, n: usize, dev: &Device) -> Result<(Tensor, Tensor), TrainError> {
@@ -200,10 +204,10 @@ pub fn train(
     mut checkpoint: impl FnMut(&Lm, &Record) -> Result<(), TrainError>,
     mut progress: impl FnMut(usize, Option<&Record>),
 ) -> Result<Vec<Record>, TrainError> {
+    cfg.check()?;
     let dev = Device::Cpu;
     let n = cfg.n_ctx;
-    let seq = Sequences::new(cfg.shape.vocab, n, cfg.segment, cfg.markov, cfg.seed);
-    let val = held_out(cfg);
+    let (seq, val) = (cfg.sequences(), cfg.held_out());
     let mut rng = rand::rngs::StdRng::seed_from_u64(cfg.seed.wrapping_add(1));
     let mut lm = Lm::init(&cfg.shape, cfg.seed ^ 0x9e37_79b9, &dev)?;
     let mut opt = candle_nn::AdamW::new(
@@ -222,11 +226,11 @@ pub fn train(
         let (x, y) = tokens(&batch, n, &dev)?;
         let logits = lm.forward_train(&x)?;
         let loss = candle_nn::loss::cross_entropy(&logits, &y)?;
+        let value = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
         if next.peek() == Some(&step) {
             next.next();
             if loss_count == 0 {
-                loss_sum = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-                loss_count = 1;
+                (loss_sum, loss_count) = (value, 1);
             }
             let (val_loss, induction_accuracy, in_context_score) = evaluate(&lm, &val, n)?;
             let record = Record {
@@ -246,8 +250,7 @@ pub fn train(
         }
         opt.set_learning_rate(learning_rate(cfg, step));
         opt.backward_step(&loss)?;
-        loss_sum += loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-        loss_count += 1;
+        (loss_sum, loss_count) = (loss_sum + value, loss_count + 1);
         progress(step + 1, history.last());
     }
     Ok(history)
@@ -326,11 +329,11 @@ pub fn run_demo(
 ) -> Result<Summary, TrainError> {
     use tensim::metrics::{Inputs, Kind, Metric};
     use tensim::trajectory::{checkpoints::in_memory, similarity_matrix, MatrixOptions};
-    let ck_dir = crate::output::checkpoint_dir(out)?;
     cfg.check()?;
+    let ck_dir = crate::output::checkpoint_dir(out)?;
     let schedule = crate::schedule::log(cfg.steps, cfg.checkpoints);
     let started = std::time::Instant::now();
-    let (mut models, mut full) = (Vec::new(), Vec::new());
+    let mut models = Vec::new();
     let history = train(
         cfg,
         &schedule,
@@ -338,7 +341,6 @@ pub fn run_demo(
             let m = lm.to_model(cfg.analysis_ctx)?;
             tensim::io::save(&m, &ck_dir.join(format!("step_{:06}.safetensors", r.step)))?;
             models.push(m);
-            full.push(lm.to_model(cfg.n_ctx)?);
             Ok(())
         },
         &mut progress,
@@ -360,7 +362,7 @@ pub fn run_demo(
     // Matrices: weights-only ones at `analysis_ctx`, behavioural on held-out sequences.
     let n = models.len();
     let names: Vec<String> = history.iter().map(|r| format!("step {}", r.step)).collect();
-    let val = held_out(cfg);
+    let val = cfg.held_out();
     let inputs = Inputs {
         x: one_hot(&val.tokens, cfg.shape.vocab),
         rows: val.rows,
@@ -375,8 +377,15 @@ pub fn run_demo(
     tensim::io::write_npy(&out.join("token_counts.npy"), &[counts.len()], &counts)?;
     let tokens =
         tensim::distribution::InputDistribution::from_token_counts(&counts, "held-out tokens")?;
-    let under_tokens = in_memory(&models, &names)
-        .into_iter()
+    let checkpoints = in_memory(&models, &names);
+    // The behavioural matrix reads the same layers at the training context.
+    let full = models
+        .iter()
+        .map(|m| tensim::Model::new(m.in_dim(), cfg.n_ctx, m.layers().to_vec()))
+        .collect::<Result<Vec<_>, _>>()?;
+    let under_tokens = checkpoints
+        .iter()
+        .cloned()
         .map(|c| c.under(&tokens))
         .collect::<Result<Vec<_>, _>>()?;
     let opts = MatrixOptions {
@@ -385,10 +394,10 @@ pub fn run_demo(
     };
     let gaussian = Metric::new(Kind::Gaussian);
     let jobs = [
-        ("gaussian", gaussian.clone(), in_memory(&models, &names)),
+        ("gaussian", gaussian.clone(), checkpoints.clone()),
         ("gaussian_tokens", gaussian, under_tokens),
-        ("tensor", Metric::TENSOR, in_memory(&models, &names)),
-        ("matrix", Metric::Matrix, in_memory(&models, &names)),
+        ("tensor", Metric::TENSOR, checkpoints.clone()),
+        ("matrix", Metric::Matrix, checkpoints),
         ("behavioral", Metric::Behavioral, in_memory(&full, &names)),
     ];
     let mut mats = Vec::new();

@@ -130,21 +130,19 @@ pub fn matrix(
             }
         }
     };
-    let of_pair: Vec<(usize, usize)> = pairs.iter().map(|&p| job(p)).collect();
-    let mut jobs = of_pair.clone();
-    jobs.sort_unstable();
-    jobs.dedup();
-    let index = |p: &(usize, usize)| jobs.binary_search(p).expect("every pair has a job");
-    let mut count = vec![0u64; jobs.len()];
-    of_pair.iter().for_each(|p| count[index(p)] += 1);
+    // Each job with the number of pairs it fills.
+    let mut jobs = std::collections::BTreeMap::<(usize, usize), u64>::new();
+    for &p in &pairs {
+        *jobs.entry(job(p)).or_default() += 1;
+    }
+    let jobs: Vec<((usize, usize), u64)> = jobs.into_iter().collect();
     let opts = Options {
         par: crate::linalg::Par::Seq,
         ..Default::default()
     };
-    let values: Vec<f64> = (0..jobs.len())
-        .into_par_iter()
-        .map(|k| {
-            let (i, j) = jobs[k];
+    let values: Vec<f64> = jobs
+        .par_iter()
+        .map(|&((i, j), fills)| {
             let key = store.map(|(_, h)| {
                 TileStore::key(
                     &format!("inner {}", tile_tag(metric, false, None)),
@@ -165,13 +163,15 @@ pub fn matrix(
                     v
                 }
             };
-            progress(count[k]);
+            progress(fills);
             Ok(v)
         })
         .collect::<Result<_>>()?;
+    let value: std::collections::BTreeMap<(usize, usize), f64> =
+        jobs.iter().map(|&(p, _)| p).zip(values).collect();
     let mut g = Mat::zeros(n, n);
-    for (&(i, j), p) in pairs.iter().zip(&of_pair) {
-        let v = values[index(p)];
+    for &(i, j) in &pairs {
+        let v = value[&job((i, j))];
         (g[(i, j)], g[(j, i)]) = (v, v);
     }
     let d = |i: usize, j: usize| {
