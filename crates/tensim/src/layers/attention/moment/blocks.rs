@@ -384,7 +384,9 @@ impl Gram {
 
     /// The blocks `holds` names. `independent`: the covariances across positions are zero
     /// (whatever rounding left in `cov`). `mirror`: also `Gᵀ` (the covariances of `y`'s rows
-    /// with `x`'s), written in the same pass.
+    /// with `x`'s), written in the same pass; otherwise `x` and `y` are one side and `cov` its
+    /// own covariance, so `G[q,p] = G[p,q]ᵀ`: only the parts `p ≤ q` are multiplied, the
+    /// others transposed from them.
     pub(super) fn new(
         x: &Side,
         cov: &Tensor,
@@ -432,6 +434,20 @@ impl Gram {
                 blocks: b0..g.blocks.len(),
             });
         }
+        // The parts `p > q` of a symmetric Gram whose mirrored blocks are all stored.
+        let transposed: Vec<bool> = g
+            .parts
+            .iter()
+            .map(|part| {
+                let blocks = &g.blocks[part.blocks.clone()];
+                !mirror
+                    && x.per() == y.per()
+                    && part.p > part.q
+                    && blocks
+                        .iter()
+                        .all(|&(gx, gy, _)| g.at[gy * cols + gx] != ABSENT)
+            })
+            .collect();
         let mut data = vec![0.0; len];
         let mut back = vec![0.0; if mirror { len } else { 0 }];
         let backs: Vec<&mut [f64]> = if mirror {
@@ -445,9 +461,11 @@ impl Gram {
             .into_par_iter()
             .zip(backs)
             .zip(&g.parts)
+            .zip(&transposed)
+            .filter(|(_, &t)| !t)
             .for_each_init(
                 || (Mat::new(), Mat::new()),
-                |(b, dt), ((out, back), part)| {
+                |(b, dt), (((out, back), part), _)| {
                     let (p, q) = (part.p, part.q);
                     let c =
                         Mat::from_fn(y.w, x.w, |j, i| cov.data[((p * x.w + i) * n + q) * y.w + j]);
@@ -482,6 +500,20 @@ impl Gram {
                     }
                 },
             );
+        // G[q,p] = G[p,q]ᵀ block by block; every source part comes earlier in `data`.
+        for (part, _) in g.parts.iter().zip(&transposed).filter(|(_, &t)| t) {
+            let (done, rest) = data.split_at_mut(part.data.start);
+            for &(gx, gy, o) in &g.blocks[part.blocks.clone()] {
+                let (hx, hy) = (x.size(gx), y.size(gy));
+                let src = &done[g.at[gy * cols + gx]..][..hy * hx];
+                let dst = &mut rest[o - part.data.start..][..hx * hy];
+                for (a, row) in dst.chunks_exact_mut(hy).enumerate() {
+                    row.iter_mut()
+                        .enumerate()
+                        .for_each(|(e, v)| *v = src[e * hx + a]);
+                }
+            }
+        }
         g.data = data;
         let back = mirror.then(|| g.mirrored(back));
         (g, back)
