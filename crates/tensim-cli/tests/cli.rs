@@ -456,7 +456,7 @@ fn a_language_model_is_compared_without_vocabulary_sized_memory() {
         let o = run("0.0001", &compare);
         assert_eq!(o.status.code(), Some(1), "{metric}: {}", stderr(&o));
         assert!(
-            stderr(&o).contains("needs about") && stderr(&o).contains("TENSIM_MAX_MEMORY_GIB"),
+            stderr(&o).contains("would need about") && stderr(&o).contains("TENSIM_MAX_MEMORY_GIB"),
             "{metric}: {}",
             stderr(&o)
         );
@@ -469,7 +469,7 @@ fn a_language_model_is_compared_without_vocabulary_sized_memory() {
     .concat();
     let o = run("0.0001", &matrix);
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
-    assert!(stderr(&o).contains("needs about"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("would need about"), "{}", stderr(&o));
     assert!(!d.join("m.npy").exists());
 }
 
@@ -772,7 +772,7 @@ fn absurd_sizes_are_refused_not_aborted() {
         let o = tensim(&args, &d);
         assert_eq!(o.status.code(), Some(1), "{args:?}: {}", stderr(&o));
         assert!(
-            stderr(&o).contains("needs about"),
+            stderr(&o).contains("would need about"),
             "{args:?}: {}",
             stderr(&o)
         );
@@ -1563,7 +1563,7 @@ fn induction_demo_runs_small_and_refuses_impossible_shapes() {
     // So are heads without an even size and a model too large to train here.
     for (flag, value, message) in [
         ("--d-model", "0", "heads of even size"),
-        ("--vocab", "100000000", "needs about"),
+        ("--vocab", "100000000", "would need about"),
     ] {
         let o = tensim(&["demo", "induction", "--out", "big", flag, value], &d);
         assert_eq!(o.status.code(), Some(1), "{flag}: {}", stderr(&o));

@@ -104,7 +104,7 @@ fn impossible_configurations_are_refused_before_training() {
         (|c| c.hidden = 0, "one hidden unit"),
         (|c| c.train_fraction = 1.0, "one pair for validation"),
         (|c| c.batch = 100, "at least one batch"),
-        (|c| c.p = 1 << 20, "needs about"),
+        (|c| c.p = 1 << 20, "would need about"),
     ];
     for (change, message) in cases {
         let mut cfg = tiny();

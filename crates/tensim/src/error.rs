@@ -78,7 +78,7 @@ pub enum Error {
     /// A value overflowed or is not a number: no similarity is printed instead of a wrong one.
     #[error("the {metric} metric is out of floating-point range here ({what}): the weights or inputs are too large or too small in magnitude for f64; rescale them")]
     OutOfRange { metric: String, what: String },
-    #[error("{what} needs about {need_gib:.2} GiB of memory, more than the {limit_gib:.2} GiB allowed (set TENSIM_MAX_MEMORY_GIB to raise the limit)")]
+    #[error("{what} would need about {need_gib:.2} GiB of memory, more than the {limit_gib:.2} GiB allowed (set TENSIM_MAX_MEMORY_GIB to raise the limit)")]
     TooLarge {
         what: String,
         need_gib: f64,

@@ -306,11 +306,12 @@ pub fn check_memory(models: &[&Model], copies: f64, pairs: usize) -> Result<()> 
     let counted = parameters as f64
         + (12.0 + copies) * ((n * w) as f64).powi(2)
         + pairs as f64 * covariances(models);
-    // Beyond the counted arrays: transient copies, allocator slack and the program (peak RSS
-    // of the paper's LM at n_ctx 4, 8, 16: 1.37, 1.11, 0.99 times the count).
+    // Beyond the counted arrays: transient copies, allocator slack (freed memory is kept for
+    // reuse) and the program (peak RSS of the paper's LM at n_ctx 4, 8: 1.45, 1.30 times the
+    // count).
     crate::budget::check(
         "the models, the Gaussian moments of the activations and the attention covariances",
-        1.4 * counted + (32 << 20) as f64 / 8.0,
+        1.5 * counted + (32 << 20) as f64 / 8.0,
     )
 }
 
