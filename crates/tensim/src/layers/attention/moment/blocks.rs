@@ -171,8 +171,8 @@ impl<'a> Side<'a> {
                 .map(|t| Combo {
                     vector: self.raw(t),
                     scores: vec![],
-                    weight: 1.0,
                     query: t,
+                    key: t,
                     block: t,
                 })
                 .collect();
@@ -181,16 +181,15 @@ impl<'a> Side<'a> {
         for t in 0..self.n {
             for head in 0..self.heads {
                 for u in 0..self.n {
-                    let weight = self.net.mask.data[t * self.n + u];
-                    if weight != 0.0 {
+                    if self.weight(true, t, u) != 0.0 {
                         out.push(Combo {
                             vector: self.leg(u, head, V),
                             scores: vec![
                                 [self.leg(t, head, Q1), self.leg(u, head, K1)],
                                 [self.leg(t, head, Q2), self.leg(u, head, K2)],
                             ],
-                            weight,
                             query: t,
+                            key: u,
                             block: t * self.heads + head,
                         });
                     }
@@ -198,6 +197,24 @@ impl<'a> Side<'a> {
             }
         }
         out
+    }
+
+    /// Weight of a combination at query `t` and key `u`: `M[t, u]` (active), 1 (identity).
+    pub(super) fn weight(&self, active: bool, t: usize, u: usize) -> f64 {
+        if active {
+            self.net.mask.data[t * self.n + u]
+        } else {
+            1.0
+        }
+    }
+
+    /// Whether the mask keeps every combination when both its positions move back by one
+    /// (`M[t, u] ≠ 0 ⇒ M[t−1, u−1] ≠ 0`): causal, full and diagonal masks do.
+    pub(super) fn shift_closed(&self) -> bool {
+        let (n, m) = (self.n, &self.net.mask.data);
+        (1..n * n)
+            .filter(|tu| tu / n > 0 && tu % n > 0 && m[*tu] != 0.0)
+            .all(|tu| m[tu - n - 1] != 0.0)
     }
 
     /// Output map of a term at position `t`: `diag(γ)` (identity) or `[O_1 | … | O_H]` (active).
@@ -220,13 +237,14 @@ pub(super) struct Leg {
     pub size: usize,
 }
 
-/// One term at one (head, query, key): its vector, its scores' legs, its weight, its output
-/// position (the query) and block.
+/// One term at one (head, query, key): its vector, its scores' legs, its output position (the
+/// query), its key position (the query for an identity term) and block (its weight:
+/// [`Side::weight`]).
 pub(super) struct Combo {
     pub vector: Leg,
     pub scores: Vec<[Leg; 2]>,
-    pub weight: f64,
     pub query: usize,
+    pub key: usize,
     pub block: usize,
 }
 

@@ -34,6 +34,7 @@ fn term_pair(
     (rs, ra): (&Side, bool),
     symmetric: bool,
     local: bool,
+    shifts: bool,
 ) -> Tensor {
     let (lc, rc) = (ls.combos(la), rs.combos(ra));
     let dim = |s: &Side, active: bool| if active { s.h } else { s.w };
@@ -57,26 +58,75 @@ fn term_pair(
     // Row slab of block b: every left combination of block b against the right ones, each
     // pair's moment added in place. Symmetric: pairs visited once (k ≥ i), the slabs hold
     // each pair once (a pair with itself halved) and z is their sum with its transpose.
+    // `shifts`: a pair's moment is unchanged when all its positions move together, so only
+    // pairs touching position 0 are computed, each added at every shift that stays inside;
+    // a unit of work is then every block of one left head (shifts keep the head).
     let pool = Pool::new(lc[0].scores.len() + rc[0].scores.len());
     let mut z = vec![0.0; rows * cols];
-    z.par_chunks_mut(dl * cols).enumerate().for_each_init(
+    let mut slabs: Vec<Option<&mut [f64]>> = z.chunks_mut(dl * cols).map(Some).collect();
+    let units: Vec<Vec<(usize, &mut [f64])>> = if shifts {
+        (0..bl)
+            .map(|h| {
+                let blocks = (0..ls.n).map(|t| t * bl + h);
+                blocks
+                    .map(|b| (b, slabs[b].take().expect("once")))
+                    .collect()
+            })
+            .collect()
+    } else {
+        slabs
+            .iter_mut()
+            .enumerate()
+            .map(|(b, s)| vec![(b, s.take().expect("once"))])
+            .collect()
+    };
+    units.into_par_iter().for_each_init(
         || pool.take(),
-        |ws, (block, slab)| {
-            for (ci, l) in lc.iter().enumerate().filter(|(_, l)| l.block == block) {
+        |ws, mut unit| {
+            let mine = |b: usize| unit.iter().any(|&(u, _)| u == b);
+            let lefts: Vec<(usize, &Combo)> = (lc.iter().enumerate())
+                .filter(|(_, l)| mine(l.block))
+                .collect();
+            for (ci, l) in lefts {
                 let start = if symmetric { ci } else { 0 };
                 let right = rc.iter().enumerate().skip(start);
                 for (ck, r) in right.filter(|(_, r)| !local || r.query == l.query) {
-                    let f = l.weight * r.weight * if symmetric && ck == ci { 0.5 } else { 1.0 };
-                    let at = |i: usize| i * cols + r.block * dr;
-                    if pair.connected(l, r) {
-                        let e = pair.moment(l, Some(r), (dl, dr), ws);
-                        for i in 0..dl {
-                            axpy(&mut slab[at(i)..][..dr], f, &e[i * dr..][..dr]);
+                    let half = if symmetric && ck == ci { 0.5 } else { 1.0 };
+                    let connected = pair.connected(l, r);
+                    let spots = [l.query, l.key, r.query, r.key];
+                    if connected && shifts && spots.iter().min() != Some(&0) {
+                        continue;
+                    }
+                    let e = connected.then(|| pair.moment(l, Some(r), (dl, dr), ws));
+                    // Shifted copies (only the pair itself without `shifts`).
+                    let last = spots.into_iter().max().unwrap_or(0);
+                    let copies = if connected && shifts { ls.n - last } else { 1 };
+                    for d in 0..copies {
+                        let f = half
+                            * ls.weight(la, l.query + d, l.key + d)
+                            * rs.weight(ra, r.query + d, r.key + d);
+                        if f == 0.0 {
+                            continue;
                         }
-                    } else {
-                        // No covariance between them: the product of their means.
-                        for (i, &a) in el[ci].iter().enumerate() {
-                            axpy(&mut slab[at(i)..][..dr], f * a, &er[ck]);
+                        let (lb, rb) = (l.block + d * bl, r.block + d * br);
+                        let slab = unit
+                            .iter_mut()
+                            .find(|(b, _)| *b == lb)
+                            .map(|(_, s)| &mut **s)
+                            .expect("a shift keeps the head");
+                        let at = |i: usize| i * cols + rb * dr;
+                        match &e {
+                            Some(e) => {
+                                for i in 0..dl {
+                                    axpy(&mut slab[at(i)..][..dr], f, &e[i * dr..][..dr]);
+                                }
+                            }
+                            // No covariance between them: the product of their means.
+                            None => {
+                                for (i, &a) in el[ci].iter().enumerate() {
+                                    axpy(&mut slab[at(i)..][..dr], f * a, &er[ck]);
+                                }
+                            }
                         }
                     }
                 }
@@ -158,20 +208,18 @@ pub fn moments(
         g,
         mu: [&mu_l, &mu_r],
     };
-    let same = |active: bool| term_pair(&pair, (&ls, active), (&rs, active), symmetric, local);
+    let shifts = independent && shift_invariant(m, &ls, &rs);
+    let term = |pair: &Pair<'_>, l: (&Side, bool), r: (&Side, bool), symmetric: bool| {
+        term_pair(pair, l, r, symmetric, local, shifts)
+    };
+    let same = |active: bool| term(&pair, (&ls, active), (&rs, active), symmetric);
     // (identity, active) as the transpose of (active, identity) on the mirrored sides: the
     // dynamic programme then runs over `h + 1` rows (an active vector) instead of `w + 1`.
-    let active_identity = term_pair(&pair, (&ls, true), (&rs, false), false, local);
+    let active_identity = term(&pair, (&ls, true), (&rs, false), false);
     let identity_active = if symmetric {
         transpose(&active_identity)
     } else {
-        transpose(&term_pair(
-            &pair.mirrored(),
-            (&rs, true),
-            (&ls, false),
-            false,
-            local,
-        ))
+        transpose(&term(&pair.mirrored(), (&rs, true), (&ls, false), false))
     };
     Ok(vec![
         (1, 1, same(false)),
@@ -179,6 +227,28 @@ pub fn moments(
         (5, 1, active_identity),
         (5, 5, same(true)),
     ])
+}
+
+/// Whether every pair of combinations has the moment of its copy with all positions moved
+/// back together, for inputs independent across positions: every position has the same
+/// means and the same covariances (in all three), and the masks keep combinations when moved.
+/// (A layer's factors depend on position only through rotary rotations `ρ_{t+d} = ρ_d ρ_t`,
+/// which a score does not see when both its legs turn together.)
+fn shift_invariant(m: &Moments<'_>, ls: &Side, rs: &Side) -> bool {
+    let n = ls.n;
+    let rows_equal = |t: &Tensor| {
+        let w = t.shape[1];
+        (1..n).all(|p| t.data[p * w..][..w] == t.data[..w])
+    };
+    let diagonal_equal = |c: &Tensor| {
+        let (wx, wy) = (c.shape[1], c.shape[3]);
+        let at = |p: usize, i: usize, j: usize| c.data[((p * wx + i) * n + p) * wy + j];
+        (1..n).all(|p| (0..wx * wy).all(|ij| at(p, ij / wy, ij % wy) == at(0, ij / wy, ij % wy)))
+    };
+    ls.shift_closed()
+        && rs.shift_closed()
+        && m.mu.iter().all(|mu| rows_equal(mu))
+        && m.cov.iter().all(|c| diagonal_equal(c))
 }
 
 /// Entries of the projected covariances an attention step of `left` against `right` holds at
@@ -296,16 +366,17 @@ mod tests {
 
     /// Random joint moments of two sides' inputs: `μ_x` and the centred covariances of
     /// `(X_a, X_b) = (μ_a, μ_b) + A g` (unit slots fixed).
-    /// `independent`: every position its own factors (no covariance across positions).
+    /// `independent`: every position its own factors (no covariance across positions);
+    /// `iid`: besides, every position the same law (the coefficients and means of position 0).
     fn moments(
         rng: &mut rand::rngs::StdRng,
         n: usize,
         w: [usize; 2],
-        independent: bool,
+        (independent, iid): (bool, bool),
     ) -> ([Tensor; 2], [Tensor; 3]) {
-        let rank = 6;
+        let rank = 2 * n;
         let mut side = |w: usize| {
-            let a: Vec<f64> = (0..n * w * rank)
+            let mut a: Vec<f64> = (0..n * w * rank)
                 .map(|k| {
                     let (row, g) = (k / rank, k % rank);
                     if row % w == 0 || (independent && g % n != row / w) {
@@ -315,7 +386,7 @@ mod tests {
                     }
                 })
                 .collect();
-            let mu: Vec<f64> = (0..n * w)
+            let mut mu: Vec<f64> = (0..n * w)
                 .map(|k| {
                     if k % w == 0 {
                         1.0
@@ -324,6 +395,16 @@ mod tests {
                     }
                 })
                 .collect();
+            if iid {
+                // Row i at position p: factor g of position 0 moved to g + p.
+                for k in w * rank..n * w * rank {
+                    let (p, i, g) = (k / (w * rank), k / rank % w, k % rank);
+                    a[k] = if g % n == p { a[i * rank + g - p] } else { 0.0 };
+                }
+                for k in w..n * w {
+                    mu[k] = mu[k % w];
+                }
+            }
             (a, Tensor::new(vec![n, w], mu))
         };
         let ((aa, ma), (ab, mb)) = (side(w[0]), side(w[1]));
@@ -384,7 +465,7 @@ mod tests {
             attention(&mut rng, 4, 1, Mask::None),
         );
         let d = attention(&mut rng, 4, 2, Mask::Diag);
-        let (mu, cov) = moments(&mut rng, 3, [5, 5], false);
+        let (mu, cov) = moments(&mut rng, 3, [5, 5], (false, false));
         let m = Moments {
             mu: [&mu[0], &mu[1]],
             cov: [&cov[0], &cov[1], &cov[2]],
@@ -395,13 +476,18 @@ mod tests {
             &generic(&l, &d, &m),
             false,
         );
-        for (independent, local) in [(false, false), (true, false), (false, true)] {
+        // Inputs: dependent, independent, independent with one law (each pair then computed
+        // once and moved along the positions).
+        let laws = [(false, false), (true, false), (true, true)];
+        for ((independent, iid), local) in laws.iter().flat_map(|&p| [(p, false), (p, true)]) {
             let positions = Positions { independent, local };
-            let (mu, cov) = moments(&mut rng, 3, [5, 5], independent);
+            let (mu, cov) = moments(&mut rng, 3, [5, 5], (independent, iid));
             let m = Moments {
                 mu: [&mu[0], &mu[1]],
                 cov: [&cov[0], &cov[1], &cov[2]],
             };
+            let (sl, sr) = (Side::new(&l), Side::new(&r));
+            assert_eq!(independent && shift_invariant(&m, &sl, &sr), iid);
             close(
                 &format!("cross {independent} {local}"),
                 &super::moments(&l, &r, &m, false, positions).unwrap(),
