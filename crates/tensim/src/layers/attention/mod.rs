@@ -102,12 +102,10 @@ impl Attention {
         let h = self.head_size();
         let half = h / 2;
         for r in 0..x.nrows() {
-            let t = (r % n) as f64;
+            let turns = turns(base, h, r % n);
             for head in 0..self.n_head {
                 let c0 = head * h;
-                for j in 0..half {
-                    let theta = t * base.powf(-2.0 * j as f64 / h as f64);
-                    let (cos, sin) = (theta.cos(), theta.sin());
+                for (j, &(cos, sin)) in turns.iter().enumerate() {
                     let (a, b) = (x[(r, c0 + j)], x[(r, c0 + j + half)]);
                     x[(r, c0 + j)] = a * cos - b * sin;
                     x[(r, c0 + j + half)] = b * cos + a * sin;
@@ -166,4 +164,15 @@ impl Attention {
         let (c, r) = self.path_weights();
         Mat::from_fn(f.nrows(), d, |i, j| r * x[(i, j)] + c * f[(i, j)])
     }
+}
+
+/// `(cos θ_j, sin θ_j)`, `θ_j = t·base^(−2j/h)` for `j < h/2`: the rotary rotation `ρ_t` turns
+/// each pair of coordinates `(j, j + h/2)` of a head by `θ_j`.
+pub(crate) fn turns(base: f64, h: usize, t: usize) -> Vec<(f64, f64)> {
+    (0..h / 2)
+        .map(|j| {
+            let theta = t as f64 * base.powf(-2.0 * j as f64 / h as f64);
+            (theta.cos(), theta.sin())
+        })
+        .collect()
 }

@@ -25,6 +25,9 @@ pub struct Network {
     /// `M[t, u]`.
     pub mask: Tensor,
     pub heads: Vec<HeadFactors>,
+    /// The rotary base: `q[c][t]` and `k[c][t]` are `ρ_t` times those at position 0, nothing
+    /// else depends on position.
+    pub rotary: Option<f64>,
 }
 
 impl Attention {
@@ -45,9 +48,7 @@ impl Attention {
         if let Some(base) = self.rotary {
             let half = h / 2;
             for t in 0..n {
-                for j in 0..half {
-                    let theta = t as f64 * base.powf(-2.0 * j as f64 / h as f64);
-                    let (cos, sin) = (theta.cos(), theta.sin());
+                for (j, &(cos, sin)) in super::turns(base, h, t).iter().enumerate() {
                     for i in 0..=d {
                         let (a, bb) = (rows[(t * h + j, i)], rows[(t * h + j + half, i)]);
                         rows[(t * h + j, i)] = a * cos - bb * sin;
@@ -111,7 +112,12 @@ impl Attention {
                 }
             })
             .collect();
-        Network { gamma, mask, heads }
+        Network {
+            gamma,
+            mask,
+            heads,
+            rotary: self.rotary,
+        }
     }
 }
 

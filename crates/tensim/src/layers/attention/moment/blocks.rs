@@ -7,7 +7,7 @@ use std::ops::Range;
 use rayon::prelude::*;
 
 use crate::einsum::Tensor;
-use crate::layers::attention::Network;
+use crate::layers::attention::{turns, Network};
 use crate::linalg::{mul, mul_into, Mat, Par};
 
 /// Legs per head.
@@ -37,6 +37,8 @@ pub(super) struct Side<'a> {
     pub heads: usize,
     /// `Π[p]` of every position (see [`Side::projection`]).
     proj: Vec<Mat<f64>>,
+    /// The rotary turns of every position (empty without rotary).
+    turns: Vec<Vec<(f64, f64)>>,
 }
 
 impl<'a> Side<'a> {
@@ -48,8 +50,12 @@ impl<'a> Side<'a> {
             h: net.heads[0].v.shape[0],
             heads: net.heads.len(),
             proj: vec![],
+            turns: vec![],
         };
         side.proj = (0..side.n).map(|p| side.projection(p)).collect();
+        if let Some(base) = net.rotary {
+            side.turns = (0..side.n).map(|p| turns(base, side.h, p)).collect();
+        }
         side
     }
 
@@ -206,6 +212,15 @@ impl<'a> Side<'a> {
         } else {
             1.0
         }
+    }
+
+    /// `ρ_p` on group `g` (numbered within a position) as its turns, where `g` is a query or
+    /// key leg of a rotary layer.
+    fn turn(&self, p: usize, g: usize) -> Option<&[(f64, f64)]> {
+        let g = g % self.per();
+        (g != 0 && self.role(g).1 != V)
+            .then(|| self.turns.get(p).map(Vec::as_slice))
+            .flatten()
     }
 
     /// Whether the mask keeps every combination when both its positions move back by one
@@ -404,7 +419,8 @@ impl Gram {
     /// (whatever rounding left in `cov`). `mirror`: also `Gᵀ` (the covariances of `y`'s rows
     /// with `x`'s), written in the same pass; otherwise `x` and `y` are one side and `cov` its
     /// own covariance, so `G[q,p] = G[p,q]ᵀ`: only the parts `p ≤ q` are multiplied, the
-    /// others transposed from them.
+    /// others transposed from them. `shifts`: the positions are independent with one law, so
+    /// `G[p,p] = ρ_p G[0,0] ρ_pᵀ` (rotary turns on query and key legs) is turned, not multiplied.
     pub(super) fn new(
         x: &Side,
         cov: &Tensor,
@@ -412,6 +428,7 @@ impl Gram {
         holds: &Holds,
         independent: bool,
         mirror: bool,
+        shifts: bool,
     ) -> (Gram, Option<Gram>) {
         let (n, px, py) = (x.n, &x.proj, &y.proj);
         let live = |p: usize, q: usize| {
@@ -466,6 +483,15 @@ impl Gram {
                         .all(|&(gx, gy, _)| g.at[gy * cols + gx] != ABSENT)
             })
             .collect();
+        // The parts `(p, p)`, `p > 0`, turned from `(0, 0)` (the first part, same blocks).
+        let first = g.parts.first().map(|f| (f.p, f.q, &f.panels));
+        let turned: Vec<bool> = (g.parts.iter())
+            .map(|part| {
+                shifts && part.p == part.q && part.p > 0 && first == Some((0, 0, &part.panels))
+            })
+            .collect();
+        // Parts filled after the products.
+        let later: Vec<bool> = transposed.iter().zip(&turned).map(|(a, b)| a | b).collect();
         let mut data = vec![0.0; len];
         let mut back = vec![0.0; if mirror { len } else { 0 }];
         let backs: Vec<&mut [f64]> = if mirror {
@@ -479,8 +505,8 @@ impl Gram {
             .into_par_iter()
             .zip(backs)
             .zip(&g.parts)
-            .zip(&transposed)
-            .filter(|(_, &t)| !t)
+            .zip(&later)
+            .filter(|(_, &later)| !later)
             .for_each_init(
                 || (Mat::new(), Mat::new()),
                 |(b, dt), (((out, back), part), _)| {
@@ -518,6 +544,43 @@ impl Gram {
                     }
                 },
             );
+        if turned.iter().any(|&t| t) {
+            let mut parts = regions(&mut data, &g.parts);
+            let (first, rest) = parts.split_first_mut().expect("a first part");
+            let (first, blocks0) = (&**first, &g.blocks[g.parts[0].blocks.clone()]);
+            rest.par_iter_mut()
+                .zip(&g.parts[1..])
+                .zip(&turned[1..])
+                .filter(|(_, &t)| t)
+                .for_each(|((out, part), _)| {
+                    let blocks = g.blocks[part.blocks.clone()].iter().zip(blocks0);
+                    for (&(gx, gy, o), &(_, _, o0)) in blocks {
+                        let (hx, hy) = (x.size(gx), y.size(gy));
+                        let dst = &mut out[o - part.data.start..][..hx * hy];
+                        dst.copy_from_slice(&first[o0..][..hx * hy]);
+                        turn(dst, hy, x.turn(part.p, gx), y.turn(part.q, gy));
+                    }
+                });
+            if mirror {
+                regions(&mut back, &g.parts)
+                    .into_par_iter()
+                    .zip(&g.parts)
+                    .zip(&turned)
+                    .filter(|(_, &t)| t)
+                    .for_each(|((out, part), _)| {
+                        for &(gx, gy, o) in &g.blocks[part.blocks.clone()] {
+                            let (hx, hy) = (x.size(gx), y.size(gy));
+                            let (src, start) = (&data[o..][..hx * hy], o - part.data.start);
+                            let dst = &mut out[start..][..hx * hy];
+                            for (a, row) in src.chunks_exact(hy).enumerate() {
+                                row.iter()
+                                    .enumerate()
+                                    .for_each(|(e, &v)| dst[e * hx + a] = v);
+                            }
+                        }
+                    });
+            }
+        }
         // G[q,p] = G[p,q]ᵀ block by block; every source part comes earlier in `data`.
         for (part, _) in g.parts.iter().zip(&transposed).filter(|(_, &t)| t) {
             let (done, rest) = data.split_at_mut(part.data.start);
@@ -550,6 +613,31 @@ impl Gram {
             cols: rows,
             blocks: self.blocks.iter().map(|&(gx, gy, o)| (gy, gx, o)).collect(),
             parts: self.parts.clone(),
+        }
+    }
+}
+
+/// `ρ_r B ρ_cᵀ` in place for a row-major block `B` with `cols` columns, each rotation given by
+/// its turns (`None`: the identity): coordinates `(j, j + h/2)` turned by `θ_j`.
+fn turn(b: &mut [f64], cols: usize, rows: Option<&[(f64, f64)]>, cs: Option<&[(f64, f64)]>) {
+    if let Some(t) = rows {
+        let half = b.len() / cols / 2;
+        for (j, &(cos, sin)) in t.iter().enumerate() {
+            for c in 0..cols {
+                let (a, z) = (b[j * cols + c], b[(j + half) * cols + c]);
+                b[j * cols + c] = a * cos - z * sin;
+                b[(j + half) * cols + c] = z * cos + a * sin;
+            }
+        }
+    }
+    if let Some(t) = cs {
+        let half = cols / 2;
+        for row in b.chunks_exact_mut(cols) {
+            for (j, &(cos, sin)) in t.iter().enumerate() {
+                let (a, z) = (row[j], row[j + half]);
+                row[j] = a * cos - z * sin;
+                row[j + half] = z * cos + a * sin;
+            }
         }
     }
 }

@@ -193,13 +193,17 @@ pub fn moments(
             2.0 * cross + stored(&ls, &ls, &Holds::Within) + stored(&rs, &rs, &Holds::Within)
         },
     )?;
-    let (cross, back) = Gram::new(&ls, m.cov[1], &rs, &holds, independent, !symmetric);
+    let shifts = independent && shift_invariant(m, &ls, &rs);
+    let gram = |x: &Side, c: &Tensor, y: &Side, holds: &Holds, mirror: bool| {
+        Gram::new(x, c, y, holds, independent, mirror, shifts)
+    };
+    let (cross, back) = gram(&ls, m.cov[1], &rs, &holds, !symmetric);
     let (gl, gr);
     let g = match &back {
         None => [&cross; 4],
         Some(back) => {
-            gl = Gram::new(&ls, m.cov[0], &ls, &Holds::Within, independent, false).0;
-            gr = Gram::new(&rs, m.cov[2], &rs, &Holds::Within, independent, false).0;
+            gl = gram(&ls, m.cov[0], &ls, &Holds::Within, false).0;
+            gr = gram(&rs, m.cov[2], &rs, &Holds::Within, false).0;
             [&gl, &cross, back, &gr]
         }
     };
@@ -208,7 +212,6 @@ pub fn moments(
         g,
         mu: [&mu_l, &mu_r],
     };
-    let shifts = independent && shift_invariant(m, &ls, &rs);
     let term = |pair: &Pair<'_>, l: (&Side, bool), r: (&Side, bool), symmetric: bool| {
         term_pair(pair, l, r, symmetric, local, shifts)
     };
