@@ -307,8 +307,8 @@ pub fn check_memory(models: &[&Model], copies: f64, pairs: usize) -> Result<()> 
         + (12.0 + copies) * ((n * w) as f64).powi(2)
         + pairs as f64 * covariances(models);
     // Beyond the counted arrays: transient copies, allocator slack (freed memory is kept for
-    // reuse) and the program (peak RSS of the paper's LM at n_ctx 4, 8: 1.45, 1.30 times the
-    // count).
+    // reuse) and the program (peak RSS of the paper's LM at n_ctx 4, 8, 16: 1.45, 1.28, 1.04
+    // times the count).
     crate::budget::check(
         "the models, the Gaussian moments of the activations and the attention covariances",
         1.5 * counted + (32 << 20) as f64 / 8.0,
