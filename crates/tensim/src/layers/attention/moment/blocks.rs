@@ -570,13 +570,8 @@ impl Gram {
                     .for_each(|((out, part), _)| {
                         for &(gx, gy, o) in &g.blocks[part.blocks.clone()] {
                             let (hx, hy) = (x.size(gx), y.size(gy));
-                            let (src, start) = (&data[o..][..hx * hy], o - part.data.start);
-                            let dst = &mut out[start..][..hx * hy];
-                            for (a, row) in src.chunks_exact(hy).enumerate() {
-                                row.iter()
-                                    .enumerate()
-                                    .for_each(|(e, &v)| dst[e * hx + a] = v);
-                            }
+                            let dst = &mut out[o - part.data.start..][..hx * hy];
+                            transpose(&data[o..][..hx * hy], hy, dst);
                         }
                     });
             }
@@ -587,12 +582,7 @@ impl Gram {
             for &(gx, gy, o) in &g.blocks[part.blocks.clone()] {
                 let (hx, hy) = (x.size(gx), y.size(gy));
                 let src = &done[g.at[gy * cols + gx]..][..hy * hx];
-                let dst = &mut rest[o - part.data.start..][..hx * hy];
-                for (a, row) in dst.chunks_exact_mut(hy).enumerate() {
-                    row.iter_mut()
-                        .enumerate()
-                        .for_each(|(e, v)| *v = src[e * hx + a]);
-                }
+                transpose(src, hx, &mut rest[o - part.data.start..][..hx * hy]);
             }
         }
         g.data = data;
@@ -614,6 +604,16 @@ impl Gram {
             blocks: self.blocks.iter().map(|&(gx, gy, o)| (gy, gx, o)).collect(),
             parts: self.parts.clone(),
         }
+    }
+}
+
+/// `dst = srcᵀ` for a row-major `src` with `cols` columns.
+fn transpose(src: &[f64], cols: usize, dst: &mut [f64]) {
+    let rows = src.len() / cols;
+    for (a, row) in src.chunks_exact(cols).enumerate() {
+        row.iter()
+            .enumerate()
+            .for_each(|(e, &v)| dst[e * rows + a] = v);
     }
 }
 
