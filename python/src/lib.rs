@@ -19,6 +19,13 @@ use tensim::metrics::{Inputs, Kind, Metric, Options};
 use tensim::trajectory::checkpoints::{self, Checkpoint};
 use tensim::trajectory::{self, tiles::TileStore, MatrixOptions};
 
+/// mimalloc for the extension's allocations (Python's own are untouched): freed memory is
+/// reused within its purge delay instead of being unmapped and faulted in again (the paper's LM
+/// shape, `tensim.matrix` of 4 checkpoints: 15.3 s with the system allocator, 12.4–13.5 s with
+/// mimalloc). Its default purge delay is kept, so that a notebook's memory goes back after use.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 create_exception!(
     _tensim,
     TensimError,
