@@ -95,8 +95,8 @@ const PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 /// Never give freed memory back to the system (mimalloc's default does so after a delay, 1 s in
 /// the bundled version): the attention steps allocate and free hundreds of MB each, and every
 /// fresh page costs a fault and zeroing (at the paper's LM shape, a 4-checkpoint matrix 12.0–13.6
-/// s with the default, 11.5–12.3 s without purging, 17.5 s with a 10 ms delay). The peak, which
-/// the memory estimate bounds, stays the same. A `MIMALLOC_PURGE_DELAY` set by the user wins.
+/// s with the default, 11.5–12.3 s without purging). The peak, which the memory estimate
+/// bounds, stays the same. A `MIMALLOC_PURGE_DELAY` set by the user wins.
 fn keep_freed_memory() {
     if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
         // SAFETY: a plain option write, before any other thread exists.

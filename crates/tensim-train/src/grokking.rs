@@ -50,9 +50,7 @@ impl GrokkingConfig {
             exponent: 5.0,
         }
     }
-}
 
-impl GrokkingConfig {
     /// Refuse what the task or the model cannot take, and a task too large for memory.
     pub fn check(&self) -> Result<(), tensim::Error> {
         let bad = |m: String| Err(tensim::Error::Invalid(m));

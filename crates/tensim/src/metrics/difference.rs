@@ -118,11 +118,17 @@ pub fn matrix(
     let pairs: Vec<(usize, usize)> = (0..n).flat_map(|i| (i..n).map(move |j| (i, j))).collect();
     // With a store, each pair of contents once (models of equal content are one), its models in
     // the order of their hashes, so that a resumed run equals a fresh one to the last bit.
+    // The first model of each one's content.
+    let first: Vec<usize> = match store {
+        None => (0..n).collect(),
+        Some((_, h)) => (0..n)
+            .map(|k| h.iter().position(|x| *x == h[k]).unwrap_or(k))
+            .collect(),
+    };
     let job = |(i, j): (usize, usize)| match store {
         None => (i, j),
         Some((_, h)) => {
-            let first = |k: usize| h.iter().position(|x| *x == h[k]).unwrap_or(k);
-            let (a, b) = (first(i), first(j));
+            let (a, b) = (first[i], first[j]);
             if h[a] <= h[b] {
                 (a, b)
             } else {

@@ -108,13 +108,9 @@ fn term_pair(
                         if f == 0.0 {
                             continue;
                         }
-                        let (lb, rb) = (l.block + d * bl, r.block + d * br);
-                        let slab = unit
-                            .iter_mut()
-                            .find(|(b, _)| *b == lb)
-                            .map(|(_, s)| &mut **s)
-                            .expect("a shift keeps the head");
-                        let at = |i: usize| i * cols + rb * dr;
+                        // A unit holds its head's blocks by query (one block without shifts).
+                        let slab = &mut *unit[if shifts { l.query + d } else { 0 }].1;
+                        let at = |i: usize| i * cols + (r.block + d * br) * dr;
                         match &e {
                             Some(e) => {
                                 for i in 0..dl {
