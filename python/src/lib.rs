@@ -54,12 +54,12 @@ fn configured(
     name: &str,
     symmetrize: &str,
     by_degree: bool,
-    mode: Option<&str>,
+    (mode, precision): (Option<&str>, &str),
     samples: usize,
     seed: u64,
 ) -> PyResult<Metric> {
     use tensim::metrics::fullsym::FullOptions;
-    use tensim::metrics::gaussian::{GaussOptions, Mode};
+    use tensim::metrics::gaussian::{GaussOptions, Mode, Precision};
     use tensim::metrics::Symmetrize;
     let m = metric(name)?;
     let bad = |msg: String| Err(TensimError::new_err(msg));
@@ -71,6 +71,20 @@ fn configured(
             "mode applies to the gaussian metric, not to {name}"
         ));
     }
+    let precision = match precision {
+        "f64" => Precision::F64,
+        "f32" if matches!(m, Metric::Gaussian(_)) => Precision::F32,
+        "f32" => {
+            return bad(format!(
+                "precision applies to the gaussian metric, not to {name}"
+            ))
+        }
+        other => {
+            return bad(format!(
+                "unknown precision \"{other}\" (expected \"f64\" or \"f32\")"
+            ))
+        }
+    };
     Ok(match (symmetrize, m) {
         ("full", Metric::Tensor(_)) => Metric::Tensor(Symmetrize::Full(FullOptions {
             samples,
@@ -93,6 +107,7 @@ fn configured(
                     ))
                 }
             },
+            precision,
             ..Default::default()
         }),
         ("layer", m) => m,
@@ -318,7 +333,7 @@ fn inputs(
 /// Compare two models; the result as JSON text (the fields of `tensim compare --json`).
 #[pyfunction]
 #[allow(clippy::too_many_arguments)]
-#[pyo3(signature = (a, b, metric_name, per_output=false, data=None, samples=10000, seed=0, mode=None, symmetrize="layer", by_degree=false, dist=None, null=None, per_tensor=false))]
+#[pyo3(signature = (a, b, metric_name, per_output=false, data=None, samples=10000, seed=0, mode=None, symmetrize="layer", by_degree=false, dist=None, null=None, per_tensor=false, precision="f64"))]
 fn _compare(
     py: Python<'_>,
     a: &Model,
@@ -334,8 +349,16 @@ fn _compare(
     dist: Option<PyRef<'_, Distribution>>,
     null: Option<usize>,
     per_tensor: bool,
+    precision: &str,
 ) -> PyResult<String> {
-    let m = configured(metric_name, symmetrize, by_degree, mode, samples, seed)?;
+    let m = configured(
+        metric_name,
+        symmetrize,
+        by_degree,
+        (mode, precision),
+        samples,
+        seed,
+    )?;
     let dist = dist.as_ref().map(|d| &d.inner);
     let x = m
         .needs_inputs()
@@ -359,7 +382,7 @@ fn _compare(
 /// `(outputs, A's parts, B's parts)`.
 #[pyfunction]
 #[allow(clippy::too_many_arguments)]
-#[pyo3(signature = (a, b, metric_name, inner, per_output=false, mode=None, symmetrize="layer", dist=None))]
+#[pyo3(signature = (a, b, metric_name, inner, per_output=false, mode=None, symmetrize="layer", dist=None, precision="f64"))]
 fn _breakdown<'py>(
     py: Python<'py>,
     a: &Model,
@@ -370,8 +393,9 @@ fn _breakdown<'py>(
     mode: Option<&str>,
     symmetrize: &str,
     dist: Option<PyRef<'_, Distribution>>,
+    precision: &str,
 ) -> PyResult<(String, Bound<'py, PyAny>, Option<Bound<'py, PyAny>>)> {
-    let m = configured(metric_name, symmetrize, false, mode, 0, 0)?;
+    let m = configured(metric_name, symmetrize, false, (mode, precision), 0, 0)?;
     let dist = dist.as_ref().map(|d| &d.inner);
     let (a, b) = (&a.inner, &b.inner);
     let r = py
@@ -410,7 +434,7 @@ type Changes<'py> = (
 /// with `breakdown` the changes' breakdown over units or heads.
 #[pyfunction]
 #[allow(clippy::too_many_arguments)]
-#[pyo3(signature = (a, a0, b, b0, metric_name, mode=None, dist=None, breakdown=false, per_output=false))]
+#[pyo3(signature = (a, a0, b, b0, metric_name, mode=None, dist=None, breakdown=false, per_output=false, precision="f64"))]
 fn _compare_changes<'py>(
     py: Python<'py>,
     a: &Model,
@@ -422,8 +446,9 @@ fn _compare_changes<'py>(
     dist: Option<PyRef<'_, Distribution>>,
     breakdown: bool,
     per_output: bool,
+    precision: &str,
 ) -> PyResult<Changes<'py>> {
-    let m = configured(metric_name, "layer", false, mode, 0, 0)?;
+    let m = configured(metric_name, "layer", false, (mode, precision), 0, 0)?;
     let dist = dist.as_ref().map(|d| &d.inner);
     let r = py
         .detach(|| {
@@ -504,7 +529,7 @@ fn _distribution(
 /// (JSON text: pairs, seed, mean, std, values).
 #[pyfunction]
 #[allow(clippy::too_many_arguments)]
-#[pyo3(signature = (model, metric_name, pairs, seed=0, dist=None, data=None, samples=10000, mode=None, symmetrize="layer"))]
+#[pyo3(signature = (model, metric_name, pairs, seed=0, dist=None, data=None, samples=10000, mode=None, symmetrize="layer", precision="f64"))]
 fn _null(
     py: Python<'_>,
     model: &Model,
@@ -516,8 +541,16 @@ fn _null(
     samples: usize,
     mode: Option<&str>,
     symmetrize: &str,
+    precision: &str,
 ) -> PyResult<String> {
-    let m = configured(metric_name, symmetrize, false, mode, samples, seed)?;
+    let m = configured(
+        metric_name,
+        symmetrize,
+        false,
+        (mode, precision),
+        samples,
+        seed,
+    )?;
     let x = m
         .needs_inputs()
         .then(|| inputs(&model.inner, data, samples, seed))
@@ -569,7 +602,7 @@ impl Progress {
 /// All-pairs similarity matrix; `(1 + out_dim, N, N)` with `per_output`, `(1 + tensors, N, N)`
 /// with `per_tensor` (plane 0 the total).
 #[pyfunction]
-#[pyo3(signature = (models, names, metric_name, resume_dir=None, per_output=false, data=None, samples=10000, seed=0, tile=0, progress=None, symmetrize="layer", dist=None, minus=None, per_tensor=false))]
+#[pyo3(signature = (models, names, metric_name, resume_dir=None, per_output=false, data=None, samples=10000, seed=0, tile=0, progress=None, symmetrize="layer", dist=None, minus=None, per_tensor=false, precision="f64"))]
 #[allow(clippy::too_many_arguments)]
 fn _matrix<'py>(
     py: Python<'py>,
@@ -587,6 +620,7 @@ fn _matrix<'py>(
     dist: Option<PyRef<'py, Distribution>>,
     minus: Option<PyRef<'py, Model>>,
     per_tensor: bool,
+    precision: &str,
 ) -> PyResult<Bound<'py, PyAny>> {
     if per_tensor && (metric_name != "matrix" || per_output || minus.is_some()) {
         return Err(TensimError::new_err(
@@ -599,7 +633,14 @@ fn _matrix<'py>(
         ));
     }
     let minus = minus.map(|b| b.inner.clone());
-    let m = configured(metric_name, symmetrize, false, None, samples, seed)?;
+    let m = configured(
+        metric_name,
+        symmetrize,
+        false,
+        (None, precision),
+        samples,
+        seed,
+    )?;
     let dist = dist.as_ref().map(|d| &d.inner);
     tensim::metrics::check_distribution(dist, m.kind()).map_err(err)?;
     if models.is_empty() {

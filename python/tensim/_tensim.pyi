@@ -57,6 +57,7 @@ def _compare(
     dist: Optional[Distribution] = None,
     null: Optional[int] = None,
     per_tensor: bool = False,
+    precision: str = "f64",
 ) -> str: ...
 def _breakdown(
     a: Model,
@@ -67,6 +68,7 @@ def _breakdown(
     mode: Optional[str] = None,
     symmetrize: str = "layer",
     dist: Optional[Distribution] = None,
+    precision: str = "f64",
 ) -> tuple[str, _F64, Optional[_F64]]: ...
 def _compare_changes(
     a: Model,
@@ -78,6 +80,7 @@ def _compare_changes(
     dist: Optional[Distribution] = None,
     breakdown: bool = False,
     per_output: bool = False,
+    precision: str = "f64",
 ) -> tuple[str, Optional[tuple[str, _F64, Optional[_F64]]]]: ...
 
 class Distribution:
@@ -100,6 +103,7 @@ def _null(
     samples: int = 10000,
     mode: Optional[str] = None,
     symmetrize: str = "layer",
+    precision: str = "f64",
 ) -> str: ...
 def _verify(a: Model, b: Model, samples: int = 100000, seed: int = 0) -> str: ...
 def _matrix(
@@ -117,6 +121,7 @@ def _matrix(
     dist: Optional[Distribution] = None,
     minus: Optional[Model] = None,
     per_tensor: bool = False,
+    precision: str = "f64",
 ) -> _F64: ...
 def _tile(
     rows: Sequence[_Path],

@@ -280,6 +280,15 @@ def test_transformers_from_a_state_dict_and_the_gaussian_metric(rng):
     assert abs(tensim.similarity(a, b, "tensor")) <= 1.0
     with pytest.raises(tensim.TensimError, match="unknown gaussian mode"):
         tensim.compare(a, b, "gaussian", mode="approximate")
+    # Single-precision attention moments: close to f64, in compare and matrix alike.
+    single = tensim.similarity(a, b, "gaussian", mode="closure", precision="f32")
+    assert single == pytest.approx(closure["similarity"], abs=1e-5)
+    m = tensim.matrix([a, b], "gaussian", progress=False, precision="f32")
+    assert m[0, 1] == pytest.approx(single, abs=1e-12)
+    with pytest.raises(tensim.TensimError, match="precision applies to the gaussian metric"):
+        tensim.compare(a, b, "tensor", precision="f32")
+    with pytest.raises(tensim.TensimError, match="unknown precision"):
+        tensim.compare(a, b, "gaussian", precision="f16")
 
 
 def test_pytorch_checkpoints_equal_the_same_weights_as_safetensors(cli, tmp_path, rng):

@@ -8,8 +8,8 @@ use tensim::metrics::Kind;
 use tensim::trajectory::{self, checkpoints, tiles::TileStore, MatrixOptions};
 
 use crate::args::{
-    description, draw_heatmap, metric, warn_unused, DistArgs, InputArgs, KeyArg, NCtxArg, NullArg,
-    PlotArgs, SymArgs,
+    description, draw_heatmap, metric, warn_unused, DistArgs, GaussArgs, InputArgs, KeyArg,
+    NCtxArg, NullArg, PlotArgs, SymArgs,
 };
 
 #[derive(Args)]
@@ -37,6 +37,8 @@ pub struct MatrixArgs {
     per_tensor: bool,
     #[command(flatten)]
     sym: SymArgs,
+    #[command(flatten)]
+    gauss: GaussArgs,
     /// Labels, one per line, in checkpoint order.
     #[arg(long, conflicts_with = "labels_from_names")]
     labels: Option<PathBuf>,
@@ -82,7 +84,7 @@ pub struct MatrixArgs {
 }
 
 pub fn run(args: MatrixArgs) -> Result<()> {
-    let metric = metric(args.metric, &args.sym, Default::default(), &args.inputs)?;
+    let metric = metric(args.metric, &args.sym, args.gauss.options(), &args.inputs)?;
     if args.per_tensor && args.metric != Kind::Matrix {
         anyhow::bail!("--per-tensor is a matrix-metric value (--metric matrix)");
     }

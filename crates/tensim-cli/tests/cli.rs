@@ -537,6 +537,39 @@ fn transformers_compare_with_the_gaussian_metric() {
     let s01 = pair(f0, f1, &[])["similarity"].as_f64().unwrap();
     let got = m["similarity"][0][1].as_f64().unwrap();
     assert!((got - s01).abs() < 1e-12, "{got} vs {s01}");
+    // Single precision: within 1e-5 of f64, and stored tiles of one precision are not reused
+    // for the other.
+    let s32 = pair(f0, f1, &["--precision", "f32"])["similarity"]
+        .as_f64()
+        .unwrap();
+    assert!((s32 - s01).abs() < 1e-5 && s32 != s01, "{s32} vs {s01}");
+    let stored = |extra: &[&str]| {
+        let mut args = vec!["matrix", "tf", "--metric", "gaussian", "--json", "--quiet"];
+        args.extend([&["--out", "m.npy"][..], extra].concat());
+        json(&tensim(&args, &d))["similarity"][0][1]
+            .as_f64()
+            .unwrap()
+    };
+    let (m64, m32) = (stored(&[]), stored(&["--precision", "f32"]));
+    assert!((m64 - s01).abs() < 1e-12, "{m64} vs {s01}");
+    assert!((m32 - s32).abs() < 1e-12, "{m32} vs {s32}");
+    let o = tensim(
+        &[
+            "compare",
+            f0,
+            f1,
+            "--metric",
+            "tensor",
+            "--precision",
+            "f32",
+        ],
+        &d,
+    );
+    assert!(
+        !o.status.success() && stderr(&o).contains("--precision applies to the gaussian"),
+        "{}",
+        stderr(&o)
+    );
 }
 
 /// Stored tiles are keyed by the models as loaded, not by the files: the same checkpoints read

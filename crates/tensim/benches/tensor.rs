@@ -125,19 +125,23 @@ fn language_model(c: &mut Criterion) {
         random_stack(&shape, &mut rng).unwrap(),
         random_stack(&shape, &mut rng).unwrap(),
     );
-    let (ca, cb) = (
-        tensim::propagate::self_chain(&a).unwrap(),
-        tensim::propagate::self_chain(&b).unwrap(),
-    );
     let mut g = c.benchmark_group("language_model");
     g.sample_size(10);
-    let opts = gaussian::GaussOptions::default();
-    g.bench_function("gaussian_pair", |bch| {
-        bch.iter(|| gaussian::similarity(&a, &b, &opts, Par::rayon(0)).unwrap())
-    });
-    g.bench_function("gaussian_cached_pair", |bch| {
-        bch.iter(|| gaussian::similarity_cached(&a, &b, &ca, &cb).unwrap())
-    });
+    for precision in [gaussian::Precision::F64, gaussian::Precision::F32] {
+        let chain = |m| tensim::propagate::self_chain(m, precision).unwrap();
+        let (ca, cb) = (chain(&a), chain(&b));
+        let opts = gaussian::GaussOptions {
+            precision,
+            ..Default::default()
+        };
+        let name = |what: &str| format!("{what}/{precision:?}");
+        g.bench_function(name("gaussian_pair"), |bch| {
+            bch.iter(|| gaussian::similarity(&a, &b, &opts, Par::rayon(0)).unwrap())
+        });
+        g.bench_function(name("gaussian_cached_pair"), |bch| {
+            bch.iter(|| gaussian::similarity_cached(&a, &b, &ca, &cb).unwrap())
+        });
+    }
     g.finish();
 }
 

@@ -14,6 +14,7 @@ use crate::demo::{random_stack, StackShape};
 use crate::error::Result;
 use crate::linalg::{Mat, Par};
 use crate::metrics::Metric;
+use crate::moment::Precision;
 use crate::trajectory::checkpoints::in_memory;
 use crate::trajectory::{similarity_matrix, MatrixOptions};
 
@@ -58,6 +59,8 @@ pub struct GaussCase {
     /// Peak resident memory of the case (pair and matrix), where the system reports it.
     pub peak_gib: Option<f64>,
     pub mode: String,
+    /// Of the attention moments (`F64`, `F32`).
+    pub precision: String,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -91,18 +94,27 @@ impl std::fmt::Display for Report {
                 100.0 * c.ratio_to_gemm
             )?;
         }
-        writeln!(f, "\ngaussian similarity of tensor transformers (f64):")?;
+        writeln!(f, "\ngaussian similarity of tensor transformers:")?;
         writeln!(
             f,
-            "  {:<62} {:>8} {:>8} {:>8} {:>6} {:>9} {:>8} {:>8}",
-            "shape", "params", "cold s", "warm s", "ckpts", "matrix s", "s/pair", "peak GiB"
+            "  {:<62} {:>4} {:>8} {:>8} {:>8} {:>6} {:>9} {:>8} {:>8}",
+            "shape",
+            "prec",
+            "params",
+            "cold s",
+            "warm s",
+            "ckpts",
+            "matrix s",
+            "s/pair",
+            "peak GiB"
         )?;
         for c in &self.transformers {
             let peak = c.peak_gib.map_or("-".into(), |g| format!("{g:.2}"));
             writeln!(
                 f,
-                "  {:<62} {:>8} {:>8.3} {:>8.3} {:>6} {:>9.2} {:>8.3} {:>8}",
+                "  {:<62} {:>4} {:>8} {:>8.3} {:>8.3} {:>6} {:>9.2} {:>8.3} {:>8}",
                 c.name,
+                c.precision.to_lowercase(),
                 c.parameters,
                 c.pair_cold_seconds,
                 c.pair_warm_seconds,
@@ -260,13 +272,21 @@ fn reset_peak() {
 }
 
 /// Gaussian similarity of tensor transformers: one pair cold and warm, and an all-pairs matrix.
-fn transformer_case(name: &str, shape: &StackShape, checkpoints: usize) -> Result<GaussCase> {
+fn transformer_case(
+    name: &str,
+    shape: &StackShape,
+    checkpoints: usize,
+    precision: Precision,
+) -> Result<GaussCase> {
     reset_peak();
     let mut rng = rand::rngs::StdRng::seed_from_u64(1);
     let models = (0..checkpoints.max(2))
         .map(|_| random_stack(shape, &mut rng))
         .collect::<Result<Vec<_>>>()?;
-    let opts = crate::metrics::gaussian::GaussOptions::default();
+    let opts = crate::metrics::gaussian::GaussOptions {
+        precision,
+        ..Default::default()
+    };
     let pair =
         || crate::metrics::gaussian::similarity(&models[0], &models[1], &opts, Par::rayon(0));
     let t = Instant::now();
@@ -280,7 +300,7 @@ fn transformer_case(name: &str, shape: &StackShape, checkpoints: usize) -> Resul
     let t = Instant::now();
     similarity_matrix(
         &checkpoints,
-        &Metric::Gaussian(Default::default()),
+        &Metric::Gaussian(opts.clone()),
         &MatrixOptions::default(),
         &|_, _| {},
     )?;
@@ -296,6 +316,7 @@ fn transformer_case(name: &str, shape: &StackShape, checkpoints: usize) -> Resul
         matrix_seconds_per_pair: matrix_seconds / (n * (n - 1) / 2).max(1) as f64,
         peak_gib: peak_gib(),
         mode: first.mode.map(|m| m.to_string()).unwrap_or_default(),
+        precision: format!("{precision:?}"),
     })
 }
 
@@ -340,11 +361,15 @@ pub fn run(quick: bool) -> Result<Report> {
     }
     let mut transformers = transformer_shapes()
         .iter()
-        .map(|(name, shape)| transformer_case(name, shape, if quick { 4 } else { 32 }))
+        .map(|(name, shape)| {
+            transformer_case(name, shape, if quick { 4 } else { 32 }, Precision::F64)
+        })
         .collect::<Result<Vec<_>>>()?;
     if !quick {
         let (name, shape) = language_model_shape();
-        transformers.push(transformer_case(name, &shape, 4)?);
+        for precision in [Precision::F64, Precision::F32] {
+            transformers.push(transformer_case(name, &shape, 4, precision)?);
+        }
     }
     Ok(Report {
         threads,

@@ -24,7 +24,7 @@ use crate::error::Result;
 use crate::layers::{attention, bilinear, linear, Layer, Linear};
 use crate::linalg::Mat;
 use crate::model::Model;
-use crate::moment::{centred, combine, mean, same_position, Moment, Parts, Positions};
+use crate::moment::{centred, combine, mean, same_position, Moment, Parts, Positions, Precision};
 use crate::wick::{self, Moments, Term};
 
 /// `Σ_configs contract(l ⊗ r)` over every Wick configuration, for every term pair.
@@ -45,11 +45,11 @@ pub(crate) fn term_moments(
     Ok(out)
 }
 
-/// What one propagation step goes through: a layer at `n` positions (closure), or a whole
-/// model composed into terms (exact).
+/// What one propagation step goes through: a layer at `n` positions (closure), with the
+/// precision of its attention moments, or a whole model composed into terms (exact).
 #[derive(Clone, Copy)]
 enum Step<'a> {
-    Layer(&'a Layer, usize, Positions),
+    Layer(&'a Layer, usize, Positions, Precision),
     Terms(&'a [Term]),
 }
 
@@ -66,7 +66,7 @@ fn positions(layers: &[Layer], k: usize) -> Positions {
 /// computed configuration by configuration have them).
 fn localised(m: Tensor, step: Step<'_>) -> Tensor {
     match step {
-        Step::Layer(_, _, p) if p.local => same_position(m),
+        Step::Layer(_, _, p, _) if p.local => same_position(m),
         _ => m,
     }
 }
@@ -83,10 +83,14 @@ fn step_parts(
     symmetric: bool,
 ) -> Result<Parts> {
     match (left, right) {
-        (Step::Layer(Layer::Attention(a), n, positions), Step::Layer(Layer::Attention(b), ..)) => {
-            attention::moment::moments(&a.network(n), &b.network(n), m, symmetric, positions)
+        (
+            Step::Layer(Layer::Attention(a), n, positions, precision),
+            Step::Layer(Layer::Attention(b), ..),
+        ) => {
+            let (a, b) = (a.network(n), b.network(n));
+            attention::moment::moments(&a, &b, m, symmetric, positions, precision)
         }
-        (Step::Layer(Layer::Linear(a), _, positions), Step::Layer(Layer::Linear(b), ..)) => {
+        (Step::Layer(Layer::Linear(a), _, positions, _), Step::Layer(Layer::Linear(b), ..)) => {
             let (a, b) = (a.padded(), b.padded());
             Ok(vec![(
                 1,
@@ -94,7 +98,7 @@ fn step_parts(
                 linear::moment::moment(&a, &b, m, positions.local),
             )])
         }
-        (Step::Layer(Layer::Bilinear(a), _, positions), Step::Layer(Layer::Bilinear(b), ..)) => {
+        (Step::Layer(Layer::Bilinear(a), _, positions, _), Step::Layer(Layer::Bilinear(b), ..)) => {
             let (a, b) = (a.padded(), b.padded());
             let local = positions.local;
             Ok(vec![(
@@ -105,7 +109,7 @@ fn step_parts(
         }
         _ => {
             let terms = |s: Step<'_>| match s {
-                Step::Layer(layer, n, _) => layer.terms(n),
+                Step::Layer(layer, n, ..) => layer.terms(n),
                 Step::Terms(t) => t.to_vec(),
             };
             term_moments(&terms(left), &terms(right), m, diag)
@@ -135,8 +139,8 @@ pub(crate) fn symmetrised_parts(
     };
     let (dl, dr) = (wick::diagonal(&cl), wick::diagonal(&cr));
     let parts = step_parts(
-        Step::Layer(left, n, Positions::default()),
-        Step::Layer(right, n, Positions::default()),
+        Step::Layer(left, n, Positions::default(), Precision::F64),
+        Step::Layer(right, n, Positions::default(), Precision::F64),
         &m,
         [&dl, &dr],
         false,
@@ -362,14 +366,14 @@ fn first_step(
 ) -> Result<(Tensor, f64)> {
     let (d, law) = (model.in_dim(), model.law());
     match (left, right) {
-        (Step::Layer(Layer::Linear(a), n, p), Step::Layer(Layer::Linear(b), ..)) => {
+        (Step::Layer(Layer::Linear(a), n, p, _), Step::Layer(Layer::Linear(b), ..)) => {
             Ok((linear::moment::from_input(a, b, n, p.local, law), 0.0))
         }
-        (Step::Layer(_, n, _), _) if symmetric => {
+        (Step::Layer(_, n, ..), _) if symmetric => {
             let s = self_step(&Moment::input(n, d, law), left)?;
             Ok((s.m, s.scale))
         }
-        (Step::Layer(_, n, _), _) => {
+        (Step::Layer(_, n, ..), _) => {
             let s0 = Moment::input(n, d, law);
             cross_step(&s0.m, (&s0, &s0), (left, right))
         }
@@ -378,16 +382,18 @@ fn first_step(
 }
 
 /// `Σ_aa` after the first body layer.
-fn first_self(p: &Split<'_>, model: &Model) -> Result<Moment> {
-    let step = Step::Layer(&p.body[0], model.input().n_ctx, positions(p.body, 0));
+fn first_self(p: &Split<'_>, model: &Model, precision: Precision) -> Result<Moment> {
+    let n = model.input().n_ctx;
+    let step = Step::Layer(&p.body[0], n, positions(p.body, 0), precision);
     let (m, scale) = first_step(step, step, model, true)?;
     Ok(Moment::normalised(m, scale))
 }
 
 /// A model's cached self chain ([`self_chain`]): `Σ_aa` after every body layer but a first
 /// linear one ([`linear_first`]), those past the last attention layer ([`Positions::local`])
-/// kept as their same-position blocks alone (the others are zero).
-pub struct Chain(Vec<Kept>);
+/// kept as their same-position blocks alone (the others are zero), and the precision of its
+/// attention moments.
+pub struct Chain(Vec<Kept>, Precision);
 
 enum Kept {
     Full(Moment),
@@ -403,6 +409,11 @@ impl Chain {
 
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
+    }
+
+    /// The precision of its attention moments.
+    pub fn precision(&self) -> Precision {
+        self.1
     }
 
     /// The `k`-th moment kept, as the full `[n, w, n, w]` moment.
@@ -442,15 +453,16 @@ impl Chain {
 }
 
 /// A model's self chain (closure; see [`Split`] and [`Chain`]).
-pub fn self_chain(model: &Model) -> Result<Chain> {
+pub fn self_chain(model: &Model, precision: Precision) -> Result<Chain> {
     check_memory(&[model], 1.0, 1)?;
     let n = model.input().n_ctx;
     let p = split(model);
     let body = p.body;
-    let mut last = first_self(&p, model)?;
+    let mut last = first_self(&p, model, precision)?;
     let mut chain = vec![];
     for k in 1..body.len() {
-        let next = self_step(&last, Step::Layer(&body[k], n, positions(body, k)))?;
+        let step = Step::Layer(&body[k], n, positions(body, k), precision);
+        let next = self_step(&last, step)?;
         let local = positions(body, k - 1).local;
         chain.push(Chain::keep(std::mem::replace(&mut last, next), local));
     }
@@ -458,14 +470,14 @@ pub fn self_chain(model: &Model) -> Result<Chain> {
     if linear_first(body) {
         chain.remove(0);
     }
-    Ok(Chain(chain))
+    Ok(Chain(chain, precision))
 }
 
 /// `Σ_aa` after body layer `k` (the last past the body: identity pads) from a cached chain.
 fn cached(p: &Split<'_>, model: &Model, chain: &Chain, k: usize) -> Result<Moment> {
     let (k, skip) = (k.min(p.body.len() - 1), usize::from(linear_first(p.body)));
     match k < skip {
-        true => first_self(p, model),
+        true => first_self(p, model, chain.1),
         false => Ok(chain.moment(k - skip)),
     }
 }
@@ -609,10 +621,15 @@ impl Traces {
     }
 }
 
-/// The closure, step by step. `cached`: both self chains computed before (all-pairs
-/// matrices).
-pub fn closure_traces(a: &Model, b: &Model, cached: Option<(&Chain, &Chain)>) -> Result<Traces> {
-    let (sab, sa, sb) = closure_ends(a, b, cached)?;
+/// The closure, step by step, its attention moments in `precision`. `cached`: both self
+/// chains computed before (all-pairs matrices), in the same precision.
+pub fn closure_traces(
+    a: &Model,
+    b: &Model,
+    cached: Option<(&Chain, &Chain)>,
+    precision: Precision,
+) -> Result<Traces> {
+    let (sab, sa, sb) = closure_ends(a, b, cached, precision)?;
     let (pa, pb) = (split(a), split(b));
     let heads = (pa.head(), pb.head());
     Ok(Traces::new(
@@ -628,7 +645,14 @@ pub fn closure_ends(
     a: &Model,
     b: &Model,
     cached: Option<(&Chain, &Chain)>,
+    precision: Precision,
 ) -> Result<(Tensor, Moment, Moment)> {
+    if let Some((ca, cb)) = cached {
+        assert!(
+            ca.1 == precision && cb.1 == precision,
+            "chains in another precision"
+        );
+    }
     if cached.is_none() {
         // With cached chains the batch form checked once for all pairs.
         check_memory(&[a, b], 1.0, 1)?;
@@ -640,10 +664,13 @@ pub fn closure_ends(
     // own model alone, as in `self_chain`.
     let steps = |k: usize| {
         let both = positions(&la, k).and(positions(&lb, k));
-        (Step::Layer(&la[k], n, both), Step::Layer(&lb[k], n, both))
+        (
+            Step::Layer(&la[k], n, both, precision),
+            Step::Layer(&lb[k], n, both, precision),
+        )
     };
-    fn own(body: &[Layer], n: usize, k: usize) -> Step<'_> {
-        Step::Layer(&body[k], n, positions(body, k))
+    fn own(body: &[Layer], n: usize, k: usize, precision: Precision) -> Step<'_> {
+        Step::Layer(&body[k], n, positions(body, k), precision)
     }
     let (sa, sb, ab) = match cached {
         Some((ca, cb)) => {
@@ -657,7 +684,12 @@ pub fn closure_ends(
         }
         None => {
             let ((na, nb), ab) = rayon::join(
-                || rayon::join(|| first_self(&pa, a), || first_self(&pb, b)),
+                || {
+                    rayon::join(
+                        || first_self(&pa, a, precision),
+                        || first_self(&pb, b, precision),
+                    )
+                },
                 || {
                     let (x, y) = steps(0);
                     first_step(x, y, a, false)
@@ -675,7 +707,7 @@ pub fn closure_ends(
         // A self step past a model's own body (an identity pad) keeps its moment.
         let next = |p: &Split<'_>, m: &Model, s: &Moment, chain: Option<&Chain>| match chain {
             Some(c) => self::cached(p, m, c, k),
-            None if k < p.body.len() => self_step(s, own(p.body, n, k)),
+            None if k < p.body.len() => self_step(s, own(p.body, n, k, precision)),
             None => Ok(s.clone()),
         };
         if itself {
@@ -807,9 +839,9 @@ mod tests {
         ];
         let model = Model::new(2, 2, layers.clone()).unwrap();
         // The chain leaves out the first (linear) layer's moment, recomputed where needed.
-        let chain = self_chain(&model).unwrap();
+        let chain = self_chain(&model, Precision::F64).unwrap();
         assert_eq!(chain.len(), 3);
-        let first = first_self(&split(&model), &model).unwrap();
+        let first = first_self(&split(&model), &model, Precision::F64).unwrap();
         let fast: Vec<Moment> = std::iter::once(first)
             .chain((0..3).map(|k| chain.moment(k)))
             .collect();
@@ -904,9 +936,13 @@ mod tests {
         for (i, a) in models.iter().enumerate() {
             for b in &models[i..] {
                 let want = per_output(&reference(a, b));
-                let got = per_output(&closure_traces(a, b, None).unwrap());
-                let (ca, cb) = (self_chain(a).unwrap(), self_chain(b).unwrap());
-                let cached = per_output(&closure_traces(a, b, Some((&ca, &cb))).unwrap());
+                let got = per_output(&closure_traces(a, b, None, Precision::F64).unwrap());
+                let (ca, cb) = (
+                    self_chain(a, Precision::F64).unwrap(),
+                    self_chain(b, Precision::F64).unwrap(),
+                );
+                let cached =
+                    per_output(&closure_traces(a, b, Some((&ca, &cb)), Precision::F64).unwrap());
                 for (x, w) in got.iter().chain(&cached).zip(want.iter().cycle()) {
                     let scale = w.iter().fold(0.0f64, |m, v| m.max(v.abs()));
                     assert!(max_diff(x, w) < 1e-12 * scale, "{i}: {x:?} vs {w:?}");
@@ -945,8 +981,13 @@ mod tests {
             (&last, &other),
         ] {
             let want = reference(a, b).unscaled();
-            let got = closure_traces(a, b, None).unwrap().unscaled();
-            let (ca, cb) = (self_chain(a).unwrap(), self_chain(b).unwrap());
+            let got = closure_traces(a, b, None, Precision::F64)
+                .unwrap()
+                .unscaled();
+            let (ca, cb) = (
+                self_chain(a, Precision::F64).unwrap(),
+                self_chain(b, Precision::F64).unwrap(),
+            );
             let cached = similarity_cached(a, b, &ca, &cb).unwrap();
             let rel = |x: f64, y: f64| (x - y).abs() / y.abs().max(1e-300);
             assert!(

@@ -11,6 +11,7 @@ use rand::{RngExt, SeedableRng};
 use tensim::arch::{Mask, Residual, ResidualMode};
 use tensim::layers::{Attention, Bilinear, Layer, Linear};
 use tensim::linalg::{Mat, Par};
+use tensim::metrics::batch::Batch;
 use tensim::metrics::gaussian::{self, GaussOptions, Mode};
 use tensim::metrics::inputs::outputs;
 use tensim::metrics::Inputs;
@@ -567,5 +568,60 @@ fn a_vocabulary_padded_with_zeros_leaves_the_similarity_unchanged() {
             .all(|(x, y)| (x.unwrap() - y.unwrap()).abs() < 1e-12);
         // The padded outputs are zero for both models: no similarity.
         assert!(same && p[5..].iter().all(Option::is_none), "{s:?} vs {p:?}");
+    }
+}
+
+/// The attention moments in single precision against double on a 2-layer attention LM (head
+/// size 16: every f32 register panel), for one pair and for a matrix from cached self chains:
+/// within 1e-5, f32 rounding (≈ 6e-8 per product) summed over the Wick pieces.
+#[test]
+fn single_precision_attention_moments_agree_with_double() {
+    use tensim::demo::{random_stack, StackShape};
+    use tensim::metrics::gaussian::Precision;
+    let shape = StackShape {
+        d_in: 24,
+        d_model: 32,
+        hidden: vec![0, 0],
+        d_out: 20,
+        residual: Some(Residual {
+            mode: ResidualMode::Add,
+            scale: 0.35,
+        }),
+        bias: true,
+        embed: true,
+        down: true,
+        heads: 2,
+        n_ctx: 3,
+    };
+    let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+    let models: Vec<Model> = (0..3)
+        .map(|_| random_stack(&shape, &mut rng).unwrap())
+        .collect();
+    let refs: Vec<&Model> = models.iter().collect();
+    let opts = |precision| GaussOptions {
+        mode: Some(Mode::Closure),
+        precision,
+        ..Default::default()
+    };
+    let (o64, o32) = (opts(Precision::F64), opts(Precision::F32));
+    let pair = |o: &GaussOptions| {
+        gaussian::similarity(&models[0], &models[1], o, Par::rayon(0))
+            .unwrap()
+            .similarity
+    };
+    let (s64, s32) = (pair(&o64), pair(&o32));
+    assert!((s64 - s32).abs() < 1e-5, "pair: {s64} vs {s32}");
+    assert!(s64 != s32, "the f32 path ran in f64");
+    let batch = gaussian::batch(&refs, o32).unwrap();
+    let tile = batch.tile(0..3, 0..3).unwrap();
+    for (i, j) in [(0, 1), (0, 2), (1, 2)] {
+        let cached = tile[i * 3 + j];
+        let single = gaussian::similarity(&models[i], &models[j], &o64, Par::rayon(0))
+            .unwrap()
+            .similarity;
+        assert!(
+            (cached - single).abs() < 1e-5,
+            "({i}, {j}): {cached} vs {single}"
+        );
     }
 }

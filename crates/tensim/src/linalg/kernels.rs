@@ -1,51 +1,214 @@
 //! Register-tiled kernels for the many small products of the attention moments
 //! (`layers/attention/moment/pieces.rs`): blocks of head size (16–64) too small for a GEMM
-//! call. A caller compiles its loop once per [`Kernel`] and picks AVX-512 or AVX2 + FMA at
-//! run time.
+//! call, in `f64` or `f32` ([`Real`]). A caller compiles its loop once per [`Kernel`] and
+//! picks AVX-512 or AVX2 + FMA at run time.
+
+/// The element types of the kernels: `f64`, and `f32` (twice the lanes per register).
+pub(crate) trait Real:
+    faer::traits::RealField
+    + Copy
+    + Default
+    + Send
+    + Sync
+    + std::ops::Add<Output = Self>
+    + std::ops::Mul<Output = Self>
+    + std::ops::AddAssign
+    + std::iter::Sum
+{
+    fn of(x: f64) -> Self;
+    fn wide(self) -> f64;
+    /// `self·x + acc`, fused where the caller is compiled with FMA.
+    fn mul_add_to(self, x: Self, acc: Self) -> Self;
+    /// Columns `0..j` of [`Kernel::gemm_sum`] in AVX2 register tiles; returns `j`.
+    /// SAFETY: the CPU has AVX2 and FMA.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn avx2_panels(dims: (usize, usize), terms: &Terms<'_, Self>, c: &mut [Self]) -> usize;
+    /// The same in AVX-512 register tiles. SAFETY: the CPU has AVX-512F, AVX2 and FMA.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn avx512_panels(dims: (usize, usize), terms: &Terms<'_, Self>, c: &mut [Self])
+        -> usize;
+    /// `a·b`. SAFETY: the CPU has AVX2 and FMA.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn avx2_dot(a: &[Self], b: &[Self]) -> Self;
+}
+
+impl Real for f64 {
+    #[inline(always)]
+    fn of(x: f64) -> f64 {
+        x
+    }
+    #[inline(always)]
+    fn wide(self) -> f64 {
+        self
+    }
+    #[inline(always)]
+    fn mul_add_to(self, x: f64, acc: f64) -> f64 {
+        self.mul_add(x, acc)
+    }
+
+    /// Panels of 16 columns in 2-row tiles, of 8 in 4-row tiles (each tile's accumulators
+    /// fill the vector registers).
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn avx2_panels((m, n): (usize, usize), terms: &Terms<'_, f64>, c: &mut [f64]) -> usize {
+        use std::arch::x86_64::__m256d;
+        let mut j = 0;
+        while j + 16 <= n {
+            unsafe { simd::avx2::<__m256d, 2, 1, 4>(j, (m, n), terms, c) };
+            j += 16;
+        }
+        while j + 8 <= n {
+            unsafe { simd::avx2::<__m256d, 4, 1, 2>(j, (m, n), terms, c) };
+            j += 8;
+        }
+        j
+    }
+
+    /// Panels of 32 columns in 6-row tiles (24 of the 32 vector registers accumulate), of 16
+    /// in 6-row tiles, then an AVX2 panel of 8.
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn avx512_panels(
+        (m, n): (usize, usize),
+        terms: &Terms<'_, f64>,
+        c: &mut [f64],
+    ) -> usize {
+        use std::arch::x86_64::{__m256d, __m512d};
+        let mut j = 0;
+        while j + 32 <= n {
+            unsafe { simd::avx512::<__m512d, 6, 3, 4>(j, (m, n), terms, c) };
+            j += 32;
+        }
+        while j + 16 <= n {
+            unsafe { simd::avx512::<__m512d, 6, 3, 2>(j, (m, n), terms, c) };
+            j += 16;
+        }
+        while j + 8 <= n {
+            unsafe { simd::avx2::<__m256d, 4, 1, 2>(j, (m, n), terms, c) };
+            j += 8;
+        }
+        j
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn avx2_dot(a: &[f64], b: &[f64]) -> f64 {
+        unsafe { simd::dot::<std::arch::x86_64::__m256d>(a, b) }
+    }
+}
+
+impl Real for f32 {
+    #[inline(always)]
+    fn of(x: f64) -> f32 {
+        x as f32
+    }
+    #[inline(always)]
+    fn wide(self) -> f64 {
+        f64::from(self)
+    }
+    #[inline(always)]
+    fn mul_add_to(self, x: f32, acc: f32) -> f32 {
+        self.mul_add(x, acc)
+    }
+
+    /// Panels of 32 columns in 2-row tiles, of 16 in 4-row tiles, of 8 in 4-row tiles.
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn avx2_panels((m, n): (usize, usize), terms: &Terms<'_, f32>, c: &mut [f32]) -> usize {
+        use std::arch::x86_64::__m256;
+        let mut j = 0;
+        while j + 32 <= n {
+            unsafe { simd::avx2::<__m256, 2, 1, 4>(j, (m, n), terms, c) };
+            j += 32;
+        }
+        while j + 16 <= n {
+            unsafe { simd::avx2::<__m256, 4, 1, 2>(j, (m, n), terms, c) };
+            j += 16;
+        }
+        while j + 8 <= n {
+            unsafe { simd::avx2::<__m256, 4, 1, 1>(j, (m, n), terms, c) };
+            j += 8;
+        }
+        j
+    }
+
+    /// Panels of 64 columns in 6-row tiles, of 32 and 16 in 6-row tiles, then an AVX2 panel
+    /// of 8.
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn avx512_panels(
+        (m, n): (usize, usize),
+        terms: &Terms<'_, f32>,
+        c: &mut [f32],
+    ) -> usize {
+        use std::arch::x86_64::{__m256, __m512};
+        let mut j = 0;
+        while j + 64 <= n {
+            unsafe { simd::avx512::<__m512, 6, 3, 4>(j, (m, n), terms, c) };
+            j += 64;
+        }
+        while j + 32 <= n {
+            unsafe { simd::avx512::<__m512, 6, 3, 2>(j, (m, n), terms, c) };
+            j += 32;
+        }
+        while j + 16 <= n {
+            unsafe { simd::avx512::<__m512, 6, 3, 1>(j, (m, n), terms, c) };
+            j += 16;
+        }
+        while j + 8 <= n {
+            unsafe { simd::avx2::<__m256, 4, 1, 1>(j, (m, n), terms, c) };
+            j += 8;
+        }
+        j
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn avx2_dot(a: &[f32], b: &[f32]) -> f32 {
+        unsafe { simd::dot::<std::arch::x86_64::__m256>(a, b) }
+    }
+}
+
+/// The terms `(a_t, k_t, b_t)` of a sum of products (see [`Kernel::gemm_sum`]).
+pub(crate) type Terms<'a, T> = [(&'a [T], usize, &'a [T])];
 
 /// Small products on contiguous row-major blocks: portable, AVX2 + FMA, or AVX-512.
 pub(crate) trait Kernel {
-    fn mul_add(acc: f64, x: f64, y: f64) -> f64;
+    fn mul_add<T: Real>(acc: T, x: T, y: T) -> T;
 
     /// `c (m×n) = Σ_t a_t (m×k_t) · b_t (k_t×n)` over terms `(a_t, k_t, b_t)`, every matrix
     /// contiguous and row-major; zero for no terms.
-    fn gemm_sum(m: usize, n: usize, terms: &[(&[f64], usize, &[f64])], c: &mut [f64]);
+    fn gemm_sum<T: Real>(m: usize, n: usize, terms: &Terms<'_, T>, c: &mut [T]);
 
     /// `a·b` for slices of equal length.
-    fn dot(a: &[f64], b: &[f64]) -> f64;
+    fn dot<T: Real>(a: &[T], b: &[T]) -> T;
 }
 
 pub(crate) struct Portable;
 
 impl Kernel for Portable {
     #[inline(always)]
-    fn mul_add(acc: f64, x: f64, y: f64) -> f64 {
+    fn mul_add<T: Real>(acc: T, x: T, y: T) -> T {
         acc + x * y
     }
 
     #[inline(always)]
-    fn gemm_sum(m: usize, n: usize, terms: &[(&[f64], usize, &[f64])], c: &mut [f64]) {
-        columns::<Self>(0, m, n, terms, c);
+    fn gemm_sum<T: Real>(m: usize, n: usize, terms: &Terms<'_, T>, c: &mut [T]) {
+        columns::<Self, T>(0, m, n, terms, c);
     }
 
     #[inline(always)]
-    fn dot(a: &[f64], b: &[f64]) -> f64 {
-        a.iter().zip(b).map(|(x, y)| x * y).sum()
+    fn dot<T: Real>(a: &[T], b: &[T]) -> T {
+        a.iter().zip(b).map(|(&x, &y)| x * y).sum()
     }
 }
 
 /// Columns `j0..n` of [`Kernel::gemm_sum`], one dot product per entry.
 #[inline(always)]
-fn columns<K: Kernel>(
-    j0: usize,
-    m: usize,
-    n: usize,
-    terms: &[(&[f64], usize, &[f64])],
-    c: &mut [f64],
-) {
+fn columns<K: Kernel, T: Real>(j0: usize, m: usize, n: usize, terms: &Terms<'_, T>, c: &mut [T]) {
     for j in j0..n {
         for i in 0..m {
-            let mut s = 0.0;
+            let mut s = T::default();
             for &(a, k, b) in terms {
                 for p in 0..k {
                     s = K::mul_add(s, a[i * k + p], b[p * n + j]);
@@ -64,78 +227,22 @@ pub(crate) struct Avx2;
 #[cfg(target_arch = "x86_64")]
 impl Kernel for Avx2 {
     #[inline(always)]
-    fn mul_add(acc: f64, x: f64, y: f64) -> f64 {
-        x.mul_add(y, acc)
+    fn mul_add<T: Real>(acc: T, x: T, y: T) -> T {
+        x.mul_add_to(y, acc)
     }
 
-    /// Panels of 16 columns in 2-row tiles, of 8 in 4-row tiles (each tile's accumulators
-    /// fill the vector registers), then single columns.
+    /// The type's AVX2 panels ([`Real::avx2_panels`]), then single columns.
     #[inline(always)]
-    fn gemm_sum(m: usize, n: usize, terms: &[(&[f64], usize, &[f64])], c: &mut [f64]) {
-        let mut j = 0;
+    fn gemm_sum<T: Real>(m: usize, n: usize, terms: &Terms<'_, T>, c: &mut [T]) {
         // SAFETY: the CPU has AVX2 and FMA (see the type).
-        unsafe {
-            while j + 16 <= n {
-                avx2::panel::<2, 4>(j, (m, n), terms, c);
-                j += 16;
-            }
-            while j + 8 <= n {
-                avx2::panel::<4, 2>(j, (m, n), terms, c);
-                j += 8;
-            }
-        }
-        columns::<Self>(j, m, n, terms, c);
+        let j = unsafe { T::avx2_panels((m, n), terms, c) };
+        columns::<Self, T>(j, m, n, terms, c);
     }
 
     #[inline(always)]
-    fn dot(a: &[f64], b: &[f64]) -> f64 {
+    fn dot<T: Real>(a: &[T], b: &[T]) -> T {
         // SAFETY: the CPU has AVX2 and FMA (see the type).
-        unsafe { avx2::dot(a, b) }
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-mod avx2 {
-    use std::arch::x86_64::{__m256d, _mm256_fmadd_pd, _mm256_loadu_pd};
-    use std::arch::x86_64::{_mm256_add_pd, _mm256_setzero_pd, _mm256_storeu_pd};
-
-    /// `a·b` in four vector accumulators (sixteen independent partial sums).
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) fn dot(a: &[f64], b: &[f64]) -> f64 {
-        assert_eq!(a.len(), b.len());
-        let mut acc = [_mm256_setzero_pd(); 4];
-        let mut i = 0;
-        while i + 16 <= a.len() {
-            for (q, t) in acc.iter_mut().enumerate() {
-                // SAFETY: `i + 16 ≤ len` for both slices.
-                let (x, y) = unsafe {
-                    (
-                        _mm256_loadu_pd(a.as_ptr().add(i + 4 * q)),
-                        _mm256_loadu_pd(b.as_ptr().add(i + 4 * q)),
-                    )
-                };
-                *t = _mm256_fmadd_pd(x, y, *t);
-            }
-            i += 16;
-        }
-        let v = _mm256_add_pd(_mm256_add_pd(acc[0], acc[1]), _mm256_add_pd(acc[2], acc[3]));
-        let mut lanes = [0.0; 4];
-        // SAFETY: four lanes into a four-element array.
-        unsafe { _mm256_storeu_pd(lanes.as_mut_ptr(), v) };
-        let tail: f64 = a[i..].iter().zip(&b[i..]).map(|(x, y)| x * y).sum();
-        lanes.iter().sum::<f64>() + tail
-    }
-
-    /// Columns `j..j+4Q` of `gemm_sum` in `R × 4Q` tiles (single rows at the end).
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) fn panel<const R: usize, const Q: usize>(
-        j: usize,
-        dims: (usize, usize),
-        terms: &[(&[f64], usize, &[f64])],
-        c: &mut [f64],
-    ) {
-        // SAFETY: this function runs with AVX2 and FMA.
-        unsafe { super::simd::panel::<__m256d, R, 1, Q>(j, dims, terms, c) }
+        unsafe { T::avx2_dot(a, b) }
     }
 }
 
@@ -147,37 +254,22 @@ pub(crate) struct Avx512;
 #[cfg(target_arch = "x86_64")]
 impl Kernel for Avx512 {
     #[inline(always)]
-    fn mul_add(acc: f64, x: f64, y: f64) -> f64 {
-        x.mul_add(y, acc)
+    fn mul_add<T: Real>(acc: T, x: T, y: T) -> T {
+        x.mul_add_to(y, acc)
     }
 
-    /// Panels of 32 columns in 6-row tiles (24 of the 32 vector registers accumulate), of 16
-    /// in 6-row tiles, then an AVX2 panel of 8 and single columns.
+    /// The type's AVX-512 panels ([`Real::avx512_panels`]), then single columns.
     #[inline(always)]
-    fn gemm_sum(m: usize, n: usize, terms: &[(&[f64], usize, &[f64])], c: &mut [f64]) {
-        let mut j = 0;
+    fn gemm_sum<T: Real>(m: usize, n: usize, terms: &Terms<'_, T>, c: &mut [T]) {
         // SAFETY: the CPU has AVX-512F, AVX2 and FMA (see the type).
-        unsafe {
-            while j + 32 <= n {
-                avx512::panel::<4>(j, (m, n), terms, c);
-                j += 32;
-            }
-            while j + 16 <= n {
-                avx512::panel::<2>(j, (m, n), terms, c);
-                j += 16;
-            }
-            while j + 8 <= n {
-                avx2::panel::<4, 2>(j, (m, n), terms, c);
-                j += 8;
-            }
-        }
-        columns::<Self>(j, m, n, terms, c);
+        let j = unsafe { T::avx512_panels((m, n), terms, c) };
+        columns::<Self, T>(j, m, n, terms, c);
     }
 
     #[inline(always)]
-    fn dot(a: &[f64], b: &[f64]) -> f64 {
+    fn dot<T: Real>(a: &[T], b: &[T]) -> T {
         // SAFETY: the CPU has AVX2 and FMA (see the type).
-        unsafe { avx2::dot(a, b) }
+        unsafe { T::avx2_dot(a, b) }
     }
 }
 
@@ -189,99 +281,160 @@ pub(crate) fn avx512() -> bool {
         && std::arch::is_x86_feature_detected!("fma")
 }
 
-#[cfg(target_arch = "x86_64")]
-mod avx512 {
-    use std::arch::x86_64::__m512d;
-
-    /// Columns `j..j+8Q` of `gemm_sum`: 6-row tiles, then 3-row, then single rows.
-    #[target_feature(enable = "avx512f")]
-    pub(super) fn panel<const Q: usize>(
-        j: usize,
-        dims: (usize, usize),
-        terms: &[(&[f64], usize, &[f64])],
-        c: &mut [f64],
-    ) {
-        // SAFETY: this function runs with AVX-512F.
-        unsafe { super::simd::panel::<__m512d, 6, 3, Q>(j, dims, terms, c) }
-    }
-}
-
-/// The register tiles of both vector widths; every function here is inlined into a caller
-/// compiled with the width's features.
+/// The register tiles of both vector widths and both element types; every function here is
+/// inlined into a caller compiled with the width's features.
 #[cfg(target_arch = "x86_64")]
 mod simd {
-    use std::arch::x86_64::{__m256d, _mm256_fmadd_pd, _mm256_loadu_pd, _mm256_set1_pd};
-    use std::arch::x86_64::{__m512d, _mm512_fmadd_pd, _mm512_loadu_pd, _mm512_set1_pd};
-    use std::arch::x86_64::{_mm256_setzero_pd, _mm256_storeu_pd};
-    use std::arch::x86_64::{_mm512_setzero_pd, _mm512_storeu_pd};
+    use std::arch::x86_64::*;
 
-    /// A vector register of `LANES` f64.
+    use super::{Real, Terms};
+
+    /// A vector register of `LANES` elements of type `E`.
     pub(super) trait Lanes: Copy {
+        type E: Real;
         const LANES: usize;
         unsafe fn zero() -> Self;
-        unsafe fn load(p: *const f64) -> Self;
-        unsafe fn splat(x: f64) -> Self;
+        unsafe fn load(p: *const Self::E) -> Self;
+        unsafe fn splat(x: Self::E) -> Self;
         /// `a·b + c`.
         unsafe fn fma(a: Self, b: Self, c: Self) -> Self;
-        unsafe fn store(p: *mut f64, v: Self);
+        unsafe fn store(p: *mut Self::E, v: Self);
     }
 
-    impl Lanes for __m256d {
-        const LANES: usize = 4;
-        #[inline(always)]
-        unsafe fn zero() -> Self {
-            _mm256_setzero_pd()
-        }
-        #[inline(always)]
-        unsafe fn load(p: *const f64) -> Self {
-            unsafe { _mm256_loadu_pd(p) }
-        }
-        #[inline(always)]
-        unsafe fn splat(x: f64) -> Self {
-            _mm256_set1_pd(x)
-        }
-        #[inline(always)]
-        unsafe fn fma(a: Self, b: Self, c: Self) -> Self {
-            _mm256_fmadd_pd(a, b, c)
-        }
-        #[inline(always)]
-        unsafe fn store(p: *mut f64, v: Self) {
-            unsafe { _mm256_storeu_pd(p, v) }
-        }
+    macro_rules! lanes {
+        ($v:ty, $e:ty, $n:expr, $zero:ident, $load:ident, $splat:ident, $fma:ident, $store:ident) => {
+            impl Lanes for $v {
+                type E = $e;
+                const LANES: usize = $n;
+                #[inline(always)]
+                unsafe fn zero() -> Self {
+                    unsafe { $zero() }
+                }
+                #[inline(always)]
+                unsafe fn load(p: *const $e) -> Self {
+                    unsafe { $load(p) }
+                }
+                #[inline(always)]
+                unsafe fn splat(x: $e) -> Self {
+                    unsafe { $splat(x) }
+                }
+                #[inline(always)]
+                unsafe fn fma(a: Self, b: Self, c: Self) -> Self {
+                    unsafe { $fma(a, b, c) }
+                }
+                #[inline(always)]
+                unsafe fn store(p: *mut $e, v: Self) {
+                    unsafe { $store(p, v) }
+                }
+            }
+        };
     }
 
-    impl Lanes for __m512d {
-        const LANES: usize = 8;
-        #[inline(always)]
-        unsafe fn zero() -> Self {
-            _mm512_setzero_pd()
+    lanes!(
+        __m256d,
+        f64,
+        4,
+        _mm256_setzero_pd,
+        _mm256_loadu_pd,
+        _mm256_set1_pd,
+        _mm256_fmadd_pd,
+        _mm256_storeu_pd
+    );
+    lanes!(
+        __m512d,
+        f64,
+        8,
+        _mm512_setzero_pd,
+        _mm512_loadu_pd,
+        _mm512_set1_pd,
+        _mm512_fmadd_pd,
+        _mm512_storeu_pd
+    );
+    lanes!(
+        __m256,
+        f32,
+        8,
+        _mm256_setzero_ps,
+        _mm256_loadu_ps,
+        _mm256_set1_ps,
+        _mm256_fmadd_ps,
+        _mm256_storeu_ps
+    );
+    lanes!(
+        __m512,
+        f32,
+        16,
+        _mm512_setzero_ps,
+        _mm512_loadu_ps,
+        _mm512_set1_ps,
+        _mm512_fmadd_ps,
+        _mm512_storeu_ps
+    );
+
+    /// `a·b` in four vector accumulators of 256 bits.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) fn dot<V: Lanes>(a: &[V::E], b: &[V::E]) -> V::E {
+        assert_eq!(a.len(), b.len());
+        let w = V::LANES;
+        let mut acc = [unsafe { V::zero() }; 4];
+        let mut i = 0;
+        while i + 4 * w <= a.len() {
+            for (q, t) in acc.iter_mut().enumerate() {
+                // SAFETY: `i + 4w ≤ len` for both slices.
+                let (x, y) = unsafe {
+                    (
+                        V::load(a.as_ptr().add(i + w * q)),
+                        V::load(b.as_ptr().add(i + w * q)),
+                    )
+                };
+                *t = unsafe { V::fma(x, y, *t) };
+            }
+            i += 4 * w;
         }
-        #[inline(always)]
-        unsafe fn load(p: *const f64) -> Self {
-            unsafe { _mm512_loadu_pd(p) }
+        let mut lanes = [V::E::default(); 16];
+        let mut sum = V::E::default();
+        for t in acc {
+            // SAFETY: at most 16 lanes into a 16-element array.
+            unsafe { V::store(lanes.as_mut_ptr(), t) };
+            sum += lanes[..w].iter().copied().sum::<V::E>();
         }
-        #[inline(always)]
-        unsafe fn splat(x: f64) -> Self {
-            _mm512_set1_pd(x)
-        }
-        #[inline(always)]
-        unsafe fn fma(a: Self, b: Self, c: Self) -> Self {
-            _mm512_fmadd_pd(a, b, c)
-        }
-        #[inline(always)]
-        unsafe fn store(p: *mut f64, v: Self) {
-            unsafe { _mm512_storeu_pd(p, v) }
-        }
+        let tail: V::E = a[i..].iter().zip(&b[i..]).map(|(&x, &y)| x * y).sum();
+        sum + tail
+    }
+
+    /// [`panel`] of 256-bit registers, compiled with their features (a function of its own,
+    /// so that the intrinsics inline into it).
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) fn avx2<V: Lanes, const R: usize, const H: usize, const Q: usize>(
+        j: usize,
+        dims: (usize, usize),
+        terms: &Terms<'_, V::E>,
+        c: &mut [V::E],
+    ) {
+        // SAFETY: this function runs with AVX2 and FMA.
+        unsafe { panel::<V, R, H, Q>(j, dims, terms, c) }
+    }
+
+    /// [`panel`] of 512-bit registers.
+    #[target_feature(enable = "avx512f")]
+    pub(super) fn avx512<V: Lanes, const R: usize, const H: usize, const Q: usize>(
+        j: usize,
+        dims: (usize, usize),
+        terms: &Terms<'_, V::E>,
+        c: &mut [V::E],
+    ) {
+        // SAFETY: this function runs with AVX-512F.
+        unsafe { panel::<V, R, H, Q>(j, dims, terms, c) }
     }
 
     /// Columns `j..j+Q·LANES` of `gemm_sum`: `R`-row tiles, then `H`-row, then single rows.
     /// SAFETY: the caller runs with `V`'s features.
     #[inline(always)]
-    pub(super) unsafe fn panel<V: Lanes, const R: usize, const H: usize, const Q: usize>(
+    unsafe fn panel<V: Lanes, const R: usize, const H: usize, const Q: usize>(
         j: usize,
         (m, n): (usize, usize),
-        terms: &[(&[f64], usize, &[f64])],
-        c: &mut [f64],
+        terms: &Terms<'_, V::E>,
+        c: &mut [V::E],
     ) {
         let mut i = 0;
         while i + R <= m {
@@ -304,8 +457,8 @@ mod simd {
         i: usize,
         j: usize,
         n: usize,
-        terms: &[(&[f64], usize, &[f64])],
-        c: &mut [f64],
+        terms: &Terms<'_, V::E>,
+        c: &mut [V::E],
     ) {
         let w = V::LANES;
         let mut acc = [[unsafe { V::zero() }; Q]; R];
@@ -335,13 +488,19 @@ mod simd {
 
 /// `y += a·x` (over `y`'s length).
 #[inline(always)]
-pub(crate) fn axpy(y: &mut [f64], a: f64, x: &[f64]) {
-    y.iter_mut().zip(x).for_each(|(y, x)| *y += a * x);
+pub(crate) fn axpy<T: Real>(y: &mut [T], a: T, x: &[T]) {
+    y.iter_mut().zip(x).for_each(|(y, &x)| *y += a * x);
+}
+
+/// `y += a·x` into `f64` accumulators (over `y`'s length).
+#[inline(always)]
+pub(crate) fn axpy_wide<T: Real>(y: &mut [f64], a: f64, x: &[T]) {
+    y.iter_mut().zip(x).for_each(|(y, &x)| *y += a * x.wide());
 }
 
 /// `a·b` (over the shorter length).
 #[inline(always)]
-pub(crate) fn dot<M: Kernel>(a: &[f64], b: &[f64]) -> f64 {
+pub(crate) fn dot<M: Kernel, T: Real>(a: &[T], b: &[T]) -> T {
     let len = a.len().min(b.len());
     M::dot(&a[..len], &b[..len])
 }
@@ -352,73 +511,94 @@ mod tests {
 
     use super::*;
 
-    /// Both kernels against the plain triple loop, on shapes that hit every tile and edge.
-    #[test]
-    fn kernels_equal_the_plain_sum() {
+    /// Every kernel against the plain triple loop in `f64`, in `T` on shapes that hit every
+    /// tile and edge (`tol`: relative to the terms' absolute sum).
+    fn products<T: Real>(tol: f64) {
         let mut rng = rand::rngs::StdRng::seed_from_u64(11);
         for (m, n, ks) in [
             (33, 72, vec![32, 32, 5]),
             (17, 16, vec![16, 16]),
+            (13, 120, vec![64]),
             (5, 27, vec![3, 8, 1]),
             (2, 8, vec![]),
         ] {
-            let mats: Vec<(Vec<f64>, usize, Vec<f64>)> = ks
+            let mats: Vec<(Vec<T>, usize, Vec<T>)> = ks
                 .iter()
                 .map(|&k| {
-                    let mut r =
-                        |len: usize| (0..len).map(|_| rng.random_range(-1.0..1.0)).collect();
+                    let mut r = |len: usize| {
+                        (0..len)
+                            .map(|_| T::of(rng.random_range(-1.0..1.0)))
+                            .collect()
+                    };
                     (r(m * k), k, r(k * n))
                 })
                 .collect();
-            let terms: Vec<(&[f64], usize, &[f64])> =
+            let terms: Vec<(&[T], usize, &[T])> =
                 mats.iter().map(|(a, k, b)| (&a[..], *k, &b[..])).collect();
-            let want: Vec<f64> = (0..m * n)
-                .map(|ij| {
+            let entry = |i: usize, j: usize, f: fn(f64) -> f64| -> f64 {
+                terms
+                    .iter()
+                    .map(|&(a, k, b)| {
+                        (0..k)
+                            .map(|p| f(a[i * k + p].wide() * b[p * n + j].wide()))
+                            .sum::<f64>()
+                    })
+                    .sum()
+            };
+            let check = |got: &[T], what: &str| {
+                for (ij, g) in got.iter().enumerate() {
                     let (i, j) = (ij / n, ij % n);
-                    terms
-                        .iter()
-                        .map(|&(a, k, b)| (0..k).map(|p| a[i * k + p] * b[p * n + j]).sum::<f64>())
-                        .sum()
-                })
-                .collect();
-            let check = |got: &[f64], what: &str| {
-                for (g, w) in got.iter().zip(&want) {
-                    assert!((g - w).abs() <= 1e-13, "{what} {m}×{n}: {g} vs {w}");
+                    let (want, size) = (entry(i, j, |x| x), entry(i, j, f64::abs));
+                    let err = (g.wide() - want).abs();
+                    assert!(
+                        err <= tol * size.max(1.0),
+                        "{what} {m}×{n}: {g:?} vs {want}"
+                    );
                 }
             };
-            let mut c = vec![f64::NAN; m * n];
+            let nan = || vec![T::of(f64::NAN); m * n];
+            let mut c = nan();
             Portable::gemm_sum(m, n, &terms, &mut c);
             check(&c, "portable");
             #[cfg(target_arch = "x86_64")]
             if std::arch::is_x86_feature_detected!("avx2")
                 && std::arch::is_x86_feature_detected!("fma")
             {
-                let mut c = vec![f64::NAN; m * n];
+                let mut c = nan();
                 Avx2::gemm_sum(m, n, &terms, &mut c);
                 check(&c, "avx2");
             }
             #[cfg(target_arch = "x86_64")]
             if avx512() {
-                let mut c = vec![f64::NAN; m * n];
+                let mut c = nan();
                 Avx512::gemm_sum(m, n, &terms, &mut c);
                 check(&c, "avx512");
             }
         }
         // Dot products: lengths below, at and past the vector blocks.
-        for len in [0, 3, 16, 37, 256] {
-            let mut r = || -> Vec<f64> { (0..len).map(|_| rng.random_range(-1.0..1.0)).collect() };
+        for len in [0, 3, 16, 37, 64, 256] {
+            let mut r = || -> Vec<T> {
+                (0..len)
+                    .map(|_| T::of(rng.random_range(-1.0..1.0)))
+                    .collect()
+            };
             let (a, b) = (r(), r());
-            let want: f64 = (0..len).map(|i| a[i] * b[i]).sum();
-            assert!(
-                (Portable::dot(&a, &b) - want).abs() <= 1e-13,
-                "portable dot {len}"
-            );
+            let want: f64 = (0..len).map(|i| a[i].wide() * b[i].wide()).sum();
+            let size: f64 = (0..len).map(|i| (a[i].wide() * b[i].wide()).abs()).sum();
+            let ok = |got: T| (got.wide() - want).abs() <= tol * size.max(1.0);
+            assert!(ok(Portable::dot(&a, &b)), "portable dot {len}");
             #[cfg(target_arch = "x86_64")]
             if std::arch::is_x86_feature_detected!("avx2")
                 && std::arch::is_x86_feature_detected!("fma")
             {
-                assert!((Avx2::dot(&a, &b) - want).abs() <= 1e-13, "avx2 dot {len}");
+                assert!(ok(Avx2::dot(&a, &b)), "avx2 dot {len}");
             }
         }
+    }
+
+    #[test]
+    fn kernels_equal_the_plain_sum() {
+        products::<f64>(1e-14);
+        products::<f32>(1e-6);
     }
 }

@@ -9,6 +9,8 @@ pub use faer::{Mat, MatMut, MatRef, Par};
 
 use faer::linalg::matmul::matmul;
 use faer::reborrow::IntoConst;
+use faer::traits::math_utils::one;
+use faer::traits::RealField;
 use faer::Accum;
 
 /// Runs `f` with rayon's parallel iterators confined to `par`: on the current pool when `par`
@@ -36,19 +38,19 @@ pub fn mul(a: MatRef<'_, f64>, b: MatRef<'_, f64>, par: Par) -> Mat<f64> {
 
 /// `out = A · B` into a buffer sized to fit (grown as needed, its old contents ignored): for
 /// products repeated in a loop, without a fresh zeroed matrix each time.
-pub fn mul_into<'o>(
-    out: &'o mut Mat<f64>,
-    a: MatRef<'_, f64>,
-    b: MatRef<'_, f64>,
+pub fn mul_into<'o, T: RealField>(
+    out: &'o mut Mat<T>,
+    a: MatRef<'_, T>,
+    b: MatRef<'_, T>,
     par: Par,
-) -> MatRef<'o, f64> {
+) -> MatRef<'o, T> {
     let mut view = scratch(out, a.nrows(), b.ncols());
-    matmul(view.as_mut(), Accum::Replace, a, b, 1.0, par);
+    matmul(view.as_mut(), Accum::Replace, a, b, one::<T>(), par);
     view.into_const()
 }
 
 /// The leading `m × n` block of a buffer grown as needed (contents unspecified).
-pub fn scratch(out: &mut Mat<f64>, m: usize, n: usize) -> MatMut<'_, f64> {
+pub fn scratch<T: RealField>(out: &mut Mat<T>, m: usize, n: usize) -> MatMut<'_, T> {
     if out.nrows() < m || out.ncols() < n {
         *out = Mat::zeros(m.max(out.nrows()), n.max(out.ncols()));
     }

@@ -220,7 +220,7 @@ fn part_moments(a: &Model, b: &Model, metric: &Metric) -> Result<(Mat<f64>, f64)
         Metric::Gaussian(g) => {
             let (sab, sa, sb) = match gaussian::resolve(a, b, g)?.0 {
                 gaussian::Mode::Exact => propagate::exact_ends(a, b)?,
-                gaussian::Mode::Closure => propagate::closure_ends(a, b, None)?,
+                gaussian::Mode::Closure => propagate::closure_ends(a, b, None, g.precision)?,
             };
             Ok((summed(&sab), half(&sa, &sb)))
         }

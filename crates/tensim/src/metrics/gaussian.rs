@@ -12,6 +12,7 @@ use crate::linalg::{within, Par};
 use crate::metrics::batch::{map_all, Batch, PerPair};
 use crate::metrics::{cosine, cosines, Comparison, Kind, Method};
 use crate::model::Model;
+pub use crate::moment::Precision;
 use crate::propagate::{
     closure_is_exact, closure_traces, exact_cost, exact_traces, self_chain, Chain, Traces,
 };
@@ -32,6 +33,8 @@ pub struct GaussOptions {
     pub mode: Option<Mode>,
     /// Most Wick configurations `--exact` enumerates before refusing.
     pub max_configs: u128,
+    /// Of the closure's attention moments ([`Precision`]).
+    pub precision: Precision,
 }
 
 impl Default for GaussOptions {
@@ -39,6 +42,7 @@ impl Default for GaussOptions {
         GaussOptions {
             mode: None,
             max_configs: 200_000,
+            precision: Precision::F64,
         }
     }
 }
@@ -66,7 +70,7 @@ pub fn similarity(a: &Model, b: &Model, opts: &GaussOptions, par: Par) -> Result
     let (mode, exact) = resolve(a, b, opts)?;
     let t = within(par, || match mode {
         Mode::Exact => exact_traces(a, b),
-        Mode::Closure => closure_traces(a, b, None),
+        Mode::Closure => closure_traces(a, b, None, opts.precision),
     })?;
     comparison(&t, exact)
 }
@@ -90,9 +94,9 @@ fn comparison(t: &Traces, exact: bool) -> Result<Comparison> {
     })
 }
 
-/// Similarity from cached self chains (closure), for all-pairs matrices.
+/// Similarity from cached self chains (closure, in their precision), for all-pairs matrices.
 pub fn similarity_cached(a: &Model, b: &Model, ca: &Chain, cb: &Chain) -> Result<f64> {
-    let (ab, aa, bb) = closure_traces(a, b, Some((ca, cb)))?.scaled();
+    let (ab, aa, bb) = closure_traces(a, b, Some((ca, cb)), ca.precision())?.scaled();
     cosine(ab, aa, bb, Kind::Gaussian)
 }
 
@@ -109,7 +113,7 @@ pub fn batch<'a>(models: &'a [&'a Model], opts: GaussOptions) -> Result<impl Bat
         rayon::current_num_threads()
     };
     crate::propagate::check_memory(models, kept as f64, pairs)?;
-    let chains = map_all(models, serial, |m| self_chain(m))
+    let chains = map_all(models, serial, |m| self_chain(m, opts.precision))
         .into_iter()
         .collect::<Result<Vec<_>>>()?;
     Ok(PerPair {

@@ -157,8 +157,14 @@ pub fn tile_tag(metric: &Metric, per_output: bool, inputs_source: Option<&str>) 
         Metric::Tensor(Symmetrize::Full(f)) => {
             tag += &format!("/full(samples={}, seed={})", f.samples, f.seed);
         }
-        Metric::Gaussian(g) if *g != GaussOptions::default() => {
-            tag += &format!("/{:?}(max_configs={})", g.mode, g.max_configs);
+        Metric::Gaussian(g) => {
+            let (d, precision) = (GaussOptions::default(), g.precision);
+            if (g.mode, g.max_configs) != (d.mode, d.max_configs) {
+                tag += &format!("/{:?}(max_configs={})", g.mode, g.max_configs);
+            }
+            if precision != d.precision {
+                tag += &format!("/{precision:?}");
+            }
         }
         _ => {}
     }

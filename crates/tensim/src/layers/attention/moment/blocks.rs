@@ -8,7 +8,8 @@ use rayon::prelude::*;
 
 use crate::einsum::Tensor;
 use crate::layers::attention::{turns, Network};
-use crate::linalg::{mul, mul_into, Mat, Par};
+use crate::linalg::kernels::Real;
+use crate::linalg::{mul, mul_into, Mat, MatRef, Par};
 
 /// Legs per head.
 const ROLES: usize = 5;
@@ -233,14 +234,37 @@ impl<'a> Side<'a> {
     }
 
     /// Output map of a term at position `t`: `diag(γ)` (identity) or `[O_1 | … | O_H]` (active).
-    pub(super) fn output_map(&self, active: bool) -> Mat<f64> {
-        let w = self.w;
+    pub(super) fn output_map(&self, active: bool) -> OutputMap {
         if !active {
-            return Mat::from_fn(w, w, |o, i| if o == i { self.net.gamma[o] } else { 0.0 });
+            return OutputMap::Diagonal(self.net.gamma.clone());
         }
-        Mat::from_fn(w, self.heads * self.h, |o, c| {
+        OutputMap::Dense(Mat::from_fn(self.w, self.heads * self.h, |o, c| {
             self.net.heads[c / self.h].o.data[o * self.h + c % self.h]
-        })
+        }))
+    }
+}
+
+/// A term's output map `M`, diagonal or dense.
+pub(super) enum OutputMap {
+    Diagonal(Vec<f64>),
+    Dense(Mat<f64>),
+}
+
+impl OutputMap {
+    /// `M B`.
+    pub(super) fn left(&self, b: MatRef<'_, f64>) -> Mat<f64> {
+        match self {
+            OutputMap::Diagonal(g) => Mat::from_fn(b.nrows(), b.ncols(), |i, j| g[i] * b[(i, j)]),
+            OutputMap::Dense(m) => mul(m.as_ref(), b, Par::Seq),
+        }
+    }
+
+    /// `B Mᵀ`.
+    pub(super) fn right(&self, b: MatRef<'_, f64>) -> Mat<f64> {
+        match self {
+            OutputMap::Diagonal(g) => Mat::from_fn(b.nrows(), b.ncols(), |i, j| b[(i, j)] * g[j]),
+            OutputMap::Dense(m) => mul(b, m.transpose(), Par::Seq),
+        }
     }
 }
 
@@ -274,8 +298,8 @@ impl Combo {
 /// blocks (row group × column group), each contiguous and row-major: the unit the small
 /// products of `pieces.rs` read. Blocks that are zero (positions whose inputs are independent,
 /// as before the first layer that mixes positions) or never read are not stored.
-pub(super) struct Gram {
-    data: Vec<f64>,
+pub(super) struct Gram<T> {
+    data: Vec<T>,
     /// Offset of block `(gx, gy)` at `gx · cols + gy`; [`ABSENT`] where it is not stored.
     at: Vec<usize>,
     cols: usize,
@@ -348,6 +372,15 @@ impl Holds {
         Holds::Reads(reads)
     }
 
+    /// Entries of [`Gram::new`]`(x, _, y, self, independent, false)`.
+    pub(super) fn entries(&self, x: &Side, y: &Side, independent: bool) -> f64 {
+        let n = x.n;
+        let live = (0..n * n).filter(|pq| !independent || pq / n == pq % n);
+        live.flat_map(|pq| self.panels(x, pq / n, y, pq % n))
+            .map(|[gxs, gys]| (x.rows(&gxs).1 * y.rows(&gys).1) as f64)
+            .sum()
+    }
+
     /// The panels of positions `(p, q)`, runs of row groups × runs of column groups, those
     /// of one column run consecutive.
     fn panels(&self, x: &Side, p: usize, y: &Side, q: usize) -> Vec<[Range<usize>; 2]> {
@@ -398,21 +431,12 @@ impl Holds {
     }
 }
 
-impl Gram {
+impl<T: Real> Gram<T> {
     /// The block of row group `x` against column group `y` (row stride `y.size`), or `None`
     /// where it is zero.
-    pub(super) fn block(&self, x: Leg, y: Leg) -> Option<&[f64]> {
+    pub(super) fn block(&self, x: Leg, y: Leg) -> Option<&[T]> {
         let o = self.at[x.group * self.cols + y.group];
         (o != ABSENT).then(|| &self.data[o..o + x.size * y.size])
-    }
-
-    /// Entries of [`Gram::new`]`(x, _, y, holds, independent, false)`.
-    pub(super) fn entries(x: &Side, y: &Side, holds: &Holds, independent: bool) -> f64 {
-        let n = x.n;
-        let live = (0..n * n).filter(|pq| !independent || pq / n == pq % n);
-        live.flat_map(|pq| holds.panels(x, pq / n, y, pq % n))
-            .map(|[gxs, gys]| (x.rows(&gxs).1 * y.rows(&gys).1) as f64)
-            .sum()
     }
 
     /// The blocks `holds` names. `independent`: the covariances across positions are zero
@@ -429,8 +453,13 @@ impl Gram {
         independent: bool,
         mirror: bool,
         shifts: bool,
-    ) -> (Gram, Option<Gram>) {
-        let (n, px, py) = (x.n, &x.proj, &y.proj);
+    ) -> (Gram<T>, Option<Gram<T>>) {
+        let narrow = |ps: &[Mat<f64>]| -> Vec<Mat<T>> {
+            ps.iter()
+                .map(|p| Mat::from_fn(p.nrows(), p.ncols(), |i, j| T::of(p[(i, j)])))
+                .collect()
+        };
+        let (n, px, py) = (x.n, &narrow(&x.proj), &narrow(&y.proj));
         let live = |p: usize, q: usize| {
             (p == q || !independent)
                 && (0..x.w * y.w)
@@ -492,9 +521,9 @@ impl Gram {
             .collect();
         // Parts filled after the products.
         let later: Vec<bool> = transposed.iter().zip(&turned).map(|(a, b)| a | b).collect();
-        let mut data = vec![0.0; len];
-        let mut back = vec![0.0; if mirror { len } else { 0 }];
-        let backs: Vec<&mut [f64]> = if mirror {
+        let mut data = vec![T::default(); len];
+        let mut back = vec![T::default(); if mirror { len } else { 0 }];
+        let backs: Vec<&mut [T]> = if mirror {
             regions(&mut back, &g.parts)
         } else {
             g.parts.iter().map(|_| &mut [][..]).collect()
@@ -511,8 +540,9 @@ impl Gram {
                 || (Mat::new(), Mat::new()),
                 |(b, dt), (((out, back), part), _)| {
                     let (p, q) = (part.p, part.q);
-                    let c =
-                        Mat::from_fn(y.w, x.w, |j, i| cov.data[((p * x.w + i) * n + q) * y.w + j]);
+                    let c = Mat::from_fn(y.w, x.w, |j, i| {
+                        T::of(cov.data[((p * x.w + i) * n + q) * y.w + j])
+                    });
                     let mut blocks = g.blocks[part.blocks.clone()].iter();
                     let mut last = None;
                     for [gxs, gys] in &part.panels {
@@ -591,7 +621,7 @@ impl Gram {
     }
 
     /// `Gᵀ` with its blocks (each transposed) in `data`, at the offsets of their mirrors.
-    fn mirrored(&self, data: Vec<f64>) -> Gram {
+    fn mirrored(&self, data: Vec<T>) -> Gram<T> {
         let rows = self.at.len() / self.cols;
         let mut at = vec![ABSENT; self.at.len()];
         for &(gx, gy, o) in &self.blocks {
@@ -608,7 +638,7 @@ impl Gram {
 }
 
 /// `dst = srcᵀ` for a row-major `src` with `cols` columns.
-fn transpose(src: &[f64], cols: usize, dst: &mut [f64]) {
+fn transpose<T: Real>(src: &[T], cols: usize, dst: &mut [T]) {
     let rows = src.len() / cols;
     for (a, row) in src.chunks_exact(cols).enumerate() {
         row.iter()
@@ -619,10 +649,11 @@ fn transpose(src: &[f64], cols: usize, dst: &mut [f64]) {
 
 /// `ρ_r B ρ_cᵀ` in place for a row-major block `B` with `cols` columns, each rotation given by
 /// its turns (`None`: the identity): coordinates `(j, j + h/2)` turned by `θ_j`.
-fn turn(b: &mut [f64], cols: usize, rows: Option<&[(f64, f64)]>, cs: Option<&[(f64, f64)]>) {
+fn turn<T: Real>(b: &mut [T], cols: usize, rows: Option<&[(f64, f64)]>, cs: Option<&[(f64, f64)]>) {
+    let narrow = |&(cos, sin): &(f64, f64)| (T::of(cos), T::of(sin));
     if let Some(t) = rows {
         let half = b.len() / cols / 2;
-        for (j, &(cos, sin)) in t.iter().enumerate() {
+        for (j, (cos, sin)) in t.iter().map(narrow).enumerate() {
             for c in 0..cols {
                 let (a, z) = (b[j * cols + c], b[(j + half) * cols + c]);
                 b[j * cols + c] = a * cos - z * sin;
@@ -633,7 +664,7 @@ fn turn(b: &mut [f64], cols: usize, rows: Option<&[(f64, f64)]>, cs: Option<&[(f
     if let Some(t) = cs {
         let half = cols / 2;
         for row in b.chunks_exact_mut(cols) {
-            for (j, &(cos, sin)) in t.iter().enumerate() {
+            for (j, (cos, sin)) in t.iter().map(narrow).enumerate() {
                 let (a, z) = (row[j], row[j + half]);
                 row[j] = a * cos - z * sin;
                 row[j + half] = z * cos + a * sin;
@@ -643,7 +674,7 @@ fn turn(b: &mut [f64], cols: usize, rows: Option<&[(f64, f64)]>, cs: Option<&[(f
 }
 
 /// `data` cut into the parts' ranges (consecutive, from 0).
-fn regions<'d>(mut data: &'d mut [f64], parts: &[Part]) -> Vec<&'d mut [f64]> {
+fn regions<'d, T>(mut data: &'d mut [T], parts: &[Part]) -> Vec<&'d mut [T]> {
     parts
         .iter()
         .map(|part| {

@@ -20,16 +20,16 @@ use crate::einsum::Tensor;
 use crate::error::Result;
 use crate::layers::attention::Network;
 use crate::layers::Attention;
-use crate::linalg::kernels::axpy;
-use crate::linalg::{mul, Mat, Par};
-use crate::moment::Positions;
+use crate::linalg::kernels::{axpy_wide, Real};
+use crate::linalg::{Mat, MatRef};
+use crate::moment::{Positions, Precision};
 use crate::wick::Moments;
 
 /// `Σ_{combination pairs} w_l w_r E[v_L v_Rᵀ Π s]` summed into output blocks, then mapped to
 /// `[t, o, t', o']` by both terms' output maps. `local`: only blocks `t = t'` (pairs of
 /// combinations with one query position); the others stay zero.
-fn term_pair(
-    pair: &Pair<'_>,
+fn term_pair<T: Real>(
+    pair: &Pair<'_, T>,
     (ls, la): (&Side, bool),
     (rs, ra): (&Side, bool),
     symmetric: bool,
@@ -43,7 +43,7 @@ fn term_pair(
     let (bl, br) = (per(ls, la), per(rs, ra));
     let (rows, cols) = (ls.n * bl * dl, rs.n * br * dr);
     // Each combination's mean, for the pairs without a covariance between them.
-    let means = |pair: &Pair<'_>, cs: &[Combo], d: usize| -> Vec<Vec<f64>> {
+    let means = |pair: &Pair<'_, T>, cs: &[Combo], d: usize| -> Vec<Vec<T>> {
         let pool = Pool::new(cs[0].scores.len());
         cs.par_iter()
             .map_init(|| pool.take(), |ws, c| pair.moment(c, None, (d, 1), ws))
@@ -102,7 +102,7 @@ fn term_pair(
                     let last = spots.into_iter().max().unwrap_or(0);
                     let copies = if connected && shifts { ls.n - last } else { 1 };
                     for d in 0..copies {
-                        let f = half
+                        let f: f64 = half
                             * ls.weight(la, l.query + d, l.key + d)
                             * rs.weight(ra, r.query + d, r.key + d);
                         if f == 0.0 {
@@ -114,13 +114,13 @@ fn term_pair(
                         match &e {
                             Some(e) => {
                                 for i in 0..dl {
-                                    axpy(&mut slab[at(i)..][..dr], f, &e[i * dr..][..dr]);
+                                    axpy_wide(&mut slab[at(i)..][..dr], f, &e[i * dr..][..dr]);
                                 }
                             }
                             // No covariance between them: the product of their means.
                             None => {
                                 for (i, &a) in el[ci].iter().enumerate() {
-                                    axpy(&mut slab[at(i)..][..dr], f * a, &er[ck]);
+                                    axpy_wide(&mut slab[at(i)..][..dr], f * a.wide(), &er[ck]);
                                 }
                             }
                         }
@@ -149,9 +149,10 @@ fn term_pair(
     let mapped: Vec<Mat<f64>> = blocks
         .par_iter()
         .map(|&(t, t2)| {
-            let blk = Mat::from_fn(kl, kr, |i, j| z[(t * kl + i) * cols + t2 * kr + j]);
-            let y = mul(ml.as_ref(), blk.as_ref(), Par::Seq);
-            mul(y.as_ref(), mr.transpose(), Par::Seq)
+            let at = t * kl * cols + t2 * kr;
+            let blk = &z[at..at + (kl - 1) * cols + kr];
+            let blk = MatRef::from_row_major_slice_with_stride(blk, kl, kr, cols);
+            mr.right(ml.left(blk).as_ref())
         })
         .collect();
     for (&(t, t2), y) in blocks.iter().zip(&mapped) {
@@ -168,8 +169,23 @@ fn term_pair(
 /// attention layers whose inputs have the moments `m`. `symmetric`: the same layer and input on
 /// both sides (a self moment), where pairs of combinations are visited once. `positions`: the
 /// input positions are independent (covariances across positions are zero); only the output's
-/// same-position blocks are wanted.
+/// same-position blocks are wanted. `precision`: of the projected covariances and the moments
+/// of pairs of combinations (their sums are `f64`).
 pub fn moments(
+    left: &Network,
+    right: &Network,
+    m: &Moments<'_>,
+    symmetric: bool,
+    positions: Positions,
+    precision: Precision,
+) -> Result<Vec<(usize, usize, Tensor)>> {
+    match precision {
+        Precision::F64 => moments_in::<f64>(left, right, m, symmetric, positions),
+        Precision::F32 => moments_in::<f32>(left, right, m, symmetric, positions),
+    }
+}
+
+fn moments_in<T: Real>(
     left: &Network,
     right: &Network,
     m: &Moments<'_>,
@@ -179,19 +195,21 @@ pub fn moments(
     let (independent, local) = (positions.independent, positions.local);
     let (ls, rs) = (Side::new(left), Side::new(right));
     let holds = Holds::reads(&ls, &rs, local, symmetric);
-    let stored = |x: &Side, y: &Side, holds: &Holds| Gram::entries(x, y, holds, independent);
+    let stored = |x: &Side, y: &Side, holds: &Holds| holds.entries(x, y, independent);
     let cross = stored(&ls, &rs, &holds);
+    let entries = if symmetric {
+        cross
+    } else {
+        2.0 * cross + stored(&ls, &ls, &Holds::Within) + stored(&rs, &rs, &Holds::Within)
+    };
+    let bytes = std::mem::size_of::<T>() as f64 / 8.0;
     crate::budget::check(
         "the attention layers' projected covariances",
-        if symmetric {
-            cross
-        } else {
-            2.0 * cross + stored(&ls, &ls, &Holds::Within) + stored(&rs, &rs, &Holds::Within)
-        },
+        bytes * entries,
     )?;
     let shifts = independent && shift_invariant(m, &ls, &rs);
     let gram = |x: &Side, c: &Tensor, y: &Side, holds: &Holds, mirror: bool| {
-        Gram::new(x, c, y, holds, independent, mirror, shifts)
+        Gram::<T>::new(x, c, y, holds, independent, mirror, shifts)
     };
     let (cross, back) = gram(&ls, m.cov[1], &rs, &holds, !symmetric);
     let (gl, gr);
@@ -203,12 +221,13 @@ pub fn moments(
             [&gl, &cross, back, &gr]
         }
     };
-    let (mu_l, mu_r) = (ls.means(m.mu[0]), rs.means(m.mu[1]));
+    let narrow = |v: Vec<f64>| -> Vec<T> { v.into_iter().map(T::of).collect() };
+    let (mu_l, mu_r) = (narrow(ls.means(m.mu[0])), narrow(rs.means(m.mu[1])));
     let pair = Pair {
         g,
         mu: [&mu_l, &mu_r],
     };
-    let term = |pair: &Pair<'_>, l: (&Side, bool), r: (&Side, bool), symmetric: bool| {
+    let term = |pair: &Pair<'_, T>, l: (&Side, bool), r: (&Side, bool), symmetric: bool| {
         term_pair(pair, l, r, symmetric, local, shifts)
     };
     let same = |active: bool| term(&pair, (&ls, active), (&rs, active), symmetric);
@@ -346,8 +365,7 @@ mod tests {
                         local: pq & 2 == 2,
                     };
                     let holds = Holds::reads(&ls, &rs, p.local, false);
-                    let stored =
-                        |x: &Side, y: &Side, h: &Holds| Gram::entries(x, y, h, p.independent);
+                    let stored = |x: &Side, y: &Side, h: &Holds| h.entries(x, y, p.independent);
                     let actual = 2.0 * stored(&ls, &rs, &holds)
                         + stored(&ls, &ls, &Holds::Within)
                         + stored(&rs, &rs, &Holds::Within);
@@ -438,20 +456,26 @@ mod tests {
         parts.into_iter().map(|(_, _, t)| t).collect()
     }
 
-    /// `fast` against `slow`; `local`: `fast` holds the same-position blocks alone.
-    fn close(what: &str, fast: &[(usize, usize, Tensor)], slow: &[Tensor], local: bool) {
-        for ((kl, kr, f), s) in fast.iter().zip(slow) {
-            let s = &if local {
-                crate::moment::same_position(s.clone())
-            } else {
-                s.clone()
-            };
-            let scale = s.data.iter().fold(0.0f64, |a, v| a.max(v.abs()));
-            let err = crate::moment::max_diff(&f.data, &s.data);
-            assert!(
-                err <= 1e-12 * scale.max(1.0),
-                "{what} ({kl},{kr}): {err} vs scale {scale}"
-            );
+    /// The moments by connected pieces, in both precisions, against the configuration sum
+    /// (`f32` within its rounding: 1e-5 of the largest entry); `p.local`: the fast moments
+    /// hold the same-position blocks alone.
+    fn close(what: &str, (l, r): (&Network, &Network), m: &Moments<'_>, sym: bool, p: Positions) {
+        let slow = generic(l, r, m);
+        for (precision, tol) in [(Precision::F64, 1e-12), (Precision::F32, 1e-5)] {
+            let fast = super::moments(l, r, m, sym, p, precision).unwrap();
+            for ((kl, kr, f), s) in fast.iter().zip(&slow) {
+                let s = &if p.local {
+                    crate::moment::same_position(s.clone())
+                } else {
+                    s.clone()
+                };
+                let scale = s.data.iter().fold(0.0f64, |a, v| a.max(v.abs()));
+                let err = crate::moment::max_diff(&f.data, &s.data);
+                assert!(
+                    err <= tol * scale.max(1.0),
+                    "{what} {precision:?} ({kl},{kr}): {err} vs scale {scale}"
+                );
+            }
         }
     }
 
@@ -469,12 +493,7 @@ mod tests {
             mu: [&mu[0], &mu[1]],
             cov: [&cov[0], &cov[1], &cov[2]],
         };
-        close(
-            "causal × diag",
-            &super::moments(&l, &d, &m, false, Positions::default()).unwrap(),
-            &generic(&l, &d, &m),
-            false,
-        );
+        close("causal × diag", (&l, &d), &m, false, Positions::default());
         // Inputs: dependent, independent, independent with one law (each pair then computed
         // once and moved along the positions).
         let laws = [(false, false), (true, false), (true, true)];
@@ -487,23 +506,14 @@ mod tests {
             };
             let (sl, sr) = (Side::new(&l), Side::new(&r));
             assert_eq!(independent && shift_invariant(&m, &sl, &sr), iid);
-            close(
-                &format!("cross {independent} {local}"),
-                &super::moments(&l, &r, &m, false, positions).unwrap(),
-                &generic(&l, &r, &m),
-                local,
-            );
+            let what = format!("{independent} {local}");
+            close(&format!("cross {what}"), (&l, &r), &m, false, positions);
             // Self moment: one side, one input.
             let sm = Moments {
                 mu: [&mu[0], &mu[0]],
                 cov: [&cov[0], &cov[0], &cov[0]],
             };
-            close(
-                &format!("self {independent} {local}"),
-                &super::moments(&l, &l, &sm, true, positions).unwrap(),
-                &generic(&l, &l, &sm),
-                local,
-            );
+            close(&format!("self {what}"), (&l, &l), &sm, true, positions);
         }
     }
 }

@@ -23,16 +23,16 @@ use std::sync::{Mutex, PoisonError};
 use super::blocks::{Combo, Gram, Leg};
 #[cfg(target_arch = "x86_64")]
 use crate::linalg::kernels::{self, Avx2, Avx512};
-use crate::linalg::kernels::{axpy, dot, Kernel, Portable};
+use crate::linalg::kernels::{axpy, dot, Kernel, Portable, Real};
 
 /// Scores of a pair of combinations: two per active term, none for an identity term.
 const MAX_SCORES: usize = 4;
 
 /// Everything a pair of combinations reads: covariances `G_xy` (`x, y ∈ {L, R}`, indexed
 /// `2x + y`) and the rows' means of both sides.
-pub(super) struct Pair<'a> {
-    pub g: [&'a Gram; 4],
-    pub mu: [&'a [f64]; 2],
+pub(super) struct Pair<'a, T> {
+    pub g: [&'a Gram<T>; 4],
+    pub mu: [&'a [T]; 2],
 }
 
 /// A score: its side and its two legs.
@@ -50,7 +50,7 @@ impl Atom {
 
 /// Buffers of one worker, reused from one pair of combinations to the next, and what depends
 /// only on the number of scores `nj`. One `Scratch` serves one [`Pair`] (its covariances).
-pub(super) struct Scratch {
+pub(super) struct Scratch<T> {
     nj: usize,
     /// Members of every subset.
     members: Vec<Vec<usize>>,
@@ -60,26 +60,26 @@ pub(super) struct Scratch {
     /// state's sources come before it).
     index: Vec<usize>,
     cycles: Cycles,
-    states: Vec<f64>,
-    kappa: Vec<f64>,
-    sc: Vec<f64>,
-    walks: Vec<f64>,
-    stack: Vec<f64>,
-    prod: Vec<f64>,
-    pl: Vec<f64>,
-    pr: Vec<f64>,
-    y: Vec<f64>,
+    states: Vec<T>,
+    kappa: Vec<T>,
+    sc: Vec<T>,
+    walks: Vec<T>,
+    stack: Vec<T>,
+    prod: Vec<T>,
+    pl: Vec<T>,
+    pr: Vec<T>,
+    y: Vec<T>,
     /// States entering a score from paths through left scores only, which depend on the left
     /// combination and the leg entered alone: kept per (leg, left subset) while the left
     /// combination (`left`, its groups) stays, valid where `stamp` is `epoch`.
-    entries: Vec<f64>,
+    entries: Vec<T>,
     stamp: Vec<u64>,
     epoch: u64,
     left: Vec<usize>,
 }
 
-impl Scratch {
-    fn new(nj: usize) -> Scratch {
+impl<T: Real> Scratch<T> {
+    fn new(nj: usize) -> Scratch<T> {
         assert!(nj <= MAX_SCORES, "{nj} scores in a pair of combinations");
         let subsets = 1usize << nj;
         let members: Vec<Vec<usize>> = (0..subsets).map(|u| bits(u).collect()).collect();
@@ -128,20 +128,20 @@ impl Scratch {
 
 /// Scratch buffers for pairs of combinations with `nj` scores, each lent to one rayon job at
 /// a time and kept between jobs, so that each grows to its working size once.
-pub(super) struct Pool {
+pub(super) struct Pool<T> {
     nj: usize,
-    free: Mutex<Vec<Scratch>>,
+    free: Mutex<Vec<Scratch<T>>>,
 }
 
-impl Pool {
-    pub(super) fn new(nj: usize) -> Pool {
+impl<T: Real> Pool<T> {
+    pub(super) fn new(nj: usize) -> Pool<T> {
         Pool {
             nj,
             free: Mutex::new(vec![]),
         }
     }
 
-    pub(super) fn take(&self) -> Lent<'_> {
+    pub(super) fn take(&self) -> Lent<'_, T> {
         let free = self
             .free
             .lock()
@@ -155,25 +155,25 @@ impl Pool {
 }
 
 /// A [`Scratch`] of a [`Pool`], given back when dropped.
-pub(super) struct Lent<'p> {
-    pool: &'p Pool,
-    scratch: Option<Scratch>,
+pub(super) struct Lent<'p, T> {
+    pool: &'p Pool<T>,
+    scratch: Option<Scratch<T>>,
 }
 
-impl Deref for Lent<'_> {
-    type Target = Scratch;
-    fn deref(&self) -> &Scratch {
+impl<T> Deref for Lent<'_, T> {
+    type Target = Scratch<T>;
+    fn deref(&self) -> &Scratch<T> {
         self.scratch.as_ref().expect("lent until dropped")
     }
 }
 
-impl DerefMut for Lent<'_> {
-    fn deref_mut(&mut self) -> &mut Scratch {
+impl<T> DerefMut for Lent<'_, T> {
+    fn deref_mut(&mut self) -> &mut Scratch<T> {
         self.scratch.as_mut().expect("lent until dropped")
     }
 }
 
-impl Drop for Lent<'_> {
+impl<T> Drop for Lent<'_, T> {
     fn drop(&mut self) {
         if let Some(s) = self.scratch.take() {
             let mut free = self
@@ -250,21 +250,21 @@ impl Cycles {
 }
 
 /// `v[..len]`, grown as needed.
-fn sized(v: &mut Vec<f64>, len: usize) -> &mut [f64] {
+fn sized<T: Real>(v: &mut Vec<T>, len: usize) -> &mut [T] {
     if v.len() < len {
-        v.resize(len, 0.0);
+        v.resize(len, T::default());
     }
     &mut v[..len]
 }
 
-impl Pair<'_> {
+impl<T: Real> Pair<'_, T> {
     /// Covariances of group `x` (side `sx`) with group `y` (side `sy`), row-major, or `None`
     /// where they are zero.
-    fn blk(&self, sx: usize, x: Leg, sy: usize, y: Leg) -> Option<&[f64]> {
+    fn blk(&self, sx: usize, x: Leg, sy: usize, y: Leg) -> Option<&[T]> {
         self.g[2 * sx + sy].block(x, y)
     }
 
-    fn mean(&self, side: usize, x: Leg) -> &[f64] {
+    fn mean(&self, side: usize, x: Leg) -> &[T] {
         &self.mu[side][x.row..][..x.size]
     }
 
@@ -276,23 +276,23 @@ impl Pair<'_> {
         (k, lk): (usize, usize),
         (j, lg): (usize, usize),
         transposed: bool,
-    ) -> Option<&[f64]> {
+    ) -> Option<&[T]> {
         let (a, b) = (atoms[k], atoms[j]);
         let (x, y) = ((a.side, a.legs[lk]), (b.side, b.legs[1 - lg]));
         let (x, y) = if transposed { (y, x) } else { (x, y) };
         self.blk(x.0, x.1, y.0, y.1)
     }
 
-    fn step(&self, atoms: &[Atom], from: (usize, usize), to: (usize, usize)) -> Option<&[f64]> {
+    fn step(&self, atoms: &[Atom], from: (usize, usize), to: (usize, usize)) -> Option<&[T]> {
         self.transfer(atoms, from, to, false)
     }
 
-    fn mirror(&self, atoms: &[Atom], from: (usize, usize), to: (usize, usize)) -> Option<&[f64]> {
+    fn mirror(&self, atoms: &[Atom], from: (usize, usize), to: (usize, usize)) -> Option<&[T]> {
         self.transfer(atoms, from, to, true)
     }
 
     /// The same covariances and means with the sides swapped.
-    pub(super) fn mirrored(&self) -> Pair<'_> {
+    pub(super) fn mirrored(&self) -> Pair<'_, T> {
         let g = self.g;
         Pair {
             g: [g[3], g[2], g[1], g[0]],
@@ -314,8 +314,8 @@ impl Pair<'_> {
         l: &Combo,
         r: Option<&Combo>,
         dims: (usize, usize),
-        ws: &mut Scratch,
-    ) -> Vec<f64> {
+        ws: &mut Scratch<T>,
+    ) -> Vec<T> {
         #[cfg(target_arch = "x86_64")]
         if kernels::avx512() {
             // SAFETY: the CPU has the features this copy is compiled for.
@@ -338,8 +338,8 @@ impl Pair<'_> {
         l: &Combo,
         r: Option<&Combo>,
         dims: (usize, usize),
-        ws: &mut Scratch,
-    ) -> Vec<f64> {
+        ws: &mut Scratch<T>,
+    ) -> Vec<T> {
         self.moment_any::<Avx2>(l, r, dims, ws)
     }
 
@@ -351,8 +351,8 @@ impl Pair<'_> {
         l: &Combo,
         r: Option<&Combo>,
         dims: (usize, usize),
-        ws: &mut Scratch,
-    ) -> Vec<f64> {
+        ws: &mut Scratch<T>,
+    ) -> Vec<T> {
         self.moment_any::<Avx512>(l, r, dims, ws)
     }
 
@@ -362,8 +362,8 @@ impl Pair<'_> {
         l: &Combo,
         r: Option<&Combo>,
         (dl, dr): (usize, usize),
-        ws: &mut Scratch,
-    ) -> Vec<f64> {
+        ws: &mut Scratch<T>,
+    ) -> Vec<T> {
         // The right vector: a group of side 1, or the constant 1 (no covariances, mean 1).
         let rv = r.map(|r| r.vector);
         let to_rv = |side: usize, x: Leg| rv.and_then(|v| self.blk(side, x, 1, v));
@@ -412,7 +412,7 @@ impl Pair<'_> {
                 let dst = &mut states[slot(1 << k, k, lk)..][..rows * h];
                 match self.blk(0, l.vector, a.side, a.legs[1 - lk]) {
                     Some(b) => dst[..dl * h].copy_from_slice(b),
-                    None => dst[..dl * h].fill(0.0),
+                    None => dst[..dl * h].fill(T::default()),
                 }
                 dst[dl * h..].copy_from_slice(mean(k, 1 - lk));
             }
@@ -444,7 +444,7 @@ impl Pair<'_> {
                     } else {
                         None
                     };
-                    let mut terms: [(&[f64], usize, &[f64]); 2 * MAX_SCORES] =
+                    let mut terms: [(&[T], usize, &[T]); 2 * MAX_SCORES] =
                         [(&[], 0, &[]); 2 * MAX_SCORES];
                     let mut nt = 0;
                     for &k in &members[rest] {
@@ -464,43 +464,45 @@ impl Pair<'_> {
                 }
             }
         }
-        let states: &[f64] = states;
+        let states: &[T] = states;
         let fm = |u: usize, j: usize, lg: usize| {
             &states[slot(u, j, lg) + dl * atoms[j].h()..][..atoms[j].h()]
         };
 
         // Cumulants κ(B): a score alone E[s] = tr C_ab + μ_a·μ_b; otherwise mean-ended paths
         // ½ Σ_{j,ℓ} μ(j,ℓ)·fm(B,j,ℓ) plus cycles. Then moments Sc(U) = Σ_{B∋min U} κ(B) Sc(U∖B).
+        let (zero, half) = (T::default(), T::of(0.5));
         let kappa = sized(kappa, full + 1);
-        kappa.fill(0.0);
+        kappa.fill(zero);
         for (u, kap) in kappa.iter_mut().enumerate().skip(1) {
             if u.count_ones() == 1 {
                 let j = u.trailing_zeros() as usize;
                 let (a, h) = (atoms[j], atoms[j].h());
                 let tr = self
                     .blk(a.side, a.legs[0], a.side, a.legs[1])
-                    .map_or(0.0, |g| (0..h).map(|e| g[e * h + e]).sum());
-                *kap = tr + dot::<M>(mean(j, 0), mean(j, 1));
+                    .map_or(zero, |g| (0..h).map(|e| g[e * h + e]).sum());
+                *kap = tr + dot::<M, T>(mean(j, 0), mean(j, 1));
             } else {
-                *kap = 0.5
+                *kap = half
                     * members[u]
                         .iter()
                         .flat_map(|&j| (0..2).map(move |lg| (j, lg)))
-                        .map(|(j, lg)| dot::<M>(mean(j, lg), fm(u, j, lg)))
-                        .sum::<f64>();
+                        .map(|(j, lg)| dot::<M, T>(mean(j, lg), fm(u, j, lg)))
+                        .sum::<T>();
             }
         }
         self.cycles::<M>(cycles, atoms, kappa, walks);
         let sc = sized(sc, full + 1);
-        sc.fill(0.0);
-        sc[0] = 1.0;
+        sc.fill(zero);
+        sc[0] = T::of(1.0);
         for u in 1..=full {
             let low = u & u.wrapping_neg();
             let rest = u ^ low;
             let mut sub = rest;
             loop {
                 let b = low | sub;
-                sc[u] += kappa[b] * sc[u & !b];
+                let add = kappa[b] * sc[u & !b];
+                sc[u] += add;
                 if sub == 0 {
                     break;
                 }
@@ -511,18 +513,18 @@ impl Pair<'_> {
         // Connected: Sc(J)·C_LR + Σ_{j,ℓ} (Σ_{U∋j} Sc(J∖U) am(U,j,ℓ)) · C[leg ℓ of j, v_R];
         // with them P_R(U) = Σ fm(U,j,ℓ)ᵀ C[leg ℓ of j, v_R] and P_L(U) = Σ fm(U,j,ℓ)ᵀ C[leg ℓ
         // of j, v_L] (P(∅): the vectors' means).
-        let mut out = vec![0.0; dl * dr];
+        let mut out = vec![zero; dl * dr];
         if let Some(c) = to_rv(0, l.vector) {
             out.iter_mut().zip(c).for_each(|(o, c)| *o = sc[full] * c);
         }
         let pl = sized(pl, (full + 1) * dl);
-        pl.fill(0.0);
+        pl.fill(zero);
         pl[..dl].copy_from_slice(self.mean(0, l.vector));
         let pr = sized(pr, (full + 1) * dr);
-        pr.fill(0.0);
+        pr.fill(zero);
         match rv {
             Some(v) => pr[..dr].copy_from_slice(self.mean(1, v)),
-            None => pr[0] = 1.0,
+            None => pr[0] = T::of(1.0),
         }
         for (j, a) in atoms.iter().enumerate() {
             let (h, sets) = (a.h(), &containing[j]);
@@ -534,7 +536,7 @@ impl Pair<'_> {
                 }
                 // Rows: Σ_{U∋j} Sc(J∖U) am(U,j,ℓ), then fm(U,j,ℓ) for every U ∋ j.
                 let st = sized(stack, (dl + sets.len()) * h);
-                st[..dl * h].fill(0.0);
+                st[..dl * h].fill(zero);
                 for (i, &u) in sets.iter().enumerate() {
                     let s = &states[slot(u, j, lg)..][..rows * h];
                     let f = sc[full & !u];
@@ -544,16 +546,16 @@ impl Pair<'_> {
                 if let Some(w) = to_r {
                     let p = sized(prod, (dl + sets.len()) * dr);
                     M::gemm_sum(dl + sets.len(), dr, &[(st, h, w)], p);
-                    axpy(&mut out, 1.0, &p[..dl * dr]);
+                    axpy(&mut out, T::of(1.0), &p[..dl * dr]);
                     for (i, &u) in sets.iter().enumerate() {
-                        axpy(&mut pr[u * dr..][..dr], 1.0, &p[(dl + i) * dr..]);
+                        axpy(&mut pr[u * dr..][..dr], T::of(1.0), &p[(dl + i) * dr..]);
                     }
                 }
                 if let Some(v) = to_l {
                     let p = sized(prod, sets.len() * dl);
                     M::gemm_sum(sets.len(), dl, &[(&st[dl * h..], h, v)], p);
                     for (i, &u) in sets.iter().enumerate() {
-                        axpy(&mut pl[u * dl..][..dl], 1.0, &p[i * dl..]);
+                        axpy(&mut pl[u * dl..][..dl], T::of(1.0), &p[i * dl..]);
                     }
                 }
             }
@@ -562,7 +564,7 @@ impl Pair<'_> {
         let y = sized(y, dr);
         for u1 in 0..=full {
             let free = full & !u1;
-            y.fill(0.0);
+            y.fill(zero);
             let mut u2 = free;
             loop {
                 axpy(y, sc[free & !u2], &pr[u2 * dr..]);
@@ -580,24 +582,18 @@ impl Pair<'_> {
 
     /// `κ(B) += ` every cycle through `B` (see [`Cycles`]); `tr(P Q) = ⟨P, Qᵀ⟩` throughout.
     #[inline(always)]
-    fn cycles<M: Kernel>(
-        &self,
-        plan: &Cycles,
-        atoms: &[Atom],
-        kappa: &mut [f64],
-        buf: &mut Vec<f64>,
-    ) {
+    fn cycles<M: Kernel>(&self, plan: &Cycles, atoms: &[Atom], kappa: &mut [T], buf: &mut Vec<T>) {
         let hm = atoms.iter().map(Atom::h).max().unwrap_or(0);
         let block = 4 * hm * hm;
-        let dot_opt = |p: &[f64], q: Option<&[f64]>| q.map_or(0.0, |q| dot::<M>(p, q));
+        let dot_opt = |p: &[T], q: Option<&[T]>| q.map_or(T::default(), |q| dot::<M, T>(p, q));
         for &[x, y] in &plan.pairs {
-            let mut t = 0.0;
+            let mut t = T::default();
             for (lx, ly) in [(0, 0), (0, 1), (1, 0), (1, 1)] {
                 if let Some(p) = self.step(atoms, (x, lx), (y, ly)) {
                     t += dot_opt(p, self.mirror(atoms, (y, ly), (x, lx)));
                 }
             }
-            kappa[1 << x | 1 << y] += 0.5 * t;
+            kappa[1 << x | 1 << y] += T::of(0.5) * t;
         }
         // Block (ℓ₁, ℓ₂) of walk `w` (its first and last state's legs, swapped if transposed).
         let at = |w: usize, l1: usize, l2: usize| (w * 4 + 2 * l1 + l2) * hm * hm;
@@ -605,7 +601,7 @@ impl Pair<'_> {
         for (w, &([x, y, z], transposed)) in plan.walks.iter().enumerate() {
             let (hx, hy, hz) = (atoms[x].h(), atoms[y].h(), atoms[z].h());
             for (lx, lz) in [(0, 0), (0, 1), (1, 0), (1, 1)] {
-                let mut terms: [(&[f64], usize, &[f64]); 2] = [(&[], 0, &[]); 2];
+                let mut terms: [(&[T], usize, &[T]); 2] = [(&[], 0, &[]); 2];
                 let mut nt = 0;
                 for ly in 0..2 {
                     let (a, b) = if transposed {
@@ -635,7 +631,7 @@ impl Pair<'_> {
         for &(u, w) in &plan.triangles {
             let ([x, _, z], transposed) = plan.walks[w];
             let size = atoms[x].h() * atoms[z].h();
-            let mut t = 0.0;
+            let mut t = T::default();
             for (lx, lz) in [(0, 0), (0, 1), (1, 0), (1, 1)] {
                 // tr(W[ℓx,ℓz] X_{(z,ℓz),(x,ℓx)}).
                 t += if transposed {
@@ -657,12 +653,12 @@ impl Pair<'_> {
             let size = atoms[x].h() * atoms[z].h();
             kappa[kappa.len() - 1] += (0..4)
                 .map(|l| {
-                    dot::<M>(
+                    dot::<M, T>(
                         &buf[at(w1, l / 2, l % 2)..][..size],
                         &buf[at(w2, l / 2, l % 2)..][..size],
                     )
                 })
-                .sum::<f64>();
+                .sum::<T>();
         }
     }
 }
