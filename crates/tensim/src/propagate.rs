@@ -595,10 +595,20 @@ impl Traces {
         eb: &Moment,
         heads: (Option<&Linear>, Option<&Linear>),
     ) -> Traces {
+        let readout = linear::moment::readout;
+        let (ab, (aa, bb)) = rayon::join(
+            || readout(sab, heads.0, heads.1),
+            || {
+                rayon::join(
+                    || readout(&ea.m, heads.0, heads.0),
+                    || readout(&eb.m, heads.1, heads.1),
+                )
+            },
+        );
         Traces {
-            ab: linear::moment::readout(sab, heads.0, heads.1),
-            aa: linear::moment::readout(&ea.m, heads.0, heads.0),
-            bb: linear::moment::readout(&eb.m, heads.1, heads.1),
+            ab,
+            aa,
+            bb,
             sa: ea.scale,
             sb: eb.scale,
         }
