@@ -87,8 +87,11 @@ fn step_parts(
             Step::Layer(Layer::Attention(a), n, positions, precision),
             Step::Layer(Layer::Attention(b), ..),
         ) => {
-            let (a, b) = (a.network(n), b.network(n));
-            attention::moment::moments(&a, &b, m, symmetric, positions, precision)
+            // A self step reads one layer on both sides.
+            let a = a.network(n);
+            let b = (!symmetric).then(|| b.network(n));
+            let b = b.as_ref().unwrap_or(&a);
+            attention::moment::moments(&a, b, m, symmetric, positions, precision)
         }
         (Step::Layer(Layer::Linear(a), _, positions, _), Step::Layer(Layer::Linear(b), ..)) => {
             let (a, b) = (a.padded(), b.padded());

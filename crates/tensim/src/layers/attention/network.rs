@@ -6,15 +6,32 @@ use crate::einsum::{Einsum, Tensor};
 use crate::linalg::Mat;
 
 /// The factors of one head's active term, indexed by position (`n` positions, padded size
-/// `d + 1`): `vo = o·v` with `v[e, i] = V̂_η` (unit column zero) and `o[o, e] = (s/h²)·O_η`
-/// (row `o = 0` zero), `q[c][t, e, i]`, `k[c][u, e, i]`.
+/// `d + 1`): `v[e, i] = V̂_η` (unit column zero) and `o[o, e] = (s/h²)·O_η` (row `o = 0`
+/// zero), `q[c][t, e, i]`, `k[c][u, e, i]`.
 #[derive(Clone, Debug)]
 pub struct HeadFactors {
     pub v: Tensor,
     pub o: Tensor,
-    pub vo: Tensor,
     pub q: [Tensor; 2],
     pub k: [Tensor; 2],
+}
+
+impl HeadFactors {
+    /// `vo = o·v` (`(d+1) × (d+1)`).
+    pub fn vo(&self) -> Tensor {
+        let (w, h) = (self.v.shape[1], self.v.shape[0]);
+        let mut vo = Tensor::zeros(vec![w, w]);
+        for out in 1..w {
+            for e in 0..h {
+                let x = self.o.data[out * h + e];
+                let row = &mut vo.data[out * w..][..w];
+                row.iter_mut()
+                    .zip(&self.v.data[e * w..][..w])
+                    .for_each(|(y, v)| *y += x * v);
+            }
+        }
+        vo
+    }
 }
 
 /// The tensor-network form of the layer at `n` positions.
@@ -78,7 +95,7 @@ impl Attention {
         );
         let heads = (0..self.n_head)
             .map(|head| {
-                // V̂_η (h × (d+1)) and (s/h²)·O_η ((d+1) × h); their product is `vo`.
+                // V̂_η (h × (d+1)) and (s/h²)·O_η ((d+1) × h).
                 let (w, rows) = (d + 1, head * h..(head + 1) * h);
                 let mut v = Tensor::zeros(vec![h, w]);
                 let mut o = Tensor::zeros(vec![w, h]);
@@ -88,19 +105,9 @@ impl Attention {
                         o.data[(1 + i) * h + e] = c * self.o[(i, row)] / (h * h) as f64;
                     }
                 }
-                let mut vo = Tensor::zeros(vec![w, w]);
-                for out in 1..w {
-                    for e in 0..h {
-                        let x = o.data[out * h + e];
-                        for i in 1..w {
-                            vo.data[out * w + i] += x * v.data[e * w + i];
-                        }
-                    }
-                }
                 HeadFactors {
                     v,
                     o,
-                    vo,
                     q: [
                         self.padded_rotated(&self.q1, &self.q1_bias, head, n),
                         self.padded_rotated(&self.q2, &self.q2_bias, head, n),
@@ -148,16 +155,13 @@ impl Network {
             n_labels: 3,
         };
         // Heads stacked along a leading axis.
-        let stack = |part: &dyn Fn(&HeadFactors) -> &Tensor| {
-            let first = part(&self.heads[0]);
+        let stack = |part: &dyn Fn(&HeadFactors) -> Tensor| {
+            let parts: Vec<Tensor> = self.heads.iter().map(part).collect();
             let mut shape = vec![self.heads.len()];
-            shape.extend(&first.shape);
+            shape.extend(&parts[0].shape);
             Arc::new(Tensor::new(
                 shape,
-                self.heads
-                    .iter()
-                    .flat_map(|h| part(h).data.clone())
-                    .collect(),
+                parts.into_iter().flat_map(|t| t.data).collect(),
             ))
         };
         let (t, o, u, eta, e, f) = (0, 1, 2, 3, 4, 5);
@@ -165,11 +169,11 @@ impl Network {
         let active = Term {
             factors: vec![
                 (vec![t, u], Arc::new(self.mask.clone())),
-                (vec![eta, o, a], stack(&|h| &h.vo)),
-                (vec![eta, t, e, b], stack(&|h| &h.q[0])),
-                (vec![eta, u, e, c], stack(&|h| &h.k[0])),
-                (vec![eta, t, f, d], stack(&|h| &h.q[1])),
-                (vec![eta, u, f, g], stack(&|h| &h.k[1])),
+                (vec![eta, o, a], stack(&HeadFactors::vo)),
+                (vec![eta, t, e, b], stack(&|h| h.q[0].clone())),
+                (vec![eta, u, e, c], stack(&|h| h.k[0].clone())),
+                (vec![eta, t, f, d], stack(&|h| h.q[1].clone())),
+                (vec![eta, u, f, g], stack(&|h| h.k[1].clone())),
             ],
             out: (t, o),
             legs: vec![(u, a), (u, c), (u, g), (t, b), (t, d)],
@@ -192,10 +196,11 @@ impl Network {
                 .collect(),
         );
         for head in &self.heads {
+            let vo = head.vo();
             let y = active
                 .contract(&[
-                    &self.mask, &head.vo, legs[0], &head.q[0], legs[3], &head.k[0], legs[1],
-                    &head.q[1], legs[4], &head.k[1], legs[2],
+                    &self.mask, &vo, legs[0], &head.q[0], legs[3], &head.k[0], legs[1], &head.q[1],
+                    legs[4], &head.k[1], legs[2],
                 ])
                 .expect("consistent shapes");
             out.data.iter_mut().zip(&y.data).for_each(|(a, b)| *a += b);

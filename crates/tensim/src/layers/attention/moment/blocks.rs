@@ -36,8 +36,8 @@ pub(super) struct Side<'a> {
     pub w: usize,
     pub h: usize,
     pub heads: usize,
-    /// `Π[p]` of every position (see [`Side::projection`]).
-    proj: Vec<Mat<f64>>,
+    /// `Π[p]` of every position, row-major (see [`Side::projection`]).
+    proj: Vec<Vec<f64>>,
     /// The rotary turns of every position (empty without rotary).
     turns: Vec<Vec<(f64, f64)>>,
 }
@@ -140,23 +140,28 @@ impl<'a> Side<'a> {
         (first, self.first_row(last) + self.size(last) - first)
     }
 
-    /// `Π[p]`: the rows above as maps of the padded input at position `p`.
-    fn projection(&self, p: usize) -> Mat<f64> {
+    /// `Π[p]` (row-major): the rows above as maps of the padded input at position `p`.
+    fn projection(&self, p: usize) -> Vec<f64> {
         let (w, h) = (self.w, self.h);
-        Mat::from_fn(self.stride(), w, |r, i| {
+        let mut out = vec![0.0; self.stride() * w];
+        for (r, row) in out.chunks_exact_mut(w).enumerate() {
             if r < w {
-                return f64::from(u8::from(r == i));
+                row[r] = 1.0;
+                continue;
             }
             let ((head, role), e) = (self.role(1 + (r - w) / h), (r - w) % h);
             let f = &self.net.heads[head];
-            match role {
-                V => f.v.data[e * w + i],
-                _ => {
-                    let t = [&f.q[0], &f.k[0], &f.q[1], &f.k[1]][role];
-                    t.data[(p * h + e) * w + i]
-                }
-            }
-        })
+            row.copy_from_slice(match role {
+                V => &f.v.data[e * w..][..w],
+                _ => &[&f.q[0], &f.k[0], &f.q[1], &f.k[1]][role].data[(p * h + e) * w..][..w],
+            });
+        }
+        out
+    }
+
+    /// `Π[p]` as a matrix.
+    fn projected<T>(proj: &[T], stride: usize) -> MatRef<'_, T> {
+        MatRef::from_row_major_slice(proj, stride, proj.len() / stride)
     }
 
     /// `Π μ`: the mean of every row.
@@ -164,7 +169,11 @@ impl<'a> Side<'a> {
         (0..self.n)
             .flat_map(|p| {
                 let x = Mat::from_fn(self.w, 1, |i, _| mu.data[p * self.w + i]);
-                let y = mul(self.proj[p].as_ref(), x.as_ref(), Par::Seq);
+                let y = mul(
+                    Side::projected(&self.proj[p], self.stride()),
+                    x.as_ref(),
+                    Par::Seq,
+                );
                 (0..y.nrows()).map(move |r| y[(r, 0)])
             })
             .collect()
@@ -454,12 +463,14 @@ impl<T: Real> Gram<T> {
         mirror: bool,
         shifts: bool,
     ) -> (Gram<T>, Option<Gram<T>>) {
-        let narrow = |ps: &[Mat<f64>]| -> Vec<Mat<T>> {
-            ps.iter()
-                .map(|p| Mat::from_fn(p.nrows(), p.ncols(), |i, j| T::of(p[(i, j)])))
+        // `Π[p]` in `T`, row-major.
+        let narrow = |s: &Side| -> Vec<Vec<T>> {
+            (s.proj.iter())
+                .map(|p| p.iter().map(|&v| T::of(v)).collect())
                 .collect()
         };
-        let (n, px, py) = (x.n, &narrow(&x.proj), &narrow(&y.proj));
+        let (px, py) = (narrow(x), narrow(y));
+        let n = x.n;
         let live = |p: usize, q: usize| {
             (p == q || !independent)
                 && (0..x.w * y.w)
@@ -529,7 +540,14 @@ impl<T: Real> Gram<T> {
             g.parts.iter().map(|_| &mut [][..]).collect()
         };
         // One position pair per task: Dᵀ = (Π_y[q] C[p,q]ᵀ) Π_x[p]ᵀ panel by panel (column `a`
-        // of Dᵀ is row `a` of D, contiguous), cut into its blocks (and their transposes).
+        // of Dᵀ is row `a` of D, contiguous), cut into its blocks (and their transposes). With
+        // fewer tasks than threads (one, where the others are turned), the products use them.
+        let tasks = later.iter().filter(|&&l| !l).count();
+        let par = if tasks < rayon::current_num_threads() {
+            Par::rayon(0)
+        } else {
+            Par::Seq
+        };
         regions(&mut data, &g.parts)
             .into_par_iter()
             .zip(backs)
@@ -549,11 +567,19 @@ impl<T: Real> Gram<T> {
                         let ((r0, rn), (c0, cn)) = (x.rows(gxs), y.rows(gys));
                         // Panels of one column run are consecutive: its first product once.
                         if last != Some((c0, cn)) {
-                            mul_into(b, py[q].subrows(c0, cn), c.as_ref(), Par::Seq);
+                            mul_into(
+                                b,
+                                Side::projected(&py[q], y.stride()).subrows(c0, cn),
+                                c.as_ref(),
+                                par,
+                            );
                             last = Some((c0, cn));
                         }
                         let b = b.as_ref().submatrix(0, 0, cn, x.w);
-                        let dt = mul_into(dt, b, px[p].subrows(r0, rn).transpose(), Par::Seq);
+                        let pt = Side::projected(&px[p], x.stride())
+                            .subrows(r0, rn)
+                            .transpose();
+                        let dt = mul_into(dt, b, pt, par);
                         for &(gx, gy, o) in blocks.by_ref().take(gxs.len() * gys.len()) {
                             let (hx, hy) = (x.size(gx), y.size(gy));
                             let (r, cc) = (x.first_row(gx) - r0, y.first_row(gy) - c0);
