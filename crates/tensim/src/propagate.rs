@@ -303,16 +303,16 @@ fn moment_width(model: &Model) -> usize {
 /// Refuse work that cannot fit in memory, before any is allocated. A step holds about a dozen
 /// `(n·w)²` moments (the three before and after it, their centred copies, the step's parts),
 /// `w` the widest moment of `models` ([`moment_width`]), and an attention step its projected
-/// covariances ([`covariances`]; attention steps run one at a time). `copies` more moments are
-/// kept (cached self chains), `pairs` pairs run at once; the models' own parameters are held
-/// throughout.
-pub fn check_memory(models: &[&Model], copies: f64, pairs: usize) -> Result<()> {
+/// covariances ([`covariances`], in f64). `copies` more moments are kept (cached self chains),
+/// `steps` attention steps' covariances are held at once (counted in f64: [`held`]); the
+/// models' own parameters are held throughout.
+pub fn check_memory(models: &[&Model], copies: f64, steps: f64) -> Result<()> {
     let n = models[0].input().n_ctx;
     let w = models.iter().map(|m| moment_width(m)).max().unwrap_or(0);
     let parameters: usize = models.iter().map(|m| m.param_count()).sum();
     let counted = parameters as f64
         + (12.0 + copies) * ((n * w) as f64).powi(2)
-        + pairs as f64 * covariances(models);
+        + steps * covariances(models);
     // Beyond the counted arrays: transient copies, allocator slack (freed memory is kept for
     // reuse) and the program (peak RSS of the paper's LM at n_ctx 4, 8, 16: 1.45, 1.28, 1.04
     // times the count).
@@ -352,10 +352,35 @@ fn covariances(models: &[&Model]) -> f64 {
     most
 }
 
-/// Whether a pair's attention covariances are so large (over 256 MB) that pairs of `models`
-/// run one at a time, each on every core, instead of one per core.
-pub fn one_pair_at_a_time(models: &[&Model]) -> bool {
-    8.0 * covariances(models) > 256e6
+/// Whether the attention steps of a closure (its cross step and both self steps) run side by
+/// side, each on the threads it finds free, rather than one after the other on every thread:
+/// in f32, whose covariances take half the memory (at the paper's LM shape 1.3 -> 1.1 s, peak
+/// 0.57 -> 0.77 GB).
+fn side_by_side(precision: Precision) -> bool {
+    precision == Precision::F32
+}
+
+/// The attention covariances `pairs` pairs' closures hold at once, counted in f64 sets
+/// ([`check_memory`]): one step per pair, three with [`side_by_side`] unless the self chains
+/// are `cached`; f32 entries count half.
+pub fn held(precision: Precision, pairs: usize, cached: bool) -> f64 {
+    let steps = if side_by_side(precision) && !cached {
+        3.0
+    } else {
+        1.0
+    };
+    let size = match precision {
+        Precision::F64 => 1.0,
+        Precision::F32 => 0.5,
+    };
+    pairs as f64 * steps * size
+}
+
+/// Whether a pair's attention covariances (of one step, in `precision`) are so large (over
+/// 256 MB) that pairs of `models` run one at a time, each on every core, instead of one per
+/// core.
+pub fn one_pair_at_a_time(models: &[&Model], precision: Precision) -> bool {
+    8.0 * held(precision, 1, true) * covariances(models) > 256e6
 }
 
 /// The first step's moment `(m, shift)` of `left` against `right` from the Gaussian input of
@@ -457,7 +482,7 @@ impl Chain {
 
 /// A model's self chain (closure; see [`Split`] and [`Chain`]).
 pub fn self_chain(model: &Model, precision: Precision) -> Result<Chain> {
-    check_memory(&[model], 1.0, 1)?;
+    check_memory(&[model], 1.0, held(precision, 1, true))?;
     let n = model.input().n_ctx;
     let p = split(model);
     let body = p.body;
@@ -668,7 +693,7 @@ pub fn closure_ends(
     }
     if cached.is_none() {
         // With cached chains the batch form checked once for all pairs.
-        check_memory(&[a, b], 1.0, 1)?;
+        check_memory(&[a, b], 1.0, held(precision, 1, false))?;
     }
     let (pa, pb) = (split(a), split(b));
     let (la, lb) = aligned(a, b);
@@ -731,13 +756,13 @@ pub fn closure_ends(
         let self_a = || next(&pa, a, &sa, cached.map(|c| c.0));
         let self_b = || next(&pb, b, &sb, cached.map(|c| c.1));
         let cross = || cross_step(&sab, (&sa, &sb), steps(k));
-        // The self steps and the cross step read only the moments before them. Attention
+        // The self steps and the cross step read only the moments before them. f64 attention
         // steps run one at a time, each on every thread (side by side, the three steps'
         // projected covariances would be held at once); the others side by side.
         let attention = [&la[k], &lb[k]]
             .iter()
             .any(|l| matches!(l, Layer::Attention(_)));
-        let ((na, nb), ab) = if attention {
+        let ((na, nb), ab) = if attention && !side_by_side(precision) {
             let ab = cross();
             ((self_a(), self_b()), ab)
         } else {

@@ -106,13 +106,14 @@ pub fn batch<'a>(models: &'a [&'a Model], opts: GaussOptions) -> Result<impl Bat
     // Every model's chain is kept (one moment per body layer); a pair per thread at once, or
     // one in all (large attention layers).
     let kept: usize = models.iter().map(|m| crate::propagate::chain_len(m)).sum();
-    let serial = crate::propagate::one_pair_at_a_time(models);
+    let serial = crate::propagate::one_pair_at_a_time(models, opts.precision);
     let pairs = if serial {
         1
     } else {
         rayon::current_num_threads()
     };
-    crate::propagate::check_memory(models, kept as f64, pairs)?;
+    let held = crate::propagate::held(opts.precision, pairs, true);
+    crate::propagate::check_memory(models, kept as f64, held)?;
     let chains = map_all(models, serial, |m| self_chain(m, opts.precision))
         .into_iter()
         .collect::<Result<Vec<_>>>()?;

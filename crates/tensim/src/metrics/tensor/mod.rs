@@ -28,6 +28,7 @@ use crate::linalg::{mul, Par};
 use crate::metrics::batch::{Batch, PerPair};
 use crate::metrics::{cosine, cosines, Comparison, Kind, Options};
 use crate::model::Model;
+use crate::moment::Precision;
 
 /// The padded nodes of `model`, lifted to `depth` bilinear layers by identity nodes at the output.
 /// A linear layer that narrows its input and follows a bilinear node is folded into that node's
@@ -252,7 +253,7 @@ pub fn network_ends(
             b.input().n_ctx
         )));
     }
-    crate::propagate::check_memory(&[a, b], 1.0, 1)?;
+    crate::propagate::check_memory(&[a, b], 1.0, 1.0)?;
     let (n, pa, pb) = (a.input().n_ctx, split(a), split(b));
     let (la, lb) = (pa.body, pb.body);
     // The first step from the identity Gram: `δ_tt' Ŵ_a Ŵ_bᵀ` for two linear layers.
@@ -311,7 +312,7 @@ pub fn batch<'a>(models: &'a [&'a Model], per_output: bool) -> Result<Box<dyn Ba
             pair: |i: usize, j: usize| {
                 Ok(vec![network_similarity(models[i], models[j])?.similarity])
             },
-            serial: crate::propagate::one_pair_at_a_time(models),
+            serial: crate::propagate::one_pair_at_a_time(models, Precision::F64),
         }));
     }
     if let Some(s) = stacked::Stacked::new(models, per_output) {
