@@ -19,155 +19,38 @@ pub(crate) trait Real:
     fn wide(self) -> f64;
     /// `self·x + acc`, fused where the caller is compiled with FMA.
     fn mul_add_to(self, x: Self, acc: Self) -> Self;
-    /// Columns `0..j` of [`Kernel::gemm_sum`] in AVX2 register tiles; returns `j`.
-    /// SAFETY: the CPU has AVX2 and FMA.
+    /// A 256-bit and a 512-bit register of this type.
     #[cfg(target_arch = "x86_64")]
-    unsafe fn avx2_panels(dims: (usize, usize), terms: &Terms<'_, Self>, c: &mut [Self]) -> usize;
-    /// The same in AVX-512 register tiles. SAFETY: the CPU has AVX-512F, AVX2 and FMA.
+    type V256: simd::Lanes<E = Self>;
     #[cfg(target_arch = "x86_64")]
-    unsafe fn avx512_panels(dims: (usize, usize), terms: &Terms<'_, Self>, c: &mut [Self])
-        -> usize;
-    /// `a·b`. SAFETY: the CPU has AVX2 and FMA.
-    #[cfg(target_arch = "x86_64")]
-    unsafe fn avx2_dot(a: &[Self], b: &[Self]) -> Self;
+    type V512: simd::Lanes<E = Self>;
 }
 
-impl Real for f64 {
-    #[inline(always)]
-    fn of(x: f64) -> f64 {
-        x
-    }
-    #[inline(always)]
-    fn wide(self) -> f64 {
-        self
-    }
-    #[inline(always)]
-    fn mul_add_to(self, x: f64, acc: f64) -> f64 {
-        self.mul_add(x, acc)
-    }
-
-    /// Panels of 16 columns in 2-row tiles, of 8 in 4-row tiles (each tile's accumulators
-    /// fill the vector registers).
-    #[cfg(target_arch = "x86_64")]
-    #[inline(always)]
-    unsafe fn avx2_panels((m, n): (usize, usize), terms: &Terms<'_, f64>, c: &mut [f64]) -> usize {
-        use std::arch::x86_64::__m256d;
-        let mut j = 0;
-        while j + 16 <= n {
-            unsafe { simd::avx2::<__m256d, 2, 1, 4>(j, (m, n), terms, c) };
-            j += 16;
+macro_rules! real {
+    ($t:ty, $v256:ident, $v512:ident) => {
+        impl Real for $t {
+            #[inline(always)]
+            fn of(x: f64) -> $t {
+                x as $t
+            }
+            #[inline(always)]
+            fn wide(self) -> f64 {
+                f64::from(self)
+            }
+            #[inline(always)]
+            fn mul_add_to(self, x: $t, acc: $t) -> $t {
+                self.mul_add(x, acc)
+            }
+            #[cfg(target_arch = "x86_64")]
+            type V256 = std::arch::x86_64::$v256;
+            #[cfg(target_arch = "x86_64")]
+            type V512 = std::arch::x86_64::$v512;
         }
-        while j + 8 <= n {
-            unsafe { simd::avx2::<__m256d, 4, 1, 2>(j, (m, n), terms, c) };
-            j += 8;
-        }
-        j
-    }
-
-    /// Panels of 32 columns in 6-row tiles (24 of the 32 vector registers accumulate), of 16
-    /// in 6-row tiles, then an AVX2 panel of 8.
-    #[cfg(target_arch = "x86_64")]
-    #[inline(always)]
-    unsafe fn avx512_panels(
-        (m, n): (usize, usize),
-        terms: &Terms<'_, f64>,
-        c: &mut [f64],
-    ) -> usize {
-        use std::arch::x86_64::{__m256d, __m512d};
-        let mut j = 0;
-        while j + 32 <= n {
-            unsafe { simd::avx512::<__m512d, 6, 3, 4>(j, (m, n), terms, c) };
-            j += 32;
-        }
-        while j + 16 <= n {
-            unsafe { simd::avx512::<__m512d, 6, 3, 2>(j, (m, n), terms, c) };
-            j += 16;
-        }
-        while j + 8 <= n {
-            unsafe { simd::avx2::<__m256d, 4, 1, 2>(j, (m, n), terms, c) };
-            j += 8;
-        }
-        j
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    #[inline(always)]
-    unsafe fn avx2_dot(a: &[f64], b: &[f64]) -> f64 {
-        unsafe { simd::dot::<std::arch::x86_64::__m256d>(a, b) }
-    }
+    };
 }
 
-impl Real for f32 {
-    #[inline(always)]
-    fn of(x: f64) -> f32 {
-        x as f32
-    }
-    #[inline(always)]
-    fn wide(self) -> f64 {
-        f64::from(self)
-    }
-    #[inline(always)]
-    fn mul_add_to(self, x: f32, acc: f32) -> f32 {
-        self.mul_add(x, acc)
-    }
-
-    /// Panels of 32 columns in 2-row tiles, of 16 in 4-row tiles, of 8 in 4-row tiles.
-    #[cfg(target_arch = "x86_64")]
-    #[inline(always)]
-    unsafe fn avx2_panels((m, n): (usize, usize), terms: &Terms<'_, f32>, c: &mut [f32]) -> usize {
-        use std::arch::x86_64::__m256;
-        let mut j = 0;
-        while j + 32 <= n {
-            unsafe { simd::avx2::<__m256, 2, 1, 4>(j, (m, n), terms, c) };
-            j += 32;
-        }
-        while j + 16 <= n {
-            unsafe { simd::avx2::<__m256, 4, 1, 2>(j, (m, n), terms, c) };
-            j += 16;
-        }
-        while j + 8 <= n {
-            unsafe { simd::avx2::<__m256, 4, 1, 1>(j, (m, n), terms, c) };
-            j += 8;
-        }
-        j
-    }
-
-    /// Panels of 64 columns in 6-row tiles, of 32 and 16 in 6-row tiles, then an AVX2 panel
-    /// of 8.
-    #[cfg(target_arch = "x86_64")]
-    #[inline(always)]
-    unsafe fn avx512_panels(
-        (m, n): (usize, usize),
-        terms: &Terms<'_, f32>,
-        c: &mut [f32],
-    ) -> usize {
-        use std::arch::x86_64::{__m256, __m512};
-        let mut j = 0;
-        while j + 64 <= n {
-            unsafe { simd::avx512::<__m512, 6, 3, 4>(j, (m, n), terms, c) };
-            j += 64;
-        }
-        while j + 32 <= n {
-            unsafe { simd::avx512::<__m512, 6, 3, 2>(j, (m, n), terms, c) };
-            j += 32;
-        }
-        while j + 16 <= n {
-            unsafe { simd::avx512::<__m512, 6, 3, 1>(j, (m, n), terms, c) };
-            j += 16;
-        }
-        while j + 8 <= n {
-            unsafe { simd::avx2::<__m256, 4, 1, 1>(j, (m, n), terms, c) };
-            j += 8;
-        }
-        j
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    #[inline(always)]
-    unsafe fn avx2_dot(a: &[f32], b: &[f32]) -> f32 {
-        unsafe { simd::dot::<std::arch::x86_64::__m256>(a, b) }
-    }
-}
+real!(f64, __m256d, __m512d);
+real!(f32, __m256, __m512);
 
 /// The terms `(a_t, k_t, b_t)` of a sum of products (see [`Kernel::gemm_sum`]).
 pub(crate) type Terms<'a, T> = [(&'a [T], usize, &'a [T])];
@@ -231,18 +114,18 @@ impl Kernel for Avx2 {
         x.mul_add_to(y, acc)
     }
 
-    /// The type's AVX2 panels ([`Real::avx2_panels`]), then single columns.
+    /// AVX2 panels ([`avx2_panels`]), then single columns.
     #[inline(always)]
     fn gemm_sum<T: Real>(m: usize, n: usize, terms: &Terms<'_, T>, c: &mut [T]) {
         // SAFETY: the CPU has AVX2 and FMA (see the type).
-        let j = unsafe { T::avx2_panels((m, n), terms, c) };
+        let j = unsafe { avx2_panels(0, (m, n), terms, c) };
         columns::<Self, T>(j, m, n, terms, c);
     }
 
     #[inline(always)]
     fn dot<T: Real>(a: &[T], b: &[T]) -> T {
         // SAFETY: the CPU has AVX2 and FMA (see the type).
-        unsafe { T::avx2_dot(a, b) }
+        unsafe { simd::dot::<T::V256>(a, b) }
     }
 }
 
@@ -258,19 +141,65 @@ impl Kernel for Avx512 {
         x.mul_add_to(y, acc)
     }
 
-    /// The type's AVX-512 panels ([`Real::avx512_panels`]), then single columns.
+    /// Panels of 4, 2 and 1 registers' width in 6-row tiles (24 of the 32 vector registers
+    /// accumulate in the widest), then AVX2 panels ([`avx2_panels`]) and single columns.
     #[inline(always)]
     fn gemm_sum<T: Real>(m: usize, n: usize, terms: &Terms<'_, T>, c: &mut [T]) {
+        let w = <T::V512 as simd::Lanes>::LANES;
+        let mut j = 0;
         // SAFETY: the CPU has AVX-512F, AVX2 and FMA (see the type).
-        let j = unsafe { T::avx512_panels((m, n), terms, c) };
+        unsafe {
+            while j + 4 * w <= n {
+                simd::avx512::<T::V512, 6, 3, 4>(j, (m, n), terms, c);
+                j += 4 * w;
+            }
+            while j + 2 * w <= n {
+                simd::avx512::<T::V512, 6, 3, 2>(j, (m, n), terms, c);
+                j += 2 * w;
+            }
+            while j + w <= n {
+                simd::avx512::<T::V512, 6, 3, 1>(j, (m, n), terms, c);
+                j += w;
+            }
+            j = avx2_panels(j, (m, n), terms, c);
+        }
         columns::<Self, T>(j, m, n, terms, c);
     }
 
     #[inline(always)]
     fn dot<T: Real>(a: &[T], b: &[T]) -> T {
         // SAFETY: the CPU has AVX2 and FMA (see the type).
-        unsafe { T::avx2_dot(a, b) }
+        unsafe { simd::dot::<T::V256>(a, b) }
     }
+}
+
+/// Columns `j..` of [`Kernel::gemm_sum`] in panels of 4, 2 and 1 AVX2 registers' width (2-,
+/// 4- and 4-row tiles: each tile's accumulators fill the vector registers); returns where
+/// they end. SAFETY: the CPU has AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn avx2_panels<T: Real>(
+    mut j: usize,
+    (m, n): (usize, usize),
+    terms: &Terms<'_, T>,
+    c: &mut [T],
+) -> usize {
+    let w = <T::V256 as simd::Lanes>::LANES;
+    unsafe {
+        while j + 4 * w <= n {
+            simd::avx2::<T::V256, 2, 1, 4>(j, (m, n), terms, c);
+            j += 4 * w;
+        }
+        while j + 2 * w <= n {
+            simd::avx2::<T::V256, 4, 1, 2>(j, (m, n), terms, c);
+            j += 2 * w;
+        }
+        while j + w <= n {
+            simd::avx2::<T::V256, 4, 1, 1>(j, (m, n), terms, c);
+            j += w;
+        }
+    }
+    j
 }
 
 /// Whether this CPU runs the [`Avx512`] kernels.
@@ -290,7 +219,7 @@ mod simd {
     use super::{Real, Terms};
 
     /// A vector register of `LANES` elements of type `E`.
-    pub(super) trait Lanes: Copy {
+    pub(crate) trait Lanes: Copy {
         type E: Real;
         const LANES: usize;
         unsafe fn zero() -> Self;
