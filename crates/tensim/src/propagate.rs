@@ -376,11 +376,12 @@ pub fn held(precision: Precision, pairs: usize, cached: bool) -> f64 {
     pairs as f64 * steps * size
 }
 
-/// Whether a pair's attention covariances (of one step, in `precision`) are so large (over
-/// 256 MB) that pairs of `models` run one at a time, each on every core, instead of one per
-/// core.
-pub fn one_pair_at_a_time(models: &[&Model], precision: Precision) -> bool {
-    8.0 * held(precision, 1, true) * covariances(models) > 256e6
+/// Whether a pair's attention covariances (of one step, counted in f64 whatever the
+/// precision) are so large (over 256 MB) that pairs of `models` run one at a time, each on
+/// every core, instead of one per core. (The paper's LM, 75 checkpoints in f32: two pairs at
+/// once held 4.2 GB, over its 4 GB aim.)
+pub fn one_pair_at_a_time(models: &[&Model]) -> bool {
+    8.0 * covariances(models) > 256e6
 }
 
 /// The first step's moment `(m, shift)` of `left` against `right` from the Gaussian input of

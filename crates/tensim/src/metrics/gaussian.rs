@@ -106,14 +106,16 @@ pub fn batch<'a>(models: &'a [&'a Model], opts: GaussOptions) -> Result<impl Bat
     // Every model's chain is kept (one moment per body layer); a pair per thread at once, or
     // one in all (large attention layers).
     let kept: usize = models.iter().map(|m| crate::propagate::chain_len(m)).sum();
-    let serial = crate::propagate::one_pair_at_a_time(models, opts.precision);
+    let serial = crate::propagate::one_pair_at_a_time(models);
     let pairs = if serial {
         1
     } else {
         rayon::current_num_threads()
     };
+    // Each pair at work beyond the first holds its own dozen moments and covariances.
     let held = crate::propagate::held(opts.precision, pairs, true);
-    crate::propagate::check_memory(models, kept as f64, held)?;
+    let moments = kept as f64 + 12.0 * (pairs - 1) as f64;
+    crate::propagate::check_memory(models, moments, held)?;
     let chains = map_all(models, serial, |m| self_chain(m, opts.precision))
         .into_iter()
         .collect::<Result<Vec<_>>>()?;

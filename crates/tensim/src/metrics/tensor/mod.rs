@@ -28,7 +28,6 @@ use crate::linalg::{mul, Par};
 use crate::metrics::batch::{Batch, PerPair};
 use crate::metrics::{cosine, cosines, Comparison, Kind, Options};
 use crate::model::Model;
-use crate::moment::Precision;
 
 /// The padded nodes of `model`, lifted to `depth` bilinear layers by identity nodes at the output.
 /// A linear layer that narrows its input and follows a bilinear node is folded into that node's
@@ -312,7 +311,7 @@ pub fn batch<'a>(models: &'a [&'a Model], per_output: bool) -> Result<Box<dyn Ba
             pair: |i: usize, j: usize| {
                 Ok(vec![network_similarity(models[i], models[j])?.similarity])
             },
-            serial: crate::propagate::one_pair_at_a_time(models, Precision::F64),
+            serial: crate::propagate::one_pair_at_a_time(models),
         }));
     }
     if let Some(s) = stacked::Stacked::new(models, per_output) {
