@@ -543,6 +543,9 @@ fn transformers_compare_with_the_gaussian_metric() {
         .as_f64()
         .unwrap();
     assert!((s32 - s01).abs() < 1e-5 && s32 != s01, "{s32} vs {s01}");
+    let r = pair(f0, f1, &["--precision", "f32"]);
+    assert_eq!(r["precision"], "f32", "{r}");
+    assert!(pair(f0, f1, &[]).get("precision").is_none());
     let stored = |extra: &[&str]| {
         let mut args = vec!["matrix", "tf", "--metric", "gaussian", "--json", "--quiet"];
         args.extend([&["--out", "m.npy"][..], extra].concat());

@@ -134,7 +134,7 @@ fn language_model(c: &mut Criterion) {
             precision,
             ..Default::default()
         };
-        let name = |what: &str| format!("{what}/{precision:?}");
+        let name = |what: &str| format!("{what}/{precision}");
         g.bench_function(name("gaussian_pair"), |bch| {
             bch.iter(|| gaussian::similarity(&a, &b, &opts, Par::rayon(0)).unwrap())
         });

@@ -59,7 +59,7 @@ pub struct GaussCase {
     /// Peak resident memory of the case (pair and matrix), where the system reports it.
     pub peak_gib: Option<f64>,
     pub mode: String,
-    /// Of the attention moments (`F64`, `F32`).
+    /// Of the attention moments (`f64`, `f32`).
     pub precision: String,
 }
 
@@ -114,7 +114,7 @@ impl std::fmt::Display for Report {
                 f,
                 "  {:<62} {:>4} {:>8} {:>8.3} {:>8.3} {:>6} {:>9.2} {:>8.3} {:>8}",
                 c.name,
-                c.precision.to_lowercase(),
+                c.precision,
                 c.parameters,
                 c.pair_cold_seconds,
                 c.pair_warm_seconds,
@@ -316,7 +316,7 @@ fn transformer_case(
         matrix_seconds_per_pair: matrix_seconds / (n * (n - 1) / 2).max(1) as f64,
         peak_gib: peak_gib(),
         mode: first.mode.map(|m| m.to_string()).unwrap_or_default(),
-        precision: format!("{precision:?}"),
+        precision: precision.to_string(),
     })
 }
 

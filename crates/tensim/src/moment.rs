@@ -64,11 +64,21 @@ impl Moment {
 /// moments of pairs of combinations): `F32` runs twice the lanes per instruction and holds
 /// half the memory, at about `1e-6` relative rounding per product instead of `1e-16`; their
 /// sums and everything else stay `f64`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Precision {
     #[default]
     F64,
     F32,
+}
+
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Precision::F64 => "f64",
+            Precision::F32 => "f32",
+        })
+    }
 }
 
 /// What a layer step knows of positions. `independent`: no layer before it mixes positions,

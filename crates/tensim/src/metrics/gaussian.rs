@@ -9,6 +9,7 @@
 use crate::error::{Error, Result};
 use crate::linalg::{within, Par};
 
+use crate::layers::Layer;
 use crate::metrics::batch::{map_all, Batch, PerPair};
 use crate::metrics::{cosine, cosines, Comparison, Kind, Method};
 use crate::model::Model;
@@ -72,7 +73,12 @@ pub fn similarity(a: &Model, b: &Model, opts: &GaussOptions, par: Par) -> Result
         Mode::Exact => exact_traces(a, b),
         Mode::Closure => closure_traces(a, b, None, opts.precision),
     })?;
-    comparison(&t, exact)
+    let attention = |m: &Model| m.layers().iter().any(|l| matches!(l, Layer::Attention(_)));
+    let mut r = comparison(&t, exact)?;
+    if mode == Mode::Closure && opts.precision != Precision::F64 && (attention(a) || attention(b)) {
+        r.precision = Some(opts.precision);
+    }
+    Ok(r)
 }
 
 fn comparison(t: &Traces, exact: bool) -> Result<Comparison> {

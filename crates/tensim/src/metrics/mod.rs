@@ -214,6 +214,9 @@ pub struct Comparison {
     /// How the value was computed (gaussian and fully symmetrised tensor metrics).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mode: Option<Method>,
+    /// The arithmetic of the attention moments where it was not f64 (gaussian closure).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub precision: Option<crate::moment::Precision>,
     /// Standard error of `inner` (Monte-Carlo modes).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stderr: Option<f64>,
@@ -255,7 +258,10 @@ impl std::fmt::Display for Comparison {
         }
         match (self.symmetrize, self.mode) {
             (Some(sym), Some(mode)) => writeln!(f, "symmetrize  {sym} ({mode})")?,
-            (None, Some(mode)) => writeln!(f, "mode        {mode}")?,
+            (None, Some(mode)) => match self.precision {
+                Some(p) => writeln!(f, "mode        {mode} (attention moments in {p})")?,
+                None => writeln!(f, "mode        {mode}")?,
+            },
             _ => {}
         }
         if let Some(se) = self.stderr {

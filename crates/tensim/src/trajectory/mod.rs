@@ -163,7 +163,7 @@ pub fn tile_tag(metric: &Metric, per_output: bool, inputs_source: Option<&str>) 
                 tag += &format!("/{:?}(max_configs={})", g.mode, g.max_configs);
             }
             if precision != d.precision {
-                tag += &format!("/{precision:?}");
+                tag += &format!("/{precision}");
             }
         }
         _ => {}
