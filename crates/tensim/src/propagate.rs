@@ -354,8 +354,8 @@ fn covariances(models: &[&Model]) -> f64 {
 
 /// Whether the attention steps of a closure (its cross step and both self steps) run side by
 /// side, each on the threads it finds free, rather than one after the other on every thread:
-/// in f32, whose covariances take half the memory (at the paper's LM shape 1.3 -> 1.1 s, peak
-/// 0.57 -> 0.77 GB).
+/// in f32, whose covariances take half the memory (the paper's LM pair 1.41 -> 1.25 s at
+/// best, peak 0.58 -> 0.77 GB).
 fn side_by_side(precision: Precision) -> bool {
     precision == Precision::F32
 }
@@ -686,11 +686,11 @@ pub fn closure_ends(
     cached: Option<(&Chain, &Chain)>,
     precision: Precision,
 ) -> Result<(Tensor, Moment, Moment)> {
-    if let Some((ca, cb)) = cached {
-        assert!(
-            ca.1 == precision && cb.1 == precision,
-            "chains in another precision"
-        );
+    if let Some((ca, cb)) = cached.filter(|(a, b)| (a.1, b.1) != (precision, precision)) {
+        return Err(crate::error::Error::Invalid(format!(
+            "self chains in {} and {} for a closure in {precision}",
+            ca.1, cb.1
+        )));
     }
     if cached.is_none() {
         // With cached chains the batch form checked once for all pairs.
@@ -982,6 +982,8 @@ mod tests {
                 );
                 let cached =
                     per_output(&closure_traces(a, b, Some((&ca, &cb)), Precision::F64).unwrap());
+                // Chains of another precision are refused, not mixed in.
+                assert!(closure_traces(a, b, Some((&ca, &cb)), Precision::F32).is_err());
                 for (x, w) in got.iter().chain(&cached).zip(want.iter().cycle()) {
                     let scale = w.iter().fold(0.0f64, |m, v| m.max(v.abs()));
                     assert!(max_diff(x, w) < 1e-12 * scale, "{i}: {x:?} vs {w:?}");
