@@ -59,8 +59,8 @@ pub struct GaussCase {
     /// Peak resident memory of the case (pair and matrix), where the system reports it.
     pub peak_gib: Option<f64>,
     pub mode: String,
-    /// Of the attention moments (`f64`, `f32`).
-    pub precision: String,
+    /// Of the attention moments.
+    pub precision: Precision,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -316,7 +316,7 @@ fn transformer_case(
         matrix_seconds_per_pair: matrix_seconds / (n * (n - 1) / 2).max(1) as f64,
         peak_gib: peak_gib(),
         mode: first.mode.map(|m| m.to_string()).unwrap_or_default(),
-        precision: precision.to_string(),
+        precision,
     })
 }
 

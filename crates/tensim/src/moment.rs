@@ -74,7 +74,7 @@ pub enum Precision {
 
 impl std::fmt::Display for Precision {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
+        f.pad(match self {
             Precision::F64 => "f64",
             Precision::F32 => "f32",
         })

@@ -166,10 +166,10 @@ impl Kernel for Avx512 {
         columns::<Self, T>(j, m, n, terms, c);
     }
 
+    /// As [`Avx2`].
     #[inline(always)]
     fn dot<T: Real>(a: &[T], b: &[T]) -> T {
-        // SAFETY: the CPU has AVX2 and FMA (see the type).
-        unsafe { simd::dot::<T::V256>(a, b) }
+        Avx2::dot(a, b)
     }
 }
 

@@ -159,6 +159,13 @@ impl<'a> Side<'a> {
         out
     }
 
+    /// `Π[p]` of every position in `T`, row-major.
+    pub(super) fn projections<T: Real>(&self) -> Vec<Vec<T>> {
+        (self.proj.iter())
+            .map(|p| p.iter().map(|&v| T::of(v)).collect())
+            .collect()
+    }
+
     /// `Π[p]` as a matrix.
     fn projected<T>(proj: &[T], stride: usize) -> MatRef<'_, T> {
         MatRef::from_row_major_slice(proj, stride, proj.len() / stride)
@@ -454,22 +461,16 @@ impl<T: Real> Gram<T> {
     /// own covariance, so `G[q,p] = G[p,q]ᵀ`: only the parts `p ≤ q` are multiplied, the
     /// others transposed from them. `shifts`: the positions are independent with one law, so
     /// `G[p,p] = ρ_p G[0,0] ρ_pᵀ` (rotary turns on query and key legs) is turned, not multiplied.
+    /// `px`, `py`: both sides' [`Side::projections`] in `T`.
     pub(super) fn new(
-        x: &Side,
+        (x, px): (&Side, &[Vec<T>]),
         cov: &Tensor,
-        y: &Side,
+        (y, py): (&Side, &[Vec<T>]),
         holds: &Holds,
         independent: bool,
         mirror: bool,
         shifts: bool,
     ) -> (Gram<T>, Option<Gram<T>>) {
-        // `Π[p]` in `T`, row-major.
-        let narrow = |s: &Side| -> Vec<Vec<T>> {
-            (s.proj.iter())
-                .map(|p| p.iter().map(|&v| T::of(v)).collect())
-                .collect()
-        };
-        let (px, py) = (narrow(x), narrow(y));
         let n = x.n;
         let live = |p: usize, q: usize| {
             (p == q || !independent)

@@ -208,18 +208,23 @@ fn moments_in<T: Real>(
         bytes * entries,
     )?;
     let shifts = independent && shift_invariant(m, &ls, &rs);
-    let gram = |x: &Side, c: &Tensor, y: &Side, holds: &Holds, mirror: bool| {
-        Gram::<T>::new(x, c, y, holds, independent, mirror, shifts)
+    // Each side's projections in `T`, once for all its Grams (freed before the pairs run).
+    let (cross, back, within) = {
+        let (pl, pr) = (ls.projections::<T>(), rs.projections::<T>());
+        let (l, r) = ((&ls, &pl[..]), (&rs, &pr[..]));
+        let gram = |x, c: &Tensor, y, holds: &Holds, mirror: bool| {
+            Gram::<T>::new(x, c, y, holds, independent, mirror, shifts)
+        };
+        let (cross, back) = gram(l, m.cov[1], r, &holds, !symmetric);
+        let within = back.is_some().then(|| {
+            let gl = gram(l, m.cov[0], l, &Holds::Within, false).0;
+            (gl, gram(r, m.cov[2], r, &Holds::Within, false).0)
+        });
+        (cross, back, within)
     };
-    let (cross, back) = gram(&ls, m.cov[1], &rs, &holds, !symmetric);
-    let (gl, gr);
-    let g = match &back {
-        None => [&cross; 4],
-        Some(back) => {
-            gl = gram(&ls, m.cov[0], &ls, &Holds::Within, false).0;
-            gr = gram(&rs, m.cov[2], &rs, &Holds::Within, false).0;
-            [&gl, &cross, back, &gr]
-        }
+    let g = match (&back, &within) {
+        (Some(back), Some((gl, gr))) => [gl, &cross, back, gr],
+        _ => [&cross; 4],
     };
     let narrow = |v: Vec<f64>| -> Vec<T> { v.into_iter().map(T::of).collect() };
     let (mu_l, mu_r) = (narrow(ls.means(m.mu[0])), narrow(rs.means(m.mu[1])));
