@@ -36,8 +36,6 @@ pub(super) struct Side<'a> {
     pub w: usize,
     pub h: usize,
     pub heads: usize,
-    /// `Π[p]` of every position, row-major (see [`Side::projection`]).
-    proj: Vec<Vec<f64>>,
     /// The rotary turns of every position (empty without rotary).
     turns: Vec<Vec<(f64, f64)>>,
 }
@@ -50,10 +48,8 @@ impl<'a> Side<'a> {
             w: net.gamma.len(),
             h: net.heads[0].v.shape[0],
             heads: net.heads.len(),
-            proj: vec![],
             turns: vec![],
         };
-        side.proj = (0..side.n).map(|p| side.projection(p)).collect();
         if let Some(base) = net.rotary {
             side.turns = (0..side.n).map(|p| turns(base, side.h, p)).collect();
         }
@@ -140,30 +136,29 @@ impl<'a> Side<'a> {
         (first, self.first_row(last) + self.size(last) - first)
     }
 
-    /// `Π[p]` (row-major): the rows above as maps of the padded input at position `p`.
-    fn projection(&self, p: usize) -> Vec<f64> {
+    /// `Π[p]` (row-major) in `T`: the rows above as maps of the padded input at position `p`.
+    fn projection<T: Real>(&self, p: usize) -> Vec<T> {
         let (w, h) = (self.w, self.h);
-        let mut out = vec![0.0; self.stride() * w];
+        let mut out = vec![T::default(); self.stride() * w];
         for (r, row) in out.chunks_exact_mut(w).enumerate() {
             if r < w {
-                row[r] = 1.0;
+                row[r] = T::of(1.0);
                 continue;
             }
             let ((head, role), e) = (self.role(1 + (r - w) / h), (r - w) % h);
             let f = &self.net.heads[head];
-            row.copy_from_slice(match role {
+            let src = match role {
                 V => &f.v.data[e * w..][..w],
                 _ => &[&f.q[0], &f.k[0], &f.q[1], &f.k[1]][role].data[(p * h + e) * w..][..w],
-            });
+            };
+            row.iter_mut().zip(src).for_each(|(y, &x)| *y = T::of(x));
         }
         out
     }
 
     /// `Π[p]` of every position in `T`, row-major.
     pub(super) fn projections<T: Real>(&self) -> Vec<Vec<T>> {
-        (self.proj.iter())
-            .map(|p| p.iter().map(|&v| T::of(v)).collect())
-            .collect()
+        (0..self.n).map(|p| self.projection(p)).collect()
     }
 
     /// `Π[p]` as a matrix.
@@ -177,7 +172,7 @@ impl<'a> Side<'a> {
             .flat_map(|p| {
                 let x = Mat::from_fn(self.w, 1, |i, _| mu.data[p * self.w + i]);
                 let y = mul(
-                    Side::projected(&self.proj[p], self.stride()),
+                    Side::projected(&self.projection::<f64>(p), self.stride()),
                     x.as_ref(),
                     Par::Seq,
                 );
@@ -312,31 +307,95 @@ impl Combo {
 
 /// Covariances between the row groups of two sides, `(Π_x[p] C[p,p'] Π_y[p']ᵀ)` cut into
 /// blocks (row group × column group), each contiguous and row-major: the unit the small
-/// products of `pieces.rs` read. Blocks that are zero (positions whose inputs are independent,
-/// as before the first layer that mixes positions) or never read are not stored.
+/// products of `pieces.rs` read ([`Gram::view`]). Blocks that are zero (positions whose inputs
+/// are independent, as before the first layer that mixes positions) or never read are not
+/// stored; nor are those another stored block gives: `G[q,p] = G[p,q]ᵀ` of one side with its
+/// own covariance, and `G[p,p] = ρ_p G[0,0] ρ_pᵀ` for inputs independent with one law (rotary
+/// turns on query and key legs).
 pub(super) struct Gram<T> {
     data: Vec<T>,
     /// Offset of block `(gx, gy)` at `gx · cols + gy`; [`ABSENT`] where it is not stored.
     at: Vec<usize>,
     cols: usize,
-    /// The stored blocks `(gx, gy, offset)` in storage order.
-    blocks: Vec<(usize, usize, usize)>,
-    /// One position pair's stored blocks.
-    parts: Vec<Part>,
+    /// `G = Gᵀ`: a block not stored is read as the transpose of its mirror, if that is.
+    symmetric: bool,
+    /// Both sides' rotations, where the parts `(p, p)`, `p > 0`, may be read turned from
+    /// `(0, 0)` (shifts).
+    turned: Option<[Rotation; 2]>,
 }
 
-/// The blocks of one position pair `(p, q)`: their range in `data` and in `blocks`.
-#[derive(Clone)]
+/// The blocks of one position pair `(p, q)`: their range in `data` and their offsets.
 struct Part {
     p: usize,
     q: usize,
-    /// Runs of row groups × runs of column groups (groups numbered within a position).
-    panels: Vec<[Range<usize>; 2]>,
+    panels: Panels,
     data: Range<usize>,
-    blocks: Range<usize>,
+    /// Every block `(gx, gy, offset)` of the panels in storage order.
+    blocks: Vec<(usize, usize, usize)>,
 }
 
 const ABSENT: usize = usize::MAX;
+
+/// Runs of row groups × runs of column groups (groups numbered within a position).
+type Panels = Vec<[Range<usize>; 2]>;
+
+/// A side's rotary turns by group: groups per position, whether rotary turns a group (numbered
+/// within its position), the turns at every position.
+struct Rotation {
+    per: usize,
+    turned: Vec<bool>,
+    turns: Vec<Vec<(f64, f64)>>,
+}
+
+impl Rotation {
+    fn of(side: &Side) -> Rotation {
+        Rotation {
+            per: side.per(),
+            turned: (0..side.per()).map(|g| side.turn(0, g).is_some()).collect(),
+            turns: side.turns.clone(),
+        }
+    }
+
+    fn turn(&self, group: usize) -> Option<&[(f64, f64)]> {
+        let (p, g) = (group / self.per, group % self.per);
+        self.turned[g].then(|| self.turns[p].as_slice())
+    }
+}
+
+/// A block as read from a [`Gram`]: a stored block (row-major), transposed or not, then turned
+/// on its rows and its columns.
+#[derive(Clone, Copy)]
+pub(super) struct View<'a, T> {
+    src: &'a [T],
+    transposed: bool,
+    turns: [Option<&'a [(f64, f64)]>; 2],
+}
+
+impl<'a, T: Real> View<'a, T> {
+    /// The stored block itself, where it is the block read.
+    pub(super) fn stored(&self) -> Option<&'a [T]> {
+        (!self.transposed && self.turns == [None, None]).then_some(self.src)
+    }
+
+    /// The view of the transposed block.
+    pub(super) fn flipped(self) -> View<'a, T> {
+        View {
+            src: self.src,
+            transposed: !self.transposed,
+            turns: [self.turns[1], self.turns[0]],
+        }
+    }
+
+    /// Write the block (`cols` columns) row-major into `dst`.
+    pub(super) fn write(&self, cols: usize, dst: &mut [T]) {
+        if self.transposed {
+            transpose(self.src, dst.len() / cols, dst);
+        } else {
+            dst.copy_from_slice(self.src);
+        }
+        turn(dst, cols, self.turns[0], self.turns[1]);
+    }
+}
 
 /// Which blocks of a [`Gram`] are computed and stored.
 pub(super) enum Holds {
@@ -388,7 +447,8 @@ impl Holds {
         Holds::Reads(reads)
     }
 
-    /// Entries of [`Gram::new`]`(x, _, y, self, independent, false)`.
+    /// Entries of the blocks `self` names at the live position pairs: what [`Gram::new`]
+    /// stores without symmetry or shifts (with them, less).
     pub(super) fn entries(&self, x: &Side, y: &Side, independent: bool) -> f64 {
         let n = x.n;
         let live = (0..n * n).filter(|pq| !independent || pq / n == pq % n);
@@ -396,10 +456,9 @@ impl Holds {
             .map(|[gxs, gys]| (x.rows(&gxs).1 * y.rows(&gys).1) as f64)
             .sum()
     }
-
     /// The panels of positions `(p, q)`, runs of row groups × runs of column groups, those
     /// of one column run consecutive.
-    fn panels(&self, x: &Side, p: usize, y: &Side, q: usize) -> Vec<[Range<usize>; 2]> {
+    fn panels(&self, x: &Side, p: usize, y: &Side, q: usize) -> Panels {
         let reads = match self {
             Holds::Within => {
                 return (0..x.heads)
@@ -448,29 +507,51 @@ impl Holds {
 }
 
 impl<T: Real> Gram<T> {
-    /// The block of row group `x` against column group `y` (row stride `y.size`), or `None`
-    /// where it is zero.
-    pub(super) fn block(&self, x: Leg, y: Leg) -> Option<&[T]> {
-        let o = self.at[x.group * self.cols + y.group];
-        (o != ABSENT).then(|| &self.data[o..o + x.size * y.size])
+    /// The block of row group `x` against column group `y`, or `None` where it is zero.
+    pub(super) fn view(&self, x: Leg, y: Leg) -> Option<View<'_, T>> {
+        let stored = |gx: usize, gy: usize| {
+            let at =
+                |gx: usize, gy: usize| Some(self.at[gx * self.cols + gy]).filter(|&o| o != ABSENT);
+            let (src, transposed) = match at(gx, gy) {
+                Some(o) => (o, false),
+                None if self.symmetric => (at(gy, gx)?, true),
+                None => return None,
+            };
+            Some(View {
+                src: &self.data[src..][..x.size * y.size],
+                transposed,
+                turns: [None, None],
+            })
+        };
+        if let Some(v) = stored(x.group, y.group) {
+            return Some(v);
+        }
+        let [rx, ry] = self.turned.as_ref()?;
+        let (p, q) = (x.group / rx.per, y.group / ry.per);
+        if p != q || p == 0 {
+            return None;
+        }
+        let v = stored(x.group - p * rx.per, y.group - q * ry.per)?;
+        Some(View {
+            turns: [rx.turn(x.group), ry.turn(y.group)],
+            ..v
+        })
     }
 
     /// The blocks `holds` names. `independent`: the covariances across positions are zero
-    /// (whatever rounding left in `cov`). `mirror`: also `Gᵀ` (the covariances of `y`'s rows
-    /// with `x`'s), written in the same pass; otherwise `x` and `y` are one side and `cov` its
-    /// own covariance, so `G[q,p] = G[p,q]ᵀ`: only the parts `p ≤ q` are multiplied, the
-    /// others transposed from them. `shifts`: the positions are independent with one law, so
-    /// `G[p,p] = ρ_p G[0,0] ρ_pᵀ` (rotary turns on query and key legs) is turned, not multiplied.
-    /// `px`, `py`: both sides' [`Side::projections`] in `T`.
+    /// (whatever rounding left in `cov`). `symmetric`: `x` and `y` are one side and `cov` its
+    /// own covariance, so `G[q,p] = G[p,q]ᵀ`: the parts `p > q` are read transposed. `shifts`:
+    /// the positions are independent with one law, so the parts `(p, p)` are read turned from
+    /// `(0, 0)`. `px`, `py`: both sides' [`Side::projections`] in `T`.
     pub(super) fn new(
         (x, px): (&Side, &[Vec<T>]),
         cov: &Tensor,
         (y, py): (&Side, &[Vec<T>]),
         holds: &Holds,
         independent: bool,
-        mirror: bool,
+        symmetric: bool,
         shifts: bool,
-    ) -> (Gram<T>, Option<Gram<T>>) {
+    ) -> Gram<T> {
         let n = x.n;
         let live = |p: usize, q: usize| {
             (p == q || !independent)
@@ -478,91 +559,84 @@ impl<T: Real> Gram<T> {
                     .any(|ij| cov.data[((p * x.w + ij / y.w) * n + q) * y.w + ij % y.w] != 0.0)
         };
         let cols = n * y.per();
+        let blocks = |p: usize, q: usize, panels: &[[Range<usize>; 2]]| -> Vec<(usize, usize)> {
+            let runs = panels.iter().flat_map(|[gxs, gys]| {
+                gxs.clone()
+                    .flat_map(move |gx| gys.clone().map(move |gy| (gx, gy)))
+            });
+            runs.map(|(gx, gy)| (p * x.per() + gx, q * y.per() + gy))
+                .collect()
+        };
+        let parts: Vec<(usize, usize, Panels)> = (0..n * n)
+            .map(|pq| (pq / n, pq % n))
+            .filter(|&(p, q)| live(p, q))
+            .map(|(p, q)| (p, q, holds.panels(x, p, y, q)))
+            .filter(|(_, _, panels)| !panels.is_empty())
+            .collect();
+        let mut named = vec![false; n * x.per() * cols];
+        for (p, q, panels) in &parts {
+            for (gx, gy) in blocks(*p, *q, panels) {
+                named[gx * cols + gy] = true;
+            }
+        }
+        // Parts another one gives: `p > q` of a symmetric Gram whose mirrored blocks are all
+        // named, and `(p, p)` with the blocks of `(0, 0)` under shifts.
+        let first = parts.first().map(|(p, q, panels)| (*p, *q, panels));
+        let given = |&(p, q, ref panels): &(usize, usize, Panels)| {
+            let mirrored = symmetric
+                && p > q
+                && x.per() == y.per()
+                && (blocks(p, q, panels).iter()).all(|&(gx, gy)| named[gy * cols + gx]);
+            mirrored || (shifts && p == q && p > 0 && first == Some((0, 0, panels)))
+        };
         let mut g = Gram {
             data: vec![],
             at: vec![ABSENT; n * x.per() * cols],
             cols,
-            blocks: vec![],
-            parts: vec![],
+            symmetric,
+            turned: shifts.then(|| [Rotation::of(x), Rotation::of(y)]),
         };
         // Storage order: position pairs, panels, row groups, column groups.
         let mut len = 0;
-        for (p, q) in (0..n * n).map(|pq| (pq / n, pq % n)) {
-            let panels = holds.panels(x, p, y, q);
-            if panels.is_empty() || !live(p, q) {
-                continue;
-            }
-            let (d0, b0) = (len, g.blocks.len());
-            for [gxs, gys] in &panels {
-                for gx in gxs.clone().map(|gx| p * x.per() + gx) {
-                    for gy in gys.clone().map(|gy| q * y.per() + gy) {
-                        g.at[gx * cols + gy] = len;
-                        g.blocks.push((gx, gy, len));
-                        len += x.size(gx) * y.size(gy);
-                    }
-                }
-            }
-            g.parts.push(Part {
+        let mut stored = vec![];
+        for part in parts.iter().filter(|part| !given(part)) {
+            let (p, q, panels) = part.clone();
+            let start = len;
+            let blocks: Vec<(usize, usize, usize)> = (blocks(p, q, &panels).into_iter())
+                .map(|(gx, gy)| {
+                    g.at[gx * cols + gy] = len;
+                    len += x.size(gx) * y.size(gy);
+                    (gx, gy, g.at[gx * cols + gy])
+                })
+                .collect();
+            stored.push(Part {
                 p,
                 q,
                 panels,
-                data: d0..len,
-                blocks: b0..g.blocks.len(),
+                data: start..len,
+                blocks,
             });
         }
-        // The parts `p > q` of a symmetric Gram whose mirrored blocks are all stored.
-        let transposed: Vec<bool> = g
-            .parts
-            .iter()
-            .map(|part| {
-                let blocks = &g.blocks[part.blocks.clone()];
-                !mirror
-                    && x.per() == y.per()
-                    && part.p > part.q
-                    && blocks
-                        .iter()
-                        .all(|&(gx, gy, _)| g.at[gy * cols + gx] != ABSENT)
-            })
-            .collect();
-        // The parts `(p, p)`, `p > 0`, turned from `(0, 0)` (the first part, same blocks).
-        let first = g.parts.first().map(|f| (f.p, f.q, &f.panels));
-        let turned: Vec<bool> = (g.parts.iter())
-            .map(|part| {
-                shifts && part.p == part.q && part.p > 0 && first == Some((0, 0, &part.panels))
-            })
-            .collect();
-        // Parts filled after the products.
-        let later: Vec<bool> = transposed.iter().zip(&turned).map(|(a, b)| a | b).collect();
         let mut data = vec![T::default(); len];
-        let mut back = vec![T::default(); if mirror { len } else { 0 }];
-        let backs: Vec<&mut [T]> = if mirror {
-            regions(&mut back, &g.parts)
-        } else {
-            g.parts.iter().map(|_| &mut [][..]).collect()
-        };
         // One position pair per task: Dᵀ = (Π_y[q] C[p,q]ᵀ) Π_x[p]ᵀ panel by panel (column `a`
-        // of Dᵀ is row `a` of D, contiguous), cut into its blocks (and their transposes). With
-        // fewer tasks than threads (one, where the others are turned), the products use them.
-        let tasks = later.iter().filter(|&&l| !l).count();
-        let par = if tasks < rayon::current_num_threads() {
+        // of Dᵀ is row `a` of D, contiguous), cut into its blocks. With fewer tasks than
+        // threads, the products use them.
+        let par = if stored.len() < rayon::current_num_threads() {
             Par::rayon(0)
         } else {
             Par::Seq
         };
-        regions(&mut data, &g.parts)
+        regions(&mut data, &stored)
             .into_par_iter()
-            .zip(backs)
-            .zip(&g.parts)
-            .zip(&later)
-            .filter(|(_, &later)| !later)
+            .zip(&stored)
             .for_each_init(
                 || (Mat::new(), Mat::new()),
-                |(b, dt), (((out, back), part), _)| {
+                |(b, dt), (out, part)| {
                     let (p, q) = (part.p, part.q);
                     let c = Mat::from_fn(y.w, x.w, |j, i| {
                         T::of(cov.data[((p * x.w + i) * n + q) * y.w + j])
                     });
-                    let mut blocks = g.blocks[part.blocks.clone()].iter();
+                    let mut blocks = part.blocks.iter();
                     let mut last = None;
                     for [gxs, gys] in &part.panels {
                         let ((r0, rn), (c0, cn)) = (x.rows(gxs), y.rows(gys));
@@ -577,90 +651,27 @@ impl<T: Real> Gram<T> {
                             last = Some((c0, cn));
                         }
                         let b = b.as_ref().submatrix(0, 0, cn, x.w);
+                        // The raw rows of Π_x[p] are the identity: their columns of Dᵀ are B's.
+                        let raw = if gxs.start == 0 { x.w } else { 0 };
                         let pt = Side::projected(&px[p], x.stride())
-                            .subrows(r0, rn)
+                            .subrows(r0 + raw, rn - raw)
                             .transpose();
                         let dt = mul_into(dt, b, pt, par);
+                        let col = |i: usize| if i < raw { b.col(i) } else { dt.col(i - raw) };
                         for &(gx, gy, o) in blocks.by_ref().take(gxs.len() * gys.len()) {
                             let (hx, hy) = (x.size(gx), y.size(gy));
                             let (r, cc) = (x.first_row(gx) - r0, y.first_row(gy) - c0);
-                            let at = o - part.data.start..o - part.data.start + hx * hy;
-                            let dst = &mut out[at.clone()];
+                            let dst = &mut out[o - part.data.start..][..hx * hy];
                             for a in 0..hx {
-                                let col = dt.col(r + a).try_as_col_major().expect("contiguous");
-                                let row = &col.as_slice()[cc..][..hy];
-                                dst[a * hy..][..hy].copy_from_slice(row);
-                                if mirror {
-                                    let dst = &mut back[at.clone()];
-                                    row.iter()
-                                        .enumerate()
-                                        .for_each(|(e, &v)| dst[e * hx + a] = v);
-                                }
+                                let col = col(r + a).try_as_col_major().expect("contiguous");
+                                dst[a * hy..][..hy].copy_from_slice(&col.as_slice()[cc..][..hy]);
                             }
                         }
                     }
                 },
             );
-        if turned.iter().any(|&t| t) {
-            let mut parts = regions(&mut data, &g.parts);
-            let (first, rest) = parts.split_first_mut().expect("a first part");
-            let (first, blocks0) = (&**first, &g.blocks[g.parts[0].blocks.clone()]);
-            rest.par_iter_mut()
-                .zip(&g.parts[1..])
-                .zip(&turned[1..])
-                .filter(|(_, &t)| t)
-                .for_each(|((out, part), _)| {
-                    let blocks = g.blocks[part.blocks.clone()].iter().zip(blocks0);
-                    for (&(gx, gy, o), &(_, _, o0)) in blocks {
-                        let (hx, hy) = (x.size(gx), y.size(gy));
-                        let dst = &mut out[o - part.data.start..][..hx * hy];
-                        dst.copy_from_slice(&first[o0..][..hx * hy]);
-                        turn(dst, hy, x.turn(part.p, gx), y.turn(part.q, gy));
-                    }
-                });
-            if mirror {
-                regions(&mut back, &g.parts)
-                    .into_par_iter()
-                    .zip(&g.parts)
-                    .zip(&turned)
-                    .filter(|(_, &t)| t)
-                    .for_each(|((out, part), _)| {
-                        for &(gx, gy, o) in &g.blocks[part.blocks.clone()] {
-                            let (hx, hy) = (x.size(gx), y.size(gy));
-                            let dst = &mut out[o - part.data.start..][..hx * hy];
-                            transpose(&data[o..][..hx * hy], hy, dst);
-                        }
-                    });
-            }
-        }
-        // G[q,p] = G[p,q]ᵀ block by block; every source part comes earlier in `data`.
-        for (part, _) in g.parts.iter().zip(&transposed).filter(|(_, &t)| t) {
-            let (done, rest) = data.split_at_mut(part.data.start);
-            for &(gx, gy, o) in &g.blocks[part.blocks.clone()] {
-                let (hx, hy) = (x.size(gx), y.size(gy));
-                let src = &done[g.at[gy * cols + gx]..][..hy * hx];
-                transpose(src, hx, &mut rest[o - part.data.start..][..hx * hy]);
-            }
-        }
         g.data = data;
-        let back = mirror.then(|| g.mirrored(back));
-        (g, back)
-    }
-
-    /// `Gᵀ` with its blocks (each transposed) in `data`, at the offsets of their mirrors.
-    fn mirrored(&self, data: Vec<T>) -> Gram<T> {
-        let rows = self.at.len() / self.cols;
-        let mut at = vec![ABSENT; self.at.len()];
-        for &(gx, gy, o) in &self.blocks {
-            at[gy * rows + gx] = o;
-        }
-        Gram {
-            data,
-            at,
-            cols: rows,
-            blocks: self.blocks.iter().map(|&(gx, gy, o)| (gy, gx, o)).collect(),
-            parts: self.parts.clone(),
-        }
+        g
     }
 }
 

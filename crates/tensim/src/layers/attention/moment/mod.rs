@@ -200,7 +200,7 @@ fn moments_in<T: Real>(
     let entries = if symmetric {
         cross
     } else {
-        2.0 * cross + stored(&ls, &ls, &Holds::Within) + stored(&rs, &rs, &Holds::Within)
+        cross + stored(&ls, &ls, &Holds::Within) + stored(&rs, &rs, &Holds::Within)
     };
     let bytes = std::mem::size_of::<T>() as f64 / 8.0;
     crate::budget::check(
@@ -209,22 +209,23 @@ fn moments_in<T: Real>(
     )?;
     let shifts = independent && shift_invariant(m, &ls, &rs);
     // Each side's projections in `T`, once for all its Grams (freed before the pairs run).
-    let (cross, back, within) = {
+    let (cross, within) = {
         let (pl, pr) = (ls.projections::<T>(), rs.projections::<T>());
         let (l, r) = ((&ls, &pl[..]), (&rs, &pr[..]));
-        let gram = |x, c: &Tensor, y, holds: &Holds, mirror: bool| {
-            Gram::<T>::new(x, c, y, holds, independent, mirror, shifts)
+        let gram = |x, c: &Tensor, y, holds: &Holds, symmetric: bool| {
+            Gram::<T>::new(x, c, y, holds, independent, symmetric, shifts)
         };
-        let (cross, back) = gram(l, m.cov[1], r, &holds, !symmetric);
-        let within = back.is_some().then(|| {
-            let gl = gram(l, m.cov[0], l, &Holds::Within, false).0;
-            (gl, gram(r, m.cov[2], r, &Holds::Within, false).0)
+        let cross = gram(l, m.cov[1], r, &holds, symmetric);
+        let within = (!symmetric).then(|| {
+            let gl = gram(l, m.cov[0], l, &Holds::Within, true);
+            (gl, gram(r, m.cov[2], r, &Holds::Within, true))
         });
-        (cross, back, within)
+        (cross, within)
     };
-    let g = match (&back, &within) {
-        (Some(back), Some((gl, gr))) => [gl, &cross, back, gr],
-        _ => [&cross; 4],
+    // G_RL = G_LRᵀ: the cross Gram read transposed.
+    let g = match &within {
+        Some((gl, gr)) => [(gl, false), (&cross, false), (&cross, true), (gr, false)],
+        None => [(&cross, false); 4],
     };
     let narrow = |v: Vec<f64>| -> Vec<T> { v.into_iter().map(T::of).collect() };
     let (mu_l, mu_r) = (narrow(ls.means(m.mu[0])), narrow(rs.means(m.mu[1])));
@@ -276,8 +277,8 @@ fn shift_invariant(m: &Moments<'_>, ls: &Side, rs: &Side) -> bool {
 
 /// Entries of the projected covariances an attention step of `left` against `right` holds at
 /// `n` positions, at most, from the sizes alone (nothing of size `n` is formed): the class
-/// blocks its pairs of combinations read ([`Holds::reads`]) at every live position pair and
-/// their mirror, and each side's within-head blocks.
+/// blocks its pairs of combinations read ([`Holds::reads`]) at every live position pair, and
+/// each side's within-head blocks.
 pub fn covariance_entries(left: &Attention, right: &Attention, n: usize, p: Positions) -> f64 {
     let n = n as f64;
     let (dl, dr) = (left.dim() as f64, right.dim() as f64);
@@ -302,7 +303,7 @@ pub fn covariance_entries(left: &Attention, right: &Attention, n: usize, p: Posi
         live * (6.0 * dl + 1.0) * (6.0 * dr + 1.0)
     };
     let within = |a: &Attention| live * (5.0 * a.dim() as f64).powi(2) / a.n_head as f64;
-    2.0 * cross + within(left) + within(right)
+    cross + within(left) + within(right)
 }
 
 /// `T[t', o', t, o]` of `T[t, o, t', o']`.
@@ -371,7 +372,7 @@ mod tests {
                     };
                     let holds = Holds::reads(&ls, &rs, p.local, false);
                     let stored = |x: &Side, y: &Side, h: &Holds| h.entries(x, y, p.independent);
-                    let actual = 2.0 * stored(&ls, &rs, &holds)
+                    let actual = stored(&ls, &rs, &holds)
                         + stored(&ls, &ls, &Holds::Within)
                         + stored(&rs, &rs, &Holds::Within);
                     let estimate = covariance_entries(&a, &b, n, p);

@@ -20,26 +20,30 @@
 use std::ops::{Deref, DerefMut};
 use std::sync::{Mutex, PoisonError};
 
-use super::blocks::{Combo, Gram, Leg};
+use super::blocks::{Combo, Gram, Leg, View};
 #[cfg(target_arch = "x86_64")]
 use crate::linalg::kernels::{self, Avx2, Avx512};
 use crate::linalg::kernels::{axpy, dot, Kernel, Portable, Real};
 
 /// Scores of a pair of combinations: two per active term, none for an identity term.
 const MAX_SCORES: usize = 4;
+/// Legs of a pair of combinations: both vectors and both legs of every score.
+const MAX_LEGS: usize = 2 + 2 * MAX_SCORES;
 
 /// Everything a pair of combinations reads: covariances `G_xy` (`x, y ∈ {L, R}`, indexed
-/// `2x + y`) and the rows' means of both sides.
+/// `2x + y`; `true`: the Gram read transposed, as `G_RL = G_LRᵀ`) and the rows' means of both
+/// sides.
 pub(super) struct Pair<'a, T> {
-    pub g: [&'a Gram<T>; 4],
+    pub g: [(&'a Gram<T>, bool); 4],
     pub mu: [&'a [T]; 2],
 }
 
-/// A score: its side and its two legs.
+/// A score: its side, its two legs and their places in the pair's [`Table`].
 #[derive(Clone, Copy, Default)]
 struct Atom {
     side: usize,
     legs: [Leg; 2],
+    ids: [usize; 2],
 }
 
 impl Atom {
@@ -69,11 +73,15 @@ pub(super) struct Scratch<T> {
     pl: Vec<T>,
     pr: Vec<T>,
     y: Vec<T>,
+    /// The blocks of the pair's [`Table`] not stored as read (transposed or turned).
+    made: Vec<T>,
     /// States entering a score from paths through left scores only, which depend on the left
     /// combination and the leg entered alone: kept per (leg, left subset) while the left
-    /// combination (`left`, its groups) stays, valid where `stamp` is `epoch`.
+    /// combination (`left`, its groups) stays, one after another in `entries`; `slots[key]`:
+    /// the epoch a key was kept in and its place.
     entries: Vec<T>,
-    stamp: Vec<u64>,
+    slots: Vec<(u64, usize)>,
+    used: usize,
     epoch: u64,
     left: Vec<usize>,
 }
@@ -109,8 +117,10 @@ impl<T: Real> Scratch<T> {
             pl: vec![],
             pr: vec![],
             y: vec![],
+            made: vec![],
             entries: vec![],
-            stamp: vec![],
+            slots: vec![],
+            used: 0,
             epoch: 0,
             left: vec![],
         }
@@ -122,6 +132,7 @@ impl<T: Real> Scratch<T> {
         if !groups.clone().eq(self.left.iter().copied()) {
             self.left = groups.collect();
             self.epoch += 1;
+            self.used = 0;
         }
     }
 }
@@ -257,38 +268,96 @@ fn sized<T: Real>(v: &mut Vec<T>, len: usize) -> &mut [T] {
     &mut v[..len]
 }
 
+/// The covariances between the legs of one pair of combinations (at most [`MAX_LEGS`]: the
+/// left vector, both legs of every score, the right vector), each block row-major: stored
+/// blocks in place, the others (read transposed or turned) written once for the pair.
+struct Table<'t, T> {
+    at: [[Option<&'t [T]>; MAX_LEGS]; MAX_LEGS],
+}
+
+impl<'t, T> Table<'t, T> {
+    /// Covariances of leg `i` with leg `j`, or `None` where they are zero.
+    fn get(&self, i: usize, j: usize) -> Option<&'t [T]> {
+        self.at[i][j]
+    }
+
+    /// Transfer from state `(k, ℓ')` into state `(j, ℓ)`: `C[leg ℓ' of k, leg ¬ℓ of j]`.
+    fn step(
+        &self,
+        atoms: &[Atom],
+        (k, lk): (usize, usize),
+        (j, lg): (usize, usize),
+    ) -> Option<&'t [T]> {
+        self.get(atoms[k].ids[lk], atoms[j].ids[1 - lg])
+    }
+
+    /// The transpose of that transfer.
+    fn mirror(
+        &self,
+        atoms: &[Atom],
+        (k, lk): (usize, usize),
+        (j, lg): (usize, usize),
+    ) -> Option<&'t [T]> {
+        self.get(atoms[j].ids[1 - lg], atoms[k].ids[lk])
+    }
+}
+
 impl<T: Real> Pair<'_, T> {
-    /// Covariances of group `x` (side `sx`) with group `y` (side `sy`), row-major, or `None`
-    /// where they are zero.
-    fn blk(&self, sx: usize, x: Leg, sy: usize, y: Leg) -> Option<&[T]> {
-        self.g[2 * sx + sy].block(x, y)
+    /// Covariances of group `x` (side `sx`) with group `y` (side `sy`), or `None` where they
+    /// are zero.
+    fn view(&self, sx: usize, x: Leg, sy: usize, y: Leg) -> Option<View<'_, T>> {
+        match self.g[2 * sx + sy] {
+            (g, false) => g.view(x, y),
+            (g, true) => g.view(y, x).map(View::flipped),
+        }
     }
 
     fn mean(&self, side: usize, x: Leg) -> &[T] {
         &self.mu[side][x.row..][..x.size]
     }
 
-    /// Transfer from state `(k, ℓ')` into state `(j, ℓ)`: `C[leg ℓ' of k, leg ¬ℓ of j]`, or its
-    /// transpose (the mirrored block, also row-major).
-    fn transfer(
-        &self,
-        atoms: &[Atom],
-        (k, lk): (usize, usize),
-        (j, lg): (usize, usize),
-        transposed: bool,
-    ) -> Option<&[T]> {
-        let (a, b) = (atoms[k], atoms[j]);
-        let (x, y) = ((a.side, a.legs[lk]), (b.side, b.legs[1 - lg]));
-        let (x, y) = if transposed { (y, x) } else { (x, y) };
-        self.blk(x.0, x.1, y.0, y.1)
-    }
-
-    fn step(&self, atoms: &[Atom], from: (usize, usize), to: (usize, usize)) -> Option<&[T]> {
-        self.transfer(atoms, from, to, false)
-    }
-
-    fn mirror(&self, atoms: &[Atom], from: (usize, usize), to: (usize, usize)) -> Option<&[T]> {
-        self.transfer(atoms, from, to, true)
+    /// The [`Table`] of `legs` (side, leg), except the blocks out of leg `skip` (a vector no
+    /// product leaves); the blocks not stored as read go to `made`.
+    fn table<'t>(
+        &'t self,
+        legs: &[(usize, Leg)],
+        skip: Option<usize>,
+        made: &'t mut Vec<T>,
+    ) -> Table<'t, T> {
+        let mut views = [[None; MAX_LEGS]; MAX_LEGS];
+        let mut len = 0;
+        for (i, &(sx, x)) in legs.iter().enumerate().filter(|&(i, _)| Some(i) != skip) {
+            for (j, &(sy, y)) in legs.iter().enumerate().filter(|&(j, _)| j != i) {
+                let v = self.view(sx, x, sy, y);
+                if v.is_some_and(|v| v.stored().is_none()) {
+                    len += x.size * y.size;
+                }
+                views[i][j] = v;
+            }
+        }
+        let made = sized(made, len);
+        let mut offsets = [[0; MAX_LEGS]; MAX_LEGS];
+        let mut end = 0;
+        for (i, row) in views.iter().enumerate() {
+            for (j, v) in row.iter().enumerate() {
+                if let Some(v) = v.filter(|v| v.stored().is_none()) {
+                    let (rows, cols) = (legs[i].1.size, legs[j].1.size);
+                    v.write(cols, &mut made[end..][..rows * cols]);
+                    offsets[i][j] = end;
+                    end += rows * cols;
+                }
+            }
+        }
+        let made: &'t [T] = made;
+        let mut at = [[None; MAX_LEGS]; MAX_LEGS];
+        for (i, row) in views.iter().enumerate().take(legs.len()) {
+            for (j, v) in row.iter().enumerate().take(legs.len()) {
+                let size = legs[i].1.size * legs[j].1.size;
+                at[i][j] =
+                    v.map(|v| (v.stored()).unwrap_or_else(|| &made[offsets[i][j]..][..size]));
+            }
+        }
+        Table { at }
     }
 
     /// The same covariances and means with the sides swapped.
@@ -304,7 +373,7 @@ impl<T: Real> Pair<'_, T> {
     /// is the product of their means).
     pub(super) fn connected(&self, l: &Combo, r: &Combo) -> bool {
         l.legs()
-            .any(|x| r.legs().any(|y| self.blk(0, x, 1, y).is_some()))
+            .any(|x| r.legs().any(|y| self.view(0, x, 1, y).is_some()))
     }
 
     /// `E[v_L v_Rᵀ Π s]` (`dl × dr`, row-major) for one left and one right combination; with
@@ -366,17 +435,32 @@ impl<T: Real> Pair<'_, T> {
     ) -> Vec<T> {
         // The right vector: a group of side 1, or the constant 1 (no covariances, mean 1).
         let rv = r.map(|r| r.vector);
-        let to_rv = |side: usize, x: Leg| rv.and_then(|v| self.blk(side, x, 1, v));
         let right_scores = r.map_or(&[][..], |r| &r.scores[..]);
-        // Scores: left ones first (side 0), then right ones (side 1).
+        // Scores: left ones first (side 0), then right ones (side 1). Legs: the left vector,
+        // the scores' legs, the right vector.
         let nj = ws.nj;
         debug_assert_eq!(nj, l.scores.len() + right_scores.len());
         let mut atoms = [Atom::default(); MAX_SCORES];
+        let mut legs = [(0, Leg::default()); MAX_LEGS];
+        legs[0] = (0, l.vector);
         let scores = (l.scores.iter().map(|&s| (0, s))).chain(right_scores.iter().map(|&s| (1, s)));
-        for (j, (side, legs)) in scores.enumerate() {
-            atoms[j] = Atom { side, legs };
+        for (j, (side, pair)) in scores.enumerate() {
+            let ids = [1 + 2 * j, 2 + 2 * j];
+            atoms[j] = Atom {
+                side,
+                legs: pair,
+                ids,
+            };
+            (legs[ids[0]], legs[ids[1]]) = ((side, pair[0]), (side, pair[1]));
         }
-        let atoms = &atoms[..nj];
+        let (atoms, rv_id) = (&atoms[..nj], 1 + 2 * nj);
+        let nlegs = match rv {
+            Some(v) => {
+                legs[rv_id] = (1, v);
+                rv_id + 1
+            }
+            None => rv_id,
+        };
         let (nl, full) = (l.scores.len(), (1usize << nj) - 1);
         ws.keep_for(l);
         let rows = dl + 1;
@@ -395,11 +479,15 @@ impl<T: Real> Pair<'_, T> {
             pl,
             pr,
             y,
+            made,
             entries,
-            stamp,
+            slots,
+            used,
             epoch,
             ..
         } = ws;
+        let tab = self.table(&legs[..nlegs], Some(rv_id), made);
+        let to_rv = |id: usize| rv.and_then(|_| tab.get(id, rv_id));
         let slot = |u: usize, j: usize, lg: usize| (index[u * nj + j] * 2 + lg) * size;
         let mean = |j: usize, lg: usize| self.mean(atoms[j].side, atoms[j].legs[lg]);
         // Σ_U |U| = nj·2^(nj−1) states, two leg orientations each.
@@ -410,7 +498,7 @@ impl<T: Real> Pair<'_, T> {
             for lk in 0..2 {
                 let h = a.h();
                 let dst = &mut states[slot(1 << k, k, lk)..][..rows * h];
-                match self.blk(0, l.vector, a.side, a.legs[1 - lk]) {
+                match tab.get(0, a.ids[1 - lk]) {
                     Some(b) => dst[..dl * h].copy_from_slice(b),
                     None => dst[..dl * h].fill(T::default()),
                 }
@@ -432,12 +520,12 @@ impl<T: Real> Pair<'_, T> {
                     let key = if kept {
                         let leg = atoms[j].legs[1 - lg].group << 1 | atoms[j].side;
                         let key = leg << nl | rest;
-                        if key >= stamp.len() {
-                            stamp.resize(key + 1, 0);
+                        if key >= slots.len() {
+                            slots.resize(key + 1, (0, 0));
                         }
-                        let e = sized(entries, stamp.len() * size);
-                        if stamp[key] == *epoch {
-                            dst[..rows * h].copy_from_slice(&e[key * size..][..rows * h]);
+                        if slots[key].0 == *epoch {
+                            let at = slots[key].1 * size;
+                            dst[..rows * h].copy_from_slice(&entries[at..][..rows * h]);
                             continue;
                         }
                         Some(key)
@@ -449,7 +537,7 @@ impl<T: Real> Pair<'_, T> {
                     let mut nt = 0;
                     for &k in &members[rest] {
                         for lk in 0..2 {
-                            if let Some(x) = self.step(atoms, (k, lk), (j, lg)) {
+                            if let Some(x) = tab.step(atoms, (k, lk), (j, lg)) {
                                 let hk = atoms[k].h();
                                 terms[nt] = (&src[slot(rest, k, lk)..][..rows * hk], hk, x);
                                 nt += 1;
@@ -458,8 +546,10 @@ impl<T: Real> Pair<'_, T> {
                     }
                     M::gemm_sum(rows, h, &terms[..nt], &mut dst[..rows * h]);
                     if let Some(key) = key {
-                        entries[key * size..][..rows * h].copy_from_slice(&dst[..rows * h]);
-                        stamp[key] = *epoch;
+                        let e = sized(entries, (*used + 1) * size);
+                        e[*used * size..][..rows * h].copy_from_slice(&dst[..rows * h]);
+                        slots[key] = (*epoch, *used);
+                        *used += 1;
                     }
                 }
             }
@@ -478,8 +568,7 @@ impl<T: Real> Pair<'_, T> {
             if u.count_ones() == 1 {
                 let j = u.trailing_zeros() as usize;
                 let (a, h) = (atoms[j], atoms[j].h());
-                let tr = self
-                    .blk(a.side, a.legs[0], a.side, a.legs[1])
+                let tr = (tab.get(a.ids[0], a.ids[1]))
                     .map_or(zero, |g| (0..h).map(|e| g[e * h + e]).sum());
                 *kap = tr + dot::<M, T>(mean(j, 0), mean(j, 1));
             } else {
@@ -491,7 +580,7 @@ impl<T: Real> Pair<'_, T> {
                         .sum::<T>();
             }
         }
-        self.cycles::<M>(cycles, atoms, kappa, walks);
+        Self::cycles::<M>(&tab, cycles, atoms, kappa, walks);
         let sc = sized(sc, full + 1);
         sc.fill(zero);
         sc[0] = T::of(1.0);
@@ -514,7 +603,7 @@ impl<T: Real> Pair<'_, T> {
         // with them P_R(U) = Σ fm(U,j,ℓ)ᵀ C[leg ℓ of j, v_R] and P_L(U) = Σ fm(U,j,ℓ)ᵀ C[leg ℓ
         // of j, v_L] (P(∅): the vectors' means).
         let mut out = vec![zero; dl * dr];
-        if let Some(c) = to_rv(0, l.vector) {
+        if let Some(c) = to_rv(0) {
             out.iter_mut().zip(c).for_each(|(o, c)| *o = sc[full] * c);
         }
         let pl = sized(pl, (full + 1) * dl);
@@ -529,8 +618,8 @@ impl<T: Real> Pair<'_, T> {
         for (j, a) in atoms.iter().enumerate() {
             let (h, sets) = (a.h(), &containing[j]);
             for lg in 0..2 {
-                let to_r = to_rv(a.side, a.legs[lg]);
-                let to_l = self.blk(a.side, a.legs[lg], 0, l.vector);
+                let to_r = to_rv(a.ids[lg]);
+                let to_l = tab.get(a.ids[lg], 0);
                 if to_r.is_none() && to_l.is_none() {
                     continue;
                 }
@@ -582,15 +671,21 @@ impl<T: Real> Pair<'_, T> {
 
     /// `κ(B) += ` every cycle through `B` (see [`Cycles`]); `tr(P Q) = ⟨P, Qᵀ⟩` throughout.
     #[inline(always)]
-    fn cycles<M: Kernel>(&self, plan: &Cycles, atoms: &[Atom], kappa: &mut [T], buf: &mut Vec<T>) {
+    fn cycles<M: Kernel>(
+        tab: &Table<'_, T>,
+        plan: &Cycles,
+        atoms: &[Atom],
+        kappa: &mut [T],
+        buf: &mut Vec<T>,
+    ) {
         let hm = atoms.iter().map(Atom::h).max().unwrap_or(0);
         let block = 4 * hm * hm;
         let dot_opt = |p: &[T], q: Option<&[T]>| q.map_or(T::default(), |q| dot::<M, T>(p, q));
         for &[x, y] in &plan.pairs {
             let mut t = T::default();
             for (lx, ly) in [(0, 0), (0, 1), (1, 0), (1, 1)] {
-                if let Some(p) = self.step(atoms, (x, lx), (y, ly)) {
-                    t += dot_opt(p, self.mirror(atoms, (y, ly), (x, lx)));
+                if let Some(p) = tab.step(atoms, (x, lx), (y, ly)) {
+                    t += dot_opt(p, tab.mirror(atoms, (y, ly), (x, lx)));
                 }
             }
             kappa[1 << x | 1 << y] += T::of(0.5) * t;
@@ -606,13 +701,13 @@ impl<T: Real> Pair<'_, T> {
                 for ly in 0..2 {
                     let (a, b) = if transposed {
                         (
-                            self.mirror(atoms, (y, ly), (z, lz)),
-                            self.mirror(atoms, (x, lx), (y, ly)),
+                            tab.mirror(atoms, (y, ly), (z, lz)),
+                            tab.mirror(atoms, (x, lx), (y, ly)),
                         )
                     } else {
                         (
-                            self.step(atoms, (x, lx), (y, ly)),
-                            self.step(atoms, (y, ly), (z, lz)),
+                            tab.step(atoms, (x, lx), (y, ly)),
+                            tab.step(atoms, (y, ly), (z, lz)),
                         )
                     };
                     if let (Some(a), Some(b)) = (a, b) {
@@ -637,12 +732,12 @@ impl<T: Real> Pair<'_, T> {
                 t += if transposed {
                     dot_opt(
                         &buf[at(w, lz, lx)..][..size],
-                        self.step(atoms, (z, lz), (x, lx)),
+                        tab.step(atoms, (z, lz), (x, lx)),
                     )
                 } else {
                     dot_opt(
                         &buf[at(w, lx, lz)..][..size],
-                        self.mirror(atoms, (z, lz), (x, lx)),
+                        tab.mirror(atoms, (z, lz), (x, lx)),
                     )
                 };
             }
