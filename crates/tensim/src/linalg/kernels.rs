@@ -154,7 +154,7 @@ impl Kernel for Avx512 {
                 j += 4 * w;
             }
             while j + 2 * w <= n {
-                simd::avx512::<T::V512, 6, 3, 2>(j, (m, n), terms, c);
+                simd::avx512::<T::V512, 11, 3, 2>(j, (m, n), terms, c);
                 j += 2 * w;
             }
             while j + w <= n {
