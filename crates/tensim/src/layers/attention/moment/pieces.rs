@@ -73,8 +73,10 @@ pub(super) struct Scratch<T> {
     pl: Vec<T>,
     pr: Vec<T>,
     y: Vec<T>,
-    /// The blocks of the pair's [`Table`] not stored as read (transposed or turned).
+    /// The blocks of the pair's [`Table`] not stored as read (transposed or turned), those
+    /// among the left combination's legs written in epoch `made_in`.
     made: Vec<T>,
+    made_in: u64,
     /// States entering a score from paths through left scores only, which depend on the left
     /// combination and the leg entered alone: kept per (leg, left subset) while the left
     /// combination (`left`, its groups) stays, one after another in `entries`; `slots[key]`:
@@ -118,6 +120,7 @@ impl<T: Real> Scratch<T> {
             pr: vec![],
             y: vec![],
             made: vec![],
+            made_in: 0,
             entries: vec![],
             slots: vec![],
             used: 0,
@@ -317,11 +320,13 @@ impl<T: Real> Pair<'_, T> {
     }
 
     /// The [`Table`] of `legs` (side, leg), except the blocks out of leg `skip` (a vector no
-    /// product leaves); the blocks not stored as read go to `made`.
+    /// product leaves); the blocks not stored as read go to `made`, those among the first
+    /// `left` legs first (`kept`: they are there already, from the same left legs).
     fn table<'t>(
         &'t self,
         legs: &[(usize, Leg)],
         skip: Option<usize>,
+        (left, kept): (usize, bool),
         made: &'t mut Vec<T>,
     ) -> Table<'t, T> {
         let mut views = [[None; MAX_LEGS]; MAX_LEGS];
@@ -338,14 +343,19 @@ impl<T: Real> Pair<'_, T> {
         let made = sized(made, len);
         let mut offsets = [[0; MAX_LEGS]; MAX_LEGS];
         let mut end = 0;
-        for (i, row) in views.iter().enumerate() {
-            for (j, v) in row.iter().enumerate() {
-                if let Some(v) = v.filter(|v| v.stored().is_none()) {
-                    let (rows, cols) = (legs[i].1.size, legs[j].1.size);
+        let n = legs.len();
+        let among_left = |i: usize, j: usize| i < left && j < left;
+        let order = (0..n * n).map(|ij| (ij / n, ij % n));
+        let order = (order.clone().filter(|&(i, j)| among_left(i, j)))
+            .chain(order.filter(|&(i, j)| !among_left(i, j)));
+        for (i, j) in order {
+            if let Some(v) = views[i][j].filter(|v| v.stored().is_none()) {
+                let (rows, cols) = (legs[i].1.size, legs[j].1.size);
+                if !(kept && among_left(i, j)) {
                     v.write(cols, &mut made[end..][..rows * cols]);
-                    offsets[i][j] = end;
-                    end += rows * cols;
                 }
+                offsets[i][j] = end;
+                end += rows * cols;
             }
         }
         let made: &'t [T] = made;
@@ -480,13 +490,16 @@ impl<T: Real> Pair<'_, T> {
             pr,
             y,
             made,
+            made_in,
             entries,
             slots,
             used,
             epoch,
             ..
         } = ws;
-        let tab = self.table(&legs[..nlegs], Some(rv_id), made);
+        let left = (1 + 2 * nl, *made_in == *epoch);
+        *made_in = *epoch;
+        let tab = self.table(&legs[..nlegs], Some(rv_id), left, made);
         let to_rv = |id: usize| rv.and_then(|_| tab.get(id, rv_id));
         let slot = |u: usize, j: usize, lg: usize| (index[u * nj + j] * 2 + lg) * size;
         let mean = |j: usize, lg: usize| self.mean(atoms[j].side, atoms[j].legs[lg]);
