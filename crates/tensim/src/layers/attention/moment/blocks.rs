@@ -374,7 +374,7 @@ pub(super) struct View<'a, T> {
 impl<'a, T: Real> View<'a, T> {
     /// The stored block itself, where it is the block read.
     pub(super) fn stored(&self) -> Option<&'a [T]> {
-        (!self.transposed && self.turns == [None, None]).then_some(self.src)
+        (!self.transposed && self.turns.iter().all(Option::is_none)).then_some(self.src)
     }
 
     /// The view of the transposed block.
