@@ -314,8 +314,8 @@ pub fn check_memory(models: &[&Model], copies: f64, steps: f64) -> Result<()> {
         + (12.0 + copies) * ((n * w) as f64).powi(2)
         + steps * covariances(models);
     // Beyond the counted arrays: transient copies, allocator slack (freed memory is kept for
-    // reuse) and the program (peak RSS of the paper's LM at n_ctx 4, 8, 16: 1.45, 1.28, 1.04
-    // times the count).
+    // reuse) and the program (peak RSS of the paper's LM pair at n_ctx 4, 8, 16 in f64: 1.34,
+    // 1.14, 0.92 times the count).
     crate::budget::check(
         "the models, the Gaussian moments of the activations and the attention covariances",
         1.5 * counted + (32 << 20) as f64 / 8.0,
@@ -354,8 +354,8 @@ fn covariances(models: &[&Model]) -> f64 {
 
 /// Whether the attention steps of a closure (its cross step and both self steps) run side by
 /// side, each on the threads it finds free, rather than one after the other on every thread:
-/// in f32, whose covariances take half the memory (the paper's LM pair 1.41 -> 1.25 s at
-/// best, peak 0.58 -> 0.77 GB).
+/// in f32, whose covariances take half the memory (the paper's LM pair 1.45-1.64 -> 1.24-1.36
+/// s, peak 0.44 -> 0.58 GB).
 fn side_by_side(precision: Precision) -> bool {
     precision == Precision::F32
 }
@@ -379,7 +379,7 @@ pub fn held(precision: Precision, pairs: usize, cached: bool) -> f64 {
 /// Whether a pair's attention covariances (of one step, counted in f64 whatever the
 /// precision) are so large (over 256 MB) that pairs of `models` run one at a time, each on
 /// every core, instead of one per core. (The paper's LM, 75 checkpoints in f32: two pairs at
-/// once held 4.2 GB, over its 4 GB aim.)
+/// once held 3.89 GB over the first 120 s, one at a time 3.51 GB, against its 4 GB aim.)
 pub fn one_pair_at_a_time(models: &[&Model]) -> bool {
     8.0 * covariances(models) > 256e6
 }

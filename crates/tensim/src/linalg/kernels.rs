@@ -147,22 +147,17 @@ impl Kernel for Avx512 {
     fn gemm_sum<T: Real>(m: usize, n: usize, terms: &Terms<'_, T>, c: &mut [T]) {
         let w = <T::V512 as simd::Lanes>::LANES;
         let mut j = 0;
-        // SAFETY: the CPU has AVX-512F, AVX2 and FMA (see the type).
-        unsafe {
-            while j + 4 * w <= n {
-                simd::avx512::<T::V512, 6, 3, 4>(j, (m, n), terms, c);
-                j += 4 * w;
-            }
-            while j + 2 * w <= n {
-                simd::avx512::<T::V512, 11, 3, 2>(j, (m, n), terms, c);
-                j += 2 * w;
-            }
-            while j + w <= n {
-                simd::avx512::<T::V512, 6, 3, 1>(j, (m, n), terms, c);
-                j += w;
-            }
-            j = avx2_panels(j, (m, n), terms, c);
-        }
+        // SAFETY (every call): the CPU has AVX-512F, AVX2 and FMA (see the type).
+        sweep(&mut j, n, 4 * w, |j| unsafe {
+            simd::avx512::<T::V512, 6, 3, 4>(j, (m, n), terms, c)
+        });
+        sweep(&mut j, n, 2 * w, |j| unsafe {
+            simd::avx512::<T::V512, 11, 3, 2>(j, (m, n), terms, c)
+        });
+        sweep(&mut j, n, w, |j| unsafe {
+            simd::avx512::<T::V512, 6, 3, 1>(j, (m, n), terms, c)
+        });
+        let j = unsafe { avx2_panels(j, (m, n), terms, c) };
         columns::<Self, T>(j, m, n, terms, c);
     }
 
@@ -185,21 +180,25 @@ unsafe fn avx2_panels<T: Real>(
     c: &mut [T],
 ) -> usize {
     let w = <T::V256 as simd::Lanes>::LANES;
-    unsafe {
-        while j + 4 * w <= n {
-            simd::avx2::<T::V256, 2, 1, 4>(j, (m, n), terms, c);
-            j += 4 * w;
-        }
-        while j + 2 * w <= n {
-            simd::avx2::<T::V256, 4, 1, 2>(j, (m, n), terms, c);
-            j += 2 * w;
-        }
-        while j + w <= n {
-            simd::avx2::<T::V256, 4, 1, 1>(j, (m, n), terms, c);
-            j += w;
-        }
-    }
+    sweep(&mut j, n, 4 * w, |j| unsafe {
+        simd::avx2::<T::V256, 2, 1, 4>(j, (m, n), terms, c)
+    });
+    sweep(&mut j, n, 2 * w, |j| unsafe {
+        simd::avx2::<T::V256, 4, 1, 2>(j, (m, n), terms, c)
+    });
+    sweep(&mut j, n, w, |j| unsafe {
+        simd::avx2::<T::V256, 4, 1, 1>(j, (m, n), terms, c)
+    });
     j
+}
+
+/// `panel(j)` at every whole panel of `width` columns from `j` up to `n`; `j` ends after them.
+#[inline(always)]
+fn sweep(j: &mut usize, n: usize, width: usize, mut panel: impl FnMut(usize)) {
+    while *j + width <= n {
+        panel(*j);
+        *j += width;
+    }
 }
 
 /// Whether this CPU runs the [`Avx512`] kernels.

@@ -90,40 +90,35 @@ pub fn max_abs(a: MatRef<'_, f64>) -> f64 {
     m
 }
 
-/// Row-major `rows × cols` slice into a matrix, copied in 64 × 64 tiles (entry by entry, a
-/// wide matrix's column-major fill would stride through the slice a cache line per entry).
-pub fn from_row_major(rows: usize, cols: usize, data: &[f64]) -> Mat<f64> {
-    assert_eq!(data.len(), rows * cols);
+/// Every `(i, j)` of a `rows × cols` matrix, in 64 × 64 tiles, columns within a tile: a copy
+/// between row-major and column-major layouts entry by entry would otherwise stride through
+/// one of them a cache line per entry.
+fn tiled(rows: usize, cols: usize, mut f: impl FnMut(usize, usize)) {
     const TILE: usize = 64;
-    let mut out = Mat::<f64>::zeros(rows, cols);
     for j0 in (0..cols).step_by(TILE) {
         for i0 in (0..rows).step_by(TILE) {
             for j in j0..(j0 + TILE).min(cols) {
-                let col = out.col_mut(j).try_as_col_major_mut().expect("contiguous");
-                let col = col.as_slice_mut();
                 for i in i0..(i0 + TILE).min(rows) {
-                    col[i] = data[i * cols + j];
+                    f(i, j);
                 }
             }
         }
     }
+}
+
+/// Row-major `rows × cols` slice into a matrix.
+pub fn from_row_major(rows: usize, cols: usize, data: &[f64]) -> Mat<f64> {
+    assert_eq!(data.len(), rows * cols);
+    let mut out = Mat::<f64>::zeros(rows, cols);
+    tiled(rows, cols, |i, j| out[(i, j)] = data[i * cols + j]);
     out
 }
 
-/// The matrix flattened row-major (PyTorch's order), in 64 × 64 tiles as [`from_row_major`].
+/// The matrix flattened row-major (PyTorch's order).
 pub fn to_row_major(a: MatRef<'_, f64>) -> Vec<f64> {
-    const TILE: usize = 64;
     let (rows, cols) = (a.nrows(), a.ncols());
     let mut v = vec![0.0; rows * cols];
-    for j0 in (0..cols).step_by(TILE) {
-        for i0 in (0..rows).step_by(TILE) {
-            for j in j0..(j0 + TILE).min(cols) {
-                for i in i0..(i0 + TILE).min(rows) {
-                    v[i * cols + j] = a[(i, j)];
-                }
-            }
-        }
-    }
+    tiled(rows, cols, |i, j| v[i * cols + j] = a[(i, j)]);
     v
 }
 

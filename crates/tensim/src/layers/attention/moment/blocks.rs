@@ -559,36 +559,49 @@ impl<T: Real> Gram<T> {
                     .any(|ij| cov.data[((p * x.w + ij / y.w) * n + q) * y.w + ij % y.w] != 0.0)
         };
         let cols = n * y.per();
-        let blocks = |p: usize, q: usize, panels: &[[Range<usize>; 2]]| -> Vec<(usize, usize)> {
-            let runs = panels.iter().flat_map(|[gxs, gys]| {
-                gxs.clone()
-                    .flat_map(move |gx| gys.clone().map(move |gy| (gx, gy)))
-            });
-            runs.map(|(gx, gy)| (p * x.per() + gx, q * y.per() + gy))
-                .collect()
-        };
-        let parts: Vec<(usize, usize, Panels)> = (0..n * n)
+        // Every live position pair with its panels and blocks (offsets set where stored).
+        let parts: Vec<Part> = (0..n * n)
             .map(|pq| (pq / n, pq % n))
             .filter(|&(p, q)| live(p, q))
-            .map(|(p, q)| (p, q, holds.panels(x, p, y, q)))
-            .filter(|(_, _, panels)| !panels.is_empty())
+            .map(|(p, q)| {
+                let panels = holds.panels(x, p, y, q);
+                let blocks = (panels.iter())
+                    .flat_map(|[gxs, gys]| {
+                        gxs.clone()
+                            .flat_map(move |gx| gys.clone().map(move |gy| (gx, gy)))
+                    })
+                    .map(|(gx, gy)| (p * x.per() + gx, q * y.per() + gy, ABSENT))
+                    .collect();
+                Part {
+                    p,
+                    q,
+                    panels,
+                    data: 0..0,
+                    blocks,
+                }
+            })
+            .filter(|part| !part.panels.is_empty())
             .collect();
         let mut named = vec![false; n * x.per() * cols];
-        for (p, q, panels) in &parts {
-            for (gx, gy) in blocks(*p, *q, panels) {
-                named[gx * cols + gy] = true;
-            }
+        for &(gx, gy, _) in parts.iter().flat_map(|part| &part.blocks) {
+            named[gx * cols + gy] = true;
         }
         // Parts another one gives: `p > q` of a symmetric Gram whose mirrored blocks are all
         // named, and `(p, p)` with the blocks of `(0, 0)` under shifts.
-        let first = parts.first().map(|(p, q, panels)| (*p, *q, panels));
-        let given = |&(p, q, ref panels): &(usize, usize, Panels)| {
+        let first = parts
+            .first()
+            .filter(|f| (f.p, f.q) == (0, 0))
+            .map(|f| f.panels.clone());
+        let given = |part: &Part| {
+            let (p, q) = (part.p, part.q);
             let mirrored = symmetric
                 && p > q
                 && x.per() == y.per()
-                && (blocks(p, q, panels).iter()).all(|&(gx, gy)| named[gy * cols + gx]);
-            mirrored || (shifts && p == q && p > 0 && first == Some((0, 0, panels)))
+                && (part.blocks.iter()).all(|&(gx, gy, _)| named[gy * cols + gx]);
+            let turned = shifts && p == q && p > 0 && first.as_ref() == Some(&part.panels);
+            mirrored || turned
         };
+        let mut stored: Vec<Part> = parts.into_iter().filter(|part| !given(part)).collect();
         let mut g = Gram {
             data: vec![],
             at: vec![ABSENT; n * x.per() * cols],
@@ -598,24 +611,13 @@ impl<T: Real> Gram<T> {
         };
         // Storage order: position pairs, panels, row groups, column groups.
         let mut len = 0;
-        let mut stored = vec![];
-        for part in parts.iter().filter(|part| !given(part)) {
-            let (p, q, panels) = part.clone();
+        for part in &mut stored {
             let start = len;
-            let blocks: Vec<(usize, usize, usize)> = (blocks(p, q, &panels).into_iter())
-                .map(|(gx, gy)| {
-                    g.at[gx * cols + gy] = len;
-                    len += x.size(gx) * y.size(gy);
-                    (gx, gy, g.at[gx * cols + gy])
-                })
-                .collect();
-            stored.push(Part {
-                p,
-                q,
-                panels,
-                data: start..len,
-                blocks,
-            });
+            for (gx, gy, o) in &mut part.blocks {
+                (g.at[*gx * cols + *gy], *o) = (len, len);
+                len += x.size(*gx) * y.size(*gy);
+            }
+            part.data = start..len;
         }
         let mut data = vec![T::default(); len];
         // One position pair per task: Dᵀ = (Π_y[q] C[p,q]ᵀ) Π_x[p]ᵀ panel by panel (column `a`
