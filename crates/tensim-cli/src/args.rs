@@ -62,17 +62,40 @@ pub struct KeyArg {
 }
 
 impl ArchArgs {
-    /// Both models, each with its own description or the shared one.
+    /// Both models, each with its own description or the shared one, the two files read at
+    /// once (each on its own thread); A's error comes first, the warnings in order.
     pub fn load_pair(&self, a: &Path, b: &Path) -> Result<(Model, Model)> {
-        Ok((self.load_side(a, true)?, self.load_side(b, false)?))
+        let (ra, rb) = std::thread::scope(|s| {
+            let rb = s.spawn(|| self.read_side(b, false));
+            let ra = self.read_side(a, true);
+            (
+                ra,
+                rb.join().unwrap_or_else(|e| std::panic::resume_unwind(e)),
+            )
+        });
+        let ((ma, ua), (mb, ub)) = (ra?, rb?);
+        warn_unused(a, &ua);
+        warn_unused(b, &ub);
+        Ok((ma, mb))
     }
 
     /// A model of side A (`--arch-a`) or B (`--arch-b`), else with the shared description.
     pub fn load_side(&self, path: &Path, side_a: bool) -> Result<Model> {
+        let (model, unused) = self.read_side(path, side_a)?;
+        warn_unused(path, &unused);
+        Ok(model)
+    }
+
+    /// [`ArchArgs::load_side`] with the stored tensors the description leaves out.
+    fn read_side(&self, path: &Path, side_a: bool) -> Result<(Model, Vec<String>)> {
         let own = if side_a { &self.arch_a } else { &self.arch_b };
         let arch = own.as_deref().or(self.arch.as_deref());
         let sidecar = description(arch, self.n_ctx.n_ctx)?;
-        load(path, sidecar.as_ref(), self.key.key.as_deref())
+        Ok(io::load_with_unused(
+            path,
+            sidecar.as_ref(),
+            self.key.key.as_deref(),
+        )?)
     }
 }
 

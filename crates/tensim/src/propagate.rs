@@ -18,6 +18,8 @@
 //! ([`wick::pair_moment`], also the reference they are tested against). The gaussian metric
 //! (`metrics/gaussian.rs`) and the transformer tensor metric (`metrics/tensor.rs`) run on it.
 
+use std::borrow::{Borrow, Cow};
+
 use crate::arch::ResidualMode;
 use crate::einsum::Tensor;
 use crate::error::Result;
@@ -54,8 +56,8 @@ enum Step<'a> {
 }
 
 /// What layer `k` of `layers` knows of positions (see [`Positions`]).
-fn positions(layers: &[Layer], k: usize) -> Positions {
-    let mixes = |l: &Layer| matches!(l, Layer::Attention(_));
+fn positions<L: Borrow<Layer>>(layers: &[L], k: usize) -> Positions {
+    let mixes = |l: &L| matches!(l.borrow(), Layer::Attention(_));
     Positions {
         independent: !layers[..k].iter().any(mixes),
         local: !layers[k + 1..].iter().any(mixes),
@@ -272,19 +274,17 @@ fn linear_first(body: &[Layer]) -> bool {
 }
 
 /// Each model's body, the shorter one extended by identity layers (which change nothing).
-fn aligned(a: &Model, b: &Model) -> (Vec<Layer>, Vec<Layer>) {
+fn aligned<'m>(a: &'m Model, b: &'m Model) -> (Vec<Cow<'m, Layer>>, Vec<Cow<'m, Layer>>) {
     let (ba, bb) = (split(a).body, split(b).body);
     let depth = ba.len().max(bb.len());
-    let pad = |body: &[Layer]| {
-        let mut v = body.to_vec();
+    let pad = |body: &'m [Layer]| {
         let d = body[body.len() - 1].out_dim();
-        while v.len() < depth {
-            v.push(Layer::Linear(Linear {
-                weight: Mat::identity(d, d),
-                bias: None,
-            }));
-        }
-        v
+        let identity = Layer::Linear(Linear {
+            weight: Mat::identity(d, d),
+            bias: None,
+        });
+        let pads = std::iter::repeat_n(Cow::Owned(identity), depth - body.len());
+        body.iter().map(Cow::Borrowed).chain(pads).collect()
     };
     (pad(ba), pad(bb))
 }
@@ -550,7 +550,7 @@ fn composed_shape(model: &Model) -> Option<Vec<(usize, u128)>> {
     for layer in model.layers() {
         let outer: Vec<usize> = match layer {
             Layer::Attention(_) => vec![1, 5],
-            _ => vec![layer.terms(1)[0].legs.len()],
+            _ => vec![layer.degree() as usize],
         };
         let mut next: Vec<(usize, u128)> = vec![];
         for k in outer {
@@ -669,6 +669,7 @@ pub fn closure_traces(
     precision: Precision,
 ) -> Result<Traces> {
     let (sab, sa, sb) = closure_ends(a, b, cached, precision)?;
+
     let (pa, pb) = (split(a), split(b));
     let heads = (pa.head(), pb.head());
     Ok(Traces::new(
@@ -762,7 +763,7 @@ pub fn closure_ends(
         // projected covariances would be held at once); the others side by side.
         let attention = [&la[k], &lb[k]]
             .iter()
-            .any(|l| matches!(l, Layer::Attention(_)));
+            .any(|l| matches!(***l, Layer::Attention(_)));
         let ((na, nb), ab) = if attention && !side_by_side(precision) {
             let ab = cross();
             ((self_a(), self_b()), ab)
@@ -944,6 +945,31 @@ mod tests {
     /// The first step in closed form and the readout through the trailing linear layers equal
     /// the full moments output by output: first layers linear or not, two, one or no linear
     /// layers after the last non-linear one, and models of linear layers alone.
+    /// The leg counts `composed_shape` takes from the layers' degrees (without building any
+    /// term) are those of the composed terms themselves.
+    #[test]
+    fn composed_shape_counts_the_composed_terms() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(4);
+        let layers = vec![
+            linear(&mut rng, 3, 2),
+            bilinear(&mut rng, 3, 2),
+            linear(&mut rng, 3, 3),
+            bilinear(&mut rng, 3, 2),
+        ];
+        let model = Model::new(2, 1, layers).unwrap();
+        let mut built: Vec<(usize, u128)> = vec![];
+        for t in composed(&model) {
+            match built.iter_mut().find(|(l, _)| *l == t.legs.len()) {
+                Some(e) => e.1 += 1,
+                None => built.push((t.legs.len(), 1)),
+            }
+        }
+        let mut shape = composed_shape(&model).unwrap();
+        shape.sort();
+        built.sort();
+        assert_eq!(shape, built);
+    }
+
     #[test]
     fn the_first_step_and_the_readout_equal_the_full_moments_output_by_output() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(33);

@@ -51,36 +51,37 @@ impl Attention {
     /// Rows of head `head` of `[b | W]` (`h × (d+1)`), rotated by `ρ_t`: `out[t, e, i]`.
     fn padded_rotated(&self, w: &Mat<f64>, b: &Option<Vec<f64>>, head: usize, n: usize) -> Tensor {
         let (d, h) = (self.dim(), self.head_size());
-        // Rows (t, e) of the padded head block, one per position.
-        let mut rows = Mat::<f64>::zeros(n * h, d + 1);
-        for t in 0..n {
+        let mut data = vec![0.0; n * h * (d + 1)];
+        // Position 0: the rows themselves (read column by column from the column-major W).
+        let (first, rest) = data.split_at_mut(h * (d + 1));
+        for (e, row) in first.chunks_exact_mut(d + 1).enumerate() {
+            row[0] = b.as_ref().map_or(0.0, |b| b[head * h + e]);
+        }
+        for i in 0..d {
+            let col = w.col(i);
             for e in 0..h {
-                let row = head * h + e;
-                rows[(t * h + e, 0)] = b.as_ref().map_or(0.0, |b| b[row]);
-                for i in 0..d {
-                    rows[(t * h + e, 1 + i)] = w[(row, i)];
-                }
+                first[e * (d + 1) + 1 + i] = col[head * h + e];
             }
         }
+        for block in rest.chunks_exact_mut(h * (d + 1)) {
+            block.copy_from_slice(first);
+        }
+        // ρ_t on rows (j, j + h/2): (a, b) ↦ (a cos − b sin, b cos + a sin).
         if let Some(base) = self.rotary {
-            let half = h / 2;
-            for t in 0..n {
-                for (j, &(cos, sin)) in super::turns(base, h, t).iter().enumerate() {
-                    for i in 0..=d {
-                        let (a, bb) = (rows[(t * h + j, i)], rows[(t * h + j + half, i)]);
-                        rows[(t * h + j, i)] = a * cos - bb * sin;
-                        rows[(t * h + j + half, i)] = bb * cos + a * sin;
+            for (t, block) in data.chunks_exact_mut(h * (d + 1)).enumerate().skip(1) {
+                let (top, bottom) = block.split_at_mut(h / 2 * (d + 1));
+                let turns = super::turns(base, h, t);
+                let rows = top
+                    .chunks_exact_mut(d + 1)
+                    .zip(bottom.chunks_exact_mut(d + 1));
+                for ((x, y), &(cos, sin)) in rows.zip(&turns) {
+                    for (a, bb) in x.iter_mut().zip(y.iter_mut()) {
+                        (*a, *bb) = (*a * cos - *bb * sin, *bb * cos + *a * sin);
                     }
                 }
             }
         }
-        Tensor::new(
-            vec![n, h, d + 1],
-            (0..n * h)
-                .flat_map(|r| (0..=d).map(move |i| (r, i)))
-                .map(|(r, i)| rows[(r, i)])
-                .collect(),
-        )
+        Tensor::new(vec![n, h, d + 1], data)
     }
 
     /// The tensor-network form at `n` positions.

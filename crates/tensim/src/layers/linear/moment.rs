@@ -7,7 +7,7 @@
 use crate::distribution::PositionLaw;
 use crate::einsum::Tensor;
 use crate::layers::{Linear, PaddedLinear};
-use crate::linalg::{mul, mul_t, Mat, Par};
+use crate::linalg::{mul, mul_t, Mat, MatRef, Par};
 use crate::moment::{put_block, second};
 use crate::wick::Moments;
 
@@ -88,8 +88,8 @@ pub fn readout(s: &Tensor, l: Option<&Linear>, r: Option<&Linear>) -> Vec<f64> {
         Some(l) => {
             let mut y = mul(l.weight.as_ref(), m.as_ref().subrows(1, wl - 1), Par::Seq);
             let b = bias_column(l);
-            for o in 0..y.nrows() {
-                for j in 0..wr {
+            for j in 0..wr {
+                for o in 0..y.nrows() {
                     y[(o, j)] += b[o + 1] * m[(0, j)];
                 }
             }
@@ -97,18 +97,24 @@ pub fn readout(s: &Tensor, l: Option<&Linear>, r: Option<&Linear>) -> Vec<f64> {
         }
         None => m.as_ref().subrows(1, wl - 1).to_owned(),
     };
-    (0..lm.nrows())
-        .map(|o| match r {
-            Some(r) => {
-                let b = r.bias.as_ref().map_or(0.0, |b| b[o]);
-                lm[(o, 0)] * b
-                    + (1..wr)
-                        .map(|j| lm[(o, j)] * r.weight[(o, j - 1)])
-                        .sum::<f64>()
-            }
-            None => lm[(o, o + 1)],
-        })
-        .collect()
+    let Some(r) = r else {
+        return (0..lm.nrows()).map(|o| lm[(o, o + 1)]).collect();
+    };
+    // Column by column (both column-major): D += ŷ_j ∘ ŵ'_j.
+    fn col(m: MatRef<'_, f64>, j: usize) -> &[f64] {
+        m.col(j).try_as_col_major().expect("contiguous").as_slice()
+    }
+    let mut d: Vec<f64> = match &r.bias {
+        Some(b) => (col(lm.as_ref(), 0).iter().zip(b))
+            .map(|(y, b)| y * b)
+            .collect(),
+        None => vec![0.0; lm.nrows()],
+    };
+    for j in 1..wr {
+        let (y, w) = (col(lm.as_ref(), j), col(r.weight.as_ref(), j - 1));
+        (d.iter_mut().zip(y).zip(w)).for_each(|((d, y), w)| *d += y * w);
+    }
+    d
 }
 
 #[cfg(test)]

@@ -452,13 +452,14 @@ impl Holds {
     pub(super) fn entries(&self, x: &Side, y: &Side, independent: bool) -> f64 {
         let n = x.n;
         let live = (0..n * n).filter(|pq| !independent || pq / n == pq % n);
-        live.flat_map(|pq| self.panels(x, pq / n, y, pq % n))
+        live.flat_map(|pq| self.panels(x, pq / n, y, pq % n, false))
             .map(|[gxs, gys]| (x.rows(&gxs).1 * y.rows(&gys).1) as f64)
             .sum()
     }
     /// The panels of positions `(p, q)`, runs of row groups × runs of column groups, those
-    /// of one column run consecutive.
-    fn panels(&self, x: &Side, p: usize, y: &Side, q: usize) -> Panels {
+    /// of one column run consecutive. `upper`: only row classes up to the column's (a
+    /// symmetric Gram's part `(p, p)`, whose other blocks are read transposed).
+    fn panels(&self, x: &Side, p: usize, y: &Side, q: usize, upper: bool) -> Panels {
         let reads = match self {
             Holds::Within => {
                 return (0..x.heads)
@@ -468,8 +469,11 @@ impl Holds {
                             x.group(hd, K1)..x.group(hd, V) + 1,
                         ];
                         let rows = runs.clone();
-                        runs.into_iter()
-                            .flat_map(move |c| rows.clone().map(|r| [r, c.clone()]))
+                        runs.into_iter().flat_map(move |c| {
+                            (rows.clone().into_iter())
+                                .filter(move |r| !upper || r.start <= c.start)
+                                .map(move |r| [r, c.clone()])
+                        })
                     })
                     .collect();
             }
@@ -478,7 +482,9 @@ impl Holds {
         // The row classes read against column class `d`.
         let rows = |d: usize| -> Vec<bool> {
             (0..CLASSES)
-                .map(|c| reads[(p * CLASSES + c) * CLASSES * x.n + q * CLASSES + d])
+                .map(|c| {
+                    reads[(p * CLASSES + c) * CLASSES * x.n + q * CLASSES + d] && (!upper || c <= d)
+                })
                 .collect()
         };
         // Column classes with equal rows merged, then each run of read row classes.
@@ -564,7 +570,7 @@ impl<T: Real> Gram<T> {
             .map(|pq| (pq / n, pq % n))
             .filter(|&(p, q)| live(p, q))
             .map(|(p, q)| {
-                let panels = holds.panels(x, p, y, q);
+                let panels = holds.panels(x, p, y, q, symmetric && p == q);
                 let blocks = (panels.iter())
                     .flat_map(|[gxs, gys]| {
                         gxs.clone()

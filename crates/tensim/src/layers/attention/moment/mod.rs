@@ -41,7 +41,10 @@ fn term_pair<T: Real>(
     let (dl, dr) = (dim(ls, la), dim(rs, ra));
     let per = |s: &Side, active: bool| if active { s.heads } else { 1 };
     let (bl, br) = (per(ls, la), per(rs, ra));
-    let (rows, cols) = (ls.n * bl * dl, rs.n * br * dr);
+    // `local`: each row block t holds only its column block t (the others are zero).
+    let (rows, cols) = (ls.n * bl * dl, if local { br * dr } else { rs.n * br * dr });
+    // First column of right block `b` in z.
+    let first_col = |b: usize| if local { b % br * dr } else { b * dr };
     // Each combination's mean, for the pairs without a covariance between them.
     let means = |pair: &Pair<'_, T>, cs: &[Combo], d: usize| -> Vec<Vec<T>> {
         let pool = Pool::new(cs[0].scores.len());
@@ -110,7 +113,7 @@ fn term_pair<T: Real>(
                         }
                         // A unit holds its head's blocks by query (one block without shifts).
                         let slab = &mut *unit[if shifts { l.query + d } else { 0 }].1;
-                        let at = |i: usize| i * cols + (r.block + d * br) * dr;
+                        let at = |i: usize| i * cols + first_col(r.block + d * br);
                         match &e {
                             Some(e) => {
                                 for i in 0..dl {
@@ -130,11 +133,14 @@ fn term_pair<T: Real>(
         },
     );
     if symmetric {
-        // z + zᵀ in place (z is square).
-        for i in 0..rows {
-            for j in i..cols {
-                let s = z[i * cols + j] + z[j * cols + i];
-                (z[i * cols + j], z[j * cols + i]) = (s, s);
+        // z + zᵀ in place (z square, or each of its local blocks).
+        let (side, count) = if local { (cols, ls.n) } else { (rows, 1) };
+        for b in z.chunks_exact_mut(side * side).take(count) {
+            for i in 0..side {
+                for j in i..side {
+                    let s = b[i * side + j] + b[j * side + i];
+                    (b[i * side + j], b[j * side + i]) = (s, s);
+                }
             }
         }
     }
@@ -149,7 +155,7 @@ fn term_pair<T: Real>(
     let mapped: Vec<Mat<f64>> = blocks
         .par_iter()
         .map(|&(t, t2)| {
-            let at = t * kl * cols + t2 * kr;
+            let at = t * kl * cols + first_col(t2 * br);
             let blk = &z[at..at + (kl - 1) * cols + kr];
             let blk = MatRef::from_row_major_slice_with_stride(blk, kl, kr, cols);
             mr.right(ml.left(blk).as_ref())
