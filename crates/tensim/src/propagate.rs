@@ -378,8 +378,8 @@ pub fn held(precision: Precision, pairs: usize, cached: bool) -> f64 {
 
 /// Whether a pair's attention covariances (of one step, counted in f64 whatever the
 /// precision) are so large (over 256 MB) that pairs of `models` run one at a time, each on
-/// every core, instead of one per core. (The paper's LM, 75 checkpoints in f32: two pairs at
-/// once held 3.89 GB over the first 120 s, one at a time 3.51 GB, against its 4 GB aim.)
+/// every core, instead of one per core (the tensor metric's network recursion; the gaussian
+/// batch decides by its memory estimate).
 pub fn one_pair_at_a_time(models: &[&Model]) -> bool {
     8.0 * covariances(models) > 256e6
 }
@@ -425,7 +425,13 @@ fn first_self(p: &Split<'_>, model: &Model, precision: Precision) -> Result<Mome
 pub struct Chain(Vec<Kept>, Precision);
 
 enum Kept {
-    Full(Moment),
+    /// `Σ` (`[n, w, n, w]`, symmetric) as its upper triangle row by row, and its scale.
+    Full {
+        n: usize,
+        w: usize,
+        upper: Vec<f64>,
+        scale: f64,
+    },
     /// `Σ[t, ·, t, ·]` as `[n, w, w]`.
     Local(Moment),
 }
@@ -448,7 +454,25 @@ impl Chain {
     /// The `k`-th moment kept, as the full `[n, w, n, w]` moment.
     pub fn moment(&self, k: usize) -> Moment {
         match &self.0[k] {
-            Kept::Full(m) => m.clone(),
+            &Kept::Full {
+                n,
+                w,
+                ref upper,
+                scale,
+            } => {
+                let s = n * w;
+                let mut m = Tensor::zeros(vec![n, w, n, w]);
+                let mut rest = upper.as_slice();
+                for i in 0..s {
+                    let (row, next) = rest.split_at(s - i);
+                    m.data[i * s + i..(i + 1) * s].copy_from_slice(row);
+                    for (j, &v) in row.iter().enumerate().skip(1) {
+                        m.data[(i + j) * s + i] = v;
+                    }
+                    rest = next;
+                }
+                Moment { m, scale }
+            }
             Kept::Local(b) => {
                 let (n, w) = (b.m.shape[0], b.m.shape[1]);
                 let mut m = Tensor::zeros(vec![n, w, n, w]);
@@ -464,10 +488,19 @@ impl Chain {
     }
 
     fn keep(m: Moment, local: bool) -> Kept {
-        if !local {
-            return Kept::Full(m);
-        }
         let (n, w) = (m.m.shape[0], m.m.shape[1]);
+        if !local {
+            let s = n * w;
+            let upper = (0..s)
+                .flat_map(|i| m.m.data[i * s + i..(i + 1) * s].iter().copied())
+                .collect();
+            return Kept::Full {
+                n,
+                w,
+                upper,
+                scale: m.scale,
+            };
+        }
         let data = (0..n * w)
             .flat_map(|ti| {
                 let row = ti * n * w + (ti / w) * w;

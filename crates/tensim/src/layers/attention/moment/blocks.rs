@@ -387,6 +387,7 @@ impl<'a, T: Real> View<'a, T> {
     }
 
     /// Write the block (`cols` columns) row-major into `dst`.
+    #[inline(always)]
     pub(super) fn write(&self, cols: usize, dst: &mut [T]) {
         if self.transposed {
             transpose(self.src, dst.len() / cols, dst);
@@ -683,27 +684,49 @@ impl<T: Real> Gram<T> {
     }
 }
 
-/// `dst = srcᵀ` for a row-major `src` with `cols` columns.
+/// `dst = srcᵀ` for a row-major `src` with `cols` columns, by 8 × 8 tiles where the sizes
+/// allow (held in registers, each written back as whole rows).
+#[inline(always)]
 fn transpose<T: Real>(src: &[T], cols: usize, dst: &mut [T]) {
+    const B: usize = 8;
     let rows = src.len() / cols;
-    for (a, row) in src.chunks_exact(cols).enumerate() {
-        row.iter()
-            .enumerate()
-            .for_each(|(e, &v)| dst[e * rows + a] = v);
+    if !rows.is_multiple_of(B) || !cols.is_multiple_of(B) {
+        for (a, row) in src.chunks_exact(cols).enumerate() {
+            row.iter()
+                .enumerate()
+                .for_each(|(e, &v)| dst[e * rows + a] = v);
+        }
+        return;
+    }
+    for i0 in (0..rows).step_by(B) {
+        for j0 in (0..cols).step_by(B) {
+            let mut tile = [[T::default(); B]; B];
+            for (i, t) in tile.iter_mut().enumerate() {
+                t.copy_from_slice(&src[(i0 + i) * cols + j0..][..B]);
+            }
+            for j in 0..B {
+                let out = &mut dst[(j0 + j) * rows + i0..][..B];
+                for (i, o) in out.iter_mut().enumerate() {
+                    *o = tile[i][j];
+                }
+            }
+        }
     }
 }
 
 /// `ρ_r B ρ_cᵀ` in place for a row-major block `B` with `cols` columns, each rotation given by
 /// its turns (`None`: the identity): coordinates `(j, j + h/2)` turned by `θ_j`.
+#[inline(always)]
 fn turn<T: Real>(b: &mut [T], cols: usize, rows: Option<&[(f64, f64)]>, cs: Option<&[(f64, f64)]>) {
     let narrow = |&(cos, sin): &(f64, f64)| (T::of(cos), T::of(sin));
     if let Some(t) = rows {
-        let half = b.len() / cols / 2;
-        for (j, (cos, sin)) in t.iter().map(narrow).enumerate() {
-            for c in 0..cols {
-                let (a, z) = (b[j * cols + c], b[(j + half) * cols + c]);
-                b[j * cols + c] = a * cos - z * sin;
-                b[(j + half) * cols + c] = z * cos + a * sin;
+        let (top, bottom) = b.split_at_mut(b.len() / 2);
+        let pairs = top
+            .chunks_exact_mut(cols)
+            .zip(bottom.chunks_exact_mut(cols));
+        for ((x, y), (cos, sin)) in pairs.zip(t.iter().map(narrow)) {
+            for (a, z) in x.iter_mut().zip(y.iter_mut()) {
+                (*a, *z) = (*a * cos - *z * sin, *z * cos + *a * sin);
             }
         }
     }

@@ -148,9 +148,16 @@ fn term_pair<T: Real>(
     let (wl, wr, n) = (ls.w, rs.w, ls.n);
     let mut out = Tensor::zeros(vec![n, wl, n, wr]);
     let (kl, kr) = (bl * dl, br * dr);
+    // Symmetric: block (t', t) is the transpose of block (t, t'), mapped once.
     let blocks: Vec<(usize, usize)> = (0..n * n)
         .map(|tt| (tt / n, tt % n))
-        .filter(|&(t, t2)| !local || t2 == t)
+        .filter(|&(t, t2)| {
+            if local {
+                t2 == t
+            } else {
+                !symmetric || t2 >= t
+            }
+        })
         .collect();
     let mapped: Vec<Mat<f64>> = blocks
         .par_iter()
@@ -162,9 +169,12 @@ fn term_pair<T: Real>(
         })
         .collect();
     for (&(t, t2), y) in blocks.iter().zip(&mapped) {
-        for o in 0..wl {
-            for o2 in 0..wr {
-                out.data[((t * wl + o) * n + t2) * wr + o2] = y[(o, o2)];
+        for o2 in 0..wr {
+            for (o, &v) in y.col(o2).iter().enumerate() {
+                out.data[((t * wl + o) * n + t2) * wr + o2] = v;
+                if symmetric && t2 != t {
+                    out.data[((t2 * wl + o2) * n + t) * wr + o] = v;
+                }
             }
         }
     }

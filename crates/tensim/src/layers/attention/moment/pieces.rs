@@ -322,6 +322,7 @@ impl<T: Real> Pair<'_, T> {
     /// The [`Table`] of `legs` (side, leg), except the blocks out of leg `skip` (a vector no
     /// product leaves); the blocks not stored as read go to `made`, those among the first
     /// `left` legs first (`kept`: they are there already, from the same left legs).
+    #[inline(always)]
     fn table<'t>(
         &'t self,
         legs: &[(usize, Leg)],
