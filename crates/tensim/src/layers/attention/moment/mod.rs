@@ -226,8 +226,10 @@ fn moments_in<T: Real>(
     let shifts = independent && shift_invariant(m, &ls, &rs);
     // Each side's projections in `T`, once for all its Grams (freed before the pairs run).
     let (cross, within) = {
-        let (pl, pr) = (ls.projections::<T>(), rs.projections::<T>());
-        let (l, r) = ((&ls, &pl[..]), (&rs, &pr[..]));
+        // A self step's sides are one layer: its projections once.
+        let pl = ls.projections::<T>();
+        let pr = (!symmetric).then(|| rs.projections::<T>());
+        let (l, r) = ((&ls, &pl[..]), (&rs, pr.as_deref().unwrap_or(&pl)));
         let gram = |x, c: &Tensor, y, holds: &Holds, symmetric: bool| {
             Gram::<T>::new(x, c, y, holds, independent, symmetric, shifts)
         };
