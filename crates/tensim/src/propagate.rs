@@ -377,9 +377,9 @@ pub fn held(precision: Precision, pairs: usize, cached: bool) -> f64 {
 }
 
 /// Whether a pair's attention covariances (of one step, counted in f64 whatever the
-/// precision) are so large (over 256 MB) that pairs of `models` run one at a time, each on
-/// every core, instead of one per core (the tensor metric's network recursion; the gaussian
-/// batch decides by its memory estimate).
+/// precision) are so large (over 256 MB) that a matrix bounds the pairs of `models` at work
+/// at once: one, each on every core, for the tensor metric's network recursion; as many as
+/// the memory estimate allows for the gaussian metric.
 pub fn one_pair_at_a_time(models: &[&Model]) -> bool {
     8.0 * covariances(models) > 256e6
 }

@@ -4,6 +4,8 @@
 //! own batch form.
 
 use std::ops::Range;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, PoisonError};
 
 use rayon::prelude::*;
 
@@ -54,6 +56,69 @@ pub(crate) fn map_all<T: Sync, R: Send>(
     }
 }
 
+/// `f` over `items` with at most `k` at work at once, each free to use every thread in its own
+/// parallel work: `k` workers each take the next item until none is left. (With one rayon job
+/// per item, a thread waiting inside `f` could start another item, holding its memory too.)
+pub(crate) fn map_at_most<T: Sync, R: Send>(
+    items: &[T],
+    k: usize,
+    f: impl Fn(&T) -> R + Sync + Send,
+) -> Vec<R> {
+    let next = AtomicUsize::new(0);
+    let slots: Vec<Mutex<Option<R>>> = items.iter().map(|_| Mutex::new(None)).collect();
+    (0..k.clamp(1, items.len().max(1)))
+        .into_par_iter()
+        .for_each(|_| loop {
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            let Some(item) = items.get(i) else { break };
+            let r = f(item);
+            *slots[i].lock().unwrap_or_else(PoisonError::into_inner) = Some(r);
+        });
+    slots
+        .into_iter()
+        .map(|s| {
+            let r = s.into_inner().unwrap_or_else(PoisonError::into_inner);
+            r.expect("every item is taken")
+        })
+        .collect()
+}
+
+/// How a [`PerPair`] batch runs its pairs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pairs {
+    /// Tiles and their pairs in parallel (pairs small enough for any number at once).
+    Parallel,
+    /// Tiles one after another, at most this many pairs of a tile at once (large pairs, as
+    /// many as the memory estimate allows).
+    AtMost(usize),
+    /// One pair at a time, each on every core.
+    Serial,
+}
+
+impl Pairs {
+    /// [`Pairs::Serial`] if `serial`, else [`Pairs::Parallel`].
+    pub fn serial_if(serial: bool) -> Pairs {
+        if serial {
+            Pairs::Serial
+        } else {
+            Pairs::Parallel
+        }
+    }
+
+    /// `f` over `items`, as many at once as `self` allows.
+    pub(crate) fn map<T: Sync, R: Send>(
+        self,
+        items: &[T],
+        f: impl Fn(&T) -> R + Sync + Send,
+    ) -> Vec<R> {
+        match self {
+            Pairs::Parallel => map_all(items, false, f),
+            Pairs::AtMost(k) => map_at_most(items, k, f),
+            Pairs::Serial => map_all(items, true, f),
+        }
+    }
+}
+
 /// The batch form of `metric` over `models` (`names` identify them in messages); its tiles have
 /// one plane, or `1 + outputs` with `per_output`.
 pub fn prepare<'a>(
@@ -90,11 +155,11 @@ pub fn prepare<'a>(
 
 /// A metric computed pair by pair: `pair(i, j)` gives one value per plane (`NaN` for a pair
 /// with a model of zero norm; `pair(i, i)` is computed for that check, its finite values set
-/// to exactly 1); `serial`: see [`Batch::serial`].
+/// to exactly 1); `pairs`: how many run at once.
 pub struct PerPair<F> {
     pub planes: usize,
     pub pair: F,
-    pub serial: bool,
+    pub pairs: Pairs,
 }
 
 impl<F: Fn(usize, usize) -> Result<Vec<f64>> + Sync> Batch for PerPair<F> {
@@ -102,7 +167,7 @@ impl<F: Fn(usize, usize) -> Result<Vec<f64>> + Sync> Batch for PerPair<F> {
     /// finished tiles are stored, so an interrupted run keeps nearly all its work. Pairs run
     /// one at a time (large attention covariances: seconds to minutes each) are a tile each.
     fn tile_side(&self) -> usize {
-        if self.serial {
+        if self.pairs == Pairs::Serial {
             1
         } else {
             4
@@ -110,7 +175,7 @@ impl<F: Fn(usize, usize) -> Result<Vec<f64>> + Sync> Batch for PerPair<F> {
     }
 
     fn serial(&self) -> bool {
-        self.serial
+        self.pairs != Pairs::Parallel
     }
 
     /// Pairs in parallel (unless `serial`); on a diagonal tile each unordered pair once (the
@@ -123,16 +188,18 @@ impl<F: Fn(usize, usize) -> Result<Vec<f64>> + Sync> Batch for PerPair<F> {
             .filter(|&(i, j)| !diagonal || j >= i)
             .collect();
         // A pair involving a model of zero norm has no similarity: NaN, not an error.
-        let values = map_all(&pairs, self.serial, |&(i, j)| {
-            match (self.pair)(ci.start + i, cj.start + j) {
-                Err(e) if matches!(e.root(), Error::ZeroNorm { .. }) => {
-                    Ok(vec![f64::NAN; self.planes])
+        let values = self
+            .pairs
+            .map(&pairs, |&(i, j)| {
+                match (self.pair)(ci.start + i, cj.start + j) {
+                    Err(e) if matches!(e.root(), Error::ZeroNorm { .. }) => {
+                        Ok(vec![f64::NAN; self.planes])
+                    }
+                    v => v,
                 }
-                v => v,
-            }
-        })
-        .into_iter()
-        .collect::<Result<Vec<_>>>()?;
+            })
+            .into_iter()
+            .collect::<Result<Vec<_>>>()?;
         let mut out = vec![0.0; self.planes * ni * nj];
         for (&(i, j), v) in pairs.iter().zip(values) {
             // A model with itself: exactly 1 where defined (as `Dots` gives it), not 1 ± ulp.
@@ -212,4 +279,41 @@ fn row_cosines(rows: &Mat<f64>, ci: &Range<usize>, cj: &Range<usize>) -> Vec<f64
             }
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Items that wait on their own parallel work (where a waiting thread steals jobs) never
+    /// run more than `k` at once, and come back in order.
+    #[test]
+    fn map_at_most_bounds_the_items_at_work() {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(4)
+            .build()
+            .unwrap();
+        let (now, most) = (AtomicUsize::new(0), AtomicUsize::new(0));
+        let items: Vec<usize> = (0..40).collect();
+        let out = pool.install(|| {
+            map_at_most(&items, 2, |&i| {
+                let at_work = now.fetch_add(1, Ordering::SeqCst) + 1;
+                most.fetch_max(at_work, Ordering::SeqCst);
+                std::thread::sleep(std::time::Duration::from_millis(2));
+                let s: usize = (0..64usize)
+                    .into_par_iter()
+                    .map(|x| {
+                        std::thread::sleep(std::time::Duration::from_micros(200));
+                        x % 7
+                    })
+                    .sum();
+                now.fetch_sub(1, Ordering::SeqCst);
+                assert_eq!(s, (0..64).map(|x| x % 7).sum::<usize>());
+                i * 10
+            })
+        });
+        assert_eq!(out, items.iter().map(|i| i * 10).collect::<Vec<_>>());
+        let most = most.load(Ordering::SeqCst);
+        assert!((1..=2).contains(&most), "{most} items at work at once");
+    }
 }

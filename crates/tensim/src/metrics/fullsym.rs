@@ -17,7 +17,7 @@ use crate::budget;
 use crate::error::{Error, Result};
 use crate::layers::{compose_linear, PaddedLayer};
 use crate::linalg::{mul, mul_t, Mat, MatRef, Par};
-use crate::metrics::batch::{Batch, PerPair};
+use crate::metrics::batch::{Batch, Pairs, PerPair};
 use crate::metrics::tensor::lifted_nodes;
 use crate::model::Model;
 
@@ -329,6 +329,6 @@ pub fn batch<'a>(models: &'a [&'a Model], full: FullOptions) -> impl Batch + 'a 
                 similarity(models[i], models[j], &opts, &full)?.similarity,
             ])
         },
-        serial: false,
+        pairs: Pairs::Parallel,
     }
 }

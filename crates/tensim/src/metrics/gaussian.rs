@@ -10,7 +10,7 @@ use crate::error::{Error, Result};
 use crate::linalg::{within, Par};
 
 use crate::layers::Layer;
-use crate::metrics::batch::{map_all, Batch, PerPair};
+use crate::metrics::batch::{Batch, Pairs, PerPair};
 use crate::metrics::{cosine, cosines, Comparison, Kind, Method};
 use crate::model::Model;
 pub use crate::moment::Precision;
@@ -111,8 +111,9 @@ pub fn similarity_cached(a: &Model, b: &Model, ca: &Chain, cb: &Chain) -> Result
 pub fn batch<'a>(models: &'a [&'a Model], opts: GaussOptions) -> Result<impl Batch + 'a> {
     // Every model's chain is kept (one moment per body layer). A pair per thread at once where
     // the memory estimate allows it (each pair at work beyond the first holds its own dozen
-    // moments and covariances), else one at a time on every thread. (The paper's LM in f32,
-    // 16 checkpoints: 84 s, 1.14 GB one at a time; 70 s, 1.40 GB two at once.)
+    // moments and covariances), else one at a time on every thread; large pairs (attention
+    // covariances over 256 MB) no more than that at once. (The paper's LM in f32, 16
+    // checkpoints: 84 s, 1.14 GB one at a time; 70 s, 1.40 GB two at once.)
     let kept: usize = models.iter().map(|m| crate::propagate::chain_len(m)).sum();
     let fits = |pairs: usize| {
         let held = crate::propagate::held(opts.precision, pairs, true);
@@ -120,15 +121,20 @@ pub fn batch<'a>(models: &'a [&'a Model], opts: GaussOptions) -> Result<impl Bat
         crate::propagate::check_memory(models, moments, held)
     };
     let threads = rayon::current_num_threads();
-    let serial = fits(threads).is_err();
-    if serial {
-        fits(1)?;
-    }
-    let chains = map_all(models, serial, |m| self_chain(m, opts.precision))
+    let pairs = match fits(threads) {
+        Err(_) => {
+            fits(1)?;
+            Pairs::Serial
+        }
+        Ok(()) if crate::propagate::one_pair_at_a_time(models) => Pairs::AtMost(threads),
+        Ok(()) => Pairs::Parallel,
+    };
+    let chains = pairs
+        .map(models, |m| self_chain(m, opts.precision))
         .into_iter()
         .collect::<Result<Vec<_>>>()?;
     Ok(PerPair {
-        serial,
+        pairs,
         planes: 1,
         pair: move |i: usize, j: usize| {
             let (a, b) = (models[i], models[j]);

@@ -25,7 +25,7 @@ use crate::error::{Error, Result};
 use crate::gram::Gram;
 use crate::layers::{PaddedBilinear, PaddedLayer};
 use crate::linalg::{mul, Par};
-use crate::metrics::batch::{Batch, PerPair};
+use crate::metrics::batch::{Batch, Pairs, PerPair};
 use crate::metrics::{cosine, cosines, Comparison, Kind, Options};
 use crate::model::Model;
 
@@ -311,7 +311,7 @@ pub fn batch<'a>(models: &'a [&'a Model], per_output: bool) -> Result<Box<dyn Ba
             pair: |i: usize, j: usize| {
                 Ok(vec![network_similarity(models[i], models[j])?.similarity])
             },
-            serial: crate::propagate::one_pair_at_a_time(models),
+            pairs: Pairs::serial_if(crate::propagate::one_pair_at_a_time(models)),
         }));
     }
     if let Some(s) = stacked::Stacked::new(models, per_output) {
@@ -359,6 +359,6 @@ pub fn batch<'a>(models: &'a [&'a Model], per_output: bool) -> Result<Box<dyn Ba
                 Ok(v)
             }
         },
-        serial: false,
+        pairs: Pairs::Parallel,
     }))
 }
