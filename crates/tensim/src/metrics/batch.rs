@@ -36,9 +36,10 @@ pub trait Batch: Sync {
         0
     }
 
-    /// Whether tiles (and their pairs) run one at a time, each pair on every core: pairs
-    /// whose scratch is too large to hold one per core (rayon would also start more pairs
-    /// while one waits on its own parallel work).
+    /// Whether tiles run one at a time (their pairs as the batch allows, each free to use
+    /// every core): pairs whose scratch is too large to hold any number at once (with tiles
+    /// in parallel, rayon would also start more pairs while one waits on its own parallel
+    /// work).
     fn serial(&self) -> bool {
         false
     }
@@ -178,7 +179,7 @@ impl<F: Fn(usize, usize) -> Result<Vec<f64>> + Sync> Batch for PerPair<F> {
         self.pairs != Pairs::Parallel
     }
 
-    /// Pairs in parallel (unless `serial`); on a diagonal tile each unordered pair once (the
+    /// Pairs as `pairs` allows; on a diagonal tile each unordered pair once (the
     /// metrics are symmetric), mirrored.
     fn tile(&self, ci: Range<usize>, cj: Range<usize>) -> Result<Vec<f64>> {
         let (ni, nj) = (ci.len(), cj.len());
