@@ -36,12 +36,11 @@ pub trait Batch: Sync {
         0
     }
 
-    /// Whether tiles run one at a time (their pairs as the batch allows, each free to use
-    /// every core): pairs whose scratch is too large to hold any number at once (with tiles
-    /// in parallel, rayon would also start more pairs while one waits on its own parallel
-    /// work).
-    fn serial(&self) -> bool {
-        false
+    /// How many tiles run at once: all (the default), or a bound where each tile's pairs run
+    /// one after another, each free to use every core (pairs whose scratch is too large to
+    /// hold any number at once).
+    fn tiles(&self) -> Pairs {
+        Pairs::Parallel
     }
 }
 
@@ -84,15 +83,15 @@ pub(crate) fn map_at_most<T: Sync, R: Send>(
         .collect()
 }
 
-/// How a [`PerPair`] batch runs its pairs.
+/// How many pairs (or tiles) of a batch run at once.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Pairs {
-    /// Tiles and their pairs in parallel (pairs small enough for any number at once).
+    /// Any number (pairs small enough to hold one per thread and more).
     Parallel,
-    /// Tiles one after another, at most this many pairs of a tile at once (large pairs, as
-    /// many as the memory estimate allows).
+    /// At most this many, each free to use every core (large pairs, as many as the memory
+    /// estimate allows).
     AtMost(usize),
-    /// One pair at a time, each on every core.
+    /// One at a time, each on every core.
     Serial,
 }
 
@@ -165,22 +164,24 @@ pub struct PerPair<F> {
 
 impl<F: Fn(usize, usize) -> Result<Vec<f64>> + Sync> Batch for PerPair<F> {
     /// Few pairs per tile (16, or 10 on the diagonal): a pair can take seconds, and only
-    /// finished tiles are stored, so an interrupted run keeps nearly all its work. Pairs run
-    /// one at a time (large attention covariances: seconds to minutes each) are a tile each.
+    /// finished tiles are stored, so an interrupted run keeps nearly all its work. Large pairs
+    /// (seconds to minutes each) come 4 or 1 to a tile, so that the tiles at work at once
+    /// end together.
     fn tile_side(&self) -> usize {
-        if self.pairs == Pairs::Serial {
-            1
-        } else {
-            4
+        match self.pairs {
+            Pairs::Parallel => 4,
+            Pairs::AtMost(_) => 2,
+            Pairs::Serial => 1,
         }
     }
 
-    fn serial(&self) -> bool {
-        self.pairs != Pairs::Parallel
+    /// Bounded pairs: as many tiles at once, each running its pairs one after another.
+    fn tiles(&self) -> Pairs {
+        self.pairs
     }
 
-    /// Pairs as `pairs` allows; on a diagonal tile each unordered pair once (the
-    /// metrics are symmetric), mirrored.
+    /// Pairs in parallel where any number may run at once, else one after another; on a
+    /// diagonal tile each unordered pair once (the metrics are symmetric), mirrored.
     fn tile(&self, ci: Range<usize>, cj: Range<usize>) -> Result<Vec<f64>> {
         let (ni, nj) = (ci.len(), cj.len());
         let diagonal = ci == cj;
@@ -189,18 +190,18 @@ impl<F: Fn(usize, usize) -> Result<Vec<f64>> + Sync> Batch for PerPair<F> {
             .filter(|&(i, j)| !diagonal || j >= i)
             .collect();
         // A pair involving a model of zero norm has no similarity: NaN, not an error.
-        let values = self
-            .pairs
-            .map(&pairs, |&(i, j)| {
-                match (self.pair)(ci.start + i, cj.start + j) {
-                    Err(e) if matches!(e.root(), Error::ZeroNorm { .. }) => {
-                        Ok(vec![f64::NAN; self.planes])
-                    }
-                    v => v,
+        let values = map_all(
+            &pairs,
+            self.pairs != Pairs::Parallel,
+            |&(i, j)| match (self.pair)(ci.start + i, cj.start + j) {
+                Err(e) if matches!(e.root(), Error::ZeroNorm { .. }) => {
+                    Ok(vec![f64::NAN; self.planes])
                 }
-            })
-            .into_iter()
-            .collect::<Result<Vec<_>>>()?;
+                v => v,
+            },
+        )
+        .into_iter()
+        .collect::<Result<Vec<_>>>()?;
         let mut out = vec![0.0; self.planes * ni * nj];
         for (&(i, j), v) in pairs.iter().zip(values) {
             // A model with itself: exactly 1 where defined (as `Dots` gives it), not 1 ± ulp.

@@ -95,34 +95,33 @@ pub fn similarity_matrix(
         .iter()
         .map(|&(a, b)| (blocks[a].len() * blocks[b].len()) as u64)
         .sum();
-    let done: Vec<Result<(usize, usize, Vec<f64>)>> =
-        crate::metrics::batch::map_all(&pairs, batch.serial(), |&(a, b)| {
-            let (ci, cj) = (blocks[a].clone(), blocks[b].clone());
-            let hashes = |r: &std::ops::Range<usize>| -> Vec<&str> {
-                checkpoints[r.clone()]
-                    .iter()
-                    .map(|c| c.hash.as_str())
-                    .collect()
-            };
-            let key = TileStore::key(&tag, &hashes(&ci), &hashes(&cj));
-            let shape = [planes, ci.len(), cj.len()];
-            let values = match store.and_then(|s| s.get(&key, &shape)) {
-                Some(v) => v,
-                None => {
-                    if let Some(counter) = opts.flops {
-                        let flops = batch.tile_flops(&ci, &cj);
-                        counter.fetch_add(flops, std::sync::atomic::Ordering::Relaxed);
-                    }
-                    let v = batch.tile(ci.clone(), cj.clone())?;
-                    if let Some(s) = store {
-                        s.put(&key, &shape, &v)?;
-                    }
-                    v
+    let done: Vec<Result<(usize, usize, Vec<f64>)>> = batch.tiles().map(&pairs, |&(a, b)| {
+        let (ci, cj) = (blocks[a].clone(), blocks[b].clone());
+        let hashes = |r: &std::ops::Range<usize>| -> Vec<&str> {
+            checkpoints[r.clone()]
+                .iter()
+                .map(|c| c.hash.as_str())
+                .collect()
+        };
+        let key = TileStore::key(&tag, &hashes(&ci), &hashes(&cj));
+        let shape = [planes, ci.len(), cj.len()];
+        let values = match store.and_then(|s| s.get(&key, &shape)) {
+            Some(v) => v,
+            None => {
+                if let Some(counter) = opts.flops {
+                    let flops = batch.tile_flops(&ci, &cj);
+                    counter.fetch_add(flops, std::sync::atomic::Ordering::Relaxed);
                 }
-            };
-            progress((ci.len() * cj.len()) as u64, total);
-            Ok((a, b, values))
-        });
+                let v = batch.tile(ci.clone(), cj.clone())?;
+                if let Some(s) = store {
+                    s.put(&key, &shape, &v)?;
+                }
+                v
+            }
+        };
+        progress((ci.len() * cj.len()) as u64, total);
+        Ok((a, b, values))
+    });
     let mut mats = vec![Mat::<f64>::zeros(n, n); planes];
     for r in done {
         let (a, b, v) = r?;
