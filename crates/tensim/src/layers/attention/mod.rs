@@ -22,6 +22,7 @@ pub mod network;
 pub use network::{HeadFactors, Network};
 
 use crate::arch::{Mask, Residual};
+use crate::linalg::kernels::Real;
 use crate::linalg::{add_bias, mul_t, Mat, MatRef, Par};
 
 /// A bilinear attention layer over `d`-dimensional positions.
@@ -163,6 +164,22 @@ impl Attention {
         }
         let (c, r) = self.path_weights();
         Mat::from_fn(f.nrows(), d, |i, j| r * x[(i, j)] + c * f[(i, j)])
+    }
+}
+
+/// `ρ` given by its `turns` on the rows of a row-major `h × cols` block:
+/// `(row_j, row_{j+h/2}) ↦ (row_j cos θ_j − row_{j+h/2} sin θ_j, row_{j+h/2} cos θ_j + row_j sin θ_j)`.
+#[inline(always)]
+pub(crate) fn turn_rows<T: Real>(block: &mut [T], cols: usize, turns: &[(f64, f64)]) {
+    let (top, bottom) = block.split_at_mut(block.len() / 2);
+    let pairs = top
+        .chunks_exact_mut(cols)
+        .zip(bottom.chunks_exact_mut(cols));
+    for ((x, y), &(cos, sin)) in pairs.zip(turns) {
+        let (cos, sin) = (T::of(cos), T::of(sin));
+        for (a, z) in x.iter_mut().zip(y.iter_mut()) {
+            (*a, *z) = (*a * cos - *z * sin, *z * cos + *a * sin);
+        }
     }
 }
 

@@ -66,19 +66,9 @@ impl Attention {
         for block in rest.chunks_exact_mut(h * (d + 1)) {
             block.copy_from_slice(first);
         }
-        // ρ_t on rows (j, j + h/2): (a, b) ↦ (a cos − b sin, b cos + a sin).
         if let Some(base) = self.rotary {
             for (t, block) in data.chunks_exact_mut(h * (d + 1)).enumerate().skip(1) {
-                let (top, bottom) = block.split_at_mut(h / 2 * (d + 1));
-                let turns = super::turns(base, h, t);
-                let rows = top
-                    .chunks_exact_mut(d + 1)
-                    .zip(bottom.chunks_exact_mut(d + 1));
-                for ((x, y), &(cos, sin)) in rows.zip(&turns) {
-                    for (a, bb) in x.iter_mut().zip(y.iter_mut()) {
-                        (*a, *bb) = (*a * cos - *bb * sin, *bb * cos + *a * sin);
-                    }
-                }
+                super::turn_rows(block, d + 1, &super::turns(base, h, t));
             }
         }
         Tensor::new(vec![n, h, d + 1], data)

@@ -7,7 +7,7 @@ use std::ops::Range;
 use rayon::prelude::*;
 
 use crate::einsum::Tensor;
-use crate::layers::attention::{turns, Network};
+use crate::layers::attention::{turn_rows, turns, Network};
 use crate::linalg::kernels::Real;
 use crate::linalg::{mul, mul_into, Mat, MatRef, Par};
 
@@ -684,33 +684,14 @@ impl<T: Real> Gram<T> {
     }
 }
 
-/// `dst = srcᵀ` for a row-major `src` with `cols` columns, by 8 × 8 tiles where the sizes
-/// allow (held in registers, each written back as whole rows).
+/// `dst = srcᵀ` for a row-major `src` with `cols` columns.
 #[inline(always)]
 fn transpose<T: Real>(src: &[T], cols: usize, dst: &mut [T]) {
-    const B: usize = 8;
     let rows = src.len() / cols;
-    if !rows.is_multiple_of(B) || !cols.is_multiple_of(B) {
-        for (a, row) in src.chunks_exact(cols).enumerate() {
-            row.iter()
-                .enumerate()
-                .for_each(|(e, &v)| dst[e * rows + a] = v);
-        }
-        return;
-    }
-    for i0 in (0..rows).step_by(B) {
-        for j0 in (0..cols).step_by(B) {
-            let mut tile = [[T::default(); B]; B];
-            for (i, t) in tile.iter_mut().enumerate() {
-                t.copy_from_slice(&src[(i0 + i) * cols + j0..][..B]);
-            }
-            for j in 0..B {
-                let out = &mut dst[(j0 + j) * rows + i0..][..B];
-                for (i, o) in out.iter_mut().enumerate() {
-                    *o = tile[i][j];
-                }
-            }
-        }
+    for (a, row) in src.chunks_exact(cols).enumerate() {
+        row.iter()
+            .enumerate()
+            .for_each(|(e, &v)| dst[e * rows + a] = v);
     }
 }
 
@@ -720,15 +701,7 @@ fn transpose<T: Real>(src: &[T], cols: usize, dst: &mut [T]) {
 fn turn<T: Real>(b: &mut [T], cols: usize, rows: Option<&[(f64, f64)]>, cs: Option<&[(f64, f64)]>) {
     let narrow = |&(cos, sin): &(f64, f64)| (T::of(cos), T::of(sin));
     if let Some(t) = rows {
-        let (top, bottom) = b.split_at_mut(b.len() / 2);
-        let pairs = top
-            .chunks_exact_mut(cols)
-            .zip(bottom.chunks_exact_mut(cols));
-        for ((x, y), (cos, sin)) in pairs.zip(t.iter().map(narrow)) {
-            for (a, z) in x.iter_mut().zip(y.iter_mut()) {
-                (*a, *z) = (*a * cos - *z * sin, *z * cos + *a * sin);
-            }
-        }
+        turn_rows(b, cols, t);
     }
     if let Some(t) = cs {
         let half = cols / 2;
