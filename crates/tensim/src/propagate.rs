@@ -425,13 +425,7 @@ fn first_self(p: &Split<'_>, model: &Model, precision: Precision) -> Result<Mome
 pub struct Chain(Vec<Kept>, Precision);
 
 enum Kept {
-    /// `Σ` (`[n, w, n, w]`, symmetric) as its upper triangle row by row, and its scale.
-    Full {
-        n: usize,
-        w: usize,
-        upper: Vec<f64>,
-        scale: f64,
-    },
+    Full(Moment),
     /// `Σ[t, ·, t, ·]` as `[n, w, w]`.
     Local(Moment),
 }
@@ -454,25 +448,7 @@ impl Chain {
     /// The `k`-th moment kept, as the full `[n, w, n, w]` moment.
     pub fn moment(&self, k: usize) -> Moment {
         match &self.0[k] {
-            &Kept::Full {
-                n,
-                w,
-                ref upper,
-                scale,
-            } => {
-                let s = n * w;
-                let mut m = Tensor::zeros(vec![n, w, n, w]);
-                let mut rest = upper.as_slice();
-                for i in 0..s {
-                    let (row, next) = rest.split_at(s - i);
-                    m.data[i * s + i..(i + 1) * s].copy_from_slice(row);
-                    for (j, &v) in row.iter().enumerate().skip(1) {
-                        m.data[(i + j) * s + i] = v;
-                    }
-                    rest = next;
-                }
-                Moment { m, scale }
-            }
+            Kept::Full(m) => m.clone(),
             Kept::Local(b) => {
                 let (n, w) = (b.m.shape[0], b.m.shape[1]);
                 let mut m = Tensor::zeros(vec![n, w, n, w]);
@@ -488,19 +464,10 @@ impl Chain {
     }
 
     fn keep(m: Moment, local: bool) -> Kept {
-        let (n, w) = (m.m.shape[0], m.m.shape[1]);
         if !local {
-            let s = n * w;
-            let upper = (0..s)
-                .flat_map(|i| m.m.data[i * s + i..(i + 1) * s].iter().copied())
-                .collect();
-            return Kept::Full {
-                n,
-                w,
-                upper,
-                scale: m.scale,
-            };
+            return Kept::Full(m);
         }
+        let (n, w) = (m.m.shape[0], m.m.shape[1]);
         let data = (0..n * w)
             .flat_map(|ti| {
                 let row = ti * n * w + (ti / w) * w;
@@ -702,7 +669,6 @@ pub fn closure_traces(
     precision: Precision,
 ) -> Result<Traces> {
     let (sab, sa, sb) = closure_ends(a, b, cached, precision)?;
-
     let (pa, pb) = (split(a), split(b));
     let heads = (pa.head(), pb.head());
     Ok(Traces::new(
@@ -794,9 +760,9 @@ pub fn closure_ends(
         // The self steps and the cross step read only the moments before them. f64 attention
         // steps run one at a time, each on every thread (side by side, the three steps'
         // projected covariances would be held at once); the others side by side.
-        let attention = [&la[k], &lb[k]]
-            .iter()
-            .any(|l| matches!(***l, Layer::Attention(_)));
+        let attention = [&*la[k], &*lb[k]]
+            .into_iter()
+            .any(|l| matches!(l, Layer::Attention(_)));
         let ((na, nb), ab) = if attention && !side_by_side(precision) {
             let ab = cross();
             ((self_a(), self_b()), ab)

@@ -113,7 +113,7 @@ pub fn batch<'a>(models: &'a [&'a Model], opts: GaussOptions) -> Result<impl Bat
     // the memory estimate allows it (each pair at work beyond the first holds its own dozen
     // moments and covariances), else one at a time on every thread; large pairs (attention
     // covariances over 256 MB) no more than that at once. (The paper's LM in f32, 16
-    // checkpoints: 84 s, 1.14 GB one at a time; 70 s, 1.40 GB two at once.)
+    // checkpoints: 84 s, 1.14 GB one at a time; 65 s, 1.43 GB two at once.)
     let kept: usize = models.iter().map(|m| crate::propagate::chain_len(m)).sum();
     let fits = |pairs: usize| {
         let held = crate::propagate::held(opts.precision, pairs, true);
