@@ -30,9 +30,9 @@ pub fn within<R: Send>(par: Par, f: impl FnOnce() -> R + Send) -> R {
 }
 
 /// `A · B`.
-pub fn mul(a: MatRef<'_, f64>, b: MatRef<'_, f64>, par: Par) -> Mat<f64> {
+pub fn mul<T: RealField>(a: MatRef<'_, T>, b: MatRef<'_, T>, par: Par) -> Mat<T> {
     let mut out = Mat::zeros(a.nrows(), b.ncols());
-    matmul(out.as_mut(), Accum::Replace, a, b, 1.0, par);
+    matmul(out.as_mut(), Accum::Replace, a, b, one::<T>(), par);
     out
 }
 

@@ -38,6 +38,10 @@ pub(super) struct Side<'a> {
     pub heads: usize,
     /// The rotary turns of every position (empty without rotary).
     turns: Vec<Vec<(f64, f64)>>,
+    /// Per role, the power of two `c` its projected rows are held times, and that of the
+    /// output map (see [`Side::unscale`]).
+    scale: [f64; ROLES],
+    out_scale: f64,
 }
 
 impl<'a> Side<'a> {
@@ -49,11 +53,48 @@ impl<'a> Side<'a> {
             h: net.heads[0].v.shape[0],
             heads: net.heads.len(),
             turns: vec![],
+            scale: [1.0; ROLES],
+            out_scale: 1.0,
         };
         if let Some(base) = net.rotary {
             side.turns = (0..side.n).map(|p| turns(base, side.h, p)).collect();
         }
+        // `2^−round(log₂ σ)`, σ the RMS norm of rows of `row` entries.
+        let unit = |tensors: &mut dyn Iterator<Item = &Tensor>, row: usize| {
+            let (sum, count) = tensors.fold((0.0, 0), |(s, c), t| {
+                let sq: f64 = t.data.iter().map(|x| x * x).sum();
+                (s + sq, c + t.data.len() / row)
+            });
+            let log = (0.5 * (sum / count as f64).log2()).round();
+            if log.is_finite() {
+                (-log).exp2()
+            } else {
+                1.0
+            }
+        };
+        side.scale = std::array::from_fn(|role| {
+            let mut rows = net.heads.iter().map(|f| match role {
+                V => &f.v,
+                _ => [&f.q[0], &f.k[0], &f.q[1], &f.k[1]][role],
+            });
+            unit(&mut rows, side.w)
+        });
+        side.out_scale = unit(&mut net.heads.iter().map(|f| &f.o), side.h);
         side
+    }
+
+    /// `1 / Π c` over the legs and output map of the term's combinations (1 for the identity
+    /// term). Every projected row of a role, and the output map, is held times its `c`, a
+    /// power of two bringing its rows' RMS norm near 1, so that products of a pair's ten legs
+    /// stay inside `f32`'s range whatever the weights' size; the moments, multilinear in the
+    /// legs and maps, are then `Π c` times their own (exactly: powers of two), which this
+    /// undoes in `f64`.
+    pub(super) fn unscale(&self, active: bool) -> f64 {
+        if active {
+            1.0 / (self.out_scale * self.scale.iter().product::<f64>())
+        } else {
+            1.0
+        }
     }
 
     /// Rows per position.
@@ -151,7 +192,10 @@ impl<'a> Side<'a> {
                 V => &f.v.data[e * w..][..w],
                 _ => &[&f.q[0], &f.k[0], &f.q[1], &f.k[1]][role].data[(p * h + e) * w..][..w],
             };
-            row.iter_mut().zip(src).for_each(|(y, &x)| *y = T::of(x));
+            let c = self.scale[role];
+            row.iter_mut()
+                .zip(src)
+                .for_each(|(y, &x)| *y = T::of(c * x));
         }
         out
     }
@@ -245,25 +289,27 @@ impl<'a> Side<'a> {
     }
 
     /// Output map of a term at position `t`: `diag(γ)` (identity) or `[O_1 | … | O_H]` (active).
-    pub(super) fn output_map(&self, active: bool) -> OutputMap {
+    /// In `T`, as the moments it maps (times its `c`: [`Side::unscale`]).
+    pub(super) fn output_map<T: Real>(&self, active: bool) -> OutputMap<T> {
         if !active {
-            return OutputMap::Diagonal(self.net.gamma.clone());
+            return OutputMap::Diagonal(self.net.gamma.iter().map(|&g| T::of(g)).collect());
         }
-        OutputMap::Dense(Mat::from_fn(self.w, self.heads * self.h, |o, c| {
-            self.net.heads[c / self.h].o.data[o * self.h + c % self.h]
+        let c = self.out_scale;
+        OutputMap::Dense(Mat::from_fn(self.w, self.heads * self.h, |o, e| {
+            T::of(c * self.net.heads[e / self.h].o.data[o * self.h + e % self.h])
         }))
     }
 }
 
 /// A term's output map `M`, diagonal or dense.
-pub(super) enum OutputMap {
-    Diagonal(Vec<f64>),
-    Dense(Mat<f64>),
+pub(super) enum OutputMap<T> {
+    Diagonal(Vec<T>),
+    Dense(Mat<T>),
 }
 
-impl OutputMap {
+impl<T: Real> OutputMap<T> {
     /// `M B`.
-    pub(super) fn left(&self, b: MatRef<'_, f64>) -> Mat<f64> {
+    pub(super) fn left(&self, b: MatRef<'_, T>) -> Mat<T> {
         match self {
             OutputMap::Diagonal(g) => Mat::from_fn(b.nrows(), b.ncols(), |i, j| g[i] * b[(i, j)]),
             OutputMap::Dense(m) => mul(m.as_ref(), b, Par::Seq),
@@ -271,7 +317,7 @@ impl OutputMap {
     }
 
     /// `B Mᵀ`.
-    pub(super) fn right(&self, b: MatRef<'_, f64>) -> Mat<f64> {
+    pub(super) fn right(&self, b: MatRef<'_, T>) -> Mat<T> {
         match self {
             OutputMap::Diagonal(g) => Mat::from_fn(b.nrows(), b.ncols(), |i, j| b[(i, j)] * g[j]),
             OutputMap::Dense(m) => mul(b, m.transpose(), Par::Seq),

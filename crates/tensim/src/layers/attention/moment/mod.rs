@@ -21,7 +21,7 @@ use crate::error::Result;
 use crate::layers::attention::Network;
 use crate::layers::Attention;
 use crate::linalg::kernels::{axpy_wide, Real};
-use crate::linalg::{Mat, MatRef};
+use crate::linalg::Mat;
 use crate::moment::{Positions, Precision};
 use crate::wick::Moments;
 
@@ -144,7 +144,7 @@ fn term_pair<T: Real>(
             }
         }
     }
-    let (ml, mr) = (ls.output_map(la), rs.output_map(ra));
+    let (ml, mr) = (ls.output_map::<T>(la), rs.output_map::<T>(ra));
     let (wl, wr, n) = (ls.w, rs.w, ls.n);
     let mut out = Tensor::zeros(vec![n, wl, n, wr]);
     let (kl, kr) = (bl * dl, br * dr);
@@ -159,18 +159,20 @@ fn term_pair<T: Real>(
             }
         })
         .collect();
-    let mapped: Vec<Mat<f64>> = blocks
+    // Each block in `T`: its sums rounded once, the maps' products as the moments', the
+    // legs' and maps' scales undone after.
+    let unscale = ls.unscale(la) * rs.unscale(ra);
+    let mapped: Vec<Mat<T>> = blocks
         .par_iter()
         .map(|&(t, t2)| {
             let at = t * kl * cols + first_col(t2 * br);
-            let blk = &z[at..at + (kl - 1) * cols + kr];
-            let blk = MatRef::from_row_major_slice_with_stride(blk, kl, kr, cols);
-            mr.right(ml.left(blk).as_ref())
+            let blk = Mat::from_fn(kl, kr, |i, j| T::of(z[at + i * cols + j]));
+            mr.right(ml.left(blk.as_ref()).as_ref())
         })
         .collect();
     for (&(t, t2), y) in blocks.iter().zip(&mapped) {
         for o2 in 0..wr {
-            for (o, &v) in y.col(o2).iter().enumerate() {
+            for (o, v) in y.col(o2).iter().map(|v| unscale * v.wide()).enumerate() {
                 out.data[((t * wl + o) * n + t2) * wr + o2] = v;
                 if symmetric && t2 != t {
                     out.data[((t2 * wl + o2) * n + t) * wr + o] = v;
@@ -498,6 +500,43 @@ mod tests {
                 assert!(
                     err <= tol * scale.max(1.0),
                     "{what} {precision:?} ({kl},{kr}): {err} vs scale {scale}"
+                );
+            }
+        }
+    }
+
+    /// Every projection times 1e-6 or 1e6: a pair's ten legs multiply to 1e∓60, outside
+    /// `f32`'s range; with the rows held near unit size `f32` stays within its rounding of
+    /// `f64` (relative to each term pair's own size).
+    #[test]
+    fn f32_moments_hold_weights_of_any_size() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+        let (mu, cov) = moments(&mut rng, 3, [5, 5], (false, false));
+        let m = Moments {
+            mu: [&mu[0], &mu[1]],
+            cov: [&cov[0], &cov[1], &cov[2]],
+        };
+        for factor in [1e-6, 1e6] {
+            let (mut l, mut r) = (
+                attention(&mut rng, 4, 2, Mask::Causal),
+                attention(&mut rng, 4, 1, Mask::None),
+            );
+            for f in l.heads.iter_mut().chain(r.heads.iter_mut()) {
+                let [q1, q2] = &mut f.q;
+                let [k1, k2] = &mut f.k;
+                for t in [&mut f.v, q1, k1, q2, k2] {
+                    t.data.iter_mut().for_each(|x| *x *= factor);
+                }
+            }
+            let p = Positions::default();
+            let wide = super::moments(&l, &r, &m, false, p, Precision::F64).unwrap();
+            let narrow = super::moments(&l, &r, &m, false, p, Precision::F32).unwrap();
+            for ((kl, kr, a), (_, _, b)) in wide.iter().zip(&narrow) {
+                let scale = a.data.iter().fold(0.0f64, |s, v| s.max(v.abs()));
+                let err = crate::moment::max_diff(&a.data, &b.data);
+                assert!(
+                    scale > 0.0 && err <= 1e-5 * scale,
+                    "×{factor} ({kl},{kr}): {err} vs scale {scale}"
                 );
             }
         }
