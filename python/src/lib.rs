@@ -54,7 +54,7 @@ fn configured(
     name: &str,
     symmetrize: &str,
     by_degree: bool,
-    (mode, precision): (Option<&str>, &str),
+    (mode, precision): (Option<&str>, Option<&str>),
     samples: usize,
     seed: u64,
 ) -> PyResult<Metric> {
@@ -71,15 +71,16 @@ fn configured(
             "mode applies to the gaussian metric, not to {name}"
         ));
     }
+    if precision.is_some() && !matches!(m, Metric::Gaussian(_)) {
+        return bad(format!(
+            "precision applies to the gaussian metric, not to {name}"
+        ));
+    }
     let precision = match precision {
-        "f64" => Precision::F64,
-        "f32" if matches!(m, Metric::Gaussian(_)) => Precision::F32,
-        "f32" => {
-            return bad(format!(
-                "precision applies to the gaussian metric, not to {name}"
-            ))
-        }
-        other => {
+        None => Precision::default(),
+        Some("f64") => Precision::F64,
+        Some("f32") => Precision::F32,
+        Some(other) => {
             return bad(format!(
                 "unknown precision \"{other}\" (expected \"f64\" or \"f32\")"
             ))
@@ -333,7 +334,7 @@ fn inputs(
 /// Compare two models; the result as JSON text (the fields of `tensim compare --json`).
 #[pyfunction]
 #[allow(clippy::too_many_arguments)]
-#[pyo3(signature = (a, b, metric_name, per_output=false, data=None, samples=10000, seed=0, mode=None, symmetrize="layer", by_degree=false, dist=None, null=None, per_tensor=false, precision="f64"))]
+#[pyo3(signature = (a, b, metric_name, per_output=false, data=None, samples=10000, seed=0, mode=None, symmetrize="layer", by_degree=false, dist=None, null=None, per_tensor=false, precision=None))]
 fn _compare(
     py: Python<'_>,
     a: &Model,
@@ -349,7 +350,7 @@ fn _compare(
     dist: Option<PyRef<'_, Distribution>>,
     null: Option<usize>,
     per_tensor: bool,
-    precision: &str,
+    precision: Option<&str>,
 ) -> PyResult<String> {
     let m = configured(
         metric_name,
@@ -382,7 +383,7 @@ fn _compare(
 /// `(outputs, A's parts, B's parts)`.
 #[pyfunction]
 #[allow(clippy::too_many_arguments)]
-#[pyo3(signature = (a, b, metric_name, inner, per_output=false, mode=None, symmetrize="layer", dist=None, precision="f64"))]
+#[pyo3(signature = (a, b, metric_name, inner, per_output=false, mode=None, symmetrize="layer", dist=None, precision=None))]
 fn _breakdown<'py>(
     py: Python<'py>,
     a: &Model,
@@ -393,7 +394,7 @@ fn _breakdown<'py>(
     mode: Option<&str>,
     symmetrize: &str,
     dist: Option<PyRef<'_, Distribution>>,
-    precision: &str,
+    precision: Option<&str>,
 ) -> PyResult<(String, Bound<'py, PyAny>, Option<Bound<'py, PyAny>>)> {
     let m = configured(metric_name, symmetrize, false, (mode, precision), 0, 0)?;
     let dist = dist.as_ref().map(|d| &d.inner);
@@ -434,7 +435,7 @@ type Changes<'py> = (
 /// with `breakdown` the changes' breakdown over units or heads.
 #[pyfunction]
 #[allow(clippy::too_many_arguments)]
-#[pyo3(signature = (a, a0, b, b0, metric_name, mode=None, dist=None, breakdown=false, per_output=false, precision="f64"))]
+#[pyo3(signature = (a, a0, b, b0, metric_name, mode=None, dist=None, breakdown=false, per_output=false, precision=None))]
 fn _compare_changes<'py>(
     py: Python<'py>,
     a: &Model,
@@ -446,7 +447,7 @@ fn _compare_changes<'py>(
     dist: Option<PyRef<'_, Distribution>>,
     breakdown: bool,
     per_output: bool,
-    precision: &str,
+    precision: Option<&str>,
 ) -> PyResult<Changes<'py>> {
     let m = configured(metric_name, "layer", false, (mode, precision), 0, 0)?;
     let dist = dist.as_ref().map(|d| &d.inner);
@@ -529,7 +530,7 @@ fn _distribution(
 /// (JSON text: pairs, seed, mean, std, values).
 #[pyfunction]
 #[allow(clippy::too_many_arguments)]
-#[pyo3(signature = (model, metric_name, pairs, seed=0, dist=None, data=None, samples=10000, mode=None, symmetrize="layer", precision="f64"))]
+#[pyo3(signature = (model, metric_name, pairs, seed=0, dist=None, data=None, samples=10000, mode=None, symmetrize="layer", precision=None))]
 fn _null(
     py: Python<'_>,
     model: &Model,
@@ -541,7 +542,7 @@ fn _null(
     samples: usize,
     mode: Option<&str>,
     symmetrize: &str,
-    precision: &str,
+    precision: Option<&str>,
 ) -> PyResult<String> {
     let m = configured(
         metric_name,
@@ -602,7 +603,7 @@ impl Progress {
 /// All-pairs similarity matrix; `(1 + out_dim, N, N)` with `per_output`, `(1 + tensors, N, N)`
 /// with `per_tensor` (plane 0 the total).
 #[pyfunction]
-#[pyo3(signature = (models, names, metric_name, resume_dir=None, per_output=false, data=None, samples=10000, seed=0, tile=0, progress=None, symmetrize="layer", dist=None, minus=None, per_tensor=false, precision="f64"))]
+#[pyo3(signature = (models, names, metric_name, resume_dir=None, per_output=false, data=None, samples=10000, seed=0, tile=0, progress=None, symmetrize="layer", dist=None, minus=None, per_tensor=false, precision=None))]
 #[allow(clippy::too_many_arguments)]
 fn _matrix<'py>(
     py: Python<'py>,
@@ -620,7 +621,7 @@ fn _matrix<'py>(
     dist: Option<PyRef<'py, Distribution>>,
     minus: Option<PyRef<'py, Model>>,
     per_tensor: bool,
-    precision: &str,
+    precision: Option<&str>,
 ) -> PyResult<Bound<'py, PyAny>> {
     if per_tensor && (metric_name != "matrix" || per_output || minus.is_some()) {
         return Err(TensimError::new_err(

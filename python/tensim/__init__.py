@@ -252,7 +252,7 @@ def compare(
     minus_a: Model | PathLike | None = None,
     minus_b: Model | PathLike | None = None,
     breakdown: bool = False,
-    precision: str = "f64",
+    precision: str | None = None,
 ) -> dict:
     """Compare two models; returns the fields of ``tensim compare --json``: ``similarity``,
     ``inner``, ``norm2_a``, ``norm2_b`` and, as they apply, ``per_output``, ``samples``, ``inputs``,
@@ -263,9 +263,10 @@ def compare(
     ``"behavioral"`` or ``"cka"`` (on ``data``, a ``(rows, in_dim)`` array, else ``samples``
     standard Gaussian inputs drawn with ``seed``), ``"gaussian"`` (``E<f_a(x), f_b(x)>`` under
     Gaussian input, from the weights; ``mode="exact"`` or ``"closure"``, default exact when
-    affordable; the result's ``mode`` says which was computed; ``precision="f32"`` computes the
-    attention layers' moments in single precision, about twice as fast in half the memory and
-    within about 1e-6 of ``"f64"``, as ``--precision f32``).
+    affordable; the result's ``mode`` says which was computed; ``precision`` (``"f32"``, the
+    default, or ``"f64"``, as ``--precision``) is the arithmetic of the attention layers' moments:
+    f32 runs about twice as fast as f64 in half the memory, the similarity within about 1e-6 of
+    f64's).
 
     ``symmetrize``: ``"layer"`` (the tensor metric as in the paper: each bilinear node
     symmetrised) or ``"full"`` (all leg permutations, so identical functions score 1; exact up to
@@ -351,7 +352,7 @@ def null(
     input_mean: Any = None,
     input_cov: Any = None,
     token_counts: Any = None,
-    precision: str = "f64",
+    precision: str | None = None,
 ) -> dict:
     """What independent initialisations of ``model``'s architecture score: the metric between
     ``pairs`` pairs of them (PyTorch's default ``U(+-1/sqrt(fan_in))`` per weight and bias, drawn
@@ -443,7 +444,7 @@ def matrix(
     token_counts: Any = None,
     minus: Model | PathLike | None = None,
     per_tensor: bool = False,
-    precision: str = "f64",
+    precision: str | None = None,
 ) -> np.ndarray:
     """All-pairs similarity matrix (``N x N``; with ``per_output`` ``(1 + out_dim, N, N)``, with
     ``per_tensor`` (``"matrix"`` metric) ``(1 + tensors, N, N)`` in the order of

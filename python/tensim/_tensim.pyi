@@ -57,7 +57,7 @@ def _compare(
     dist: Optional[Distribution] = None,
     null: Optional[int] = None,
     per_tensor: bool = False,
-    precision: str = "f64",
+    precision: str | None = None,
 ) -> str: ...
 def _breakdown(
     a: Model,
@@ -68,7 +68,7 @@ def _breakdown(
     mode: Optional[str] = None,
     symmetrize: str = "layer",
     dist: Optional[Distribution] = None,
-    precision: str = "f64",
+    precision: str | None = None,
 ) -> tuple[str, _F64, Optional[_F64]]: ...
 def _compare_changes(
     a: Model,
@@ -80,7 +80,7 @@ def _compare_changes(
     dist: Optional[Distribution] = None,
     breakdown: bool = False,
     per_output: bool = False,
-    precision: str = "f64",
+    precision: str | None = None,
 ) -> tuple[str, Optional[tuple[str, _F64, Optional[_F64]]]]: ...
 
 class Distribution:
@@ -103,7 +103,7 @@ def _null(
     samples: int = 10000,
     mode: Optional[str] = None,
     symmetrize: str = "layer",
-    precision: str = "f64",
+    precision: str | None = None,
 ) -> str: ...
 def _verify(a: Model, b: Model, samples: int = 100000, seed: int = 0) -> str: ...
 def _matrix(
@@ -121,7 +121,7 @@ def _matrix(
     dist: Optional[Distribution] = None,
     minus: Optional[Model] = None,
     per_tensor: bool = False,
-    precision: str = "f64",
+    precision: str | None = None,
 ) -> _F64: ...
 def _tile(
     rows: Sequence[_Path],

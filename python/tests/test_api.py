@@ -280,11 +280,14 @@ def test_transformers_from_a_state_dict_and_the_gaussian_metric(rng):
     assert abs(tensim.similarity(a, b, "tensor")) <= 1.0
     with pytest.raises(tensim.TensimError, match="unknown gaussian mode"):
         tensim.compare(a, b, "gaussian", mode="approximate")
-    # Single-precision attention moments: close to f64, in compare and matrix alike.
+    # Attention moments in f32 by default, in f64 on request: close, in compare and matrix alike.
+    wide = tensim.compare(a, b, "gaussian", mode="closure", precision="f64")
+    assert (closure["precision"], wide["precision"]) == ("f32", "f64")
+    assert wide["similarity"] == pytest.approx(closure["similarity"], abs=1e-6)
     single = tensim.similarity(a, b, "gaussian", mode="closure", precision="f32")
-    assert single == pytest.approx(closure["similarity"], abs=1e-5)
-    m = tensim.matrix([a, b], "gaussian", progress=False, precision="f32")
-    assert m[0, 1] == pytest.approx(single, abs=1e-12)
+    assert single == closure["similarity"]
+    m = tensim.matrix([a, b], "gaussian", progress=False, precision="f64")
+    assert m[0, 1] == pytest.approx(wide["similarity"], abs=1e-12)
     with pytest.raises(tensim.TensimError, match="precision applies to the gaussian metric"):
         tensim.compare(a, b, "tensor", precision="f32")
     with pytest.raises(tensim.TensimError, match="unknown precision"):

@@ -164,19 +164,14 @@ pub struct SymArgs {
 }
 
 /// The metric `kind` with the options the flags give it.
-pub fn metric(
-    kind: Kind,
-    sym: &SymArgs,
-    gauss: GaussOptions,
-    inputs: &InputArgs,
-) -> Result<Metric> {
+pub fn metric(kind: Kind, sym: &SymArgs, gauss: &GaussArgs, inputs: &InputArgs) -> Result<Metric> {
     if sym.by_degree && sym.symmetrize != Symmetry::Full {
         bail!("--by-degree needs --symmetrize full");
     }
-    if gauss.mode.is_some() && kind != Kind::Gaussian {
+    if (gauss.exact || gauss.closure) && kind != Kind::Gaussian {
         bail!("--exact and --closure apply to the gaussian metric, not to {kind}");
     }
-    if gauss.precision != Precision::F64 && kind != Kind::Gaussian {
+    if gauss.precision.is_some() && kind != Kind::Gaussian {
         bail!("--precision applies to the gaussian metric, not to {kind}");
     }
     if inputs.data.is_some() && !kind.needs_inputs() {
@@ -189,7 +184,7 @@ pub fn metric(
             by_degree: sym.by_degree,
         })),
         (_, Symmetry::Full) => bail!("--symmetrize full applies to the tensor metric"),
-        (Kind::Gaussian, _) => Metric::Gaussian(gauss),
+        (Kind::Gaussian, _) => Metric::Gaussian(gauss.options()),
         (kind, _) => Metric::new(kind),
     })
 }
@@ -204,11 +199,11 @@ pub struct GaussArgs {
     /// Gaussian (approximate past the first non-linear layer). Default: exact when affordable.
     #[arg(long)]
     pub closure: bool,
-    /// gaussian: arithmetic of the attention layers' moments. f32 runs about twice as fast in
-    /// half the memory, within about 1e-6 of f64 (see README "Performance"); their sums and
-    /// everything else stay f64.
-    #[arg(long, value_enum, default_value_t = PrecisionArg::F64)]
-    pub precision: PrecisionArg,
+    /// gaussian: arithmetic of the attention layers' moments [default: f32]. f32 runs about
+    /// twice as fast as f64 in half the memory, the similarity within about 1e-6 of f64's (see
+    /// README "Performance"); their sums and everything else stay f64.
+    #[arg(long, value_enum)]
+    pub precision: Option<PrecisionArg>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -226,8 +221,9 @@ impl GaussArgs {
                 _ => None,
             },
             precision: match self.precision {
-                PrecisionArg::F64 => Precision::F64,
-                PrecisionArg::F32 => Precision::F32,
+                None => Precision::default(),
+                Some(PrecisionArg::F64) => Precision::F64,
+                Some(PrecisionArg::F32) => Precision::F32,
             },
             ..Default::default()
         }

@@ -57,7 +57,7 @@ pub struct CompareArgs {
 }
 
 pub fn run(args: CompareArgs) -> Result<()> {
-    let metric = metric(args.metric, &args.sym, args.gauss.options(), &args.inputs)?;
+    let metric = metric(args.metric, &args.sym, &args.gauss, &args.inputs)?;
     if let Some(p) = &args.plot {
         tensim::plot::format_of(p)?;
     }

@@ -84,7 +84,7 @@ pub struct MatrixArgs {
 }
 
 pub fn run(args: MatrixArgs) -> Result<()> {
-    let metric = metric(args.metric, &args.sym, args.gauss.options(), &args.inputs)?;
+    let metric = metric(args.metric, &args.sym, &args.gauss, &args.inputs)?;
     if args.per_tensor && args.metric != Kind::Matrix {
         anyhow::bail!("--per-tensor is a matrix-metric value (--metric matrix)");
     }

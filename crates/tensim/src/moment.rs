@@ -60,15 +60,17 @@ impl Moment {
     }
 }
 
-/// The arithmetic of the attention moments' inner products (projected covariances and the
-/// moments of pairs of combinations): `F32` runs twice the lanes per instruction and holds
-/// half the memory, at about `1e-6` relative rounding per product instead of `1e-16`; their
-/// sums and everything else stay `f64`.
+/// The arithmetic of the attention moments' inner products (projected covariances, the
+/// moments of pairs of combinations and their maps to the output coordinates): `F32` (the
+/// default) runs twice the lanes per instruction and holds half the memory, at about `6e-8`
+/// relative rounding per product instead of `1e-16` (similarities within about `1e-6`), its
+/// rows held near unit size so that no product leaves its range; the sums over pairs and
+/// everything else stay `f64`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Precision {
-    #[default]
     F64,
+    #[default]
     F32,
 }
 

@@ -737,11 +737,15 @@ pub fn closure_ends(
             (na?, nb?, ab?)
         }
     };
-    let mut sab = matched(ab, &sa, &sb);
+    // A model against itself (one model, or two equal ones): every cross moment is the self
+    // moment, so that the similarity is 1 exactly in either precision.
+    let itself = std::ptr::eq(a, b) || a == b;
+    let mut sab = if itself {
+        sa.m.clone()
+    } else {
+        matched(ab, &sa, &sb)
+    };
     let (mut sa, mut sb) = (sa, sb);
-    // A model against itself through its own cached chain (a matrix's diagonal): every cross
-    // moment is the self moment.
-    let itself = std::ptr::eq(a, b) && cached.is_some_and(|(ca, cb)| std::ptr::eq(ca, cb));
     for k in 1..la.len() {
         // A self step past a model's own body (an identity pad) keeps its moment.
         let next = |p: &Split<'_>, m: &Model, s: &Moment, chain: Option<&Chain>| match chain {

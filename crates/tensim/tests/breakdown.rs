@@ -11,7 +11,7 @@ use tensim::arch::Mask;
 use tensim::layers::{Bilinear, Layer, Linear};
 use tensim::linalg::Mat;
 use tensim::metrics::breakdown::{breakdown, matching, Breakdown, Parts};
-use tensim::metrics::gaussian::{GaussOptions, Mode};
+use tensim::metrics::gaussian::{GaussOptions, Mode, Precision};
 use tensim::metrics::{compare, Comparison, Metric, Options};
 use tensim::reparam::{permute_hidden, rescale_hidden, swap_left_right};
 use tensim::Model;
@@ -30,14 +30,19 @@ fn spec(h: usize, depth: usize, residual: bool) -> Spec {
 }
 
 /// The tensor metric, the gaussian (exact for these models), and the gaussian closure.
+/// The metrics with breakdowns, the gaussian one in f64 (the identities below hold to 1e-10).
 fn metrics() -> [Metric; 3] {
+    let gaussian = |mode| {
+        Metric::Gaussian(GaussOptions {
+            mode,
+            precision: Precision::F64,
+            ..Default::default()
+        })
+    };
     [
         Metric::TENSOR,
-        Metric::Gaussian(GaussOptions::default()),
-        Metric::Gaussian(GaussOptions {
-            mode: Some(Mode::Closure),
-            ..Default::default()
-        }),
+        gaussian(None),
+        gaussian(Some(Mode::Closure)),
     ]
 }
 

@@ -12,7 +12,7 @@ use tensim::arch::{Mask, Residual, ResidualMode};
 use tensim::layers::{Attention, Bilinear, Layer, Linear};
 use tensim::linalg::{Mat, Par};
 use tensim::metrics::batch::Batch;
-use tensim::metrics::gaussian::{self, GaussOptions, Mode};
+use tensim::metrics::gaussian::{self, GaussOptions, Mode, Precision};
 use tensim::metrics::inputs::outputs;
 use tensim::metrics::Inputs;
 use tensim::metrics::Method;
@@ -60,9 +60,12 @@ fn attention(
     )))
 }
 
+/// The modes in f64: the checks of the mathematics hold to 1e-10 and below (f32, the default,
+/// is checked against f64 in `single_precision_attention_moments_agree_with_double`).
 fn exact() -> GaussOptions {
     GaussOptions {
         mode: Some(Mode::Exact),
+        precision: Precision::F64,
         ..Default::default()
     }
 }
@@ -70,6 +73,7 @@ fn exact() -> GaussOptions {
 fn closure() -> GaussOptions {
     GaussOptions {
         mode: Some(Mode::Closure),
+        precision: Precision::F64,
         ..Default::default()
     }
 }
@@ -577,7 +581,6 @@ fn a_vocabulary_padded_with_zeros_leaves_the_similarity_unchanged() {
 #[test]
 fn single_precision_attention_moments_agree_with_double() {
     use tensim::demo::{random_stack, StackShape};
-    use tensim::metrics::gaussian::Precision;
     let shape = StackShape {
         d_in: 24,
         d_model: 32,
@@ -610,8 +613,13 @@ fn single_precision_attention_moments_agree_with_double() {
             .similarity
     };
     let (s64, s32) = (pair(&o64), pair(&o32));
-    assert!((s64 - s32).abs() < 1e-5, "pair: {s64} vs {s32}");
+    assert!((s64 - s32).abs() < 1e-6, "pair: {s64} vs {s32}");
     assert!(s64 != s32, "the f32 path ran in f64");
+    // f32 is the default; a model against an equal copy scores 1 exactly in it.
+    assert_eq!(pair(&GaussOptions::default()), s32);
+    let copy = models[0].clone();
+    let same = gaussian::similarity(&models[0], &copy, &o32, Par::rayon(0)).unwrap();
+    assert_eq!(same.similarity, 1.0);
     let batch = gaussian::batch(&refs, o32).unwrap();
     let tile = batch.tile(0..3, 0..3).unwrap();
     for (i, j) in [(0, 1), (0, 2), (1, 2)] {

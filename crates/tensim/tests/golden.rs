@@ -8,7 +8,7 @@ use common::{close, counterexamples};
 use tensim::arch::{Mask, Residual, ResidualMode};
 use tensim::layers::{Attention, Bilinear, Layer, Linear};
 use tensim::linalg::{Mat, Par};
-use tensim::metrics::gaussian::{self, GaussOptions, Mode};
+use tensim::metrics::gaussian::{self, GaussOptions, Mode, Precision};
 use tensim::metrics::Method;
 use tensim::metrics::{tensor, Options};
 use tensim::Model;
@@ -220,8 +220,19 @@ fn h8_attention_gaussian_without_the_reference_deduplication() {
         )
         .unwrap()
     };
-    let r =
-        gaussian::similarity(&model(0.0), &model(0.5), &Default::default(), Par::rayon(0)).unwrap();
+    let (a, b) = (model(0.0), model(0.5));
+    let f64 = GaussOptions {
+        precision: Precision::F64,
+        ..Default::default()
+    };
+    let r = gaussian::similarity(&a, &b, &f64, Par::rayon(0)).unwrap();
+    // The default's attention moments in f32: within their rounding.
+    let r32 = gaussian::similarity(&a, &b, &Default::default(), Par::rayon(0)).unwrap();
+    assert!(
+        (r32.similarity - r.similarity).abs() < 1e-6,
+        "{}",
+        r32.similarity
+    );
     assert_eq!(r.mode, Some(Method::Exact));
     assert!(close(r.inner, -2.388408413470e-11, 1e-10), "{}", r.inner);
     assert!(close(r.norm2_a, 2.175769862031e-10, 1e-10), "{}", r.norm2_a);

@@ -43,7 +43,7 @@ impl Default for GaussOptions {
         GaussOptions {
             mode: None,
             max_configs: 200_000,
-            precision: Precision::F64,
+            precision: Precision::default(),
         }
     }
 }
@@ -75,7 +75,7 @@ pub fn similarity(a: &Model, b: &Model, opts: &GaussOptions, par: Par) -> Result
     })?;
     let attention = |m: &Model| m.layers().iter().any(|l| matches!(l, Layer::Attention(_)));
     let mut r = comparison(&t, exact)?;
-    if mode == Mode::Closure && opts.precision != Precision::F64 && (attention(a) || attention(b)) {
+    if mode == Mode::Closure && (attention(a) || attention(b)) {
         r.precision = Some(opts.precision);
     }
     Ok(r)

@@ -14,7 +14,7 @@ use crate::budget;
 use crate::error::{Error, Result};
 use crate::linalg::Mat;
 use crate::metrics::batch::prepare;
-use crate::metrics::gaussian::GaussOptions;
+use crate::metrics::gaussian::{GaussOptions, Precision};
 use crate::metrics::{self, Inputs, Metric, Symmetrize};
 use crate::model::Model;
 use crate::scale;
@@ -157,12 +157,13 @@ pub fn tile_tag(metric: &Metric, per_output: bool, inputs_source: Option<&str>) 
             tag += &format!("/full(samples={}, seed={})", f.samples, f.seed);
         }
         Metric::Gaussian(g) => {
-            let (d, precision) = (GaussOptions::default(), g.precision);
+            let d = GaussOptions::default();
             if (g.mode, g.max_configs) != (d.mode, d.max_configs) {
                 tag += &format!("/{:?}(max_configs={})", g.mode, g.max_configs);
             }
-            if precision != d.precision {
-                tag += &format!("/{precision}");
+            // f64 untagged, as stored before f32 became the default.
+            if g.precision != Precision::F64 {
+                tag += &format!("/{}", g.precision);
             }
         }
         _ => {}
