@@ -59,11 +59,12 @@ impl<'a> Side<'a> {
         if let Some(base) = net.rotary {
             side.turns = (0..side.n).map(|p| turns(base, side.h, p)).collect();
         }
-        // `2^−round(log₂ σ)`, σ the RMS norm of rows of `row` entries.
-        let unit = |tensors: &mut dyn Iterator<Item = &Tensor>, row: usize| {
+        // `2^−round(log₂ σ)`, σ the RMS norm of the rows of `len` entries each tensor starts
+        // with (position 0's: rotary turns keep the sum of squares of a position's rows).
+        let unit = |tensors: &mut dyn Iterator<Item = &Tensor>, len: usize, row: usize| {
             let (sum, count) = tensors.fold((0.0, 0), |(s, c), t| {
-                let sq: f64 = t.data.iter().map(|x| x * x).sum();
-                (s + sq, c + t.data.len() / row)
+                let sq: f64 = t.data[..len].iter().map(|x| x * x).sum();
+                (s + sq, c + len / row)
             });
             let log = (0.5 * (sum / count as f64).log2()).round();
             if log.is_finite() {
@@ -72,14 +73,15 @@ impl<'a> Side<'a> {
                 1.0
             }
         };
+        let hw = side.h * side.w;
         side.scale = std::array::from_fn(|role| {
             let mut rows = net.heads.iter().map(|f| match role {
                 V => &f.v,
                 _ => [&f.q[0], &f.k[0], &f.q[1], &f.k[1]][role],
             });
-            unit(&mut rows, side.w)
+            unit(&mut rows, hw, side.w)
         });
-        side.out_scale = unit(&mut net.heads.iter().map(|f| &f.o), side.h);
+        side.out_scale = unit(&mut net.heads.iter().map(|f| &f.o), hw, side.h);
         side
     }
 
