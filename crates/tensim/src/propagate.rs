@@ -421,8 +421,8 @@ fn first_self(p: &Split<'_>, model: &Model, precision: Precision) -> Result<Mome
 /// A model's cached self chain ([`self_chain`]): `Σ_aa` after every body layer but a first
 /// linear one ([`linear_first`]), those past the last attention layer ([`Positions::local`])
 /// kept as their same-position blocks alone (the others are zero), and the precision of its
-/// attention moments.
-pub struct Chain(Vec<Kept>, Precision);
+/// attention moments, and its traces through its head (those of [`Traces::aa`]).
+pub struct Chain(Vec<Kept>, Precision, Vec<f64>);
 
 enum Kept {
     Full(Moment),
@@ -495,11 +495,13 @@ pub fn self_chain(model: &Model, precision: Precision) -> Result<Chain> {
         let local = positions(body, k - 1).local;
         chain.push(Chain::keep(std::mem::replace(&mut last, next), local));
     }
+    let head = p.head();
+    let traces = linear::moment::readout(&last.m, head.as_deref(), head.as_deref());
     chain.push(Chain::keep(last, positions(body, body.len() - 1).local));
     if linear_first(body) {
         chain.remove(0);
     }
-    Ok(Chain(chain, precision))
+    Ok(Chain(chain, precision, traces))
 }
 
 /// `Σ_aa` after body layer `k` (the last past the body: identity pads) from a cached chain.
@@ -671,12 +673,18 @@ pub fn closure_traces(
     let (sab, sa, sb) = closure_ends(a, b, cached, precision)?;
     let (pa, pb) = (split(a), split(b));
     let heads = (pa.head(), pb.head());
-    Ok(Traces::new(
-        &sab,
-        &sa,
-        &sb,
-        (heads.0.as_deref(), heads.1.as_deref()),
-    ))
+    let heads = (heads.0.as_deref(), heads.1.as_deref());
+    Ok(match cached {
+        // The self traces as the chains hold them.
+        Some((ca, cb)) => Traces {
+            ab: linear::moment::readout(&sab, heads.0, heads.1),
+            aa: ca.2.clone(),
+            bb: cb.2.clone(),
+            sa: sa.scale,
+            sb: sb.scale,
+        },
+        None => Traces::new(&sab, &sa, &sb, heads),
+    })
 }
 
 /// The closure's moments after both bodies: `(Σ̃_ab, Σ_aa, Σ_bb)`, `Σ_ab = e^{(s_a+s_b)/2} Σ̃_ab`.
