@@ -421,8 +421,16 @@ fn first_self(p: &Split<'_>, model: &Model, precision: Precision) -> Result<Mome
 /// A model's cached self chain ([`self_chain`]): `Σ_aa` after every body layer but a first
 /// linear one ([`linear_first`]), those past the last attention layer ([`Positions::local`])
 /// kept as their same-position blocks alone (the others are zero), and the precision of its
-/// attention moments, and its traces through its head (those of [`Traces::aa`]).
-pub struct Chain(Vec<Kept>, Precision, Vec<f64>);
+/// attention moments.
+pub struct Chain {
+    kept: Vec<Kept>,
+    precision: Precision,
+    /// Its traces through its head (those of [`Traces::aa`]).
+    traces: Vec<f64>,
+    /// `W Wᵀ` of a first linear layer on the standard input, from which its moment (not
+    /// kept, `[n, w, n, w]`) is rebuilt.
+    first: Option<Mat<f64>>,
+}
 
 enum Kept {
     Full(Moment),
@@ -433,21 +441,21 @@ enum Kept {
 impl Chain {
     /// Moments kept.
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.kept.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.kept.is_empty()
     }
 
     /// The precision of its attention moments.
     pub fn precision(&self) -> Precision {
-        self.1
+        self.precision
     }
 
     /// The `k`-th moment kept, as the full `[n, w, n, w]` moment.
     pub fn moment(&self, k: usize) -> Moment {
-        match &self.0[k] {
+        match &self.kept[k] {
             Kept::Full(m) => m.clone(),
             Kept::Local(b) => {
                 let (n, w) = (b.m.shape[0], b.m.shape[1]);
@@ -498,17 +506,35 @@ pub fn self_chain(model: &Model, precision: Precision) -> Result<Chain> {
     let head = p.head();
     let traces = linear::moment::readout(&last.m, head.as_deref(), head.as_deref());
     chain.push(Chain::keep(last, positions(body, body.len() - 1).local));
-    if linear_first(body) {
-        chain.remove(0);
-    }
-    Ok(Chain(chain, precision, traces))
+    // A first linear layer's moment is not kept: rebuilt from `W Wᵀ` on the standard input,
+    // else computed again.
+    let first = match &body[0] {
+        Layer::Linear(l) => {
+            chain.remove(0);
+            model.law().is_none().then(|| linear::moment::input_gram(l, l))
+        }
+        _ => None,
+    };
+    Ok(Chain {
+        kept: chain,
+        precision,
+        traces,
+        first,
+    })
 }
 
 /// `Σ_aa` after body layer `k` (the last past the body: identity pads) from a cached chain.
 fn cached(p: &Split<'_>, model: &Model, chain: &Chain, k: usize) -> Result<Moment> {
     let (k, skip) = (k.min(p.body.len() - 1), usize::from(linear_first(p.body)));
     match k < skip {
-        true => first_self(p, model, chain.1),
+        true => match (&chain.first, &p.body[0]) {
+            (Some(g), Layer::Linear(l)) => {
+                let (n, local) = (model.input().n_ctx, positions(p.body, 0).local);
+                let m = linear::moment::from_gram(l, l, g, n, local);
+                Ok(Moment::normalised(m, 0.0))
+            }
+            _ => first_self(p, model, chain.precision),
+        },
         false => Ok(chain.moment(k - skip)),
     }
 }
@@ -678,8 +704,8 @@ pub fn closure_traces(
         // The self traces as the chains hold them.
         Some((ca, cb)) => Traces {
             ab: linear::moment::readout(&sab, heads.0, heads.1),
-            aa: ca.2.clone(),
-            bb: cb.2.clone(),
+            aa: ca.traces.clone(),
+            bb: cb.traces.clone(),
             sa: sa.scale,
             sb: sb.scale,
         },
@@ -694,10 +720,12 @@ pub fn closure_ends(
     cached: Option<(&Chain, &Chain)>,
     precision: Precision,
 ) -> Result<(Tensor, Moment, Moment)> {
-    if let Some((ca, cb)) = cached.filter(|(a, b)| (a.1, b.1) != (precision, precision)) {
+    if let Some((ca, cb)) =
+        cached.filter(|(a, b)| (a.precision, b.precision) != (precision, precision))
+    {
         return Err(crate::error::Error::Invalid(format!(
             "self chains in {} and {} for a closure in {precision}",
-            ca.1, cb.1
+            ca.precision, cb.precision
         )));
     }
     if cached.is_none() {

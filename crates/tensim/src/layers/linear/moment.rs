@@ -52,8 +52,17 @@ pub fn from_input(
     if let Some(law) = law {
         return law.moment(Some(l), Some(r), local);
     }
+    from_gram(l, r, &input_gram(l, r), n, local)
+}
+
+/// `W W'ᵀ`, the product [`from_input`] reads the weights through.
+pub fn input_gram(l: &Linear, r: &Linear) -> Mat<f64> {
+    mul_t(l.weight.as_ref(), r.weight.as_ref(), Par::Seq)
+}
+
+/// [`from_input`] (without a law) given its product `W W'ᵀ` (`weights`).
+pub fn from_gram(l: &Linear, r: &Linear, weights: &Mat<f64>, n: usize, local: bool) -> Tensor {
     let (wl, wr) = (l.out_dim() + 1, r.out_dim() + 1);
-    let weights = mul_t(l.weight.as_ref(), r.weight.as_ref(), Par::Seq);
     let (bl, br) = (bias_column(l), bias_column(r));
     let means = Mat::from_fn(wl, wr, |o, o2| bl[o] * br[o2]);
     let same = Mat::from_fn(wl, wr, |o, o2| match (o, o2) {
