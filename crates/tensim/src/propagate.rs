@@ -511,7 +511,10 @@ pub fn self_chain(model: &Model, precision: Precision) -> Result<Chain> {
     let first = match &body[0] {
         Layer::Linear(l) => {
             chain.remove(0);
-            model.law().is_none().then(|| linear::moment::input_gram(l, l))
+            model
+                .law()
+                .is_none()
+                .then(|| linear::moment::input_gram(l, l))
         }
         _ => None,
     };

@@ -448,8 +448,9 @@ impl<'a, T: Real> View<'a, T> {
 
 /// Which blocks of a [`Gram`] are computed and stored.
 pub(super) enum Holds {
-    /// One side with itself: the legs of one head against the same head's (all that pairs
-    /// of legs inside one combination touch).
+    /// One side with itself: what pairs of legs inside one combination touch, the legs of
+    /// one head against the same head's (at one position all of them, across positions
+    /// `(t, u)` the query legs at `t` against the key legs at `u`).
     Within,
     /// Every group of the class pairs marked at `((p·3 + c)·3n + q·3 + c')`.
     Reads(Vec<bool>),
@@ -511,18 +512,25 @@ impl Holds {
     fn panels(&self, x: &Side, p: usize, y: &Side, q: usize, upper: bool) -> Panels {
         let reads = match self {
             Holds::Within => {
+                // A combination's query legs sit at t, its key legs at u (M[t, u] ≠ 0): at
+                // p ≠ q only query rows against key columns (M[p, q] ≠ 0) and key rows
+                // against query columns (M[q, p] ≠ 0).
+                let kept = |t: usize, u: usize| p == q || x.net.mask.data[t * x.n + u] != 0.0;
+                let wanted = [
+                    (QUERY, QUERY, p == q),
+                    (KEY, QUERY, kept(q, p)),
+                    (QUERY, KEY, kept(p, q)),
+                    (KEY, KEY, p == q),
+                ];
                 return (0..x.heads)
                     .flat_map(|hd| {
-                        let runs = [
-                            x.group(hd, Q1)..x.group(hd, Q2) + 1,
-                            x.group(hd, K1)..x.group(hd, V) + 1,
-                        ];
-                        let rows = runs.clone();
-                        runs.into_iter().flat_map(move |c| {
-                            (rows.clone().into_iter())
-                                .filter(move |r| !upper || r.start <= c.start)
-                                .map(move |r| [r, c.clone()])
-                        })
+                        let run = move |c: usize| match c {
+                            QUERY => x.group(hd, Q1)..x.group(hd, Q2) + 1,
+                            _ => x.group(hd, K1)..x.group(hd, V) + 1,
+                        };
+                        (wanted.into_iter())
+                            .filter(move |&(r, c, keep)| keep && (!upper || r <= c))
+                            .map(move |(r, c, _)| [run(r), run(c)])
                     })
                     .collect();
             }

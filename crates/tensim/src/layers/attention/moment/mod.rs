@@ -322,7 +322,17 @@ pub fn covariance_entries(left: &Attention, right: &Attention, n: usize, p: Posi
     } else {
         live * (6.0 * dl + 1.0) * (6.0 * dr + 1.0)
     };
-    let within = |a: &Attention| live * (5.0 * a.dim() as f64).powi(2) / a.n_head as f64;
+    // Per head `(5h)²` entries at each position, `2h × 3h` at `(t, u ≠ t)` for each of
+    // `M[t, u] ≠ 0` and `M[u, t] ≠ 0` (none with independent positions).
+    let within = |a: &Attention| {
+        let across = match a.mask {
+            _ if p.independent => 0.0,
+            Mask::Causal => n * (n - 1.0),
+            Mask::None => 2.0 * n * (n - 1.0),
+            Mask::Diag => 0.0,
+        };
+        (25.0 * n + 6.0 * across) * a.dim().pow(2) as f64 / a.n_head as f64
+    };
     cross + within(left) + within(right)
 }
 
