@@ -256,8 +256,8 @@ def compare(
 ) -> dict:
     """Compare two models; returns the fields of ``tensim compare --json``: ``similarity``,
     ``inner``, ``norm2_a``, ``norm2_b`` and, as they apply, ``per_output``, ``samples``, ``inputs``,
-    ``symmetrize``, ``mode``, ``stderr``, ``by_degree``, ``input_distribution``, ``null_mean``,
-    ``null_std``, ``null_pairs``, ``z``, ``per_tensor``, ``breakdown``.
+    ``symmetrize``, ``mode``, ``precision``, ``stderr``, ``by_degree``, ``input_distribution``,
+    ``null_mean``, ``null_std``, ``null_pairs``, ``z``, ``per_tensor``, ``breakdown``.
 
     ``metric``: ``"tensor"`` (exact, from the weights), ``"matrix"`` (cosine of flattened weights; ``per_tensor=True`` adds each tensor's cosine),
     ``"behavioral"`` or ``"cka"`` (on ``data``, a ``(rows, in_dim)`` array, else ``samples``
