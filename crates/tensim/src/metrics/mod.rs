@@ -508,7 +508,14 @@ pub fn cosine(inner: f64, n_a: f64, n_b: f64, metric: Kind) -> Result<f64> {
             });
         }
     }
-    Ok((inner / (n_a.sqrt() * n_b.sqrt())).clamp(-1.0, 1.0))
+    Ok((inner / geometric_mean(n_a, n_b)).clamp(-1.0, 1.0))
+}
+
+/// `√(x y)` for `x, y > 0` as `hi √(lo / hi)`: symmetric, without overflow, and exactly `x`
+/// where `y = x` (so that equal inner products and norms give a cosine of exactly 1).
+fn geometric_mean(x: f64, y: f64) -> f64 {
+    let (lo, hi) = if x <= y { (x, y) } else { (y, x) };
+    hi * (lo / hi).sqrt()
 }
 
 /// Per-coordinate cosines; `None` where a norm is zero.
@@ -517,7 +524,7 @@ pub fn cosines(inner: &[f64], n_a: &[f64], n_b: &[f64]) -> Vec<Option<f64>> {
         .iter()
         .zip(n_a.iter().zip(n_b))
         .map(|(&i, (&x, &y))| {
-            (x > 0.0 && y > 0.0).then(|| (i / (x.sqrt() * y.sqrt())).clamp(-1.0, 1.0))
+            (x > 0.0 && y > 0.0).then(|| (i / geometric_mean(x, y)).clamp(-1.0, 1.0))
         })
         .collect()
 }
