@@ -750,6 +750,22 @@ pub fn closure_ends(
     fn own(body: &[Layer], n: usize, k: usize, precision: Precision) -> Step<'_> {
         Step::Layer(&body[k], n, positions(body, k), precision)
     }
+    // A model against itself (one model, or two equal ones): the cross moment is the self
+    // moment, so that the similarity is 1 exactly in either precision; no cross step runs.
+    if std::ptr::eq(a, b) || a == b {
+        let last = pa.body.len() - 1;
+        let s = match cached {
+            Some((ca, _)) => self::cached(&pa, a, ca, last)?,
+            None => {
+                let mut s = first_self(&pa, a, precision)?;
+                for k in 1..=last {
+                    s = self_step(&s, own(pa.body, n, k, precision))?;
+                }
+                s
+            }
+        };
+        return Ok((s.m.clone(), s.clone(), s));
+    }
     let (sa, sb, ab) = match cached {
         Some((ca, cb)) => {
             let (x, y) = steps(0);
@@ -776,14 +792,7 @@ pub fn closure_ends(
             (na?, nb?, ab?)
         }
     };
-    // A model against itself (one model, or two equal ones): every cross moment is the self
-    // moment, so that the similarity is 1 exactly in either precision.
-    let itself = std::ptr::eq(a, b) || a == b;
-    let mut sab = if itself {
-        sa.m.clone()
-    } else {
-        matched(ab, &sa, &sb)
-    };
+    let mut sab = matched(ab, &sa, &sb);
     let (mut sa, mut sb) = (sa, sb);
     for k in 1..la.len() {
         // A self step past a model's own body (an identity pad) keeps its moment.
@@ -792,11 +801,6 @@ pub fn closure_ends(
             None if k < p.body.len() => self_step(s, own(p.body, n, k, precision)),
             None => Ok(s.clone()),
         };
-        if itself {
-            sa = next(&pa, a, &sa, cached.map(|c| c.0))?;
-            (sb, sab) = (sa.clone(), sa.m.clone());
-            continue;
-        }
         let self_a = || next(&pa, a, &sa, cached.map(|c| c.0));
         let self_b = || next(&pb, b, &sb, cached.map(|c| c.1));
         let cross = || cross_step(&sab, (&sa, &sb), steps(k));
