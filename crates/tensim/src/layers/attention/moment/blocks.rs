@@ -59,29 +59,17 @@ impl<'a> Side<'a> {
         if let Some(base) = net.rotary {
             side.turns = (0..side.n).map(|p| turns(base, side.h, p)).collect();
         }
-        // `2^−round(log₂ σ)`, σ the RMS norm of the rows of `len` entries each tensor starts
-        // with (position 0's: rotary turns keep the sum of squares of a position's rows).
-        let unit = |tensors: &mut dyn Iterator<Item = &Tensor>, len: usize, row: usize| {
-            let (sum, count) = tensors.fold((0.0, 0), |(s, c), t| {
-                let sq: f64 = t.data[..len].iter().map(|x| x * x).sum();
-                (s + sq, c + len / row)
-            });
-            let log = (0.5 * (sum / count as f64).log2()).round();
-            if log.is_finite() {
-                (-log).exp2()
-            } else {
-                1.0
-            }
-        };
+        // Each head's `h × w` rows of a role at position 0 (rotary turns keep the sum of
+        // squares of a position's rows), and its `w × h` output map.
         let hw = side.h * side.w;
         side.scale = std::array::from_fn(|role| {
-            let mut rows = net.heads.iter().map(|f| match role {
-                V => &f.v,
-                _ => [&f.q[0], &f.k[0], &f.q[1], &f.k[1]][role],
+            let rows = net.heads.iter().map(|f| match role {
+                V => &f.v.data[..hw],
+                _ => &[&f.q[0], &f.k[0], &f.q[1], &f.k[1]][role].data[..hw],
             });
-            unit(&mut rows, hw, side.w)
+            unit_scale(rows, side.w)
         });
-        side.out_scale = unit(&mut net.heads.iter().map(|f| &f.o), hw, side.h);
+        side.out_scale = unit_scale(net.heads.iter().map(|f| &f.o.data[..]), side.h);
         side
     }
 
@@ -300,6 +288,20 @@ impl<'a> Side<'a> {
         OutputMap::Dense(Mat::from_fn(self.w, self.heads * self.h, |o, e| {
             T::of(c * self.net.heads[e / self.h].o.data[o * self.h + e % self.h])
         }))
+    }
+}
+
+/// `2^−round(log₂ σ)`, σ the RMS norm of the rows (of `row` entries) of `blocks`; 1 where that
+/// is zero or not finite.
+fn unit_scale<'t>(blocks: impl Iterator<Item = &'t [f64]>, row: usize) -> f64 {
+    let (sum, count) = blocks.fold((0.0, 0), |(s, c), b| {
+        (s + b.iter().map(|x| x * x).sum::<f64>(), c + b.len() / row)
+    });
+    let log = (0.5 * (sum / count as f64).log2()).round();
+    if log.is_finite() {
+        (-log).exp2()
+    } else {
+        1.0
     }
 }
 
